@@ -1,0 +1,66 @@
+"""Atomic writes: every file we produce appears complete or not at all.
+
+Write to a temporary name in the destination directory, fsync, then ``os.replace``;
+a killed run leaves at most a ``.tmp-*`` file that no reader ever opens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+from .errors import UserError
+
+
+def _ensure_dir(directory: Path) -> None:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create output directory {directory}: {exc.strerror}") from exc
+    if not os.access(directory, os.W_OK):
+        raise UserError(f"output directory {directory} is not writable")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; rename it onto ``path`` on success.
+
+    Works for files and for directories (e.g. a Hugging Face ``save_pretrained``
+    folder or a ``datasets`` Arrow store): whatever the body creates at the
+    temporary path replaces ``path`` in one step.
+    """
+    path = Path(path)
+    _ensure_dir(path.parent)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{path.name}-", dir=path.parent)) / path.name
+    try:
+        yield tmp
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except OSError as exc:
+        if exc.errno == 28:  # ENOSPC
+            raise UserError(f"no space left on device while writing {path}") from exc
+        raise
+    finally:
+        shutil.rmtree(tmp.parent, ignore_errors=True)
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")

@@ -1,0 +1,205 @@
+"""Task data: three sources behind one loader, tokenization, batching.
+
+Sources (``load_task(task, source)``):
+- ``None`` / ``"bundled"``: the small real sample shipped in ``resources/glue``
+  (8,000 SST-2 train rows and the full dev set; see its SOURCE.md);
+- ``"hub"``: Hugging Face ``nyu-mll/glue`` (for users who are online);
+- a directory in GLUE's own TSV layout: the task folder (``.../SST-2``) or the
+  GLUE root that contains it (``.../glue``).
+
+Every source gives the same ``DatasetDict`` with splits ``train`` and ``dev`` and
+columns ``text_a`` (str), ``text_b`` (str, pair tasks only) and ``label`` (int).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import logging
+import os
+from pathlib import Path
+
+import datasets
+import torch
+
+from .errors import UserError
+from .tasks import TaskSpec, get_task
+
+log = logging.getLogger(__name__)
+
+MAX_LENGTH = 128
+BUNDLED_DIR = Path(__file__).parent / "resources" / "glue"
+IGNORE_LABEL = -100  # label of augmented examples: no gold label, excluded from L_CE
+
+csv.field_size_limit(1 << 24)
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def resolve_task_dir(spec: TaskSpec, data_dir: str | os.PathLike) -> Path:
+    """The folder holding ``spec``'s TSV files: ``data_dir`` itself or ``data_dir/<task>``."""
+    data_dir = Path(data_dir)
+    if not data_dir.exists():
+        raise UserError(f"data directory {data_dir} does not exist")
+    if not data_dir.is_dir():
+        raise UserError(f"data directory {data_dir} is not a directory")
+    for candidate in (data_dir / spec.name, data_dir):
+        if (candidate / "train.tsv").is_file():
+            return candidate
+    raise UserError(
+        f"no GLUE {spec.name} files in {data_dir}: expected {data_dir / spec.name / 'train.tsv'} "
+        f"or {data_dir / 'train.tsv'}")
+
+
+def read_glue_tsv(path: Path, spec: TaskSpec) -> dict[str, list]:
+    """Read one GLUE TSV file into columns ``text_a``, (``text_b``), ``label``.
+
+    GLUE files must be read with no quote handling (``csv.QUOTE_NONE``): with the
+    default, quotes inside sentences silently merge rows (MRPC train would read
+    3,549 rows instead of 3,668).
+    """
+    if not path.is_file():
+        raise UserError(f"missing data file {path}")
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        raise UserError(f"{path}, line {line}: bytes that are not UTF-8 (at byte {exc.start}); "
+                        f"GLUE files are UTF-8 text") from None
+    rows = list(csv.reader(text.splitlines(), delimiter="\t", quoting=csv.QUOTE_NONE))
+    if not rows or not any(rows):
+        raise UserError(f"{path} is empty: expected a header line and at least one row")
+    header, body = rows[0], rows[1:]
+    wanted = (*spec.tsv_text_columns, spec.tsv_label_column)
+    missing = [c for c in wanted if c not in header]
+    if missing:
+        raise UserError(f"{path}: missing column(s) {missing} for task {spec.name}; "
+                        f"found columns {header}, expected {list(wanted)}")
+    if not body:
+        raise UserError(f"{path} has a header but no rows")
+    index = [header.index(c) for c in wanted]
+    label_ids = {label: i for i, label in enumerate(spec.labels)}
+    columns: dict[str, list] = {"text_a": [], "label": []}
+    if spec.is_pair:
+        columns["text_b"] = []
+    for line_no, row in enumerate(body, start=2):
+        if len(row) != len(header):
+            raise UserError(f"{path}, line {line_no}: {len(row)} tab-separated fields, "
+                            f"expected {len(header)} like the header")
+        *texts, label = (row[i] for i in index)
+        if label not in label_ids:
+            raise UserError(f"{path}, line {line_no}: label {label!r} is not a {spec.name} label; "
+                            f"expected one of {list(spec.labels)}")
+        columns["text_a"].append(texts[0])
+        if spec.is_pair:
+            columns["text_b"].append(texts[1])
+        columns["label"].append(label_ids[label])
+    return columns
+
+
+def _features(spec: TaskSpec) -> datasets.Features:
+    cols = {"text_a": datasets.Value("string")}
+    if spec.is_pair:
+        cols["text_b"] = datasets.Value("string")
+    cols["label"] = datasets.ClassLabel(names=list(spec.labels))
+    return datasets.Features(cols)
+
+
+def load_task(task: str | TaskSpec, source: str | os.PathLike | None = None) -> datasets.DatasetDict:
+    """Load ``task``'s train and dev splits from ``source`` (see module docstring)."""
+    spec = task if isinstance(task, TaskSpec) else get_task(task)
+    if source is None or str(source) == "bundled":
+        if not (BUNDLED_DIR / spec.name).is_dir():
+            raise UserError(f"no bundled sample for {spec.name} (bundled: "
+                            f"{', '.join(p.name for p in BUNDLED_DIR.iterdir())}); "
+                            f"pass a GLUE data directory or 'hub'")
+        source = BUNDLED_DIR
+    if str(source) == "hub":
+        return _load_from_hub(spec)
+    task_dir = resolve_task_dir(spec, source)
+    return datasets.DatasetDict({
+        split: datasets.Dataset.from_dict(read_glue_tsv(task_dir / name, spec), features=_features(spec))
+        for split, name in (("train", "train.tsv"), ("dev", spec.tsv_dev_file))
+    })
+
+
+def _load_from_hub(spec: TaskSpec) -> datasets.DatasetDict:
+    raw = datasets.load_dataset("nyu-mll/glue", spec.hub_config)
+    renames = dict(zip(spec.hub_text_fields, ("text_a", "text_b")))
+    out = {}
+    for split, hub_split in (("train", "train"), ("dev", spec.hub_dev_split)):
+        ds = raw[hub_split].rename_columns(renames)
+        out[split] = ds.select_columns(list(_features(spec))).cast(_features(spec))
+    return datasets.DatasetDict(out)
+
+
+def describe_source(source: str | os.PathLike | None) -> str:
+    return "bundled sample" if source in (None, "bundled") else str(source)
+
+
+# --------------------------------------------------------------------------- tokenization
+
+
+def dataset_fingerprint(ds: datasets.Dataset) -> str:
+    """Content hash of a split (texts and labels), stable across runs and sources."""
+    h = hashlib.sha256()
+    for col in ds.column_names:
+        h.update(col.encode())
+        for value in ds[col]:
+            h.update(str(value).encode("utf-8") + b"\x1f")
+    return h.hexdigest()[:16]
+
+
+def tokenize(ds: datasets.Dataset, tokenizer, spec: TaskSpec, max_length: int = MAX_LENGTH) -> datasets.Dataset:
+    """Add the token ids both models read.
+
+    - ``input_ids`` / ``token_type_ids``: the teacher's input (a pair packed as
+      ``[CLS] a [SEP] b [SEP]``);
+    - ``input_ids_a`` (and ``input_ids_b`` for pairs): the student's input, each
+      text on its own (the paper embeds the two texts separately).
+
+    Texts longer than ``max_length`` tokens are truncated, with a warning.
+    Attention masks are built at batching time from the lengths.
+    """
+    pair = spec.is_pair
+
+    def encode(batch):
+        a, b = batch["text_a"], batch["text_b"] if pair else None
+        teacher = tokenizer(a, b, truncation=True, max_length=max_length, return_token_type_ids=True)
+        out = {"input_ids": teacher["input_ids"], "token_type_ids": teacher["token_type_ids"]}
+        out["input_ids_a"] = tokenizer(a, truncation=True, max_length=max_length)["input_ids"]
+        if pair:
+            out["input_ids_b"] = tokenizer(b, truncation=True, max_length=max_length)["input_ids"]
+        # Count truncations with the untruncated lengths of the packed input.
+        full = tokenizer(a, b, truncation=False)["input_ids"]
+        out["truncated"] = [len(ids) > max_length for ids in full]
+        return out
+
+    ds = ds.map(encode, batched=True, batch_size=1000, desc="tokenizing", load_from_cache_file=False)
+    n = sum(ds["truncated"])
+    if n:
+        log.warning("%d of %d examples are longer than %d tokens and were truncated", n, len(ds), max_length)
+    return ds.remove_columns("truncated")
+
+
+def pad_batch(features: list[dict], keys: tuple[str, ...], pad_id: int = 0) -> dict[str, torch.Tensor]:
+    """Pad each id column in ``keys`` to the batch's longest row and add its mask.
+
+    Returns ``{key: LongTensor[B, L_key]}`` plus ``attention_mask`` (for
+    ``input_ids``) or ``attention_mask_a``/``_b`` (for ``input_ids_a``/``_b``).
+    """
+    batch: dict[str, torch.Tensor] = {}
+    for key in keys:
+        rows = [f[key] for f in features]
+        length = max(len(r) for r in rows)
+        ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), length), dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, : len(r)] = torch.as_tensor(r, dtype=torch.long)
+            mask[i, : len(r)] = 1
+        batch[key] = ids
+        if key == "token_type_ids":
+            continue
+        batch[key.replace("input_ids", "attention_mask")] = mask
+    return batch
