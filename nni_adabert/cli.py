@@ -1,0 +1,154 @@
+"""The ``nni-adabert`` command line.
+
+Each subcommand is a thin layer over the Python API: it parses arguments, calls
+one library function, and prints what a user wants to see. Mistakes a user can
+fix (``UserError``) print one line and exit with code 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from .errors import UserError
+
+log = logging.getLogger("nni_adabert")
+
+
+# --------------------------------------------------------------------------- shared arguments
+
+
+def add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--task", default="SST-2", help="GLUE task: SST-2, MRPC, QQP, MNLI, QNLI, RTE (default SST-2)")
+    p.add_argument("--data", default=None,
+                   help="GLUE data: a directory of GLUE TSV files (the task folder or its parent), "
+                        "'hub' for Hugging Face nyu-mll/glue, or omit for the bundled SST-2 sample")
+    p.add_argument("--cache-dir", default=None, help="where teacher-knowledge stores live "
+                   "(default $NNI_ADABERT_CACHE or ~/.cache/nni-adabert)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
+
+
+def add_augment_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--aug-copies", type=int, default=None,
+                   help="augmented copies per train example (TinyBERT word replacement; 0 = none)")
+    p.add_argument("--aug-prob", type=float, default=None, help="probability to replace each word")
+    p.add_argument("--aug-seed", type=int, default=None, help="augmentation seed")
+
+
+def augment_config(args):
+    from .augment import AugmentConfig
+
+    overrides = {"copies": args.aug_copies, "replace_prob": args.aug_prob, "seed": args.aug_seed}
+    config = AugmentConfig(**{k: v for k, v in overrides.items() if v is not None})
+    return config if config.copies > 0 else None
+
+
+def cache_dir(args) -> Path:
+    from .knowledge import DEFAULT_CACHE_DIR
+
+    return Path(args.cache_dir) if args.cache_dir else DEFAULT_CACHE_DIR
+
+
+def format_table(header: list[str], rows: list[list]) -> str:
+    """A GitHub-flavoured Markdown table (readable in a terminal too)."""
+    cells = [header] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    line = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"  # noqa: E731
+    return "\n".join([line(cells[0]), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+                     + [line(r) for r in cells[1:]])
+
+
+# --------------------------------------------------------------------------- teacher
+
+
+def cmd_teacher(args) -> None:
+    """Fine-tune the teacher, train its layer probes, cache its knowledge."""
+    from . import atomic
+    from .data import describe_source, load_task
+    from .knowledge import build_knowledge
+    from .plots import plot_probe_accuracy
+    from .tasks import get_task
+    from .teacher import ProbeConfig, TeacherConfig, finetune_teacher
+
+    spec = get_task(args.task)
+    out = Path(args.output_dir)
+    data = load_task(spec, args.data)
+    if args.train_limit is not None:
+        data["train"] = data["train"].select(range(min(args.train_limit, len(data["train"]))))
+    print(f"{spec.name}: {len(data['train']):,} train / {len(data['dev']):,} dev rows from {describe_source(args.data)}")
+    config = TeacherConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    info = finetune_teacher(spec, data, args.model, out, config, progress=not args.no_progress)
+    metrics = ", ".join(f"{k} {100 * v:.2f}" for k, v in info["dev_metrics"].items())
+    print(f"teacher ({info['base_model']}, {info['num_layers']} layers) dev: {metrics}")
+    print(f"saved the fine-tuned teacher to {out / 'teacher'}")
+
+    store = build_knowledge(spec, data, out / "teacher", augment_config(args), cache_dir(args),
+                            ProbeConfig(seed=args.seed), progress=not args.no_progress)
+    acc = store.meta["probe_dev_accuracy"]
+    rows = [[j, f"{100 * a:.2f}", "teacher head" if j == len(acc) else "probe"] for j, a in enumerate(acc, 1)]
+    table = format_table(["layer", "dev accuracy (%)", "classifier"], rows)
+    print("\nper-layer probe accuracy on dev:\n" + table)
+    atomic.write_json(out / "probes.json", {"task": spec.name, "teacher": info, "probe_dev_accuracy": acc,
+                                            "knowledge_store": str(store.path)})
+    atomic.write_text(out / "probes.md", table + "\n")
+    plot_probe_accuracy(acc, out / "probes.png", f"{spec.name}: teacher probes on dev")
+    print(f"\nteacher knowledge: {store.meta['num_train_original']:,} original + "
+          f"{store.meta['num_train_augmented']:,} augmented train rows, {store.meta['num_dev']:,} dev rows")
+    print(f"  store: {store.path}")
+    print(f"  probes: {out / 'probes.json'}, {out / 'probes.md'}, {out / 'probes.png'}")
+
+
+# --------------------------------------------------------------------------- main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nni-adabert", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("tasks", help="list the GLUE tasks")
+    p.set_defaults(func=cmd_tasks)
+
+    p = sub.add_parser("teacher", help="fine-tune a teacher, train its layer probes, cache its knowledge")
+    add_data_args(p)
+    add_augment_args(p)
+    p.add_argument("--model", default=None,
+                   help="BERT-family checkpoint: hub name or local directory (default: bundled all-MiniLM-L6-v2)")
+    p.add_argument("--output-dir", required=True, help="run directory (teacher/, probes.*)")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--train-limit", type=int, default=None, help="use only the first N train rows")
+    p.set_defaults(func=cmd_teacher)
+    return parser
+
+
+def cmd_tasks(args) -> None:
+    from .tasks import TASKS
+
+    rows = [[t.name, "pair" if t.is_pair else "single", "/".join(t.labels), ", ".join(t.metrics)]
+            for t in TASKS.values()]
+    print(format_table(["task", "input", "labels", "metrics"], rows))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("transformers", "datasets", "pytorch_lightning", "lightning", "lightning_fabric", "nni"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        args.func(args)
+    except UserError as exc:
+        print(f"nni-adabert {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""Teacher fine-tuning, probes and the teacher-knowledge cache, on small slices of real data."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import nni_adabert.knowledge as knowledge
+from nni_adabert.augment import AugmentConfig
+from nni_adabert.data import IGNORE_LABEL, load_task
+from nni_adabert.errors import UserError
+from nni_adabert.knowledge import build_knowledge
+from nni_adabert.tasks import get_task
+from nni_adabert.teacher import (TeacherConfig, finetune_teacher, load_teacher_config, read_teacher_info,
+                                 train_probes)
+
+
+def small(data, n_train, n_dev):
+    data["train"] = data["train"].select(range(n_train))
+    data["dev"] = data["dev"].select(range(n_dev))
+    return data
+
+
+@pytest.fixture(scope="module")
+def sst2(glue_dir):
+    return small(load_task("SST-2", glue_dir), 48, 24)
+
+
+@pytest.fixture(scope="module")
+def mrpc(glue_dir):
+    return small(load_task("MRPC", glue_dir), 24, 16)
+
+
+def test_finetune_saves_hf_checkpoint_and_is_not_redone(tmp_path, sst2, minilm_dir, monkeypatch):
+    spec = get_task("SST-2")
+    info = finetune_teacher(spec, sst2, None, tmp_path, TeacherConfig(epochs=1, batch_size=16), progress=False)
+    saved = tmp_path / "teacher"
+    assert (saved / "model.safetensors").is_file() and (saved / "tokenizer.json").is_file()
+    assert 0.0 <= info["dev_metrics"]["accuracy"] <= 1.0 and info["num_layers"] == 6
+    assert read_teacher_info(saved)["dev_metrics"] == info["dev_metrics"]
+    assert (tmp_path / "teacher_train" / "checkpoints" / "last.ckpt").is_file()
+    # Fine-tuning changed the encoder (not only the new head).
+    before = load_file(str(minilm_dir / "model.safetensors"))["embeddings.word_embeddings.weight"]
+    after = load_file(str(saved / "model.safetensors"))["bert.embeddings.word_embeddings.weight"]
+    assert not torch.equal(before, after)
+
+    # Same settings: the finished run is reused, nothing is trained again.
+    monkeypatch.setattr("nni_adabert.teacher.fit", lambda *a, **k: pytest.fail("fine-tuned twice"))
+    assert finetune_teacher(spec, sst2, None, tmp_path, TeacherConfig(epochs=1, batch_size=16),
+                            progress=False) == info
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda d: d, "config.json is missing"),
+    (lambda d: (d / "config.json").write_text(json.dumps({"model_type": "gpt2"})), "'gpt2' model, not a BERT-family"),
+])
+def test_non_bert_checkpoints_rejected(tmp_path, make, message):
+    make(tmp_path)
+    with pytest.raises(UserError, match=message):
+        load_teacher_config(tmp_path)
+    with pytest.raises(UserError, match="does not exist"):
+        load_teacher_config(tmp_path / "missing-model")
+
+
+def test_probes_learn_a_separable_layer():
+    # Layer 1 carries the label, layer 2 is noise: probe 1 must fit, probe 2 cannot.
+    torch.manual_seed(0)
+    labels = torch.randint(0, 2, (400,))
+    pooled = torch.randn(400, 2, 8)
+    pooled[:, 0, 0] += 4 * (labels * 2 - 1)
+    probes = train_probes(pooled, torch.zeros(400, 2), labels)
+    acc = (probes(pooled, torch.zeros(400, 2)).argmax(-1) == labels[:, None]).float().mean(0)
+    assert acc[0] > 0.95 and acc[1] < 0.75
+
+
+@pytest.fixture(scope="module")
+def teacher_copy(tmp_path_factory, minilm_dir):
+    """The bundled MiniLM as an (unfine-tuned) teacher, in a directory we may alter."""
+    path = tmp_path_factory.mktemp("teacher")
+    shutil.copytree(minilm_dir, path, dirs_exist_ok=True)
+    return path
+
+
+@pytest.mark.parametrize("task", ["SST-2", "MRPC"])
+def test_knowledge_store_contents(tmp_path, task, sst2, mrpc, teacher_copy):
+    spec, data = get_task(task), {"SST-2": sst2, "MRPC": mrpc}[task]
+    store = build_knowledge(spec, data, teacher_copy, AugmentConfig(copies=2, seed=1), tmp_path, progress=False)
+    J, C = 6, 2
+    train = store.data["train"]
+    n = len(data["train"])
+    assert store.meta["num_train_original"] == n and 0 < store.meta["num_train_augmented"] <= 2 * n
+    assert len(train) == n + store.meta["num_train_augmented"]
+    assert torch.tensor(train[0]["teacher_logits"]).shape == (J, C)
+    assert train["label"][:n] == data["train"]["label"]
+    assert set(train["label"][n:]) == {IGNORE_LABEL}
+    assert len(store.meta["probe_dev_accuracy"]) == J
+    batch = next(iter(store.loader("train", batch_size=5)))
+    assert batch["teacher_logits"].shape == (5, J, C)
+    assert ("input_ids_b" in batch) == spec.is_pair
+    assert batch["input_ids_a"].shape == batch["attention_mask_a"].shape
+
+
+def test_knowledge_cache_hit_and_rebuild(tmp_path, sst2, teacher_copy, monkeypatch):
+    spec = get_task("SST-2")
+    first = build_knowledge(spec, sst2, teacher_copy, None, tmp_path, progress=False)
+
+    # Same inputs: loaded from disk, the teacher does not run.
+    calls = []
+    real_features = knowledge.teacher_features
+    monkeypatch.setattr(knowledge, "teacher_features", lambda *a, **k: calls.append(1) or real_features(*a, **k))
+    again = build_knowledge(spec, sst2, teacher_copy, None, tmp_path, progress=False)
+    assert again.path == first.path and calls == []
+    assert again.data["train"]["teacher_logits"] == first.data["train"]["teacher_logits"]
+
+    # Other data: a new store.
+    other = dict(sst2, train=sst2["train"].select(range(40)))
+    assert build_knowledge(spec, other, teacher_copy, None, tmp_path, progress=False).path != first.path
+    assert calls, "the teacher must run for new data"
+
+    # Other augmentation settings: a new store.
+    calls.clear()
+    aug = build_knowledge(spec, sst2, teacher_copy, AugmentConfig(copies=1), tmp_path, progress=False)
+    assert aug.path != first.path and calls
+
+    # Other teacher weights: a new store, with other logits.
+    weights = load_file(str(teacher_copy / "model.safetensors"))
+    weights["pooler.dense.bias"] = weights["pooler.dense.bias"] + 0.5
+    save_file(weights, str(teacher_copy / "model.safetensors"), metadata={"format": "pt"})
+    changed = build_knowledge(spec, sst2, teacher_copy, None, tmp_path, progress=False)
+    assert changed.path != first.path
+    assert changed.data["dev"]["teacher_logits"] != first.data["dev"]["teacher_logits"]
