@@ -1,0 +1,628 @@
+"""The AdaBERT search space (paper section 2.2 / 2.5.1) in NNI 3.0 primitives.
+
+A student is: factorized embedding -> K stacked cells -> a linear classifier on the
+pooled output of cell K (plus one linear *probe* per cell, used by the distillation
+loss). All K cells share one architecture and each has its own weights.
+
+Cell (a DAG, like DARTS' but 1-D): input nodes 0 and 1 are ``c_{k-2}`` and ``c_{k-1}``;
+intermediate node ``j`` (2..N+1) is ``sum_{i<j} o_{j,i}(h_i)``; the cell output is an
+attentive (per-example softmax) sum of the N intermediate nodes. For the first cell
+both inputs are the embedded text (single-text task) or the two embedded texts
+(pair task); cell 2 gets (input 1, c_1).
+
+How the choices are declared, and why:
+
+- one ``LayerChoice`` per edge, labelled ``edge_{j}_{i}`` (node j from node i). All
+  ``K_max`` cells create a LayerChoice with that label, so NNI sees ONE choice per edge
+  (the shared alpha_c) while each cell keeps its own candidate weights;
+- the layer count is ``nni.choice('depth', [1..K_max])`` held by :class:`DepthChoice`,
+  which selects the pooled output of cell K. A ``Categorical`` gives the plain arch
+  entry ``"depth": 3`` (an ``InputChoice`` would give ``[2]``) and lets a frozen or
+  single-path model run only its first K cells (``cells_needed``). NNI's built-in
+  DARTS/GumbelDARTS don't know this module, so the space hands them an adapter
+  through NNI's ``extra_oneshot_hooks`` protocol (:class:`DifferentiableDepthChoice`:
+  a softmax-weighted sum over the K_max cell outputs, exactly what NNI does for an
+  ``InputChoice``).
+
+Exported architectures are dicts ``{"edge_2_0": "std_conv_3", ..., "edge_4_3": "skip",
+"depth": 3}``; :meth:`AdaBertSpace.freeze` turns one into a plain :class:`AdaBertStudent`
+that keeps the supernet's weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import nni
+import torch
+import torch.nn as nn
+from nni.mutable import Sample, ensure_frozen
+from nni.nas.nn.pytorch import LayerChoice, ModelSpace, MutableModule
+from nni.nas.oneshot.pytorch.supermodule.base import BaseSuperNetModule
+
+from . import cost as _cost
+from . import losses as _losses
+from .errors import UserError
+from .ops import OP_NAMES, OPS, Zero, build_op
+
+__all__ = [
+    "DEPTH_LABEL", "StudentConfig", "AdaBertOutput", "AdaBertSpace", "AdaBertStudent",
+    "DepthChoice", "DifferentiableDepthChoice", "Cell", "Embedder", "edge_labels",
+    "edge_endpoints", "factorized_embedding", "validate_arch", "random_arch", "masked_mean",
+]
+
+DEPTH_LABEL = "depth"
+
+
+# --------------------------------------------------------------------------- config
+
+
+@dataclass
+class StudentConfig:
+    """Everything needed to rebuild a space or a child (saved next to exported archs).
+
+    Attributes:
+        vocab_size: WordPiece vocabulary size of the teacher's tokenizer.
+        num_labels: number of classes C.
+        is_pair: text-pair task (two inputs) or single text.
+        embed_dim: D, width of the factorized embedding and of every cell (128 in the paper).
+        k_max: maximum number of cells (8).
+        num_nodes: intermediate nodes N per cell (3 -> 9 edges).
+        op_names: candidate ops, in the order of architecture logits.
+        pad_token_id: used to build a mask when no attention mask is given.
+        max_positions: longest sequence accepted (learned position embeddings).
+        position_embeddings: add learned position embeddings (pooling/skip ops are
+            order-blind; this gives them position information for 128*D params).
+        dropout: on the embedding and before the probes / classifier.
+    """
+
+    vocab_size: int
+    num_labels: int
+    is_pair: bool = False
+    embed_dim: int = 128
+    k_max: int = 8
+    num_nodes: int = 3
+    op_names: Tuple[str, ...] = OP_NAMES
+    pad_token_id: int = 0
+    max_positions: int = 128
+    position_embeddings: bool = True
+    dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        self.op_names = tuple(self.op_names)
+        for name in ("vocab_size", "num_labels", "embed_dim", "k_max", "num_nodes", "max_positions"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise UserError(f"student config: {name} must be a positive integer, got {value!r}")
+        if self.num_labels < 2:
+            raise UserError(f"student config: num_labels must be >= 2, got {self.num_labels}")
+        unknown = [n for n in self.op_names if n not in OPS]
+        if unknown or not self.op_names or len(set(self.op_names)) != len(self.op_names):
+            raise UserError(f"student config: op_names must be distinct names from {list(OP_NAMES)}, "
+                            f"got {list(self.op_names)}")
+        if not 0.0 <= float(self.dropout) < 1.0:
+            raise UserError(f"student config: dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def edge_labels(self) -> List[str]:
+        return edge_labels(self.num_nodes)
+
+    def to_dict(self) -> Dict[str, Any]:
+        """Plain JSON-able dict (op_names as a list)."""
+        d = dataclasses.asdict(self)
+        d["op_names"] = list(self.op_names)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "StudentConfig":
+        """Inverse of :meth:`to_dict`; unknown or missing keys are a :class:`UserError`."""
+        if not isinstance(d, Mapping):
+            raise UserError(f"student config must be a JSON object, got {type(d).__name__}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise UserError(f"student config: unknown field(s) {unknown}; known: {sorted(names)}")
+        try:
+            return cls(**dict(d))
+        except TypeError as exc:
+            raise UserError(f"student config: {exc}") from None
+
+
+def edge_labels(num_nodes: int = 3) -> List[str]:
+    """Labels of the cell's edges, ``edge_{j}_{i}`` = op from node i into node j.
+
+    >>> edge_labels(3)
+    ['edge_2_0', 'edge_2_1', 'edge_3_0', 'edge_3_1', 'edge_3_2', 'edge_4_0', 'edge_4_1', 'edge_4_2', 'edge_4_3']
+    """
+    return [f"edge_{j}_{i}" for j in range(2, 2 + num_nodes) for i in range(j)]
+
+
+def edge_endpoints(label: str) -> Tuple[int, int]:
+    """``'edge_3_1'`` -> ``(1, 3)`` (source node, target node)."""
+    _, j, i = label.split("_")
+    return int(i), int(j)
+
+
+def validate_arch(arch: Any, config: StudentConfig) -> Dict[str, Any]:
+    """Check an architecture dict against ``config``; return it normalized (edge order, then depth).
+
+    Raises :class:`UserError` naming the problem: not a dict, a missing edge, an unknown
+    op, an unknown key, or a depth that is not an integer in ``1..k_max``.
+    """
+    if not isinstance(arch, Mapping):
+        raise UserError(f"architecture must be a dict, got {type(arch).__name__}")
+    labels = config.edge_labels
+    unknown = sorted(set(arch) - set(labels) - {DEPTH_LABEL})
+    if unknown:
+        raise UserError(f"architecture: unknown key(s) {unknown}; expected {labels + [DEPTH_LABEL]}")
+    out: Dict[str, Any] = {}
+    for label in labels:
+        if label not in arch:
+            raise UserError(f"architecture: missing edge {label!r}")
+        op = arch[label]
+        if op not in config.op_names:
+            raise UserError(f"architecture: edge {label!r} has unknown op {op!r}; "
+                            f"known ops: {list(config.op_names)}")
+        out[label] = op
+    if DEPTH_LABEL not in arch:
+        raise UserError(f"architecture: missing {DEPTH_LABEL!r}")
+    depth = arch[DEPTH_LABEL]
+    if isinstance(depth, bool) or not isinstance(depth, int) or not 1 <= depth <= config.k_max:
+        raise UserError(f"architecture: depth must be an integer in 1..{config.k_max}, got {depth!r}")
+    out[DEPTH_LABEL] = int(depth)
+    return out
+
+
+def random_arch(config: StudentConfig, seed: Optional[int] = None) -> Dict[str, Any]:
+    """A uniformly random architecture of the space (the paper's 'Random' baseline)."""
+    rng = random.Random(seed)
+    arch: Dict[str, Any] = {label: rng.choice(config.op_names) for label in config.edge_labels}
+    arch[DEPTH_LABEL] = rng.randint(1, config.k_max)
+    return arch
+
+
+# --------------------------------------------------------------------------- building blocks
+
+
+def factorized_embedding(teacher_word_embeddings: torch.Tensor, dim: int = 128) -> torch.Tensor:
+    """Project the teacher's word embeddings onto their top-``dim`` principal directions.
+
+    Args:
+        teacher_word_embeddings: ``[V, H]`` (e.g. ``bert.embeddings.word_embeddings.weight``).
+        dim: output width.
+
+    Returns:
+        ``[V, dim]`` float32: the PCA scores of each token (centered rows times the top
+        ``dim`` right singular vectors), the best rank-``dim`` approximation of the
+        teacher's token geometry. If ``H < dim`` the extra columns are zero (they
+        train from there).
+    """
+    e = teacher_word_embeddings.detach().to(torch.float32)
+    if e.dim() != 2:
+        raise ValueError(f"teacher word embeddings must be [V, H], got shape {tuple(e.shape)}")
+    centered = e - e.mean(dim=0, keepdim=True)
+    _, _, vh = torch.linalg.svd(centered, full_matrices=False)  # vh: [min(V,H), H]
+    k = min(dim, vh.shape[0])
+    scores = centered @ vh[:k].T                                  # [V, k]
+    if k < dim:
+        scores = torch.cat([scores, scores.new_zeros(e.shape[0], dim - k)], dim=1)
+    return scores.contiguous()
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over real tokens. ``x`` ``[B, D, L]`` (zero on padding), ``mask`` ``[B, 1, L]`` -> ``[B, D]``."""
+    return x.sum(dim=-1) / mask.sum(dim=-1).clamp_min(1.0)
+
+
+class Embedder(nn.Module):
+    """Token (+ position) embedding -> LayerNorm -> dropout, channels first.
+
+    Args:
+        input_ids: ``[B, L]`` long; attention_mask: ``[B, L]`` (1 = token) or ``None``.
+
+    Returns:
+        ``(x, mask)``: ``x`` ``[B, D, L]`` zero on padding, ``mask`` ``[B, 1, L]`` float.
+    """
+
+    def __init__(self, config: StudentConfig):
+        super().__init__()
+        self.config = config
+        self.word = nn.Embedding(config.vocab_size, config.embed_dim)
+        self.position = nn.Embedding(config.max_positions, config.embed_dim) if config.position_embeddings else None
+        if self.position is not None:
+            nn.init.normal_(self.position.weight, std=0.02)
+        self.norm = nn.LayerNorm(config.embed_dim)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be [B, L], got shape {tuple(input_ids.shape)}")
+        length = input_ids.shape[1]
+        if length > self.config.max_positions:
+            raise ValueError(f"sequence length {length} exceeds max_positions={self.config.max_positions}")
+        if attention_mask is None:
+            attention_mask = input_ids != self.config.pad_token_id
+        mask = attention_mask.to(self.word.weight.dtype).unsqueeze(1)            # [B, 1, L]
+        h = self.word(input_ids)                                                  # [B, L, D]
+        if self.position is not None:
+            h = h + self.position.weight[:length].unsqueeze(0)
+        h = self.dropout(self.norm(h))
+        return h.transpose(1, 2) * mask, mask
+
+
+class NodeAttention(nn.Module):
+    """Cell output = per-example softmax-weighted sum of the intermediate nodes.
+
+    Score of node n: ``w . masked_mean(h_n) + b``; softmax over the N nodes.
+
+    Args:
+        nodes: N tensors ``[B, D, L]``; mask: ``[B, 1, L]``.
+
+    Returns:
+        ``[B, D, L]``.
+    """
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.score = nn.Linear(dim, 1)
+
+    def forward(self, nodes: Sequence[torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
+        stacked = torch.stack(list(nodes), dim=1)                                  # [B, N, D, L]
+        pooled = stacked.sum(dim=-1) / mask.sum(dim=-1, keepdim=True).clamp_min(1.0)  # [B, N, D]
+        weights = torch.softmax(self.score(pooled).squeeze(-1), dim=1)             # [B, N]
+        return (stacked * weights[:, :, None, None]).sum(dim=1)
+
+
+def _apply_edge(edge: nn.Module, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    if type(edge) is LayerChoice:
+        # The raw (un-mutated) space: NNI's dry run uses the default candidate.
+        return edge[getattr(edge, "_dry_run_choice", edge.names[0])](x, mask)
+    return edge(x, mask)
+
+
+class Cell(nn.Module):
+    """One cell. ``edges`` maps each edge label to an op (child) or a choice over ops (space).
+
+    Args:
+        s0, m0: node 0 (``c_{k-2}``) ``[B, D, L]`` and its mask ``[B, 1, L]``.
+        s1, m1: node 1 (``c_{k-1}``) and its mask.
+
+    Returns:
+        ``(c_k, mask)``: ``[B, D, L]`` and the union of the input masks ``[B, 1, L]``.
+    """
+
+    def __init__(self, num_nodes: int, dim: int, edges: "OrderedDict[str, nn.Module]"):
+        super().__init__()
+        self.num_nodes = num_nodes
+        self.edges = nn.ModuleDict(edges)
+        self.attention = NodeAttention(dim)
+
+    def forward(self, s0: torch.Tensor, m0: torch.Tensor, s1: torch.Tensor, m1: torch.Tensor
+                ) -> Tuple[torch.Tensor, torch.Tensor]:
+        mask = torch.maximum(m0, m1)
+        states, masks = [s0, s1], [m0, m1]
+        for j in range(2, 2 + self.num_nodes):
+            node: Optional[torch.Tensor] = None
+            for i in range(j):
+                edge = self.edges[f"edge_{j}_{i}"]
+                if isinstance(edge, Zero):
+                    continue  # a frozen zero edge: nothing to compute (the supernet adds exact zeros)
+                out = _apply_edge(edge, states[i], masks[i])
+                node = out if node is None else node + out
+            states.append(torch.zeros_like(s1) if node is None else node)
+            masks.append(mask)
+        return self.attention(states[2:], mask), mask
+
+
+@dataclass
+class AdaBertOutput:
+    """What a space or a child returns.
+
+    Attributes:
+        logits: ``[B, C]``, the final classifier on the pooled output of cell K.
+        probe_logits: one ``[B, C]`` per cell that ran (cells 1..K_run), the student probes.
+        depth_terms: ``(k, weight)`` pairs: the distillation loss is
+            ``sum weight * L_KD(probe_logits[:k])``. A frozen child gives ``[(K, None)]``
+            (weight 1); a straight-through supernet gives the depth gate(s), so the KD term
+            sends gradient to the depth parameters; NNI's DARTS gives softmax weights.
+    """
+
+    logits: torch.Tensor
+    probe_logits: List[torch.Tensor]
+    depth_terms: List[Tuple[int, Optional[torch.Tensor]]] = field(default_factory=list)
+
+
+def _embed_inputs(embed: Embedder, config: StudentConfig, input_ids_a, attention_mask_a, input_ids_b, attention_mask_b):
+    xa, ma = embed(input_ids_a, attention_mask_a)
+    if not config.is_pair:
+        if input_ids_b is not None:
+            raise ValueError("this student is for single-text tasks but input_ids_b was given")
+        return xa, ma, xa, ma
+    if input_ids_b is None:
+        raise ValueError("this student is for text-pair tasks: input_ids_b is required")
+    xb, mb = embed(input_ids_b, attention_mask_b)
+    # Ops combine the two texts position-wise, so pad both to the same length.
+    la, lb = xa.shape[-1], xb.shape[-1]
+    if la < lb:
+        xa, ma = nn.functional.pad(xa, (0, lb - la)), nn.functional.pad(ma, (0, lb - la))
+    elif lb < la:
+        xb, mb = nn.functional.pad(xb, (0, la - lb)), nn.functional.pad(mb, (0, la - lb))
+    return xa, ma, xb, mb
+
+
+def _run_cells(cells: Sequence[Cell], probes: Sequence[nn.Module], dropout: nn.Module, n_run: int,
+               s0, m0, s1, m1, with_probes: bool = True) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+    pooled: List[torch.Tensor] = []
+    probe_logits: List[torch.Tensor] = []
+    for k in range(n_run):
+        c, m = cells[k](s0, m0, s1, m1)
+        s0, m0, s1, m1 = s1, m1, c, m
+        p = masked_mean(c, m)                                   # [B, D]
+        pooled.append(p)
+        if with_probes:
+            probe_logits.append(probes[k](dropout(p)))
+    return pooled, probe_logits
+
+
+# --------------------------------------------------------------------------- depth choice
+
+
+class _FixedDepth(nn.Module):
+    def __init__(self, depth: int):
+        super().__init__()
+        self.depth = depth
+
+    def forward(self, candidates: List[torch.Tensor]) -> torch.Tensor:
+        return candidates[self.depth - 1]
+
+
+class DepthChoice(MutableModule):
+    """The layer count K as ``nni.choice(label, [1..k_max])``.
+
+    Protocol used by :class:`AdaBertSpace` (supernet versions override it):
+
+    - ``cells_needed``: how many cells the forward must run (``None`` = all ``k_max``);
+    - ``forward(candidates)``: ``candidates`` are the pooled outputs ``[B, D]`` of cells
+      1..n; returns the classifier input ``[B, D]``;
+    - ``depth_terms(n)``: the ``(k, weight)`` pairs of :class:`AdaBertOutput`.
+
+    Un-mutated (NNI dry run) it behaves as the default depth.
+    """
+
+    def __init__(self, k_max: int, label: str = DEPTH_LABEL):
+        super().__init__()
+        self.k_max = k_max
+        self.choice = self.add_mutable(nni.choice(label, list(range(1, k_max + 1))))
+        self._dry_run_depth: int = ensure_frozen(self.choice)
+
+    @property
+    def label(self) -> str:
+        return self.choice.label
+
+    @property
+    def cells_needed(self) -> Optional[int]:
+        return self._dry_run_depth
+
+    def forward(self, candidates: List[torch.Tensor]) -> torch.Tensor:
+        return candidates[self._dry_run_depth - 1]
+
+    def depth_terms(self, n_run: int) -> List[Tuple[int, Optional[torch.Tensor]]]:
+        return [(self._dry_run_depth, None)]
+
+    def freeze(self, sample: Sample) -> nn.Module:
+        self.validate(sample)
+        return _FixedDepth(int(self.choice.freeze(sample)))
+
+    def extra_repr(self) -> str:
+        return f"k_max={self.k_max}, label={self.label!r}"
+
+
+class DifferentiableDepthChoice(DepthChoice, BaseSuperNetModule):
+    """Adapter so NNI's built-in DARTS / GumbelDARTS can search the depth.
+
+    Mirrors NNI's ``DifferentiableMixedInput``: all ``k_max`` cells run and the classifier
+    sees ``sum_k softmax(alpha)_k * pooled_k`` (``softmax`` is whatever the strategy hands
+    over: plain for DARTS, soft Gumbel for GumbelDARTS). Installed by
+    :meth:`AdaBertSpace.extra_oneshot_hooks`.
+    """
+
+    def __init__(self, k_max: int, label: str, alpha: nn.Parameter, softmax: nn.Module):
+        super().__init__(k_max, label)
+        self._arch_alpha = alpha
+        self._softmax = softmax
+        self._last_weights: Optional[torch.Tensor] = None
+
+    @classmethod
+    def mutate(cls, module: nn.Module, name: str, memo: Dict[str, Any], mutate_kwargs: Dict[str, Any]):
+        if type(module) is DepthChoice:
+            if module.label not in memo:
+                raise KeyError(f"depth choice {module.label!r} not found in memo")
+            return cls(module.k_max, module.label, memo[module.label], mutate_kwargs.get("softmax", nn.Softmax(-1)))
+        return None
+
+    @property
+    def cells_needed(self) -> Optional[int]:
+        return None
+
+    def forward(self, candidates: List[torch.Tensor]) -> torch.Tensor:
+        weights = self._softmax(self._arch_alpha)
+        self._last_weights = weights
+        return sum(w * c for w, c in zip(weights, candidates))  # type: ignore[return-value]
+
+    def depth_terms(self, n_run: int) -> List[Tuple[int, Optional[torch.Tensor]]]:
+        w = self._last_weights if self._last_weights is not None else self._softmax(self._arch_alpha)
+        return [(k, w[k - 1]) for k in range(1, n_run + 1)]
+
+    def relaxed_weights(self) -> torch.Tensor:
+        return self._last_weights if self._last_weights is not None else self._softmax(self._arch_alpha)
+
+    def resample(self, memo):
+        return {}
+
+    def export(self, memo):
+        if self.label in memo:
+            return {}
+        return {str(self.label): int(torch.argmax(self._arch_alpha).item()) + 1}
+
+    def export_probs(self, memo):
+        if self.label in memo:
+            return {}
+        probs = torch.softmax(self._arch_alpha.detach(), -1).cpu().tolist()
+        return {str(self.label): dict(zip(range(1, self.k_max + 1), probs))}
+
+    def arch_parameters(self):
+        yield self._arch_alpha
+
+
+def _relaxed_weights(module: nn.Module) -> Optional[torch.Tensor]:
+    """The relaxed choice vector a supernet module used in its last forward, if it has one."""
+    fn = getattr(module, "relaxed_weights", None)
+    if callable(fn):
+        return fn()
+    if hasattr(module, "_arch_alpha") and hasattr(module, "_softmax"):   # NNI's DARTS modules
+        return module._softmax(module._arch_alpha)
+    return None
+
+
+# --------------------------------------------------------------------------- space and child
+
+
+class AdaBertSpace(ModelSpace):
+    """The AdaBERT model space: ``K_max`` cells sharing one searched cell + a searched depth.
+
+    Args:
+        config: :class:`StudentConfig` (or its dict).
+        embedding_init: optional ``[V, D]`` initial word embeddings, e.g.
+            ``factorized_embedding(teacher.get_input_embeddings().weight, D)``.
+
+    Forward:
+        ``forward(input_ids_a [B,La], attention_mask_a [B,La], input_ids_b [B,Lb]=None,
+        attention_mask_b [B,Lb]=None) -> AdaBertOutput``. Un-mutated, it runs NNI's default
+        (dry-run) architecture; after a one-shot strategy has mutated it, the supernet.
+    """
+
+    def __init__(self, config: StudentConfig, embedding_init: Optional[torch.Tensor] = None):
+        super().__init__()
+        if isinstance(config, Mapping):
+            config = StudentConfig.from_dict(config)
+        self.config = config
+        d = config.embed_dim
+        self.embed = Embedder(config)
+        if embedding_init is not None:
+            _load_embedding(self.embed, embedding_init)
+        self.cells = nn.ModuleList([
+            Cell(config.num_nodes, d, OrderedDict(
+                (label, LayerChoice(OrderedDict((op, build_op(op, d)) for op in config.op_names), label=label))
+                for label in config.edge_labels))
+            for _ in range(config.k_max)
+        ])
+        self.probes = nn.ModuleList([nn.Linear(d, config.num_labels) for _ in range(config.k_max)])
+        self.depth = DepthChoice(config.k_max)
+        self.dropout = nn.Dropout(config.dropout)
+        self.classifier = nn.Linear(d, config.num_labels)
+        # Normalized SIZE + FLOPs per op (independent of the sequence length, see cost.py).
+        self.register_buffer("op_cost", _cost.normalized_op_costs(config.op_names, d), persistent=False)
+
+    def forward(self, input_ids_a: torch.Tensor, attention_mask_a: Optional[torch.Tensor] = None,
+                input_ids_b: Optional[torch.Tensor] = None, attention_mask_b: Optional[torch.Tensor] = None
+                ) -> AdaBertOutput:
+        s0, m0, s1, m1 = _embed_inputs(self.embed, self.config, input_ids_a, attention_mask_a,
+                                       input_ids_b, attention_mask_b)
+        n_run = self.depth.cells_needed or self.config.k_max
+        pooled, probe_logits = _run_cells(self.cells, self.probes, self.dropout, n_run, s0, m0, s1, m1)
+        logits = self.classifier(self.dropout(self.depth(pooled)))
+        return AdaBertOutput(logits, probe_logits, self.depth.depth_terms(n_run))
+
+    def efficiency_loss(self) -> Optional[torch.Tensor]:
+        """``L_E`` of the relaxed choices used in the last forward (see :func:`losses.efficiency_loss`).
+
+        ``None`` when the space is not a differentiable supernet (nothing to penalize).
+        """
+        op_weights = [_relaxed_weights(self.cells[0].edges[label]) for label in self.config.edge_labels]
+        depth_weights = _relaxed_weights(self.depth)
+        if depth_weights is None or any(w is None for w in op_weights):
+            return None
+        return _losses.efficiency_loss(torch.stack(op_weights), depth_weights, self.op_cost)
+
+    def extra_oneshot_hooks(self, strategy: Any) -> list:
+        """NNI protocol: mutation hooks this space adds for a one-shot strategy."""
+        from nni.nas.oneshot.pytorch.strategy import DARTS  # DARTS, GumbelDARTS, Proxyless
+        return [DifferentiableDepthChoice.mutate] if isinstance(strategy, DARTS) else []
+
+    def freeze(self, sample: Sample) -> "AdaBertStudent":
+        """The child for ``sample`` as a plain :class:`AdaBertStudent`, with this space's weights.
+
+        Works on the raw space and on a supernet mutated by a one-shot strategy (every
+        edge module still indexes its candidates by op name). Only cells 1..K are kept.
+        """
+        arch = validate_arch({k: v for k, v in sample.items() if k in set(self.config.edge_labels) | {DEPTH_LABEL}}
+                             if isinstance(sample, Mapping) else sample, self.config)
+        student = AdaBertStudent(self.config, arch)
+        student.embed.load_state_dict(self.embed.state_dict())
+        for k in range(arch[DEPTH_LABEL]):
+            src, dst = self.cells[k], student.cells[k]
+            for label in self.config.edge_labels:
+                dst.edges[label].load_state_dict(src.edges[label][arch[label]].state_dict())
+            dst.attention.load_state_dict(src.attention.state_dict())
+            student.probes[k].load_state_dict(self.probes[k].state_dict())
+        student.classifier.load_state_dict(self.classifier.state_dict())
+        ref = self.classifier.weight
+        return student.to(device=ref.device, dtype=ref.dtype).train(self.training)
+
+
+class AdaBertStudent(nn.Module):
+    """A derived child: K cells of one fixed architecture. A plain ``nn.Module``.
+
+    State-dict keys mirror the space minus the op name (``cells.0.edges.edge_2_0.conv.weight``),
+    all tensors, so it saves to safetensors as is. Probes are kept (retraining distills
+    through them); :func:`cost.child_params` reports the deployed size without them.
+
+    Args:
+        config: :class:`StudentConfig` (or its dict).
+        arch: architecture dict, see :func:`validate_arch`.
+    """
+
+    def __init__(self, config: StudentConfig, arch: Mapping[str, Any]):
+        super().__init__()
+        if isinstance(config, Mapping):
+            config = StudentConfig.from_dict(config)
+        self.config = config
+        self.arch = validate_arch(arch, config)
+        self.depth: int = self.arch[DEPTH_LABEL]
+        d = config.embed_dim
+        self.embed = Embedder(config)
+        self.cells = nn.ModuleList([
+            Cell(config.num_nodes, d, OrderedDict((label, build_op(self.arch[label], d)) for label in config.edge_labels))
+            for _ in range(self.depth)
+        ])
+        self.probes = nn.ModuleList([nn.Linear(d, config.num_labels) for _ in range(self.depth)])
+        self.dropout = nn.Dropout(config.dropout)
+        self.classifier = nn.Linear(d, config.num_labels)
+
+    def load_embedding(self, embedding: torch.Tensor) -> None:
+        """Copy ``[V, D]`` initial word embeddings (e.g. from :func:`factorized_embedding`)."""
+        _load_embedding(self.embed, embedding)
+
+    def forward(self, input_ids_a: torch.Tensor, attention_mask_a: Optional[torch.Tensor] = None,
+                input_ids_b: Optional[torch.Tensor] = None, attention_mask_b: Optional[torch.Tensor] = None,
+                return_probes: bool = True) -> AdaBertOutput:
+        """Args as :meth:`AdaBertSpace.forward`; ``return_probes=False`` skips the probes (deployment)."""
+        s0, m0, s1, m1 = _embed_inputs(self.embed, self.config, input_ids_a, attention_mask_a,
+                                       input_ids_b, attention_mask_b)
+        pooled, probe_logits = _run_cells(self.cells, self.probes, self.dropout, self.depth,
+                                          s0, m0, s1, m1, with_probes=return_probes)
+        logits = self.classifier(self.dropout(pooled[-1]))
+        return AdaBertOutput(logits, probe_logits, [(self.depth, None)])
+
+
+def _load_embedding(embed: Embedder, weight: torch.Tensor) -> None:
+    expected = tuple(embed.word.weight.shape)
+    if tuple(weight.shape) != expected:
+        raise UserError(f"embedding init has shape {tuple(weight.shape)}, expected {expected} "
+                        "(vocabulary size x embed_dim): is it from the same tokenizer?")
+    with torch.no_grad():
+        embed.word.weight.copy_(weight)

@@ -1,0 +1,260 @@
+"""Ops, the model space, frozen children and the analytic cost tables."""
+
+import pytest
+import safetensors.torch
+import torch
+from nni.mutable import Categorical
+from nni.nas.nn.pytorch import LayerChoice, MutableModule
+from torch.utils.flop_counter import FlopCounterMode
+
+from nni_adabert.cost import (
+    child_flops, child_params, normalized_op_costs, op_flops, op_params,
+)
+from nni_adabert.errors import UserError
+from nni_adabert.ops import OP_NAMES, OPS, ReLUConvBN, build_op
+from nni_adabert.space import (
+    AdaBertSpace, AdaBertStudent, StudentConfig, edge_labels, factorized_embedding, random_arch, validate_arch,
+)
+
+D = 8
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one intra-op thread is much faster (and immune to oversubscription on busy CI)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny_config(**kw):
+    base = dict(vocab_size=40, num_labels=3, embed_dim=D, k_max=3, max_positions=32, dropout=0.0)
+    base.update(kw)
+    return StudentConfig(**base)
+
+
+def padded(x, mask, extra):
+    """Append `extra` padded positions (zeros) to x [B, D, L] and mask [B, 1, L]."""
+    return torch.nn.functional.pad(x, (0, extra)), torch.nn.functional.pad(mask, (0, extra))
+
+
+# ----------------------------------------------------------------------------- ops
+
+
+def test_op_table_has_the_ten_ops_of_the_paper():
+    assert OP_NAMES == ("std_conv_3", "std_conv_5", "std_conv_7", "dil_conv_3", "dil_conv_5", "dil_conv_7",
+                        "avg_pool_3", "max_pool_3", "skip", "zero")
+    assert set(OPS) == set(OP_NAMES)
+    with pytest.raises(KeyError, match="unknown op"):
+        build_op("sep_conv_3", D)
+
+
+@pytest.mark.parametrize("name", OP_NAMES)
+@pytest.mark.parametrize("training", [True, False])
+def test_ops_keep_length_zero_padding_and_ignore_padding(name, training):
+    torch.manual_seed(0)
+    op = build_op(name, D).train(training)
+    x = torch.randn(3, D, 7)
+    mask = torch.ones(3, 1, 7)
+    mask[1, :, 5:] = 0.0
+    mask[2, :, 2:] = 0.0
+    x = x * mask
+    if not training:   # give BN non-trivial running statistics
+        for m in op.modules():
+            if isinstance(m, torch.nn.BatchNorm1d):
+                m.running_mean.uniform_(-1, 1)
+                m.running_var.uniform_(0.5, 2)
+    y = op(x, mask)
+    assert y.shape == x.shape                                  # SAME padding
+    assert torch.all(y * (1 - mask) == 0)                      # zero on padding
+    x2, m2 = padded(x, mask, 4)
+    y2 = op(x2, m2)
+    # Same result whatever the padded length (BN statistics and pooling are masked).
+    assert torch.allclose(y2[..., :7], y, atol=1e-5)
+
+
+def test_dilated_convs_are_real_dilated_convolutions():
+    for k in (3, 5, 7):
+        std, dil = build_op(f"std_conv_{k}", D), build_op(f"dil_conv_{k}", D)
+        assert isinstance(dil, ReLUConvBN) and dil.conv.dilation == (2,) and dil.conv.kernel_size == (k,)
+        assert std.conv.dilation == (1,) and dil.conv.padding == (k - 1,)
+    # Receptive field of dil_conv_3 is 5 positions: an impulse spreads to t-2, t, t+2 only.
+    op = build_op("dil_conv_3", 1).eval()
+    with torch.no_grad():
+        op.conv.weight.fill_(1.0)
+    x = torch.zeros(1, 1, 9)
+    x[0, 0, 4] = 1.0
+    y = op(x, torch.ones(1, 1, 9))
+    changed = (y[0, 0] != y[0, 0, 0]).nonzero().flatten().tolist()
+    assert changed == [2, 4, 6]
+
+
+def test_pools_ignore_padding_values():
+    x = torch.tensor([[[-3.0, -1.0, -2.0, 0.0]]])
+    mask = torch.tensor([[[1.0, 1.0, 1.0, 0.0]]])
+    assert build_op("max_pool_3", 1)(x, mask).tolist() == [[[-1.0, -1.0, -1.0, 0.0]]]
+    assert build_op("avg_pool_3", 1)(x, mask).tolist() == [[[-2.0, -2.0, -1.5, 0.0]]]
+
+
+# ----------------------------------------------------------------------------- space
+
+
+def test_space_declares_nine_shared_edge_choices_and_a_depth_choice():
+    cfg = tiny_config()
+    space = AdaBertSpace(cfg)
+    mutables = space.simplify()
+    assert list(mutables) == edge_labels(3) + ["depth"]
+    assert len(edge_labels(3)) == 9
+    for label in edge_labels(3):
+        assert isinstance(mutables[label], Categorical) and list(mutables[label].values) == list(OP_NAMES)
+    assert list(mutables["depth"].values) == [1, 2, 3]
+    # Every cell has its own LayerChoice (own weights) with the shared label.
+    choices = [m for m in space.modules() if isinstance(m, LayerChoice)]
+    assert len(choices) == 9 * cfg.k_max
+    w0 = space.cells[0].edges["edge_2_0"]["std_conv_3"].conv.weight
+    w1 = space.cells[1].edges["edge_2_0"]["std_conv_3"].conv.weight
+    assert w0 is not w1
+    out = space(torch.randint(0, 40, (2, 5)), torch.ones(2, 5))     # NNI dry run (default arch)
+    assert out.logits.shape == (2, 3) and len(out.probe_logits) == 1
+
+
+def test_config_round_trips_and_rejects_nonsense():
+    cfg = tiny_config(is_pair=True, op_names=("skip", "zero", "std_conv_3"))
+    assert StudentConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(UserError, match="unknown field"):
+        StudentConfig.from_dict({**cfg.to_dict(), "colour": 1})
+    with pytest.raises(UserError, match="op_names"):
+        tiny_config(op_names=("conv_9",))
+    with pytest.raises(UserError, match="k_max"):
+        tiny_config(k_max=0)
+
+
+def test_validate_arch_errors():
+    cfg = tiny_config()
+    arch = random_arch(cfg, seed=0)
+    assert validate_arch(arch, cfg) == arch
+    with pytest.raises(UserError, match="unknown op"):
+        validate_arch({**arch, "edge_2_0": "conv_9"}, cfg)
+    with pytest.raises(UserError, match="missing edge 'edge_3_1'"):
+        validate_arch({k: v for k, v in arch.items() if k != "edge_3_1"}, cfg)
+    with pytest.raises(UserError, match="depth"):
+        validate_arch({**arch, "depth": 4}, cfg)
+    with pytest.raises(UserError, match="depth"):
+        validate_arch({**arch, "depth": "2"}, cfg)
+    with pytest.raises(UserError, match="unknown key"):
+        validate_arch({**arch, "edge_5_0": "skip"}, cfg)
+
+
+def test_factorized_embedding_is_pca_projection():
+    torch.manual_seed(0)
+    basis = torch.linalg.qr(torch.randn(12, 12))[0][:, :3]           # 3 orthonormal directions in R^12
+    coords = torch.randn(50, 3) * torch.tensor([5.0, 2.0, 1.0])
+    teacher = coords @ basis.T + 0.7                                  # rank-3 + offset, V=50, H=12
+    emb = factorized_embedding(teacher, dim=3)
+    assert emb.shape == (50, 3)
+    # Rank-3 data: the 3 principal scores keep all pairwise distances.
+    exact = "donot_use_mm_for_euclid_dist"
+    assert torch.allclose(torch.cdist(emb, emb, compute_mode=exact), torch.cdist(teacher, teacher, compute_mode=exact),
+                          atol=1e-4)
+    assert emb.var(0)[0] > emb.var(0)[1] > emb.var(0)[2]             # ordered by variance
+    wide = factorized_embedding(teacher, dim=16)                       # H < dim: zero-padded
+    assert wide.shape == (50, 16) and torch.all(wide[:, 12:] == 0)
+    space = AdaBertSpace(tiny_config(vocab_size=50, embed_dim=3), embedding_init=emb)
+    assert torch.equal(space.embed.word.weight.data, emb)
+    with pytest.raises(UserError, match="same tokenizer"):
+        AdaBertSpace(tiny_config(vocab_size=51, embed_dim=3), embedding_init=emb)
+
+
+@pytest.mark.parametrize("is_pair", [False, True])
+def test_freeze_gives_plain_child_with_first_k_cells_and_space_weights(is_pair):
+    torch.manual_seed(0)
+    cfg = tiny_config(is_pair=is_pair)
+    space = AdaBertSpace(cfg)
+    arch = {**random_arch(cfg, seed=3), "depth": 2}
+    child = space.freeze(arch)
+    assert type(child) is AdaBertStudent
+    assert not any(isinstance(m, MutableModule) for m in child.modules())
+    assert len(child.cells) == 2 and len(child.probes) == 2
+    conv_label = next((l for l in cfg.edge_labels if arch[l].startswith(("std", "dil"))), None)
+    if conv_label is not None:
+        assert torch.equal(child.cells[1].edges[conv_label].conv.weight,
+                           space.cells[1].edges[conv_label][arch[conv_label]].conv.weight)
+    assert all(isinstance(v, torch.Tensor) for v in child.state_dict().values())
+    ids = torch.randint(1, 40, (2, 6))
+    kwargs = dict(input_ids_b=torch.randint(1, 40, (2, 4)), attention_mask_b=torch.ones(2, 4)) if is_pair else {}
+    out = child.eval()(ids, torch.ones(2, 6), **kwargs)
+    assert out.logits.shape == (2, 3) and len(out.probe_logits) == 2 and out.depth_terms == [(2, None)]
+    # A child built from scratch loads the frozen child's state dict by name, via safetensors.
+    fresh = AdaBertStudent(cfg.to_dict(), arch).eval()
+    fresh.load_state_dict(safetensors.torch.load(safetensors.torch.save(child.state_dict())))
+    assert torch.equal(fresh(ids, torch.ones(2, 6), **kwargs).logits, out.logits)
+
+
+def test_child_ignores_padding_and_checks_inputs():
+    torch.manual_seed(0)
+    cfg = tiny_config()
+    child = AdaBertStudent(cfg, {**{l: OP_NAMES[i] for i, l in enumerate(cfg.edge_labels)}, "depth": 3}).eval()
+    ids = torch.tensor([[5, 6, 7, 8]])
+    short = child(ids, torch.ones(1, 4)).logits
+    long_ids = torch.tensor([[5, 6, 7, 8, 0, 0, 0]])
+    long = child(long_ids, torch.tensor([[1, 1, 1, 1, 0, 0, 0]])).logits
+    assert torch.allclose(short, long, atol=1e-5)
+    with pytest.raises(ValueError, match="max_positions"):
+        child(torch.ones(1, 33, dtype=torch.long), None)
+    with pytest.raises(ValueError, match="input_ids_b"):
+        AdaBertStudent(tiny_config(is_pair=True), random_arch(cfg, 0))(ids, None)
+
+
+# ----------------------------------------------------------------------------- cost
+
+
+def _numel(module):
+    return sum(p.numel() for p in module.parameters())
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("is_pair", [False, True])
+def test_analytic_params_match_numel(seed, is_pair):
+    cfg = tiny_config(is_pair=is_pair, k_max=4)
+    arch = random_arch(cfg, seed)
+    child = AdaBertStudent(cfg, arch)
+    probes = _numel(child.probes)
+    assert child_params(cfg, arch, include_probes=True) == _numel(child)
+    assert child_params(cfg, arch) == _numel(child) - probes
+    assert child_params(cfg, arch, include_embedding=False) == _numel(child) - probes - _numel(child.embed)
+    for name in OP_NAMES:
+        assert op_params(name, D) == _numel(build_op(name, D))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("is_pair", [False, True])
+def test_analytic_flops_match_flop_counter(seed, is_pair):
+    cfg = tiny_config(is_pair=is_pair, k_max=4)
+    arch = random_arch(cfg, seed)
+    child = AdaBertStudent(cfg, arch).eval()
+    batch, la, lb = 3, 9, 6
+    inputs = dict(input_ids_a=torch.randint(1, 40, (batch, la)), attention_mask_a=torch.ones(batch, la))
+    if is_pair:
+        inputs.update(input_ids_b=torch.randint(1, 40, (batch, lb)), attention_mask_b=torch.ones(batch, lb))
+    for with_probes in (False, True):
+        counter = FlopCounterMode(display=False)
+        with counter, torch.no_grad():
+            child(**inputs, return_probes=with_probes)
+        # FlopCounterMode counts matmul-class ops only; so does child_flops (see cost.py).
+        assert counter.get_total_flops() == batch * child_flops(cfg, arch, max(la, lb), include_probes=with_probes)
+    for name in OP_NAMES:
+        counter = FlopCounterMode(display=False)
+        with counter, torch.no_grad():
+            build_op(name, D).eval()(torch.randn(2, D, 11), torch.ones(2, 1, 11))
+        assert counter.get_total_flops() == 2 * op_flops(name, D, 11)
+
+
+def test_normalized_op_costs():
+    cost = normalized_op_costs(OP_NAMES, 128)
+    by_name = dict(zip(OP_NAMES, cost.tolist()))
+    assert by_name["std_conv_7"] == pytest.approx(1.0) and by_name["dil_conv_7"] == pytest.approx(1.0)
+    assert by_name["zero"] == 0.0 and by_name["skip"] == 0.0
+    assert 0.0 < by_name["max_pool_3"] < by_name["avg_pool_3"] < 0.01        # cheap, not free
+    assert by_name["std_conv_3"] < by_name["std_conv_5"] < by_name["std_conv_7"]
+    assert torch.allclose(cost, normalized_op_costs(OP_NAMES, 128, seq_len=17))  # independent of L
