@@ -1,0 +1,135 @@
+"""The NNI evaluator module for AdaBERT: distillation training of a space, supernet or child.
+
+:class:`AdaBertDistillModule` is an ``nni.nas.evaluator.pytorch.LightningModule``; wrap it
+in NNI's ``Lightning`` evaluator::
+
+    evaluator = Lightning(AdaBertDistillModule(num_labels=2), Trainer(max_epochs=10),
+                          train_dataloaders=train_loader, val_dataloaders=dev_loader)
+    NasExperiment(AdaBertSpace(config), evaluator, AdaBertStrategy()).run()
+
+One-shot strategies call its ``training_step`` for the weight (and architecture) step;
+used directly with a ``Trainer`` it retrains a frozen child with the same loss
+(automatic optimization).
+
+Batches are dicts: ``input_ids_a`` ``[B, La]``, ``attention_mask_a`` ``[B, La]``, for pair
+tasks ``input_ids_b`` / ``attention_mask_b``, ``labels`` ``[B]`` (-100 for augmented
+examples) and ``teacher_logits`` ``[B, J, C]`` (teacher probe logits per layer, last =
+teacher head). Dev batches have the same keys.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional
+
+import nni
+import torch
+import torchmetrics
+from nni.nas.evaluator.pytorch import LightningModule
+
+from .losses import IGNORE_INDEX, adabert_loss
+
+__all__ = ["AdaBertDistillModule", "model_inputs"]
+
+_INPUT_KEYS = ("input_ids_a", "attention_mask_a", "input_ids_b", "attention_mask_b")
+
+
+def model_inputs(batch: Dict[str, Any]) -> Dict[str, Any]:
+    """The keyword arguments of the student's forward, taken from a batch dict."""
+    return {k: batch[k] for k in _INPUT_KEYS if batch.get(k) is not None}
+
+
+class AdaBertDistillModule(LightningModule):
+    """Loss ``(1-gamma) L_CE + gamma L_KD + beta L_E`` and dev metrics, for NNI's ``Lightning`` evaluator.
+
+    Args:
+        num_labels: number of classes (dev F1 of class 1 is logged too when it is 2).
+        gamma, beta, temperature: the loss weights and KD temperature (paper: 0.8, 4, 1).
+        learning_rate, min_learning_rate: SGD learning rate, cosine-annealed per step
+            from the first to the second over the whole run (paper: 2e-2 -> 5e-4).
+        momentum, weight_decay: SGD settings (paper: momentum 0.9).
+        report_to_nni: inside an NNI trial, report dev accuracy per epoch
+            (``nni.report_intermediate_result``) and at the end (``report_final_result``).
+
+    Logged: ``train_loss``, ``train_ce``, ``train_kd``, ``train_eff`` per step;
+    ``val_acc`` (and ``val_f1``), ``val_ce`` per epoch. The last dev metrics are also in
+    :attr:`last_val_metrics`.
+    """
+
+    def __init__(self, num_labels: int, gamma: float = 0.8, beta: float = 4.0, temperature: float = 1.0,
+                 learning_rate: float = 2e-2, min_learning_rate: float = 5e-4, momentum: float = 0.9,
+                 weight_decay: float = 0.0, report_to_nni: bool = False):
+        super().__init__()
+        self.save_hyperparameters()
+        self.num_labels = num_labels
+        self.val_acc = torchmetrics.Accuracy(task="multiclass", num_classes=num_labels)
+        self.val_f1 = torchmetrics.F1Score(task="binary") if num_labels == 2 else None
+        self.val_ce = torchmetrics.MeanMetric()
+        self.last_val_metrics: Dict[str, float] = {}
+
+    def forward(self, batch: Dict[str, Any]):
+        return self.model(**model_inputs(batch))
+
+    def compute_loss(self, batch: Dict[str, Any]):
+        """Forward ``batch`` and return :class:`losses.LossParts`."""
+        out = self.model(**model_inputs(batch))
+        efficiency_fn = getattr(self.model, "efficiency_loss", None)
+        efficiency = efficiency_fn() if callable(efficiency_fn) else None
+        hp = self.hparams
+        return adabert_loss(out.logits, out.probe_logits, out.depth_terms, batch["teacher_logits"], batch["labels"],
+                            efficiency, gamma=hp.gamma, beta=hp.beta, temperature=hp.temperature)
+
+    def training_step(self, batch: Dict[str, Any], batch_idx: int) -> torch.Tensor:
+        parts = self.compute_loss(batch)
+        bs = int(batch["labels"].shape[0])
+        self.log("train_loss", parts.total.detach(), prog_bar=True, batch_size=bs)
+        self.log("train_ce", parts.ce.detach(), batch_size=bs)
+        self.log("train_kd", parts.kd.detach(), batch_size=bs)
+        if parts.efficiency is not None:
+            self.log("train_eff", parts.efficiency.detach(), batch_size=bs)
+        return parts.total
+
+    def validation_step(self, batch: Dict[str, Any], batch_idx: int) -> None:
+        out = self.model(**model_inputs(batch))
+        labels = batch["labels"]
+        keep = labels != IGNORE_INDEX
+        logits, labels = out.logits[keep], labels[keep]
+        if labels.numel() == 0:
+            return
+        preds = logits.argmax(dim=-1)
+        self.val_acc.update(preds, labels)
+        if self.val_f1 is not None:
+            self.val_f1.update(preds, labels)
+        self.val_ce.update(torch.nn.functional.cross_entropy(logits.float(), labels, reduction="none"))
+
+    def on_validation_epoch_end(self) -> None:
+        if self.val_acc.update_count == 0:
+            return
+        metrics = {"val_acc": self.val_acc.compute(), "val_ce": self.val_ce.compute()}
+        if self.val_f1 is not None:
+            metrics["val_f1"] = self.val_f1.compute()
+        for m in (self.val_acc, self.val_f1, self.val_ce):
+            if m is not None:
+                m.reset()
+        self.log_dict(metrics, prog_bar=True)
+        self.last_val_metrics = {k: float(v) for k, v in metrics.items()}
+        if self.hparams.report_to_nni and not self.trainer.sanity_checking and nni.get_current_parameter() is not None:
+            nni.report_intermediate_result({"default": self.last_val_metrics["val_acc"], **self.last_val_metrics})
+
+    def on_fit_end(self) -> None:
+        if self.hparams.report_to_nni and self.last_val_metrics and nni.get_current_parameter() is not None:
+            nni.report_final_result({"default": self.last_val_metrics["val_acc"], **self.last_val_metrics})
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        optimizer = torch.optim.SGD(self.model.parameters(), lr=hp.learning_rate, momentum=hp.momentum,
+                                    weight_decay=hp.weight_decay)
+        total: Optional[float] = None
+        try:
+            total = float(self.trainer.estimated_stepping_batches)
+        except Exception:  # no trainer attached, or an unsized loader
+            total = None
+        if total is None or not total < float("inf") or total < 1:
+            return optimizer
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(int(total), 1),
+                                                               eta_min=hp.min_learning_rate)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
