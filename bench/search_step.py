@@ -1,0 +1,203 @@
+"""Time per search step: AdaBertStrategy (single-path / full straight-through) vs NNI's GumbelDARTS.
+
+One run, one process, same space (K_max=8, D=128, vocab 30522), same synthetic
+token-shaped batches (real WordPiece id range, variable lengths, teacher logits for a
+6-layer teacher), each strategy run through ``NasExperiment`` exactly as a user would.
+A Lightning callback times every training step; the first ``--warmup`` steps are
+dropped. Ratios are reported, not absolute times (those depend on the machine).
+
+    python bench/search_step.py --out bench/results            # default, a few minutes on 2 CPU cores
+    python bench/search_step.py --out bench/results --device cuda --batch-size 64
+
+Variants:
+  single       AdaBertStrategy, single-path, one joint weight+architecture step (default)
+  single_alt   AdaBertStrategy, single-path, DARTS-style alternation (2 forward/backward per step)
+  full         AdaBertStrategy, full straight-through (every op, every cell)
+  gumbel_darts NNI's built-in GumbelDARTS (soft, every op, every cell, alternation)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import pytorch_lightning as pl  # noqa: E402
+from nni.nas.evaluator.pytorch import DataLoader, Lightning, Trainer  # noqa: E402
+from nni.nas.experiment import NasExperiment  # noqa: E402
+from nni.nas.strategy import GumbelDARTS  # noqa: E402
+
+from nni_adabert.atomic import write_json, write_text  # noqa: E402
+from nni_adabert.distill import AdaBertDistillModule  # noqa: E402
+from nni_adabert.space import AdaBertSpace, StudentConfig  # noqa: E402
+from nni_adabert.strategy import AdaBertStrategy  # noqa: E402
+
+VARIANTS = {
+    "single": dict(kind="adabert", full=False, alternate=False, passes=1),
+    "single_alt": dict(kind="adabert", full=False, alternate=True, passes=2),
+    "full": dict(kind="adabert", full=True, alternate=False, passes=1),
+    "gumbel_darts": dict(kind="nni", passes=2),
+}
+
+
+def synthetic_rows(n: int, seq_len: int, vocab: int, num_labels: int, teacher_layers: int, seed: int):
+    """Token-shaped examples: ids in the WordPiece range, lengths between L/4 and L, padded to L."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1000, vocab, (n, seq_len), generator=g)
+    lengths = torch.randint(max(seq_len // 4, 2), seq_len + 1, (n,), generator=g)
+    mask = (torch.arange(seq_len)[None] < lengths[:, None]).long()
+    ids = ids * mask
+    ids[:, 0] = 101                                                   # [CLS]
+    labels = torch.randint(0, num_labels, (n,), generator=g)
+    teacher = torch.randn(n, teacher_layers, num_labels, generator=g)
+    return [dict(input_ids_a=ids[i], attention_mask_a=mask[i], labels=labels[i], teacher_logits=teacher[i])
+            for i in range(n)]
+
+
+class StepTimer(pl.Callback):
+    def __init__(self, cuda: bool):
+        self.cuda, self.times, self._t0 = cuda, [], 0.0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if self.cuda:
+            torch.cuda.synchronize()
+        self._t0 = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if self.cuda:
+            torch.cuda.synchronize()
+        self.times.append(time.perf_counter() - self._t0)
+
+
+def run_variant(name: str, args, config: StudentConfig, rows) -> dict:
+    spec = VARIANTS[name]
+    steps = args.steps if spec["kind"] == "adabert" and not spec.get("full") else args.slow_steps
+    n_batches = args.warmup + steps
+    pl.seed_everything(args.seed, verbose=False)
+    space = AdaBertSpace(config)
+    timer = StepTimer(args.device == "cuda")
+    trainer = Trainer(max_epochs=1, limit_train_batches=n_batches, limit_val_batches=0, num_sanity_val_steps=0,
+                      enable_checkpointing=False, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                      callbacks=[timer], accelerator="gpu" if args.device == "cuda" else "cpu", devices=1,
+                      default_root_dir=str(args.workdir))
+    loader = DataLoader(rows, batch_size=args.batch_size, shuffle=False)
+    evaluator = Lightning(AdaBertDistillModule(config.num_labels), trainer,
+                          train_dataloaders=loader, val_dataloaders=DataLoader(rows, batch_size=args.batch_size))
+    if spec["kind"] == "adabert":
+        strategy = AdaBertStrategy(full=spec["full"], alternate=spec["alternate"], seed=args.seed)
+    else:
+        strategy = GumbelDARTS()
+    exp = NasExperiment(space, evaluator, strategy)
+    exp.config.experiment_working_directory = str(args.workdir / "nni")
+    exp.run()
+    exp.stop()
+    times = timer.times[args.warmup:]
+    if len(times) < 1:
+        raise RuntimeError(f"{name}: no timed steps (got {len(timer.times)} steps in total)")
+    return {
+        "steps_timed": len(times), "mean_s": statistics.fmean(times), "median_s": statistics.median(times),
+        "min_s": min(times), "max_s": max(times), "forward_backward_per_step": spec["passes"], "times_s": times,
+    }
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=Path("bench/results"))
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--seq-len", type=int, default=64)
+    p.add_argument("--vocab", type=int, default=30522)
+    p.add_argument("--embed-dim", type=int, default=128)
+    p.add_argument("--k-max", type=int, default=8)
+    p.add_argument("--steps", type=int, default=12, help="timed steps for the single-path variants")
+    p.add_argument("--slow-steps", type=int, default=3, help="timed steps for full ST and GumbelDARTS")
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    logging.getLogger("nni").setLevel(logging.WARNING)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    args.workdir = Path(tempfile.mkdtemp(prefix="search_step-"))  # Lightning / NNI scratch, removed at the end
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        p.error(f"unknown variants {unknown}; known: {list(VARIANTS)}")
+
+    config = StudentConfig(vocab_size=args.vocab, num_labels=2, embed_dim=args.embed_dim, k_max=args.k_max,
+                           max_positions=max(128, args.seq_len))
+    n_rows = args.batch_size * (args.warmup + max(args.steps, args.slow_steps))
+    rows = synthetic_rows(n_rows, args.seq_len, args.vocab, 2, 6, args.seed)
+
+    results = {}
+    try:
+        for name in variants:
+            print(f"[search_step] {name} ...", flush=True)
+            results[name] = run_variant(name, args, config, rows)
+            print(f"[search_step] {name}: mean {results[name]['mean_s']:.3f}s/step "
+                  f"(median {results[name]['median_s']:.3f}s, {results[name]['steps_timed']} steps)", flush=True)
+    finally:
+        shutil.rmtree(args.workdir, ignore_errors=True)
+
+    ratios = {}
+    if "single" in results:
+        for other in ("full", "gumbel_darts", "single_alt"):
+            if other in results:
+                ratios[f"{other}_over_single"] = results[other]["mean_s"] / results["single"]["mean_s"]
+    if "single_alt" in results and "gumbel_darts" in results:
+        ratios["gumbel_darts_over_single_alt"] = results["gumbel_darts"]["mean_s"] / results["single_alt"]["mean_s"]
+
+    report = {
+        "command": "python " + " ".join([sys.argv[0]] + (argv if argv is not None else sys.argv[1:])),
+        "setup": {"batch_size": args.batch_size, "seq_len": args.seq_len, "vocab": args.vocab,
+                  "embed_dim": args.embed_dim, "k_max": args.k_max, "num_nodes": 3, "ops": len(config.op_names),
+                  "teacher_layers": 6, "device": args.device, "torch_threads": torch.get_num_threads(),
+                  "torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
+                  "warmup_steps_dropped": args.warmup},
+        "results": results,
+        "ratios": ratios,
+        "note": ("Time per training step of the search (forward, backward, optimizer steps), mean over the timed "
+                 "steps. Single-path cost varies with the sampled depth and ops, hence more steps for it. "
+                 "GumbelDARTS and single_alt do two forward/backward passes per step (architecture step on the "
+                 "'val' batch, then weight step); single and full do one joint pass."),
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_json(args.out / "search_step.json", report)
+    lines = [
+        "# Search step time: AdaBertStrategy vs NNI GumbelDARTS",
+        "",
+        f"Command: `{report['command']}`",
+        "",
+        f"Space: K_max={args.k_max}, D={args.embed_dim}, 3 nodes (9 edges), {len(config.op_names)} ops, "
+        f"vocab {args.vocab}. Batch {args.batch_size} x {args.seq_len} tokens, {args.device}, "
+        f"{torch.get_num_threads()} torch threads, torch {torch.__version__}.",
+        "",
+        "| variant | fwd+bwd per step | mean s/step | median s/step | steps timed | ratio to `single` |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, r in results.items():
+        ratio = r["mean_s"] / results["single"]["mean_s"] if "single" in results else float("nan")
+        lines.append(f"| {name} | {r['forward_backward_per_step']} | {r['mean_s']:.3f} | {r['median_s']:.3f} | "
+                     f"{r['steps_timed']} | {ratio:.2f}x |")
+    lines += ["", "Ratios (mean step time):", ""]
+    lines += [f"- `{k}`: {v:.2f}x" for k, v in ratios.items()]
+    lines += ["", report["note"], ""]
+    write_text(args.out / "search_step.md", "\n".join(lines))
+    print(json.dumps(ratios, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

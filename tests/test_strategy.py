@@ -1,0 +1,320 @@
+"""AdaBertStrategy: straight-through sampling, single-path exactness, gradients, search runs."""
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from nni.nas.evaluator.pytorch import DataLoader, Lightning, Trainer
+from nni.nas.experiment import NasExperiment
+from nni.nas.strategy import GumbelDARTS
+from pytorch_lightning.callbacks import ModelCheckpoint
+
+from nni_adabert.cost import child_params
+from nni_adabert.distill import AdaBertDistillModule, model_inputs
+from nni_adabert.ops import OP_NAMES
+from nni_adabert.space import AdaBertSpace, AdaBertStudent, StudentConfig, validate_arch
+from nni_adabert.strategy import AdaBertStrategy, gumbel_straight_through
+
+V, C, J = 30, 2, 3
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one intra-op thread is much faster (and immune to oversubscription on busy CI)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny_config(**kw):
+    base = dict(vocab_size=V, num_labels=C, embed_dim=8, k_max=3, max_positions=10, dropout=0.0)
+    base.update(kw)
+    return StudentConfig(**base)
+
+
+def synthetic_examples(n, seed, is_pair=False, length=8):
+    """Label 1 iff token 1 occurs; teacher probes get more confident with depth; every 4th unlabeled."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, C, (n,), generator=g)
+
+    def text():
+        ids = torch.randint(3, V, (n, length), generator=g)
+        lengths = torch.randint(3, length + 1, (n,), generator=g)
+        mask = (torch.arange(length)[None] < lengths[:, None]).long()
+        return ids, mask
+
+    ids_a, mask_a = text()
+    ids_a[labels == 1, 0] = 1
+    ids_a = ids_a * mask_a
+    sign = (2 * labels - 1).float()
+    teacher = torch.stack([torch.stack([-sign * s, sign * s], -1) for s in (0.5, 1.0, 2.0)], 1)   # [n, J, C]
+    gold = labels.clone()
+    gold[::4] = -100
+    rows = []
+    for i in range(n):
+        row = dict(input_ids_a=ids_a[i], attention_mask_a=mask_a[i], labels=gold[i], teacher_logits=teacher[i])
+        rows.append(row)
+    if is_pair:
+        ids_b, mask_b = text()
+        for i, row in enumerate(rows):
+            row.update(input_ids_b=(ids_b * mask_b)[i, :5], attention_mask_b=mask_b[i, :5])
+    return rows
+
+
+def collate(rows):
+    return {k: torch.stack([r[k] for r in rows]) for k in rows[0]}
+
+
+def supernet(cfg, full=False, seed=0, **strategy_kw):
+    torch.manual_seed(seed)
+    space = AdaBertSpace(cfg)
+    strategy = AdaBertStrategy(full=full, seed=seed, **strategy_kw)
+    strategy.mutate_model(space)
+    module = strategy.configure_oneshot_module(AdaBertDistillModule(C))
+    module.set_model(space)
+    return space, module
+
+
+def arch_params(space):
+    return {name: p for name, p in space.named_parameters() if name.endswith("_arch_alpha")}
+
+
+# ----------------------------------------------------------------------------- sampling
+
+
+def test_gumbel_straight_through_value_is_hard_gradient_is_relaxed():
+    logits = torch.randn(10, requires_grad=True)
+    draw = gumbel_straight_through(logits, 0.5, torch.Generator().manual_seed(3))
+    expected = torch.zeros(10)
+    expected[draw.index] = 1.0
+    assert torch.equal(draw.gates.detach(), expected)            # exactly 0.0 / 1.0
+    assert draw.index == int(draw.relaxed.argmax())
+    v = torch.randn(10)
+    (g_gate,) = torch.autograd.grad((draw.gates * v).sum(), logits, retain_graph=True)
+    (g_relaxed,) = torch.autograd.grad((draw.relaxed * v).sum(), logits)
+    assert torch.allclose(g_gate, g_relaxed) and g_gate.abs().min() > 0
+    again = gumbel_straight_through(logits, 0.5, torch.Generator().manual_seed(3))
+    assert again.index == draw.index and torch.equal(again.relaxed, draw.relaxed)
+    forced = gumbel_straight_through(logits, 0.5, torch.Generator().manual_seed(3), force_index=7)
+    assert forced.index == 7 and forced.gates[7].item() == 1.0
+
+
+def test_one_sample_per_label_shared_by_every_cell():
+    cfg = tiny_config()
+    space, module = supernet(cfg, seed=5)
+    ran = []
+    for k, cell in enumerate(space.cells):
+        for label, edge in cell.edges.items():
+            for name in edge.names:
+                edge[name].register_forward_hook(lambda m, i, o, k=k, label=label, name=name: ran.append((k, label, name)))
+    batch = collate(synthetic_examples(4, 0))
+    depths = set()
+    for _ in range(6):
+        sample = module.resample()
+        for label in cfg.edge_labels:
+            draws = {id(cell.edges[label].draw) for cell in space.cells}
+            assert len(draws) == 1                                   # one draw object per label
+        ran.clear()
+        space(**model_inputs(batch))
+        cells_run = sorted({k for k, _, _ in ran})
+        assert cells_run == list(range(sample["depth"]))             # only the first K cells
+        for label in cfg.edge_labels:
+            ops = {name for k, l, name in ran if l == label}
+            assert ops == {sample[label]}                           # same op in every cell, nothing else ran
+        depths.add(sample["depth"])
+    assert len(depths) > 1                                          # it does sample
+
+
+def test_sampling_is_seeded():
+    cfg = tiny_config()
+    _, m1 = supernet(cfg, seed=11)
+    _, m2 = supernet(cfg, seed=11)
+    _, m3 = supernet(cfg, seed=12)
+    s1 = [m1.resample() for _ in range(4)]
+    assert s1 == [m2.resample() for _ in range(4)]
+    assert s1 != [m3.resample() for _ in range(4)]
+
+
+# ----------------------------------------------------------------------------- single path == child
+
+
+@pytest.mark.parametrize("is_pair", [False, True])
+@pytest.mark.parametrize("full", [False, True])
+@pytest.mark.parametrize("training", [False, True])
+def test_supernet_forward_equals_frozen_child(is_pair, full, training):
+    cfg = tiny_config(is_pair=is_pair)
+    space, module = supernet(cfg, full=full, seed=1)
+    batch = collate(synthetic_examples(6, 2, is_pair=is_pair))
+    module.resample()
+    space.train()
+    for _ in range(2):                                               # non-trivial BN running stats
+        space(**model_inputs(batch))
+    for seed in range(3):
+        sample = module.resample()
+        child = space.freeze(sample)
+        assert isinstance(child, AdaBertStudent) and len(child.cells) == sample["depth"]
+        space.train(training)
+        child.train(training)
+        ours, theirs = space(**model_inputs(batch)), child(**model_inputs(batch))
+        assert torch.equal(ours.logits, theirs.logits)
+        assert len(ours.probe_logits) >= len(theirs.probe_logits) == sample["depth"]
+        for a, b in zip(ours.probe_logits, theirs.probe_logits):
+            assert torch.equal(a, b)
+
+
+# ----------------------------------------------------------------------------- gradients
+
+
+@pytest.mark.parametrize("full", [False, True])
+@pytest.mark.parametrize("term", ["ce", "kd", "efficiency"])
+def test_every_architecture_parameter_gets_gradient_from_each_loss(full, term):
+    cfg = tiny_config()
+    space, module = supernet(cfg, full=full, seed=3)
+    params = arch_params(space)
+    labels = {name.split(".")[-2] if "edges" in name else "depth" for name in params}
+    assert labels == set(cfg.edge_labels) | {"depth"}
+    # Single-path: an edge whose sampled op is `zero` outputs nothing and so can't get a task
+    # gradient that step; force a sample of non-zero ops (the relaxed y still comes from Gumbel).
+    nonzero = [op for op in OP_NAMES if op != "zero"]
+    force = {label: nonzero[i % len(nonzero)] for i, label in enumerate(cfg.edge_labels)}
+    force["depth"] = 2
+    module.resample(force=force)
+    space.train()
+    parts = module.training_module.compute_loss(collate(synthetic_examples(8, 4)))
+    value = getattr(parts, term)
+    assert value is not None and value.item() > 0
+    value.backward()
+    unique = {id(p): (name, p) for name, p in params.items()}
+    assert len(unique) == 10                                         # 9 edge labels + depth, shared by cells
+    for name, p in unique.values():
+        assert p.grad is not None, name
+        assert torch.all(p.grad != 0), (name, p.grad)
+
+
+# ----------------------------------------------------------------------------- search runs
+
+
+def loaders(is_pair=False, n_train=48, n_dev=24, batch_size=12):
+    g = torch.Generator().manual_seed(0)
+    train = DataLoader(synthetic_examples(n_train, 0, is_pair), batch_size=batch_size, shuffle=True, generator=g)
+    dev = DataLoader(synthetic_examples(n_dev, 1, is_pair), batch_size=batch_size)
+    return train, dev
+
+
+def quiet_trainer(**kw):
+    return Trainer(enable_progress_bar=False, enable_model_summary=False, logger=False, **kw)
+
+
+def test_search_through_nas_experiment_exports_resumes(tmp_path):
+    cfg = tiny_config()
+    train, dev = loaders()
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, every_n_epochs=1)
+    evaluator = Lightning(AdaBertDistillModule(C), quiet_trainer(max_epochs=3, callbacks=[ckpt],
+                                                                  default_root_dir=tmp_path),
+                          train_dataloaders=train, val_dataloaders=dev)
+    torch.manual_seed(0)
+    space = AdaBertSpace(cfg)
+    strategy = AdaBertStrategy(seed=0, arc_learning_rate=0.05)
+    exp = NasExperiment(space, evaluator, strategy)
+    exp.config.experiment_working_directory = tmp_path / "nni"
+    exp.run()
+    exp.stop()
+
+    arch = exp.export_top_models(formatter="dict")[0]
+    assert validate_arch(arch, cfg) == arch and list(arch) == cfg.edge_labels + ["depth"]
+    oneshot = strategy.oneshot_module
+    assert [h["epoch"] for h in oneshot.history] == [0, 1, 2]
+    assert all(0.0 <= h["val_acc"] <= 1.0 and "val_f1" in h and h["params"] > 0 for h in oneshot.history)
+    assert oneshot.history[-1]["arch"] == arch
+    n_batches = 4
+    assert oneshot.tau == pytest.approx(1.0 - 0.9 * (2 + (n_batches - 1) / n_batches) / 3)   # annealed per step
+
+    # The exported child keeps the trained weights: it computes what the supernet's argmax path computes.
+    child = exp.export_top_models(formatter="instance")[0]
+    assert isinstance(child, AdaBertStudent)
+    oneshot.use_argmax()
+    batch = collate(synthetic_examples(5, 9))
+    space.eval()
+    child.eval()
+    assert torch.equal(space(**model_inputs(batch)).logits, child(**model_inputs(batch)).logits)
+
+    # Checkpoint holds the architecture logits; resuming continues from it.
+    state = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)
+    alpha_keys = [k for k in state["state_dict"] if k.endswith("_arch_alpha")]
+    assert any(k.endswith("depth._arch_alpha") for k in alpha_keys) and len(alpha_keys) == 9 * cfg.k_max + 1
+    assert "adabert" in state
+    saved_depth_alpha = next(v for k, v in state["state_dict"].items() if k.endswith("depth._arch_alpha"))
+    assert torch.equal(saved_depth_alpha, space.depth._arch_alpha.detach())
+
+    space2 = AdaBertSpace(cfg)
+    strategy2 = AdaBertStrategy(seed=0, arc_learning_rate=0.05)
+    evaluator2 = Lightning(AdaBertDistillModule(C), quiet_trainer(max_epochs=4, default_root_dir=tmp_path),
+                           train_dataloaders=train, val_dataloaders=dev,
+                           fit_kwargs={"ckpt_path": str(tmp_path / "ckpt" / "last.ckpt")})
+    exp2 = NasExperiment(space2, evaluator2, strategy2)
+    exp2.config.experiment_working_directory = tmp_path / "nni"
+    exp2.run()
+    exp2.stop()
+    assert [h["epoch"] for h in strategy2.oneshot_module.history] == [0, 1, 2, 3]
+
+
+def test_nni_gumbel_darts_runs_on_the_same_space(tmp_path):
+    cfg = tiny_config()
+    train, dev = loaders()
+    space = AdaBertSpace(cfg)
+    evaluator = Lightning(AdaBertDistillModule(C), quiet_trainer(max_epochs=1, default_root_dir=tmp_path),
+                          train_dataloaders=train, val_dataloaders=dev)
+    exp = NasExperiment(space, evaluator, GumbelDARTS())
+    exp.config.experiment_working_directory = tmp_path / "nni"
+    exp.run()
+    exp.stop()
+    arch = exp.export_top_models(formatter="dict")[0]
+    assert validate_arch(arch, cfg) == arch
+    assert isinstance(space.freeze(arch), AdaBertStudent)
+    # Our efficiency loss gives NNI's alphas a gradient too (NNI's own `penalty=` does not).
+    space.train()
+    space(**model_inputs(collate(synthetic_examples(4, 0))))
+    space.efficiency_loss().backward()
+    assert space.depth._arch_alpha.grad.abs().sum() > 0
+    assert space.cells[0].edges["edge_2_0"]._arch_alpha.grad.abs().sum() > 0
+
+
+def _search(beta, tmp_path, **kw):
+    pl.seed_everything(0, verbose=False)
+    cfg = tiny_config(k_max=4)
+    space, module = supernet(cfg, seed=0, arc_learning_rate=0.05, **kw)
+    module.training_module.hparams.beta = beta
+    train, dev = loaders()
+    trainer = pl.Trainer(max_epochs=2, enable_progress_bar=False, enable_model_summary=False, logger=False,
+                         enable_checkpointing=False, default_root_dir=tmp_path)
+    trainer.fit(module, train, dev)
+    return cfg, module
+
+
+def test_larger_beta_gives_smaller_child(tmp_path):
+    cfg, lean = _search(16.0, tmp_path)
+    _, free = _search(0.0, tmp_path)
+    assert lean.arch_stats()["expected_params"] < free.arch_stats()["expected_params"]
+    assert child_params(cfg, lean.export()) <= child_params(cfg, free.export())
+
+
+def test_distill_module_retrains_a_frozen_child(tmp_path):
+    cfg = tiny_config()
+    space, module = supernet(cfg, seed=0)
+    child = space.freeze(module.export())
+    before = {k: v.clone() for k, v in child.state_dict().items()}
+    distill = AdaBertDistillModule(C, learning_rate=0.05)
+    distill.set_model(child)
+    train, dev = loaders()
+    trainer = pl.Trainer(max_epochs=1, enable_progress_bar=False, enable_model_summary=False, logger=False,
+                         enable_checkpointing=False, default_root_dir=tmp_path)
+    trainer.fit(distill, train, dev)
+    assert 0.0 <= distill.last_val_metrics["val_acc"] <= 1.0
+    assert not torch.equal(before["classifier.weight"], child.state_dict()["classifier.weight"])
+
+
+def test_alternating_steps_update_architecture(tmp_path):
+    _, module = _search(4.0, tmp_path, alternate=True)
+    assert [h["epoch"] for h in module.history] == [0, 1]
+    alphas = [m._arch_alpha for m in module.straight_through_modules()]
+    assert all(a.abs().sum() > 0 for a in alphas)                    # started at zero, Adam moved them
