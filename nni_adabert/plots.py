@@ -36,3 +36,55 @@ def plot_probe_accuracy(accuracies: list[float], path, title: str) -> None:
     ax.set_ylim(max(0, low - 10), 100)
     ax.set_title(title)
     save_figure(fig, path)
+
+
+_OP_COLORS = {"std_conv": "#4C72B0", "dil_conv": "#55A868", "avg_pool": "#C44E52", "max_pool": "#8172B2",
+              "skip": "#937860"}
+
+
+def plot_cell(arch: dict, path, title: str) -> None:
+    """The searched cell as a DAG, like the paper's Figure 3.
+
+    Nodes 0/1 are the cell inputs c_{k-2}, c_{k-1}; nodes 2.. are the intermediate
+    nodes; their attentive sum is the output c_k. ``zero`` edges are not drawn.
+    """
+    import networkx as nx
+
+    edges = {k: v for k, v in arch.items() if k.startswith("edge_")}
+    num_nodes = max(int(k.split("_")[1]) for k in edges) - 1
+    names = {0: "c_{k-2}", 1: "c_{k-1}", **{j: f"{j - 1}" for j in range(2, 2 + num_nodes)}, "out": "c_{k}"}
+    graph = nx.MultiDiGraph()
+    graph.add_nodes_from(names)
+    pos = {0: (0, 1.0), 1: (0, -1.0), "out": (num_nodes + 1.3, 0)}
+    pos.update({j: (j - 1, 0.9 if j % 2 else -0.9) for j in range(2, 2 + num_nodes)})
+
+    fig, ax = plt.subplots(figsize=(2.4 * (num_nodes + 2), 4))
+    for label, op in edges.items():
+        _, j, i = label.split("_")
+        if op != "zero":
+            graph.add_edge(int(i), int(j), op=op)
+    for j in range(2, 2 + num_nodes):
+        graph.add_edge(j, "out", op="")
+    colors = {0: "#A1C9F4", 1: "#A1C9F4", "out": "#FFB482"}
+    nx.draw_networkx_nodes(graph, pos, ax=ax, node_size=1500, edgecolors="black",
+                           node_color=[colors.get(n, "#D0D0D0") for n in graph.nodes])
+    nx.draw_networkx_labels(graph, pos, labels={n: f"${v}$" if "_" in v else v for n, v in names.items()},
+                            ax=ax, font_size=11)
+    for u, v, data in graph.edges(data=True):
+        op = data["op"]
+        color = next((c for prefix, c in _OP_COLORS.items() if op.startswith(prefix)), "#999999")
+        rad = 0.25 if isinstance(v, int) and isinstance(u, int) and v - u > 1 else 0.08
+        nx.draw_networkx_edges(graph, pos, edgelist=[(u, v)], ax=ax, node_size=1500, arrowsize=15,
+                               edge_color=color, width=2 if op else 1, style="solid" if op else "dashed",
+                               connectionstyle=f"arc3,rad={rad}")
+        if op:
+            (x1, y1), (x2, y2) = pos[u], pos[v]
+            # The label sits on the curve's midpoint (arc3 bends by rad times the chord).
+            mx, my = (x1 + x2) / 2 + rad * (y2 - y1) / 2, (y1 + y2) / 2 - rad * (x2 - x1) / 2
+            ax.text(mx, my, op, color=color, fontsize=9, ha="center", va="center",
+                    bbox=dict(boxstyle="round,pad=0.2", fc="white", ec=color, lw=0.8))
+    depth = arch.get("depth")
+    ax.set_title(title + (f"  (K = {depth})" if depth else ""))
+    ax.axis("off")
+    ax.margins(0.12)
+    save_figure(fig, path)

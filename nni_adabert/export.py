@@ -1,0 +1,138 @@
+"""Exported students: a versioned architecture JSON, safetensors weights, a cell picture.
+
+``architecture.json`` holds NNI's exported architecture dict (``{"edge_2_0": op, ...,
+"depth": K}``) plus everything needed to rebuild and judge the student: the student
+config, task, teacher, vocabulary, params, FLOPs and dev metrics. Reading is strict:
+anything we do not recognise is a :class:`UserError` naming the file and the field,
+never a guess. Nothing here unpickles: weights are safetensors, architectures JSON.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from . import atomic
+from .errors import UserError
+from .space import AdaBertStudent, StudentConfig, validate_arch
+
+FORMAT = "nni-adabert/architecture"
+VERSION = 1
+ARCH_FILE, WEIGHTS_FILE, CELL_FILE = "architecture.json", "student.safetensors", "cell.png"
+
+
+def vocab_fingerprint(tokenizer) -> str:
+    """Hash of a tokenizer's token -> id table: two students share inputs iff it matches."""
+    vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
+    return hashlib.sha256(json.dumps(vocab).encode()).hexdigest()[:16]
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass
+class ArchitectureFile:
+    path: Path
+    doc: dict
+    config: StudentConfig
+    arch: dict
+
+    @property
+    def weights_path(self) -> Path:
+        return self.path.parent / self.doc.get("weights", WEIGHTS_FILE)
+
+
+def write_student(out_dir: str | os.PathLike, student: AdaBertStudent, info: dict, title: str | None = None) -> dict:
+    """Write ``student.safetensors``, ``cell.png`` and ``architecture.json`` into ``out_dir``.
+
+    ``info`` adds the fields a reader wants (task, teacher, vocab, params, flops,
+    dev_metrics, search settings). The JSON is written last, so a complete JSON
+    means complete weights beside it. Returns the JSON document.
+    """
+    from .plots import plot_cell
+
+    out_dir = Path(out_dir)
+    weights = out_dir / WEIGHTS_FILE
+    state = {k: v.detach().cpu().contiguous() for k, v in student.state_dict().items()}
+    with atomic.atomic_path(weights) as tmp:
+        save_file(state, str(tmp), metadata={"format": "pt", "nni_adabert": FORMAT})
+    plot_cell(student.arch, out_dir / CELL_FILE, title or f"{info.get('task', '')} searched cell")
+    doc = {"format": FORMAT, "version": VERSION, **info,
+           "architecture": dict(student.arch), "student_config": student.config.to_dict(),
+           "weights": WEIGHTS_FILE, "weights_sha256": _sha256(weights), "cell_picture": CELL_FILE}
+    atomic.write_json(out_dir / ARCH_FILE, doc)
+    return doc
+
+
+def read_architecture(path: str | os.PathLike, vocab: str | None = None) -> ArchitectureFile:
+    """Read and validate an architecture JSON (a file, or a directory holding one).
+
+    ``vocab``: the vocabulary fingerprint of the tokenizer the caller will feed
+    the student; a mismatch is an error (the embedding rows would mean other words).
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / ARCH_FILE
+    if not path.is_file():
+        raise UserError(f"architecture file {path} does not exist")
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"{path} is not a JSON file: {exc}") from None
+    if not isinstance(doc, dict):
+        raise UserError(f"{path}: expected a JSON object, got {type(doc).__name__}")
+    if doc.get("format") != FORMAT:
+        raise UserError(f"{path}: field 'format' is {doc.get('format')!r}, expected {FORMAT!r}")
+    if doc.get("version") != VERSION:
+        raise UserError(f"{path}: format version {doc.get('version')!r} is not one we know "
+                        f"(this nni-adabert reads version {VERSION})")
+    for field in ("architecture", "student_config"):
+        if not isinstance(doc.get(field), dict):
+            raise UserError(f"{path}: field {field!r} is missing or not an object")
+    try:
+        config = StudentConfig.from_dict(doc["student_config"])
+        arch = validate_arch(doc["architecture"], config)
+    except UserError as exc:
+        raise UserError(f"{path}: {exc}") from None
+    expected_vocab = (doc.get("vocab") or {}).get("fingerprint")
+    if vocab is not None and expected_vocab is not None and vocab != expected_vocab:
+        raise UserError(f"{path}: the student was built for another vocabulary (fingerprint {expected_vocab}, "
+                        f"this tokenizer's is {vocab}); use the teacher tokenizer it was searched with")
+    return ArchitectureFile(path, doc, config, arch)
+
+
+def load_student(arch_file: ArchitectureFile, weights: str | os.PathLike | None = None) -> AdaBertStudent:
+    """The exported child with its trained weights (strict: every tensor must match)."""
+    weights = Path(weights) if weights else arch_file.weights_path
+    if not weights.is_file():
+        raise UserError(f"weights file {weights} does not exist")
+    recorded = arch_file.doc.get("weights_sha256")
+    if weights == arch_file.weights_path and recorded and _sha256(weights) != recorded:
+        raise UserError(f"{weights} does not match the checksum in {arch_file.path}: "
+                        "the file was changed or truncated after export")
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise UserError(f"{weights} is not a readable safetensors file: {exc}") from None
+    student = AdaBertStudent(arch_file.config, arch_file.arch)
+    expected = student.state_dict()
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
+    if missing or unexpected or wrong:
+        details = "; ".join(f"{what}: {keys[:3]}{' ...' if len(keys) > 3 else ''}"
+                            for what, keys in (("missing", missing), ("unexpected", unexpected),
+                                               ("wrong shape", wrong)) if keys)
+        raise UserError(f"weights {weights} do not match the architecture in {arch_file.path} ({details})")
+    student.load_state_dict(state)
+    return student.eval()

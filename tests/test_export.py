@@ -1,0 +1,100 @@
+"""Exported students: JSON + safetensors round trip, and strict loading."""
+
+import json
+
+import pytest
+import torch
+
+from nni_adabert.errors import UserError
+from nni_adabert.export import ARCH_FILE, CELL_FILE, WEIGHTS_FILE, load_student, read_architecture, write_student
+from nni_adabert.space import AdaBertStudent, StudentConfig, random_arch
+
+CONFIG = StudentConfig(vocab_size=50, num_labels=2, is_pair=True, embed_dim=16, k_max=4)
+
+
+def make_student(seed=0):
+    torch.manual_seed(seed)
+    return AdaBertStudent(CONFIG, random_arch(CONFIG, seed=seed)).eval()
+
+
+@pytest.fixture
+def exported(tmp_path):
+    student = make_student()
+    write_student(tmp_path, student, {"task": "MRPC", "vocab": {"size": 50, "fingerprint": "abc"}})
+    return tmp_path, student
+
+
+def inputs():
+    g = torch.Generator().manual_seed(1)
+    ids_a, ids_b = torch.randint(1, 50, (3, 7), generator=g), torch.randint(1, 50, (3, 5), generator=g)
+    return dict(input_ids_a=ids_a, attention_mask_a=torch.ones_like(ids_a),
+                input_ids_b=ids_b, attention_mask_b=torch.ones_like(ids_b))
+
+
+def test_round_trip_gives_same_logits(exported):
+    out_dir, student = exported
+    assert {p.name for p in out_dir.iterdir()} == {ARCH_FILE, WEIGHTS_FILE, CELL_FILE}
+    arch_file = read_architecture(out_dir, vocab="abc")
+    assert arch_file.arch == student.arch and arch_file.config == CONFIG
+    loaded = load_student(arch_file)
+    with torch.no_grad():
+        assert torch.equal(loaded(**inputs()).logits, student(**inputs()).logits)
+
+
+def edit_json(out_dir, change):
+    doc = json.loads((out_dir / ARCH_FILE).read_text())
+    change(doc)
+    (out_dir / ARCH_FILE).write_text(json.dumps(doc))
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda d: d.update(version=99), "format version 99 is not one we know"),
+    (lambda d: d.update(format="something-else"), "field 'format' is 'something-else'"),
+    (lambda d: d["architecture"].update(edge_2_0="lstm"), "edge 'edge_2_0' has unknown op 'lstm'"),
+    (lambda d: d["architecture"].pop("edge_4_3"), "missing edge 'edge_4_3'"),
+    (lambda d: d["architecture"].update(depth=9), r"depth must be an integer in 1\.\.4, got 9"),
+    (lambda d: d["architecture"].update(depth=0), r"depth must be an integer in 1\.\.4, got 0"),
+    (lambda d: d.pop("architecture"), "field 'architecture' is missing"),
+])
+def test_bad_architecture_json(exported, change, message):
+    out_dir, _ = exported
+    edit_json(out_dir, change)
+    with pytest.raises(UserError, match=message) as err:
+        read_architecture(out_dir / ARCH_FILE)
+    assert ARCH_FILE in str(err.value)
+
+
+def test_not_json_and_missing(tmp_path):
+    (tmp_path / ARCH_FILE).write_text("{not json")
+    with pytest.raises(UserError, match="is not a JSON file"):
+        read_architecture(tmp_path)
+    with pytest.raises(UserError, match="does not exist"):
+        read_architecture(tmp_path / "nowhere.json")
+
+
+def test_vocabulary_mismatch(exported):
+    with pytest.raises(UserError, match="another vocabulary"):
+        read_architecture(exported[0], vocab="other")
+
+
+def test_tampered_or_truncated_weights_rejected(exported):
+    out_dir, _ = exported
+    weights = out_dir / WEIGHTS_FILE
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(UserError, match="does not match the checksum"):
+        load_student(read_architecture(out_dir))
+    weights.write_bytes(bytes(data[: len(data) // 2]))
+    edit_json(out_dir, lambda d: d.pop("weights_sha256"))
+    with pytest.raises(UserError, match="not a readable safetensors file"):
+        load_student(read_architecture(out_dir))
+
+
+def test_weights_of_another_architecture_rejected(exported, tmp_path_factory):
+    out_dir, student = exported
+    other_dir = tmp_path_factory.mktemp("other")
+    other = AdaBertStudent(CONFIG, {**student.arch, "depth": 1 + student.arch["depth"] % 4})
+    write_student(other_dir, other, {"task": "MRPC"})
+    with pytest.raises(UserError, match="do not match the architecture"):
+        load_student(read_architecture(out_dir), weights=other_dir / WEIGHTS_FILE)
