@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
+from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from . import atomic
 from .data import dataset_fingerprint, pad_batch, tokenize
@@ -172,7 +173,10 @@ def finetune_teacher(spec: TaskSpec, data: datasets.DatasetDict, model: str | No
     pl.seed_everything(config.seed, workers=True)
     train_tok, dev_tok = tokenize(train, tokenizer, spec), tokenize(data["dev"], tokenizer, spec)
     columns = ["input_ids", "token_type_ids", "label"]
-    train_loader = DataLoader(train_tok.select_columns(columns), batch_size=config.batch_size, shuffle=True,
+    # Batches of similar lengths (shuffled): far less padding, same examples per epoch.
+    sampler = LengthGroupedSampler(config.batch_size, lengths=[len(ids) for ids in train_tok["input_ids"]],
+                                   generator=torch.Generator().manual_seed(config.seed))
+    train_loader = DataLoader(train_tok.select_columns(columns), batch_size=config.batch_size, sampler=sampler,
                               collate_fn=teacher_collate)
     dev_loader = DataLoader(dev_tok.select_columns(columns), batch_size=128, collate_fn=teacher_collate)
     module = TeacherModule(base, spec.num_labels, spec.name, config.lr, config.weight_decay, config.warmup_ratio)
