@@ -101,6 +101,108 @@ def cmd_teacher(args) -> None:
     print(f"  probes: {out / 'probes.json'}, {out / 'probes.md'}, {out / 'probes.png'}")
 
 
+# --------------------------------------------------------------------------- search / retrain / evaluate
+
+
+def open_teacher_run(run_dir):
+    """The knowledge store that ``nni-adabert teacher --output-dir run_dir`` built."""
+    import json
+
+    from .knowledge import open_knowledge
+
+    record = Path(run_dir) / "probes.json"
+    if not record.is_file():
+        raise UserError(f"{run_dir} is not a teacher run: {record.name} is missing "
+                        f"(run `nni-adabert teacher --output-dir {run_dir}` first)")
+    return open_knowledge(json.loads(record.read_text())["knowledge_store"])
+
+
+def add_search_args(p: argparse.ArgumentParser) -> None:
+    from .search import SearchConfig
+
+    d = SearchConfig()
+    p.add_argument("--teacher", required=True, help="output directory of `nni-adabert teacher` (its knowledge store)")
+    p.add_argument("--output-dir", required=True, help="where architecture.json, student.safetensors, cell.png go")
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--gamma", type=float, default=d.gamma, help="KD weight γ (L = (1-γ)·CE + γ·KD + β·L_E)")
+    p.add_argument("--beta", type=float, default=d.beta, help="efficiency-loss weight β")
+    p.add_argument("--lr", type=float, default=d.lr, help="SGD learning rate of the weights (cosine to --min-lr)")
+    p.add_argument("--min-lr", type=float, default=d.min_lr)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--train-limit", type=int, default=None, help="use only the first N train rows of the store")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def search_config(args, **extra):
+    from .search import SearchConfig
+
+    return SearchConfig(epochs=args.epochs, batch_size=args.batch_size, gamma=args.gamma, beta=args.beta,
+                        lr=args.lr, min_lr=args.min_lr, seed=args.seed, train_limit=args.train_limit, **extra)
+
+
+def print_student(doc: dict, out_dir: Path) -> None:
+    metrics = ", ".join(f"{k} {100 * v:.2f}" for k, v in doc["dev_metrics"].items())
+    print(f"student ({doc['task']}): K = {doc['depth']} cells, {doc['params']:,} params "
+          f"({doc['params_without_embedding']:,} without the embedding), "
+          f"{doc['flops'] / 1e6:.1f} MFLOPs at {doc['flops_seq_len']} tokens")
+    print(f"  dev: {metrics}")
+    arch = ", ".join(f"{k}={v}" for k, v in doc["architecture"].items())
+    print(f"  cell: {arch}")
+    print(f"  wrote {out_dir / 'architecture.json'}, {out_dir / 'student.safetensors'}, {out_dir / 'cell.png'}")
+
+
+def cmd_search(args) -> None:
+    """Search a student on the teacher's knowledge and export it."""
+    from .search import run_search
+
+    store = open_teacher_run(args.teacher)
+    config = search_config(args, full=args.full, k_max=args.k_max, embed_dim=args.embed_dim, arc_lr=args.arc_lr,
+                           warmup_epochs=args.warmup_epochs, finetune_epochs=args.finetune_epochs)
+    doc = run_search(store, args.output_dir, config, progress=not args.no_progress)
+    print_student(doc, Path(args.output_dir))
+
+
+def cmd_retrain(args) -> None:
+    """Retrain an exported architecture on a (possibly other) task, from fresh weights."""
+    from .export import write_student
+    from .search import evaluate_student, fresh_student, load_exported, retrain_student, student_info
+
+    store = open_teacher_run(args.teacher)
+    source = load_exported(args.arch, store)
+    config = search_config(args, embed_dim=source.config.embed_dim, k_max=source.config.k_max)
+    student = fresh_student(source.arch, store, source.config.embed_dim, source.config.k_max)
+    out = Path(args.output_dir)
+    student = retrain_student(student, store, out / "retrain", config, progress=not args.no_progress)
+    info = {**student_info(store), **evaluate_student(student, store),
+            "retrain": {"from": str(source.path), "searched_on": source.doc.get("task"), "epochs": args.epochs,
+                        "seed": args.seed, "gamma": args.gamma}}
+    doc = write_student(out, student, info, title=f"{source.doc.get('task')} cell retrained on {store.meta['task']}")
+    print_student(doc, out)
+
+
+def cmd_evaluate(args) -> None:
+    """Dev metrics, params and FLOPs of an exported student."""
+    from .export import load_student
+    from .search import evaluate_student, load_exported
+
+    store = open_teacher_run(args.teacher)
+    arch_file = load_exported(args.arch, store)
+    if arch_file.doc.get("task") != store.meta["task"]:
+        log.warning("student was exported for %s; evaluating it on %s", arch_file.doc.get("task"), store.meta["task"])
+    student = load_student(arch_file, args.weights)
+    result = evaluate_student(student, store)
+    teacher = arch_file.doc.get("teacher", {})
+    rows = [["teacher", ", ".join(f"{k} {100 * v:.2f}" for k, v in (teacher.get("dev_metrics") or {}).items()),
+             "", "", ""],
+            ["student", ", ".join(f"{k} {100 * v:.2f}" for k, v in result["dev_metrics"].items()),
+             f"{result['params']:,}", f"{result['flops'] / 1e6:.1f}", result["depth"]]]
+    print(format_table(["model", "dev", "params", "MFLOPs (128 tokens)", "K"], rows))
+    if args.json:
+        from . import atomic
+        atomic.write_json(args.json, {"architecture": str(arch_file.path), "task": store.meta["task"], **result})
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -124,6 +226,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--train-limit", type=int, default=None, help="use only the first N train rows")
     p.set_defaults(func=cmd_teacher)
+
+    p = sub.add_parser("search", help="search a student (AdaBERT) and export it")
+    add_search_args(p)
+    p.add_argument("--arc-lr", type=float, default=3e-4, help="Adam learning rate of the architecture")
+    p.add_argument("--warmup-epochs", type=int, default=0,
+                   help="epochs that train the weights only, before the architecture moves")
+    p.add_argument("--finetune-epochs", type=int, default=0,
+                   help="epochs that train the derived child alone after the search")
+    p.add_argument("--full", action="store_true", help="run every candidate op (full straight-through)")
+    p.add_argument("--k-max", type=int, default=8, help="most cells a student may have")
+    p.add_argument("--embed-dim", type=int, default=128, help="width of the factorized embedding and the cells")
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("retrain", help="retrain an exported architecture from fresh weights (any task)")
+    add_search_args(p)
+    p.add_argument("--arch", required=True, help="architecture.json (or its directory) to retrain")
+    p.set_defaults(func=cmd_retrain)
+
+    p = sub.add_parser("evaluate", help="dev metrics, params and FLOPs of an exported student")
+    p.add_argument("--arch", required=True, help="architecture.json (or its directory)")
+    p.add_argument("--weights", default=None, help="weights (default: the file named in the JSON)")
+    p.add_argument("--teacher", required=True, help="output directory of `nni-adabert teacher` for the task")
+    p.add_argument("--json", default=None, help="also write the result to this JSON file")
+    p.set_defaults(func=cmd_evaluate)
     return parser
 
 

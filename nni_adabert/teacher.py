@@ -217,6 +217,22 @@ def load_finetuned_teacher(teacher_dir: str | os.PathLike, spec: TaskSpec):
     return model.to(pick_device()).eval()
 
 
+def teacher_word_embeddings(teacher_dir: str | os.PathLike) -> torch.Tensor:
+    """The teacher's word-embedding matrix [V, H], read from its safetensors without
+    building the model (the student's embedding is factorized from it)."""
+    from safetensors import safe_open
+
+    path = Path(resolve_model(teacher_dir)) / "model.safetensors"
+    if path.is_file():
+        with safe_open(str(path), framework="pt") as f:
+            key = next((k for k in f.keys() if k.endswith("word_embeddings.weight")), None)
+            if key is not None:
+                return f.get_tensor(key).float()
+    from transformers import AutoModel
+
+    return AutoModel.from_pretrained(resolve_model(teacher_dir)).get_input_embeddings().weight.detach().float()
+
+
 # --------------------------------------------------------------------------- probes
 
 

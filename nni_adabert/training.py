@@ -22,15 +22,18 @@ def pick_device() -> str:
 
 
 def make_trainer(run_dir: str | os.PathLike, max_epochs: int, *, progress: bool = True,
-                 name: str = "logs", **kwargs) -> pl.Trainer:
+                 name: str = "logs", trainer_cls: type = pl.Trainer, **kwargs) -> pl.Trainer:
     """A Trainer that saves ``run_dir/checkpoints/last.ckpt`` after every epoch
     (atomically: Lightning writes to a temporary file and renames) and logs to
-    TensorBoard under ``run_dir/<name>``."""
+    TensorBoard under ``run_dir/<name>``.
+
+    ``trainer_cls``: NNI's evaluators want ``nni.nas.evaluator.pytorch.Trainer``
+    (the same Trainer, traced so that NNI can record its arguments)."""
     run_dir = Path(run_dir)
     checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0,
                                  every_n_epochs=1, save_on_train_epoch_end=True)
     callbacks = [checkpoint] + ([TQDMProgressBar(refresh_rate=20)] if progress else [])
-    return pl.Trainer(
+    return trainer_cls(
         max_epochs=max_epochs,
         accelerator="auto",
         devices=1,

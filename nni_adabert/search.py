@@ -1,0 +1,174 @@
+"""Search, retrain and evaluate students on a teacher-knowledge store.
+
+The glue between the paper's pieces and NNI: :func:`run_search` builds the model
+space from the store (vocabulary, labels, the teacher's factorized embedding),
+runs ``NasExperiment(space, Lightning(AdaBertDistillModule), AdaBertStrategy)``,
+exports the argmax child with its trained weights and writes it with
+:func:`export.write_student`. :func:`retrain_student` trains a fixed child with
+the same distillation loss (fresh or from its searched weights), and
+:func:`evaluate_student` reports dev metrics, params and FLOPs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+
+from . import cost
+from .distill import AdaBertDistillModule, model_inputs
+from .export import read_architecture, vocab_fingerprint, write_student
+from .knowledge import KnowledgeStore
+from .metrics import compute_metrics
+from .space import AdaBertSpace, AdaBertStudent, StudentConfig, factorized_embedding
+from .teacher import load_tokenizer, read_teacher_info, teacher_word_embeddings
+from .training import last_checkpoint, make_trainer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SearchConfig:
+    """Search settings; defaults are the paper's (section 3.1) where it gives them."""
+
+    epochs: int = 10
+    batch_size: int = 64
+    gamma: float = 0.8          # weight of L_KD against L_CE
+    beta: float = 4.0           # weight of the efficiency loss
+    temperature: float = 1.0    # KD temperature T
+    tau_start: float = 1.0      # Gumbel temperature, annealed linearly per step
+    tau_end: float = 0.1
+    lr: float = 2e-2            # weights: SGD momentum 0.9, cosine lr -> min_lr
+    min_lr: float = 5e-4
+    arc_lr: float = 3e-4        # architecture: Adam, weight decay arc_weight_decay
+    arc_weight_decay: float = 1e-3
+    embed_dim: int = 128
+    k_max: int = 8
+    warmup_epochs: int = 0      # train weights only (uniformly sampled paths) before the architecture moves
+    finetune_epochs: int = 0    # then train the derived child alone (KD, its searched weights as start)
+    full: bool = False          # run every candidate (full straight-through) instead of single-path
+    seed: int = 0
+    train_limit: int | None = None  # use only the first N store rows (quick runs)
+
+
+def student_config(store: KnowledgeStore, embed_dim: int = 128, k_max: int = 8) -> StudentConfig:
+    meta = store.meta
+    return StudentConfig(vocab_size=meta["vocab_size"], num_labels=meta["num_labels"], is_pair=store.spec.is_pair,
+                         embed_dim=embed_dim, k_max=k_max, pad_token_id=meta["pad_token_id"])
+
+
+def distill_module(store: KnowledgeStore, config: SearchConfig, report_to_nni: bool = False) -> AdaBertDistillModule:
+    return AdaBertDistillModule(store.meta["num_labels"], gamma=config.gamma, beta=config.beta,
+                                temperature=config.temperature, learning_rate=config.lr,
+                                min_learning_rate=config.min_lr, report_to_nni=report_to_nni)
+
+
+def student_info(store: KnowledgeStore) -> dict:
+    """What an exported student records about where it came from."""
+    teacher_dir = store.meta["teacher_dir"]
+    tokenizer = load_tokenizer(teacher_dir)
+    teacher = read_teacher_info(teacher_dir) or {}
+    return {
+        "task": store.meta["task"],
+        "teacher": {"path": teacher_dir, "base_model": teacher.get("base_model"),
+                    "dev_metrics": teacher.get("dev_metrics"), "num_layers": store.num_teacher_layers},
+        "vocab": {"size": len(tokenizer), "fingerprint": vocab_fingerprint(tokenizer), "tokenizer": teacher_dir},
+        "knowledge_store": str(store.path),
+    }
+
+
+def run_search(store: KnowledgeStore, out_dir: str | os.PathLike, config: SearchConfig = SearchConfig(),
+               progress: bool = True, report_to_nni: bool = False) -> dict:
+    """Search a student on ``store`` and export it to ``out_dir``; returns the architecture document.
+
+    The run checkpoints every epoch in ``out_dir/search`` and resumes from there.
+    """
+    from nni.nas.evaluator.pytorch import Lightning, Trainer
+    from nni.nas.experiment import NasExperiment
+
+    from .strategy import AdaBertStrategy
+
+    out_dir = Path(out_dir)
+    run_dir = out_dir / "search"
+    pl.seed_everything(config.seed, workers=True)
+    student_cfg = student_config(store, config.embed_dim, config.k_max)
+    embedding = factorized_embedding(teacher_word_embeddings(store.meta["teacher_dir"]), config.embed_dim)
+    space = AdaBertSpace(student_cfg, embedding)
+
+    train = store.loader("train", config.batch_size, shuffle=True, seed=config.seed, limit=config.train_limit)
+    dev = store.loader("dev", 256)
+    trainer = make_trainer(run_dir, config.epochs, progress=progress, trainer_cls=Trainer)
+    resume = last_checkpoint(run_dir)
+    evaluator = Lightning(distill_module(store, config, report_to_nni), trainer,
+                          train_dataloaders=train, val_dataloaders=dev,
+                          fit_kwargs={"ckpt_path": str(resume) if resume else None, "weights_only": True})
+    strategy = AdaBertStrategy(tau=(config.tau_start, config.tau_end), full=config.full,
+                               arc_learning_rate=config.arc_lr, arc_weight_decay=config.arc_weight_decay,
+                               warmup_epochs=config.warmup_epochs, seed=config.seed)
+    experiment = NasExperiment(space, evaluator, strategy)
+    experiment.config.experiment_working_directory = str((run_dir / "nni").resolve())
+    experiment.run()
+    experiment.stop()
+
+    arch = experiment.export_top_models(formatter="dict")[0]
+    student = space.freeze(arch).cpu().eval()
+    if config.finetune_epochs > 0:
+        finetune = replace(config, epochs=config.finetune_epochs)
+        student = retrain_student(student, store, out_dir / "finetune", finetune, progress, report_to_nni)
+    history = [{k: v for k, v in h.items() if k != "arch"} for h in strategy.oneshot_module.history]
+    info = {**student_info(store), **evaluate_student(student, store),
+            "search": {**asdict(config), "history": history}}
+    return write_student(out_dir, student, info, title=f"{store.meta['task']} searched cell")
+
+
+def retrain_student(student: AdaBertStudent, store: KnowledgeStore, run_dir: str | os.PathLike,
+                    config: SearchConfig, progress: bool = True, report_to_nni: bool = False) -> AdaBertStudent:
+    """Train a fixed child with ``(1-γ)·L_CE + γ·L_KD`` on ``store`` (L_E is constant for a
+    fixed child, so β has no effect). Checkpoints every epoch in ``run_dir`` and resumes."""
+    pl.seed_everything(config.seed, workers=True)
+    module = distill_module(store, config, report_to_nni)
+    module.set_model(student.train())  # Lightning keeps each module's mode: BatchNorm must learn
+    trainer = make_trainer(run_dir, config.epochs, progress=progress)
+    train = store.loader("train", config.batch_size, shuffle=True, seed=config.seed, limit=config.train_limit)
+    trainer.fit(module, train, store.loader("dev", 256), ckpt_path=last_checkpoint(run_dir), weights_only=True)
+    return student.cpu().eval()
+
+
+def fresh_student(arch: dict, store: KnowledgeStore, embed_dim: int = 128, k_max: int = 8) -> AdaBertStudent:
+    """A newly initialised child of ``arch`` for ``store``'s task, embedding from its teacher."""
+    student = AdaBertStudent(student_config(store, embed_dim, k_max), arch)
+    student.load_embedding(factorized_embedding(teacher_word_embeddings(store.meta["teacher_dir"]), embed_dim))
+    return student
+
+
+@torch.no_grad()
+def evaluate_student(student: AdaBertStudent, store: KnowledgeStore, seq_len: int = 128) -> dict:
+    """Dev metrics of ``student`` on ``store``, its params (with and without the
+    embedding) and FLOPs for one example of ``seq_len`` tokens."""
+    student = student.eval()
+    device = next(student.parameters()).device
+    preds, labels = [], []
+    for batch in store.loader("dev", 256):
+        out = student(**{k: v.to(device) for k, v in model_inputs(batch).items()}, return_probes=False)
+        preds.append(out.logits.argmax(-1).cpu())
+        labels.append(batch["labels"])
+    cfg, arch = student.config, student.arch
+    return {
+        "dev_metrics": compute_metrics(store.spec, torch.cat(preds), torch.cat(labels)),
+        "params": cost.child_params(cfg, arch),
+        "params_without_embedding": cost.child_params(cfg, arch, include_embedding=False),
+        "flops": cost.child_flops(cfg, arch, seq_len),
+        "flops_seq_len": seq_len,
+        "depth": arch["depth"],
+        "embed_dim": cfg.embed_dim,
+    }
+
+
+def load_exported(path: str | os.PathLike, store: KnowledgeStore | None = None):
+    """Read an exported student (JSON + weights), checking its vocabulary against ``store``'s teacher."""
+    vocab = vocab_fingerprint(load_tokenizer(store.meta["teacher_dir"])) if store is not None else None
+    return read_architecture(path, vocab=vocab)
