@@ -28,9 +28,14 @@ from nni.nas.evaluator.pytorch import LightningModule
 
 from .losses import IGNORE_INDEX, adabert_loss
 
-__all__ = ["AdaBertDistillModule", "model_inputs"]
+__all__ = ["AdaBertDistillModule", "model_inputs", "val_metric_key"]
 
 _INPUT_KEYS = ("input_ids_a", "attention_mask_a", "input_ids_b", "attention_mask_b")
+
+
+def val_metric_key(metric: str) -> str:
+    """The key this module logs a task metric under: ``accuracy`` -> ``val_acc``, ``f1`` -> ``val_f1``."""
+    return {"accuracy": "val_acc", "f1": "val_f1"}[metric]
 
 
 def model_inputs(batch: Dict[str, Any]) -> Dict[str, Any]:
@@ -47,8 +52,12 @@ class AdaBertDistillModule(LightningModule):
         learning_rate, min_learning_rate: SGD learning rate, cosine-annealed per step
             from the first to the second over the whole run (paper: 2e-2 -> 5e-4).
         momentum, weight_decay: SGD settings (paper: momentum 0.9).
-        report_to_nni: inside an NNI trial, report dev accuracy per epoch
-            (``nni.report_intermediate_result``) and at the end (``report_final_result``).
+        report_to_nni: inside an NNI trial, report the dev metrics after every epoch with
+            ``nni.report_intermediate_result``, ``"default"`` being ``main_metric``. The final
+            result is the trial's to report (after export, with params, FLOPs and speedup:
+            see :mod:`nni_adabert.trial`), since one trial may fit several times.
+        main_metric: the logged dev metric that is NNI's ``"default"``: ``val_acc`` or
+            ``val_f1`` (:func:`val_metric_key` maps a task's main metric to it).
 
     Logged: ``train_loss``, ``train_ce``, ``train_kd``, ``train_eff`` per step;
     ``val_acc`` (and ``val_f1``), ``val_ce`` per epoch. The last dev metrics are also in
@@ -57,7 +66,8 @@ class AdaBertDistillModule(LightningModule):
 
     def __init__(self, num_labels: int, gamma: float = 0.8, beta: float = 4.0, temperature: float = 1.0,
                  learning_rate: float = 2e-2, min_learning_rate: float = 5e-4, momentum: float = 0.9,
-                 weight_decay: float = 0.0, report_to_nni: bool = False):
+                 weight_decay: float = 0.0, report_to_nni: bool = False,
+                 main_metric: str = "val_acc"):
         super().__init__()
         self.save_hyperparameters()
         self.num_labels = num_labels
@@ -113,11 +123,8 @@ class AdaBertDistillModule(LightningModule):
         self.log_dict(metrics, prog_bar=True)
         self.last_val_metrics = {k: float(v) for k, v in metrics.items()}
         if self.hparams.report_to_nni and not self.trainer.sanity_checking and nni.get_current_parameter() is not None:
-            nni.report_intermediate_result({"default": self.last_val_metrics["val_acc"], **self.last_val_metrics})
-
-    def on_fit_end(self) -> None:
-        if self.hparams.report_to_nni and self.last_val_metrics and nni.get_current_parameter() is not None:
-            nni.report_final_result({"default": self.last_val_metrics["val_acc"], **self.last_val_metrics})
+            main = self.last_val_metrics.get(self.hparams.main_metric, self.last_val_metrics["val_acc"])
+            nni.report_intermediate_result({"default": main, **self.last_val_metrics})
 
     def configure_optimizers(self):
         hp = self.hparams

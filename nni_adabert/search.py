@@ -20,7 +20,7 @@ import pytorch_lightning as pl
 import torch
 
 from . import cost
-from .distill import AdaBertDistillModule, model_inputs
+from .distill import AdaBertDistillModule, model_inputs, val_metric_key
 from .export import read_architecture, vocab_fingerprint, write_student
 from .knowledge import KnowledgeStore
 from .metrics import compute_metrics
@@ -64,7 +64,8 @@ def student_config(store: KnowledgeStore, embed_dim: int = 128, k_max: int = 8) 
 def distill_module(store: KnowledgeStore, config: SearchConfig, report_to_nni: bool = False) -> AdaBertDistillModule:
     return AdaBertDistillModule(store.meta["num_labels"], gamma=config.gamma, beta=config.beta,
                                 temperature=config.temperature, learning_rate=config.lr,
-                                min_learning_rate=config.min_lr, report_to_nni=report_to_nni)
+                                min_learning_rate=config.min_lr, report_to_nni=report_to_nni,
+                                main_metric=val_metric_key(store.spec.main_metric))
 
 
 def student_info(store: KnowledgeStore) -> dict:

@@ -1,4 +1,5 @@
 """Teacher vs student timing and FLOPs on real tokenized SST-2 rows."""
+
 from nni_adabert.cli import pad_to, with_teacher_input
 from nni_adabert.data import load_task, tokenize
 from nni_adabert.space import AdaBertStudent, StudentConfig, random_arch
