@@ -182,95 +182,53 @@ def cmd_retrain(args) -> None:
 
 
 def cmd_evaluate(args) -> None:
-    """Dev metrics, params and FLOPs of an exported student."""
-    from .export import load_student
-    from .search import evaluate_student, load_exported
+    """Teacher vs student: dev metrics, params, FLOPs and (with --speed) measured speedup."""
+    from . import atomic
+    from .speed import compare_with_teacher
 
     store = open_teacher_run(args.teacher)
-    arch_file = load_exported(args.arch, store)
-    if arch_file.doc.get("task") != store.meta["task"]:
-        log.warning("student was exported for %s; evaluating it on %s", arch_file.doc.get("task"), store.meta["task"])
-    student = load_student(arch_file, args.weights)
-    result = evaluate_student(student, store)
-    teacher = arch_file.doc.get("teacher", {})
-    rows = [["teacher", ", ".join(f"{k} {100 * v:.2f}" for k, v in (teacher.get("dev_metrics") or {}).items()),
-             "", "", ""],
-            ["student", ", ".join(f"{k} {100 * v:.2f}" for k, v in result["dev_metrics"].items()),
-             f"{result['params']:,}", f"{result['flops'] / 1e6:.1f}", result["depth"]]]
-    print(format_table(["model", "dev", "params", "MFLOPs (128 tokens)", "K"], rows))
+    result = compare_with_teacher(store, args.arch, args.weights, speed=args.speed)
+    fmt = lambda m: ", ".join(f"{k} {100 * v:.2f}" for k, v in m.items())  # noqa: E731
+    rows = []
+    for name, r in (("teacher", result["teacher"]), (f"student (K={result['student']['depth']})", result["student"])):
+        rows.append([name, fmt(r["dev_metrics"]), f"{r['params']:,}", f"{r['flops'] / 1e6:,.1f}",
+                     f"{r['speedup']:.1f}x" if "speedup" in r else "-"])
+    table = format_table(["model", "dev", "params", "MFLOPs/example (128 tokens)", "speedup (batch 128)"], rows)
+    print(table)
     if args.json:
-        from . import atomic
-        atomic.write_json(args.json, {"architecture": str(arch_file.path), "task": store.meta["task"], **result})
+        atomic.write_json(args.json, result)
+    if args.markdown:
+        atomic.write_text(args.markdown, table + "\n")
 
 
 # --------------------------------------------------------------------------- demo
 
 
 DEMO_STEPS = [
-    ["teacher", "--epochs", "1", "--aug-copies", "1"],
+    ["teacher", "--epochs", "1", "--aug-copies", "1", "--output-dir", "{out}"],
     ["search", "--teacher", "{out}", "--epochs", "3", "--warmup-epochs", "1", "--arc-lr", "3e-3",
      "--finetune-epochs", "2", "--output-dir", "{out}/student"],
+    ["evaluate", "--teacher", "{out}", "--arch", "{out}/student", "--speed",
+     "--json", "{out}/summary.json", "--markdown", "{out}/summary.md"],
 ]
 
 
 def cmd_demo(args) -> None:
     """The whole journey on the bundled SST-2 sample: teacher -> probes -> cache ->
     search -> export -> evaluate, then teacher vs student side by side."""
-    from .search import evaluate_student, load_exported
-    from .export import load_student
-    from .speed import measure_speedup, teacher_flops
-    from .teacher import load_finetuned_teacher
-
     out = Path(args.output_dir)
-    extra = ["--no-progress"] if args.no_progress else []
-    extra += ["--cache-dir", args.cache_dir] if args.cache_dir else []
     parser = build_parser()
     for i, step in enumerate(DEMO_STEPS, 1):
-        argv = [a.format(out=out) for a in step] + extra
-        argv += ["--output-dir", str(out)] if step[0] == "teacher" else []
-        print(f"\n=== step {i}/{len(DEMO_STEPS) + 1}: nni-adabert {' '.join(argv)}\n", flush=True)
+        argv = [a.format(out=out) for a in step]
+        if step[0] != "evaluate":
+            argv += ["--no-progress"] if args.no_progress else []
+            argv += ["--cache-dir", args.cache_dir] if args.cache_dir else []
+        print(f"\n=== step {i}/{len(DEMO_STEPS)}: nni-adabert {' '.join(argv)}\n", flush=True)
         sub = parser.parse_args(argv)
         sub.func(sub)
-
-    print(f"\n=== step {len(DEMO_STEPS) + 1}/{len(DEMO_STEPS) + 1}: evaluate and time teacher vs student\n")
-    store = open_teacher_run(out)
-    arch_file = load_exported(out / "student", store)
-    student = load_student(arch_file)
-    result = evaluate_student(student, store)
-    teacher = load_finetuned_teacher(out / "teacher", store.spec)
-    rows = [with_teacher_input(r) for r in store.data["dev"].select_columns(
-        [c for c in ("input_ids_a", "input_ids_b") if c in store.data["dev"].column_names])]
-    speed = measure_speedup(teacher, student, rows, batch_size=128)
-    t_params = sum(p.numel() for p in teacher.parameters())
-    t_metrics = arch_file.doc["teacher"]["dev_metrics"]
-    fmt = lambda m: ", ".join(f"{k} {100 * v:.2f}" for k, v in m.items())  # noqa: E731
-    table = format_table(["model", "dev", "params", "MFLOPs/example (128 tokens)", "speedup (batch 128)"], [
-        ["teacher", fmt(t_metrics), f"{t_params:,}", f"{teacher_flops(teacher.cpu(), pad_to(rows[0], 128)) / 1e6:.0f}",
-         "1.0x"],
-        [f"student (K={result['depth']})", fmt(result["dev_metrics"]), f"{result['params']:,}",
-         f"{result['flops'] / 1e6:.0f}", f"{speed['speedup']:.1f}x"],
-    ])
-    print(table)
-    from . import atomic
-    atomic.write_json(out / "demo.json", {"teacher": {"dev_metrics": t_metrics, "params": t_params},
-                                          "student": result, "speed": speed})
-    atomic.write_text(out / "demo.md", table + "\n")
     print(f"\narchitecture: {out / 'student' / 'architecture.json'}\nweights:      "
           f"{out / 'student' / 'student.safetensors'}\ncell picture: {out / 'student' / 'cell.png'}\n"
-          f"summary:      {out / 'demo.md'}")
-
-
-def with_teacher_input(row: dict) -> dict:
-    """Add the teacher's packed input (``[CLS] a [SEP] b [SEP]``) to a store row."""
-    a, b = row["input_ids_a"], row.get("input_ids_b")
-    ids = a + b[1:] if b else a
-    return {**row, "input_ids": ids[:128], "token_type_ids": ([0] * len(a) + [1] * (len(ids) - len(a)))[:128]}
-
-
-def pad_to(row: dict, length: int) -> dict:
-    """``row`` with its teacher input repeated to ``length`` tokens (FLOPs at a fixed length)."""
-    ids = (row["input_ids"] * length)[:length]
-    return {"input_ids": ids, "token_type_ids": [0] * length}
+          f"summary:      {out / 'summary.md'}, {out / 'summary.json'}")
 
 
 # --------------------------------------------------------------------------- main
@@ -324,7 +282,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", required=True, help="architecture.json (or its directory)")
     p.add_argument("--weights", default=None, help="weights (default: the file named in the JSON)")
     p.add_argument("--teacher", required=True, help="output directory of `nni-adabert teacher` for the task")
+    p.add_argument("--speed", action="store_true",
+                   help="also time teacher and student on the dev set at batch 128 (median of 3)")
     p.add_argument("--json", default=None, help="also write the result to this JSON file")
+    p.add_argument("--markdown", default=None, help="also write the table to this Markdown file")
     p.set_defaults(func=cmd_evaluate)
     return parser
 

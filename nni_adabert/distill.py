@@ -28,9 +28,50 @@ from nni.nas.evaluator.pytorch import LightningModule
 
 from .losses import IGNORE_INDEX, adabert_loss
 
-__all__ = ["AdaBertDistillModule", "model_inputs", "val_metric_key"]
+__all__ = ["AdaBertDistillModule", "model_inputs", "val_metric_key", "report_to_nni_trial"]
 
 _INPUT_KEYS = ("input_ids_a", "attention_mask_a", "input_ids_b", "attention_mask_b")
+
+
+_nni_trial: Optional[Dict[str, Any]] = None  # this process's NNI trial: its command channel and parameters
+
+
+def _current_nni_trial() -> Optional[Dict[str, Any]]:
+    """The NNI trial this process runs (after ``nni.get_next_parameter()``), or ``None``.
+
+    A one-shot search runs inside NNI's sequential NAS engine, which swaps NNI's trial
+    channel and parameters for its own while the supernet trains: ``nni.report_*_result``
+    there reaches the engine, never the NNI manager (and after the search
+    ``nni.get_current_parameter()`` is the model space). So the trial's own channel is
+    remembered whenever we see it outside the engine, and reports use that one.
+    """
+    global _nni_trial
+    import nni.trial
+    from nni.nas.execution.sequential import SequentialTrialCommandChannel
+    from nni.runtime.trial_command_channel import get_default_trial_command_channel
+
+    channel, record = get_default_trial_command_channel(), nni.trial._params
+    if record is not None and not isinstance(channel, SequentialTrialCommandChannel):
+        if _nni_trial is None or _nni_trial["record"] is not record:
+            _nni_trial = {"channel": channel, "record": record, "sequence": 0}
+    return _nni_trial
+
+
+def report_to_nni_trial(kind: str, metric: Dict[str, Any]) -> bool:
+    """Send ``metric`` (a dict with a float ``"default"``) to this process's NNI trial as an
+    ``"intermediate"`` or ``"final"`` result; ``False`` (nothing sent) outside a trial."""
+    from nni.runtime.env_vars import trial_env_vars
+
+    trial = _current_nni_trial()
+    if trial is None:
+        return False
+    sequence = trial["sequence"] if kind == "intermediate" else 0
+    trial["channel"].send_metric(type={"intermediate": "PERIODICAL", "final": "FINAL"}[kind],
+                                 parameter_id=trial["record"]["parameter_id"],
+                                 trial_job_id=trial_env_vars.NNI_TRIAL_JOB_ID, sequence=sequence, value=metric)
+    if kind == "intermediate":
+        trial["sequence"] += 1
+    return True
 
 
 def val_metric_key(metric: str) -> str:
@@ -70,6 +111,8 @@ class AdaBertDistillModule(LightningModule):
                  main_metric: str = "val_acc"):
         super().__init__()
         self.save_hyperparameters()
+        if report_to_nni:
+            _current_nni_trial()  # remember the trial's channel before a NAS engine swaps it
         self.num_labels = num_labels
         self.val_acc = torchmetrics.Accuracy(task="multiclass", num_classes=num_labels)
         self.val_f1 = torchmetrics.F1Score(task="binary") if num_labels == 2 else None
@@ -122,9 +165,9 @@ class AdaBertDistillModule(LightningModule):
                 m.reset()
         self.log_dict(metrics, prog_bar=True)
         self.last_val_metrics = {k: float(v) for k, v in metrics.items()}
-        if self.hparams.report_to_nni and not self.trainer.sanity_checking and nni.get_current_parameter() is not None:
+        if self.hparams.report_to_nni and not self.trainer.sanity_checking:
             main = self.last_val_metrics.get(self.hparams.main_metric, self.last_val_metrics["val_acc"])
-            nni.report_intermediate_result({"default": main, **self.last_val_metrics})
+            report_to_nni_trial("intermediate", {"default": main, **self.last_val_metrics})
 
     def configure_optimizers(self):
         hp = self.hparams

@@ -52,13 +52,15 @@ def test_search_evaluate_and_cross_task_retrain(runs, capsys):
     assert (out / "student.safetensors").is_file() and (out / "cell.png").is_file()
 
     capsys.readouterr()
-    assert main(["evaluate", "--arch", str(out), "--teacher", str(runs / "SST-2"),
+    assert main(["evaluate", "--arch", str(out), "--teacher", str(runs / "SST-2"), "--speed",
                  "--json", str(runs / "eval.json")]) == 0
     printed = capsys.readouterr().out
     result = json.loads((runs / "eval.json").read_text())
     # Evaluating the exported files reproduces the numbers recorded at export time.
-    assert result["dev_metrics"] == doc["dev_metrics"] and result["params"] == doc["params"]
-    assert f"{doc['params']:,}" in printed
+    student = result["student"]
+    assert student["dev_metrics"] == doc["dev_metrics"] and student["params"] == doc["params"]
+    assert f"{doc['params']:,}" in printed and f"{result['teacher']['params']:,}" in printed
+    assert result["teacher"]["params"] > 20_000_000 and student["speedup"] > 0
 
     # The SST-2 structure retrained on MRPC (a pair task) from fresh weights.
     moved = runs / "transfer"

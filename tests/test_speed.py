@@ -1,9 +1,8 @@
 """Teacher vs student timing and FLOPs on real tokenized SST-2 rows."""
 
-from nni_adabert.cli import pad_to, with_teacher_input
 from nni_adabert.data import load_task, tokenize
 from nni_adabert.space import AdaBertStudent, StudentConfig, random_arch
-from nni_adabert.speed import measure_speedup, teacher_flops
+from nni_adabert.speed import measure_speedup, pad_to, teacher_flops, with_teacher_input
 from nni_adabert.tasks import get_task
 from nni_adabert.teacher import load_tokenizer
 

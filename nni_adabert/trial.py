@@ -1,0 +1,334 @@
+"""AdaBERT as NNI trials: one search, or one retraining, per trial.
+
+``trials/search_trial.py`` and ``trials/retrain_trial.py`` are thin wrappers around
+:func:`main`. A trial takes its settings from the command line (the experiment's
+``trialCommand``: fixed settings such as sizes and limits) and then from
+``nni.get_next_parameter()`` (what the tuner varies: ``beta``, ``gamma``, ``lr``,
+``task``, ``arch``, ...); a tuner value wins. Outside NNI the same script runs
+standalone with its defaults.
+
+What a trial does:
+
+- finds the teacher's knowledge store for its task: a teacher run directory
+  (``--teacher``, default ``runs/nni/teacher-<task>``); when that directory has
+  no ``probes.json`` yet, the trial builds it first with the same library calls
+  as ``nni-adabert teacher`` (:func:`build_teacher_run`; a file lock keeps
+  concurrent trials from building it twice);
+- searches (or retrains) with ``report_to_nni=True``: the dev metrics go to NNI
+  after every epoch (``nni.report_intermediate_result``);
+- exports ``architecture.json``, ``student.safetensors`` and ``cell.png`` into the
+  trial's output directory (``$NNI_OUTPUT_DIR``, shown by the web UI);
+- reports the final result: ``{"default": <task's main dev metric>, "accuracy": ...,
+  ("f1": ...,) "params": ..., "flops": ..., "speedup": ...}`` (metrics in [0, 1]).
+
+Training runs on the GPU when one is visible (Lightning ``accelerator="auto"``),
+else on the CPU. A mistake a user can fix (bad architecture JSON, missing data,
+unknown parameter) ends the trial with one line on stderr and exit code 2, so
+NNI marks it FAILED and the experiment goes on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from .errors import UserError
+
+log = logging.getLogger("nni_adabert.trial")
+
+SEARCH, RETRAIN = "search", "retrain"
+
+
+# --------------------------------------------------------------------------- settings
+
+
+def build_parser(kind: str) -> argparse.ArgumentParser:
+    """Every setting of a ``kind`` trial; each can also come from the tuner (same name,
+    ``-`` or ``_``)."""
+    from .search import SearchConfig
+
+    d = SearchConfig()
+    p = argparse.ArgumentParser(prog=f"{kind}_trial.py", description=f"AdaBERT {kind} as an NNI trial. "
+                                "Settings from the tuner (nni.get_next_parameter()) override these.")
+    p.add_argument("--task", default="SST-2", help="GLUE task (default SST-2)")
+    p.add_argument("--data", default=None, help="GLUE data directory, 'hub', or omit for the bundled SST-2 sample")
+    p.add_argument("--teacher", default=None, help="teacher run directory (default runs/nni/teacher-<task>); "
+                   "built there first when it has no probes.json")
+    p.add_argument("--cache-dir", default=None, help="teacher-knowledge stores (default $NNI_ADABERT_CACHE "
+                   "or ~/.cache/nni-adabert)")
+    p.add_argument("--output-dir", default=None, help="where the student goes (default $NNI_OUTPUT_DIR, "
+                   "else runs/nni/standalone/<kind>-<time>)")
+    g = p.add_argument_group("teacher (only when the trial has to build the teacher run)")
+    g.add_argument("--teacher-model", default=None, help="BERT-family checkpoint (default: bundled MiniLM)")
+    g.add_argument("--teacher-epochs", type=int, default=1)
+    g.add_argument("--teacher-batch-size", type=int, default=32)
+    g.add_argument("--teacher-lr", type=float, default=5e-5)
+    g.add_argument("--teacher-train-limit", type=int, default=None, help="first N train rows")
+    g.add_argument("--teacher-dev-limit", type=int, default=None, help="first N dev rows")
+    g.add_argument("--aug-copies", type=int, default=0, help="augmented copies per train example")
+    g = p.add_argument_group("training")
+    g.add_argument("--epochs", type=int, default=d.epochs)
+    g.add_argument("--batch-size", type=int, default=d.batch_size)
+    g.add_argument("--gamma", type=float, default=d.gamma)
+    g.add_argument("--lr", type=float, default=d.lr)
+    g.add_argument("--min-lr", type=float, default=d.min_lr)
+    g.add_argument("--seed", type=int, default=d.seed)
+    g.add_argument("--train-limit", type=int, default=None, help="first N rows of the store's train split")
+    if kind == SEARCH:
+        g.add_argument("--beta", type=float, default=d.beta)
+        g.add_argument("--arc-lr", type=float, default=d.arc_lr)
+        g.add_argument("--warmup-epochs", type=int, default=d.warmup_epochs)
+        g.add_argument("--finetune-epochs", type=int, default=d.finetune_epochs)
+        g.add_argument("--k-max", type=int, default=d.k_max)
+        g.add_argument("--embed-dim", type=int, default=d.embed_dim)
+        g.add_argument("--full", action="store_true", help="full straight-through (every candidate runs)")
+        g.add_argument("--export-to", default=None, help="also copy the exported student to this directory, "
+                       "a stable path for retrain trials; {name} fields are settings, e.g. "
+                       "'runs/nni/searched/{task}-beta{beta:g}'")
+    else:
+        g.add_argument("--arch", default=None, help="architecture.json (or its directory) to retrain, or "
+                       "'random:<seed>' for a seeded random architecture of the space")
+        g.add_argument("--k-max", type=int, default=d.k_max, help="space of a random architecture")
+        g.add_argument("--embed-dim", type=int, default=d.embed_dim, help="width of a random architecture")
+    g = p.add_argument_group("measurement")
+    g.add_argument("--speedup-rows", type=int, default=256,
+                   help="dev rows to time teacher vs student on (batch 128, CPU); 0 = do not measure")
+    g.add_argument("--speedup-repeats", type=int, default=3)
+    g.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    g.add_argument("--progress", action="store_true", help="progress bars in the trial log")
+    return p
+
+
+def trial_settings(kind: str, argv: list[str] | None, tuned: dict | None) -> argparse.Namespace:
+    """Command-line settings, then the tuner's values on top (checked by the same parser)."""
+    parser = build_parser(kind)
+    args = parser.parse_args(argv)  # a bad command line: argparse's message, exit code 2
+    known = {a.dest: a for a in parser._actions if a.dest != "help"}
+    for key, value in (tuned or {}).items():
+        dest = key.replace("-", "_")
+        if dest not in known:
+            raise UserError(f"unknown trial parameter {key!r} from the tuner; known: {', '.join(sorted(known))}")
+        action = known[dest]
+        if value is not None and action.type is not None:
+            try:
+                value = action.type(value)
+            except (TypeError, ValueError):
+                raise UserError(f"trial parameter {key!r}: {value!r} is not a valid {action.type.__name__}") from None
+        setattr(args, dest, value)
+    return args
+
+
+def output_dir(args: argparse.Namespace, kind: str) -> Path:
+    if args.output_dir:
+        return Path(args.output_dir)
+    if os.environ.get("NNI_OUTPUT_DIR"):
+        return Path(os.environ["NNI_OUTPUT_DIR"])
+    return Path("runs") / "nni" / "standalone" / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+# --------------------------------------------------------------------------- teacher
+
+
+def build_teacher_run(task: str, out_dir: str | os.PathLike, data: str | None = None, model: str | None = None,
+                      epochs: int = 3, batch_size: int = 32, lr: float = 5e-5, seed: int = 42,
+                      train_limit: int | None = None, dev_limit: int | None = None, augment=None,
+                      cache_dir: str | os.PathLike | None = None, progress: bool = True):
+    """A teacher run directory as ``nni-adabert teacher`` writes it (``teacher/``,
+    ``probes.json``, ``probes.md``, ``probes.png``); returns its knowledge store."""
+    from . import atomic
+    from .data import load_task
+    from .knowledge import DEFAULT_CACHE_DIR, build_knowledge
+    from .plots import plot_probe_accuracy
+    from .tasks import get_task
+    from .teacher import ProbeConfig, TeacherConfig, finetune_teacher
+
+    spec, out = get_task(task), Path(out_dir)
+    data_splits = load_task(spec, data)
+    for split, limit in (("train", train_limit), ("dev", dev_limit)):
+        if limit is not None:
+            data_splits[split] = data_splits[split].select(range(min(limit, len(data_splits[split]))))
+    info = finetune_teacher(spec, data_splits, model, out,
+                            TeacherConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed), progress=progress)
+    store = build_knowledge(spec, data_splits, out / "teacher", augment,
+                            Path(cache_dir) if cache_dir else DEFAULT_CACHE_DIR, ProbeConfig(seed=seed),
+                            progress=progress)
+    acc = store.meta["probe_dev_accuracy"]
+    atomic.write_json(out / "probes.json", {"task": spec.name, "teacher": info, "probe_dev_accuracy": acc,
+                                            "knowledge_store": str(store.path)})
+    rows = "\n".join(f"| {j} | {100 * a:.2f} | {'teacher head' if j == len(acc) else 'probe'} |"
+                     for j, a in enumerate(acc, 1))
+    atomic.write_text(out / "probes.md", "| layer | dev accuracy (%) | classifier |\n|---|---|---|\n" + rows + "\n")
+    plot_probe_accuracy(acc, out / "probes.png", f"{spec.name}: teacher probes on dev")
+    return store
+
+
+def teacher_store(args: argparse.Namespace):
+    """The knowledge store of the trial's teacher run, built first when missing."""
+    from filelock import FileLock
+
+    from .augment import AugmentConfig
+    from .cli import open_teacher_run
+    from .tasks import get_task
+
+    spec = get_task(args.task)
+    run = Path(args.teacher or Path("runs") / "nni" / f"teacher-{spec.name}")
+    run.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(run) + ".lock"):
+        if not (run / "probes.json").is_file():
+            print(f"teacher run {run} has no probes.json: building it ({spec.name}, "
+                  f"{args.teacher_epochs} epoch(s), train limit {args.teacher_train_limit})", flush=True)
+            build_teacher_run(spec.name, run, data=args.data, model=args.teacher_model, epochs=args.teacher_epochs,
+                              batch_size=args.teacher_batch_size, lr=args.teacher_lr, seed=42,
+                              train_limit=args.teacher_train_limit, dev_limit=args.teacher_dev_limit,
+                              augment=AugmentConfig(copies=args.aug_copies) if args.aug_copies > 0 else None,
+                              cache_dir=args.cache_dir, progress=args.progress)
+        store = open_teacher_run(run)
+    if store.meta["task"] != spec.name:
+        raise UserError(f"teacher run {run} is for {store.meta['task']}, not {spec.name}; "
+                        f"pass another --teacher (or parameter 'teacher')")
+    print(f"teacher knowledge for {spec.name}: {store.path} ({len(store.data['train']):,} train / "
+          f"{len(store.data['dev']):,} dev rows)", flush=True)
+    return store
+
+
+# --------------------------------------------------------------------------- results
+
+
+def measure_store_speedup(store, student, rows: int, repeats: int) -> float | None:
+    """Teacher time / student time on the first ``rows`` dev rows (batch 128, CPU, one process)."""
+    if rows <= 0:
+        return None
+    from .speed import measure_speedup
+    from .teacher import load_finetuned_teacher
+
+    dev = store.data["dev"]
+    cols = [c for c in ("input_ids_a", "input_ids_b") if c in dev.column_names]
+    examples = [_with_teacher_input(r) for r in dev.select(range(min(rows, len(dev)))).select_columns(cols)]
+    teacher = load_finetuned_teacher(store.meta["teacher_dir"], store.spec)
+    return float(measure_speedup(teacher, student, examples, batch_size=128, repeats=repeats)["speedup"])
+
+
+def _with_teacher_input(row: dict) -> dict:
+    """The teacher's packed input (``[CLS] a [SEP] b [SEP]``, at most 128 tokens) for a store row."""
+    a, b = row["input_ids_a"], row.get("input_ids_b")
+    ids = a + b[1:] if b else a
+    return {**row, "input_ids": ids[:128], "token_type_ids": ([0] * len(a) + [1] * (len(ids) - len(a)))[:128]}
+
+
+def final_result(doc: dict, main_metric: str, speedup: float | None) -> dict:
+    """NNI's final metric: ``default`` is the task's main dev metric; numbers only."""
+    result = {"default": doc["dev_metrics"][main_metric], **doc["dev_metrics"], "params": doc["params"],
+              "params_without_embedding": doc["params_without_embedding"], "flops": doc["flops"],
+              "depth": doc["depth"]}
+    if speedup is not None:
+        result["speedup"] = speedup
+    return result
+
+
+def finish(store, student, doc: dict, out: Path, args) -> dict:
+    from .distill import report_to_nni_trial
+
+    speedup = measure_store_speedup(store, student, args.speedup_rows, args.speedup_repeats)
+    result = final_result(doc, store.spec.main_metric, speedup)
+    # not nni.report_final_result: after a one-shot search NNI's current parameters are the NAS engine's
+    report_to_nni_trial("final", result)
+    from . import atomic
+    atomic.write_json(out / "final_result.json", result)
+    print(f"final result: {json.dumps(result)}\nexported to {out}", flush=True)
+    return result
+
+
+# --------------------------------------------------------------------------- trials
+
+
+def search_trial(args: argparse.Namespace) -> dict:
+    import shutil
+
+    from .export import ARCH_FILE, CELL_FILE, WEIGHTS_FILE, load_student, read_architecture
+    from .search import SearchConfig, run_search
+
+    store = teacher_store(args)
+    out = output_dir(args, SEARCH)
+    config = SearchConfig(epochs=args.epochs, batch_size=args.batch_size, gamma=args.gamma, beta=args.beta,
+                          lr=args.lr, min_lr=args.min_lr, arc_lr=args.arc_lr, seed=args.seed,
+                          train_limit=args.train_limit, warmup_epochs=args.warmup_epochs,
+                          finetune_epochs=args.finetune_epochs, k_max=args.k_max, embed_dim=args.embed_dim,
+                          full=bool(args.full))
+    print(f"search: {config}", flush=True)
+    doc = run_search(store, out, config, progress=args.progress, report_to_nni=True)
+    student = load_student(read_architecture(out / ARCH_FILE))
+    if args.export_to:
+        try:
+            dest = Path(str(args.export_to).format(**vars(args)))
+        except (KeyError, ValueError, IndexError) as exc:
+            raise UserError(f"--export-to {args.export_to!r}: {exc!r} is not a setting to fill in") from None
+        dest.mkdir(parents=True, exist_ok=True)
+        for name in (WEIGHTS_FILE, CELL_FILE, ARCH_FILE):  # the JSON last: complete JSON = complete files
+            shutil.copy2(out / name, dest / name)
+        print(f"copied the student to {dest}", flush=True)
+    return finish(store, student, doc, out, args)
+
+
+def retrain_trial(args: argparse.Namespace) -> dict:
+    from .export import write_student
+    from .search import (SearchConfig, evaluate_student, fresh_student, load_exported, retrain_student,
+                         student_config, student_info)
+    from .space import random_arch
+
+    if not args.arch:
+        raise UserError("no architecture to retrain: pass --arch FILE or 'random:<seed>' (or parameter 'arch')")
+    store = teacher_store(args)
+    arch_name = str(args.arch)
+    if arch_name.startswith("random:"):
+        try:
+            arch_seed = int(arch_name.split(":", 1)[1])
+        except ValueError:
+            raise UserError(f"arch {arch_name!r}: expected 'random:<integer seed>'") from None
+        embed_dim, k_max = args.embed_dim, args.k_max
+        arch = random_arch(student_config(store, embed_dim, k_max), arch_seed)
+        source = {"from": arch_name, "searched_on": None}
+    else:
+        exported = load_exported(arch_name, store)
+        embed_dim, k_max, arch = exported.config.embed_dim, exported.config.k_max, exported.arch
+        source = {"from": str(exported.path), "searched_on": exported.doc.get("task")}
+    print(f"retrain on {store.meta['task']}: {source['from']} -> {arch}", flush=True)
+    out = output_dir(args, RETRAIN)
+    config = SearchConfig(epochs=args.epochs, batch_size=args.batch_size, gamma=args.gamma, lr=args.lr,
+                          min_lr=args.min_lr, seed=args.seed, train_limit=args.train_limit, embed_dim=embed_dim,
+                          k_max=k_max)
+    student = fresh_student(arch, store, embed_dim, k_max)
+    student = retrain_student(student, store, out / "retrain", config, progress=args.progress, report_to_nni=True)
+    info = {**student_info(store), **evaluate_student(student, store),
+            "retrain": {**source, "epochs": args.epochs, "seed": args.seed, "gamma": args.gamma}}
+    title = f"{source['searched_on'] or arch_name} cell retrained on {store.meta['task']}"
+    doc = write_student(out, student, info, title=title)
+    return finish(store, student, doc, out, args)
+
+
+def main(kind: str, argv: list[str] | None = None) -> int:
+    """Run one ``kind`` trial ("search" or "retrain"); returns the exit code."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("transformers", "datasets", "pytorch_lightning", "lightning", "lightning_fabric", "nni"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        import nni
+        import torch
+
+        tuned = nni.get_next_parameter()
+        args = trial_settings(kind, sys.argv[1:] if argv is None else argv, tuned)
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU"
+        print(f"AdaBERT {kind} trial {nni.get_trial_id()} on {device}; tuner parameters: {json.dumps(tuned)}",
+              flush=True)
+        (search_trial if kind == SEARCH else retrain_trial)(args)
+    except UserError as exc:
+        print(f"nni-adabert {kind} trial: error: {exc}", file=sys.stderr, flush=True)
+        return exc.exit_code
+    return 0
