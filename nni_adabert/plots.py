@@ -88,3 +88,16 @@ def plot_cell(arch: dict, path, title: str) -> None:
     ax.axis("off")
     ax.margins(0.12)
     save_figure(fig, path)
+
+
+def plot_tradeoff(points: list[tuple[str, int, float]], path, title: str, metric: str = "accuracy") -> None:
+    """Dev metric against params, one labelled point per student (label, params, metric in [0,1])."""
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for label, params, value in points:
+        ax.scatter(params / 1e6, 100 * value, s=40)
+        ax.annotate(label, (params / 1e6, 100 * value), textcoords="offset points", xytext=(5, 5), fontsize=9)
+    ax.set_xlabel("params (M, embedding included)")
+    ax.set_ylabel(f"dev {metric} (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    save_figure(fig, path)

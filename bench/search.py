@@ -1,0 +1,40 @@
+"""AdaBERT search on a full GLUE task with its cached teacher (issue 3's evidence).
+
+    python bench/search.py [--task SST-2] [--epochs 2] [--finetune-epochs 1] [--beta 4]
+
+Needs the teacher run of ``bench/teacher_probes.sh TASK``. Writes
+bench/results/search-<TASK>.{json,md}, the exported architecture JSON and the cell picture.
+"""
+
+import argparse
+import json
+import shutil
+
+from common import RESULTS, ROOT, machine, run_cli, write_results
+
+parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+parser.add_argument("--task", default="SST-2")
+parser.add_argument("--epochs", type=int, default=2)
+parser.add_argument("--finetune-epochs", type=int, default=1)
+parser.add_argument("--beta", type=float, default=4.0)
+parser.add_argument("--train-limit", type=int, default=None)
+args = parser.parse_args()
+
+teacher = ROOT / "runs" / "bench" / f"teacher-{args.task}"
+out = ROOT / "runs" / "bench" / f"search-{args.task}"
+search = ["search", "--teacher", str(teacher), "--output-dir", str(out), "--epochs", str(args.epochs),
+          "--warmup-epochs", "1", "--arc-lr", "3e-3", "--finetune-epochs", str(args.finetune_epochs),
+          "--beta", str(args.beta), "--no-progress"]
+search += ["--train-limit", str(args.train_limit)] if args.train_limit else []
+commands = [run_cli(search)]
+table = out / "summary.md"
+commands.append(run_cli(["evaluate", "--teacher", str(teacher), "--arch", str(out), "--speed",
+                         "--json", str(out / "summary.json"), "--markdown", str(table)]))
+
+name = f"search-{args.task}"
+shutil.copy(out / "cell.png", RESULTS / f"{name}-cell.png")
+shutil.copy(out / "architecture.json", RESULTS / f"{name}-architecture.json")
+result = {"commands": commands, "machine": machine(), **json.loads((out / "summary.json").read_text())}
+write_results(name, result, f"# {args.task}: searched student vs teacher\n\nCommands:\n\n"
+              + "".join(f"    {c}\n" for c in commands) + f"\nMachine: {machine()}\n\n" + table.read_text()
+              + f"\nCell: ![cell]({name}-cell.png)\n")
