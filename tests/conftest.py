@@ -13,6 +13,17 @@ REPO = Path(__file__).resolve().parents[1]
 GLUE_DIR = Path(os.environ.get("GLUE_DIR", REPO.parent / "shared" / "data" / "glue"))
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for the module's tests (tiny tensors run faster that way)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def glue_dir() -> Path:
     if not (GLUE_DIR / "SST-2" / "train.tsv").is_file():

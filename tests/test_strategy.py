@@ -17,13 +17,8 @@ from nni_adabert.strategy import AdaBertStrategy, gumbel_straight_through
 V, C, J = 30, 2, 3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is much faster (and immune to oversubscription on busy CI)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Tiny tensors: one intra-op thread is much faster (and immune to oversubscription on busy CI).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_config(**kw):
