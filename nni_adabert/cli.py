@@ -47,7 +47,7 @@ def augment_config(args):
 
 
 def cache_dir(args) -> Path:
-    from .knowledge import DEFAULT_CACHE_DIR
+    from .data import DEFAULT_CACHE_DIR
 
     return Path(args.cache_dir) if args.cache_dir else DEFAULT_CACHE_DIR
 
@@ -80,7 +80,8 @@ def cmd_teacher(args) -> None:
         data["train"] = data["train"].select(range(min(args.train_limit, len(data["train"]))))
     print(f"{spec.name}: {len(data['train']):,} train / {len(data['dev']):,} dev rows from {describe_source(args.data)}")
     config = TeacherConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
-    info = finetune_teacher(spec, data, args.model, out, config, progress=not args.no_progress)
+    info = finetune_teacher(spec, data, args.model, out, config, progress=not args.no_progress,
+                            cache_dir=cache_dir(args))
     metrics = ", ".join(f"{k} {100 * v:.2f}" for k, v in info["dev_metrics"].items())
     print(f"teacher ({info['base_model']}, {info['num_layers']} layers) dev: {metrics}")
     print(f"saved the fine-tuned teacher to {out / 'teacher'}")

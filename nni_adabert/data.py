@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import logging
 import os
 from pathlib import Path
@@ -28,6 +29,7 @@ from .tasks import TaskSpec, get_task
 log = logging.getLogger(__name__)
 
 MAX_LENGTH = 128
+DEFAULT_CACHE_DIR = Path(os.environ.get("NNI_ADABERT_CACHE", Path.home() / ".cache" / "nni-adabert"))
 BUNDLED_DIR = Path(__file__).parent / "resources" / "glue"
 IGNORE_LABEL = -100  # label of augmented examples: no gold label, excluded from L_CE
 
@@ -151,7 +153,14 @@ def dataset_fingerprint(ds: datasets.Dataset) -> str:
     return h.hexdigest()[:16]
 
 
-def tokenize(ds: datasets.Dataset, tokenizer, spec: TaskSpec, max_length: int = MAX_LENGTH) -> datasets.Dataset:
+def vocab_fingerprint(tokenizer) -> str:
+    """Hash of a tokenizer's token -> id table: two models share inputs iff it matches."""
+    vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
+    return hashlib.sha256(json.dumps(vocab).encode()).hexdigest()[:16]
+
+
+def tokenize(ds: datasets.Dataset, tokenizer, spec: TaskSpec, max_length: int = MAX_LENGTH,
+             cache_dir: str | os.PathLike | None = None) -> datasets.Dataset:
     """Add the token ids both models read.
 
     - ``input_ids`` / ``token_type_ids``: the teacher's input (a pair packed as
@@ -160,7 +169,9 @@ def tokenize(ds: datasets.Dataset, tokenizer, spec: TaskSpec, max_length: int = 
       text on its own (the paper embeds the two texts separately).
 
     Texts longer than ``max_length`` tokens are truncated, with a warning.
-    Attention masks are built at batching time from the lengths.
+    Attention masks are built at batching time from the lengths. With ``cache_dir``
+    the result is cached as Arrow by ``datasets``, keyed by the texts, the
+    vocabulary and ``max_length``.
     """
     pair = spec.is_pair
 
@@ -176,7 +187,14 @@ def tokenize(ds: datasets.Dataset, tokenizer, spec: TaskSpec, max_length: int = 
         out["truncated"] = [len(ids) > max_length for ids in full]
         return out
 
-    ds = ds.map(encode, batched=True, batch_size=1000, desc="tokenizing", load_from_cache_file=False)
+    cache_file = None
+    if cache_dir is not None:
+        key = hashlib.sha256(f"{dataset_fingerprint(ds)}-{vocab_fingerprint(tokenizer)}-{max_length}-{spec.name}"
+                             .encode()).hexdigest()[:16]
+        cache_file = Path(cache_dir) / "tokenized" / f"{key}.arrow"
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+    ds = ds.map(encode, batched=True, batch_size=1000, desc="tokenizing", load_from_cache_file=cache_file is not None,
+                cache_file_name=str(cache_file) if cache_file else None)
     n = sum(ds["truncated"])
     if n:
         log.warning("%d of %d examples are longer than %d tokens and were truncated", n, len(ds), max_length)

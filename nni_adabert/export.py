@@ -27,12 +27,6 @@ VERSION = 1
 ARCH_FILE, WEIGHTS_FILE, CELL_FILE = "architecture.json", "student.safetensors", "cell.png"
 
 
-def vocab_fingerprint(tokenizer) -> str:
-    """Hash of a tokenizer's token -> id table: two students share inputs iff it matches."""
-    vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
-    return hashlib.sha256(json.dumps(vocab).encode()).hexdigest()[:16]
-
-
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

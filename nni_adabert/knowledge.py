@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 
 from . import atomic
 from .augment import AugmentConfig, Augmenter
-from .data import IGNORE_LABEL, MAX_LENGTH, dataset_fingerprint, pad_batch, tokenize
+from .data import DEFAULT_CACHE_DIR, IGNORE_LABEL, MAX_LENGTH, dataset_fingerprint, pad_batch, tokenize
 from .errors import UserError
 from .tasks import TaskSpec, get_task
 from .teacher import (ProbeConfig, load_finetuned_teacher, load_tokenizer, read_teacher_info,
@@ -34,7 +34,6 @@ from .teacher import (ProbeConfig, load_finetuned_teacher, load_tokenizer, read_
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-DEFAULT_CACHE_DIR = Path(os.environ.get("NNI_ADABERT_CACHE", Path.home() / ".cache" / "nni-adabert"))
 
 
 @dataclass
@@ -123,7 +122,7 @@ def build_knowledge(spec: TaskSpec, data: datasets.DatasetDict, teacher_dir: str
 
     teacher = load_finetuned_teacher(teacher_dir, spec)
     tokenizer = load_tokenizer(teacher_dir)
-    train, dev = tokenize(data["train"], tokenizer, spec), tokenize(data["dev"], tokenizer, spec)
+    train, dev = (tokenize(data[split], tokenizer, spec, cache_dir=cache_dir) for split in ("train", "dev"))
     pooled, head = teacher_features(teacher, train, progress=progress, desc="teacher: train")
     layer_probes = train_probes(pooled, head, torch.tensor(train["label"]), probes)
     with torch.no_grad():

@@ -21,7 +21,8 @@ import torch
 
 from . import cost
 from .distill import AdaBertDistillModule, model_inputs, val_metric_key
-from .export import read_architecture, vocab_fingerprint, write_student
+from .data import vocab_fingerprint
+from .export import read_architecture, write_student
 from .knowledge import KnowledgeStore
 from .metrics import compute_metrics
 from .space import AdaBertSpace, AdaBertStudent, StudentConfig, factorized_embedding

@@ -150,7 +150,8 @@ def teacher_collate(features: list[dict]) -> dict[str, torch.Tensor]:
 
 
 def finetune_teacher(spec: TaskSpec, data: datasets.DatasetDict, model: str | None, output_dir: str | os.PathLike,
-                     config: TeacherConfig = TeacherConfig(), progress: bool = True) -> dict:
+                     config: TeacherConfig = TeacherConfig(), progress: bool = True,
+                     cache_dir: str | os.PathLike | None = None) -> dict:
     """Fine-tune ``model`` on ``data`` and save it to ``output_dir/teacher``.
 
     Returns the teacher's info (task, base model, dev metrics). A finished run
@@ -171,7 +172,7 @@ def finetune_teacher(spec: TaskSpec, data: datasets.DatasetDict, model: str | No
         return done
 
     pl.seed_everything(config.seed, workers=True)
-    train_tok, dev_tok = tokenize(train, tokenizer, spec), tokenize(data["dev"], tokenizer, spec)
+    train_tok, dev_tok = (tokenize(ds, tokenizer, spec, cache_dir=cache_dir) for ds in (train, data["dev"]))
     columns = ["input_ids", "token_type_ids", "label"]
     # Batches of similar lengths (shuffled): far less padding, same examples per epoch.
     sampler = LengthGroupedSampler(config.batch_size, lengths=[len(ids) for ids in train_tok["input_ids"]],

@@ -56,6 +56,24 @@ def test_pair_and_single_inputs(glue_dir, minilm_dir):
     assert batch["attention_mask_a"].sum(1).tolist() == lengths
 
 
+def test_tokenization_cached_with_datasets(tmp_path, glue_dir, minilm_dir):
+    spec = get_task("MRPC")
+    dev = load_task(spec, glue_dir)["dev"].select(range(10))
+    tok = load_tokenizer(minilm_dir)
+    first = tokenize(dev, tok, spec, cache_dir=tmp_path)
+    assert len(list((tmp_path / "tokenized").glob("*.arrow"))) == 1
+
+    class VocabOnly:  # same vocabulary, but tokenizing again would fail
+        get_vocab = tok.get_vocab
+
+        def __call__(self, *args, **kwargs):
+            raise AssertionError("tokenized again instead of reading the cache")
+
+    assert tokenize(dev, VocabOnly(), spec, cache_dir=tmp_path)["input_ids_b"] == first["input_ids_b"]
+    tokenize(dev.select(range(5)), tok, spec, cache_dir=tmp_path)  # other texts: another cache file
+    assert len(list((tmp_path / "tokenized").glob("*.arrow"))) == 2
+
+
 def test_long_text_truncated_with_warning(tmp_path, minilm_dir, caplog):
     spec = get_task("SST-2")
     write_tsv(tmp_path / "train.tsv", ["sentence", "label"], [["word " * 300, "1"], ["short", "0"]])
