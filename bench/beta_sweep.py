@@ -32,7 +32,7 @@ for beta in args.betas:
                  "flops": doc["flops"], "depth": doc["depth"], "dev_metrics": doc["dev_metrics"],
                  "architecture": doc["architecture"]})
 
-from nni_adabert.cli import format_table  # noqa: E402
+from nni_adabert.pipeline import format_table  # noqa: E402
 from nni_adabert.plots import plot_tradeoff  # noqa: E402
 
 main_metric = next(iter(rows[0]["dev_metrics"]))

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from .errors import UserError
+from .pipeline import build_teacher_run, format_table, open_teacher_run  # noqa: F401  (format_table: bench)
 
 log = logging.getLogger("nni_adabert")
 
@@ -52,70 +53,20 @@ def cache_dir(args) -> Path:
     return Path(args.cache_dir) if args.cache_dir else DEFAULT_CACHE_DIR
 
 
-def format_table(header: list[str], rows: list[list]) -> str:
-    """A GitHub-flavoured Markdown table (readable in a terminal too)."""
-    cells = [header] + [[str(c) for c in row] for row in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    line = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"  # noqa: E731
-    return "\n".join([line(cells[0]), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
-                     + [line(r) for r in cells[1:]])
-
-
 # --------------------------------------------------------------------------- teacher
 
 
 def cmd_teacher(args) -> None:
     """Fine-tune the teacher, train its layer probes, cache its knowledge."""
-    from . import atomic
-    from .data import describe_source, load_task
-    from .knowledge import build_knowledge
-    from .plots import plot_probe_accuracy
-    from .tasks import get_task
-    from .teacher import ProbeConfig, TeacherConfig, finetune_teacher
+    from .teacher import TeacherConfig
 
-    spec = get_task(args.task)
-    out = Path(args.output_dir)
-    data = load_task(spec, args.data)
-    if args.train_limit is not None:
-        data["train"] = data["train"].select(range(min(args.train_limit, len(data["train"]))))
-    print(f"{spec.name}: {len(data['train']):,} train / {len(data['dev']):,} dev rows from {describe_source(args.data)}")
-    config = TeacherConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
-    info = finetune_teacher(spec, data, args.model, out, config, progress=not args.no_progress,
-                            cache_dir=cache_dir(args))
-    metrics = ", ".join(f"{k} {100 * v:.2f}" for k, v in info["dev_metrics"].items())
-    print(f"teacher ({info['base_model']}, {info['num_layers']} layers) dev: {metrics}")
-    print(f"saved the fine-tuned teacher to {out / 'teacher'}")
-
-    store = build_knowledge(spec, data, out / "teacher", augment_config(args), cache_dir(args),
-                            ProbeConfig(seed=args.seed), progress=not args.no_progress)
-    acc = store.meta["probe_dev_accuracy"]
-    rows = [[j, f"{100 * a:.2f}", "teacher head" if j == len(acc) else "probe"] for j, a in enumerate(acc, 1)]
-    table = format_table(["layer", "dev accuracy (%)", "classifier"], rows)
-    print("\nper-layer probe accuracy on dev:\n" + table)
-    atomic.write_json(out / "probes.json", {"task": spec.name, "teacher": info, "probe_dev_accuracy": acc,
-                                            "knowledge_store": str(store.path)})
-    atomic.write_text(out / "probes.md", table + "\n")
-    plot_probe_accuracy(acc, out / "probes.png", f"{spec.name}: teacher probes on dev")
-    print(f"\nteacher knowledge: {store.meta['num_train_original']:,} original + "
-          f"{store.meta['num_train_augmented']:,} augmented train rows, {store.meta['num_dev']:,} dev rows")
-    print(f"  store: {store.path}")
-    print(f"  probes: {out / 'probes.json'}, {out / 'probes.md'}, {out / 'probes.png'}")
+    build_teacher_run(args.task, args.output_dir, args.data, args.model,
+                      TeacherConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed),
+                      augment_config(args), cache_dir(args), train_limit=args.train_limit,
+                      progress=not args.no_progress, echo=print)
 
 
 # --------------------------------------------------------------------------- search / retrain / evaluate
-
-
-def open_teacher_run(run_dir):
-    """The knowledge store that ``nni-adabert teacher --output-dir run_dir`` built."""
-    import json
-
-    from .knowledge import open_knowledge
-
-    record = Path(run_dir) / "probes.json"
-    if not record.is_file():
-        raise UserError(f"{run_dir} is not a teacher run: {record.name} is missing "
-                        f"(run `nni-adabert teacher --output-dir {run_dir}` first)")
-    return open_knowledge(json.loads(record.read_text())["knowledge_store"])
 
 
 def add_search_args(p: argparse.ArgumentParser) -> None:

@@ -51,9 +51,11 @@ def _current_nni_trial() -> Optional[Dict[str, Any]]:
     from nni.runtime.trial_command_channel import get_default_trial_command_channel
 
     channel, record = get_default_trial_command_channel(), nni.trial._params
-    if record is not None and not isinstance(channel, SequentialTrialCommandChannel):
-        if _nni_trial is None or _nni_trial["record"] is not record:
-            _nni_trial = {"channel": channel, "record": record, "sequence": 0}
+    # The engine's record (parameters = the model space) outlives the engine: never take it.
+    if (record is not None and isinstance(record.get("parameters"), dict)
+            and not isinstance(channel, SequentialTrialCommandChannel)
+            and (_nni_trial is None or _nni_trial["record"] is not record)):
+        _nni_trial = {"channel": channel, "record": record, "sequence": 0}
     return _nni_trial
 
 

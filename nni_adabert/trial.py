@@ -114,12 +114,18 @@ def trial_settings(kind: str, argv: list[str] | None, tuned: dict | None) -> arg
         if dest not in known:
             raise UserError(f"unknown trial parameter {key!r} from the tuner; known: {', '.join(sorted(known))}")
         action = known[dest]
-        if value is not None and action.type is not None:
+        if isinstance(action, argparse._StoreTrueAction) and not isinstance(value, bool):
+            if str(value).lower() not in ("true", "false", "1", "0"):
+                raise UserError(f"trial parameter {key!r}: {value!r} is not true or false")
+            value = str(value).lower() in ("true", "1")
+        elif value is not None and action.type is not None:
             try:
                 value = action.type(value)
             except (TypeError, ValueError):
                 raise UserError(f"trial parameter {key!r}: {value!r} is not a valid {action.type.__name__}") from None
         setattr(args, dest, value)
+    if not args.data:  # "" (e.g. an unset $GLUE_DIR in trialCommand) means the bundled sample
+        args.data = None
     return args
 
 
@@ -134,45 +140,13 @@ def output_dir(args: argparse.Namespace, kind: str) -> Path:
 # --------------------------------------------------------------------------- teacher
 
 
-def build_teacher_run(task: str, out_dir: str | os.PathLike, data: str | None = None, model: str | None = None,
-                      epochs: int = 3, batch_size: int = 32, lr: float = 5e-5, seed: int = 42,
-                      train_limit: int | None = None, dev_limit: int | None = None, augment=None,
-                      cache_dir: str | os.PathLike | None = None, progress: bool = True):
-    """A teacher run directory as ``nni-adabert teacher`` writes it (``teacher/``,
-    ``probes.json``, ``probes.md``, ``probes.png``); returns its knowledge store."""
-    from . import atomic
-    from .data import load_task
-    from .knowledge import DEFAULT_CACHE_DIR, build_knowledge
-    from .plots import plot_probe_accuracy
-    from .tasks import get_task
-    from .teacher import ProbeConfig, TeacherConfig, finetune_teacher
-
-    spec, out = get_task(task), Path(out_dir)
-    data_splits = load_task(spec, data)
-    for split, limit in (("train", train_limit), ("dev", dev_limit)):
-        if limit is not None:
-            data_splits[split] = data_splits[split].select(range(min(limit, len(data_splits[split]))))
-    info = finetune_teacher(spec, data_splits, model, out,
-                            TeacherConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed), progress=progress)
-    store = build_knowledge(spec, data_splits, out / "teacher", augment,
-                            Path(cache_dir) if cache_dir else DEFAULT_CACHE_DIR, ProbeConfig(seed=seed),
-                            progress=progress)
-    acc = store.meta["probe_dev_accuracy"]
-    atomic.write_json(out / "probes.json", {"task": spec.name, "teacher": info, "probe_dev_accuracy": acc,
-                                            "knowledge_store": str(store.path)})
-    rows = "\n".join(f"| {j} | {100 * a:.2f} | {'teacher head' if j == len(acc) else 'probe'} |"
-                     for j, a in enumerate(acc, 1))
-    atomic.write_text(out / "probes.md", "| layer | dev accuracy (%) | classifier |\n|---|---|---|\n" + rows + "\n")
-    plot_probe_accuracy(acc, out / "probes.png", f"{spec.name}: teacher probes on dev")
-    return store
-
-
 def teacher_store(args: argparse.Namespace):
     """The knowledge store of the trial's teacher run, built first when missing."""
     from filelock import FileLock
 
     from .augment import AugmentConfig
-    from .cli import open_teacher_run
+    from .pipeline import build_teacher_run, open_teacher_run
+    from .teacher import TeacherConfig
     from .tasks import get_task
 
     spec = get_task(args.task)
@@ -182,11 +156,12 @@ def teacher_store(args: argparse.Namespace):
         if not (run / "probes.json").is_file():
             print(f"teacher run {run} has no probes.json: building it ({spec.name}, "
                   f"{args.teacher_epochs} epoch(s), train limit {args.teacher_train_limit})", flush=True)
-            build_teacher_run(spec.name, run, data=args.data, model=args.teacher_model, epochs=args.teacher_epochs,
-                              batch_size=args.teacher_batch_size, lr=args.teacher_lr, seed=42,
-                              train_limit=args.teacher_train_limit, dev_limit=args.teacher_dev_limit,
+            build_teacher_run(spec.name, run, data=args.data, model=args.teacher_model,
+                              teacher_config=TeacherConfig(epochs=args.teacher_epochs, batch_size=args.teacher_batch_size,
+                                                           lr=args.teacher_lr, seed=42),
                               augment=AugmentConfig(copies=args.aug_copies) if args.aug_copies > 0 else None,
-                              cache_dir=args.cache_dir, progress=args.progress)
+                              cache_dir=args.cache_dir, train_limit=args.teacher_train_limit,
+                              dev_limit=args.teacher_dev_limit, progress=args.progress)
         store = open_teacher_run(run)
     if store.meta["task"] != spec.name:
         raise UserError(f"teacher run {run} is for {store.meta['task']}, not {spec.name}; "
@@ -329,6 +304,9 @@ def main(kind: str, argv: list[str] | None = None) -> int:
               flush=True)
         (search_trial if kind == SEARCH else retrain_trial)(args)
     except UserError as exc:
-        print(f"nni-adabert {kind} trial: error: {exc}", file=sys.stderr, flush=True)
+        message = f"nni-adabert {kind} trial: error: {exc}"
+        print(message, file=sys.stderr, flush=True)  # trial.stderr
+        if os.environ.get("NNI_PLATFORM"):
+            print(message, flush=True)  # inside NNI, stdout is the trial log (trial.log)
         return exc.exit_code
     return 0

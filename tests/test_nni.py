@@ -63,7 +63,7 @@ class Experiment:
 
     def __init__(self, root: Path, name: str, trial_command: str, search_space: dict, max_trials: int):
         self.root, self.port, self.id = root, free_port(), None
-        self.home = root / "home"
+        self.home = root / f"home-{name}"  # its own nnictl registry: `nnictl stop` can only hit this one
         self.home.mkdir(parents=True, exist_ok=True)
         config = yaml.safe_load((REPO / "config.yml").read_text())
         space_file = root / f"{name}-space.json"
@@ -75,12 +75,16 @@ class Experiment:
         self.config_file.write_text(yaml.safe_dump(config))
 
     def create(self) -> str:
+        before = set(self.registry())
         out = subprocess.run(NNICTL + ["create", "--config", str(self.config_file), "--port", str(self.port)],
                              env=nni_env(self.home), capture_output=True, text=True, timeout=120)
         self.create_output = out.stdout + out.stderr
-        registry = self.registry()
-        assert out.returncode == 0 and registry, f"nnictl create failed:\n{self.create_output}"
-        self.id = next(iter(registry))
+        # the new entry on our port (search trials register their one-shot NAS runs here too, portless)
+        new = [k for k, v in self.registry().items() if k not in before and str(v.get("port")) == str(self.port)]
+        if new:
+            self.id = new[0]
+        assert out.returncode == 0 and self.id, f"nnictl create failed:\n{self.create_output}"
+        assert "Experiment ID: " in self.create_output and self.id in self.create_output, self.create_output
         return self.id
 
     def registry(self) -> dict:
@@ -201,6 +205,7 @@ def test_retrain_trials_and_a_failing_one(search_experiment, root):
         assert stderr[-1] == (f"nni-adabert retrain trial: error: {bad}: "
                               "field 'architecture' is missing or not an object"), stderr
         assert not any(line.startswith("Traceback") for line in stderr)
+        assert stderr[-1] in (failed["log"] / "trial.log").read_text()  # NNI's trial log has it too
         transferred = check_successful_trial(trials[arches[0]], n_intermediate=1)
         searched = json.loads((root / "searched" / "beta8" / "architecture.json").read_text())
         assert transferred["depth"] == searched["depth"] and transferred["params"] == searched["params"]
@@ -215,7 +220,7 @@ def test_missing_data_fails_with_one_line(root):
     """Outside NNI too: a trial whose teacher must be built from data that is not there."""
     out = subprocess.run([PYTHON, "trials/search_trial.py", "--teacher", str(root / "no-teacher"),
                           "--data", str(root / "no-such-glue-dir"), "--cache-dir", str(root / "cache")],
-                         cwd=REPO, env=nni_env(root / "home"), capture_output=True, text=True, timeout=300)
+                         cwd=REPO, env=nni_env(root / "home-standalone"), capture_output=True, text=True, timeout=300)
     assert out.returncode == 2, out.stderr
     last = out.stderr.strip().splitlines()[-1]
     assert last.startswith("nni-adabert search trial: error: ") and "no-such-glue-dir" in last, out.stderr
@@ -231,6 +236,8 @@ def test_unknown_tuner_parameter_is_a_user_error():
         trial_settings(RETRAIN, [], {"epochs": "many"})
     args = trial_settings(SEARCH, ["--beta", "1", "--epochs", "2"], {"beta": 8, "arc-lr": "0.001"})
     assert (args.beta, args.epochs, args.arc_lr) == (8.0, 2, 0.001)
+    assert trial_settings(SEARCH, ["--full"], {"full": "false"}).full is False
+    assert trial_settings(RETRAIN, [], {"arch": "random:3", "data": ""}).data is None  # "" = bundled sample
 
 
 def test_shipped_config_and_search_spaces_are_valid():
@@ -247,3 +254,27 @@ def test_shipped_config_and_search_spaces_are_valid():
         space = json.loads(path.read_text())
         kind = RETRAIN if path.name.startswith("retrain") else SEARCH
         trial_settings(kind, [], {key: spec["_value"][0] for key, spec in space.items()})
+
+
+def test_transfer_table_from_trial_jobs(tmp_path):
+    """trials/transfer_table.py: searched structures by their task, random ones as mean ± std."""
+    sys.path.insert(0, str(REPO / "trials"))
+    try:
+        from transfer_table import collect, format_table
+    finally:
+        sys.path.remove(str(REPO / "trials"))
+    searched = tmp_path / "sst2"
+    searched.mkdir()
+    (searched / "architecture.json").write_text(json.dumps({"task": "SST-2"}))
+
+    def job(arch, task, value, status="SUCCEEDED"):
+        final = [{"data": json.dumps(json.dumps({"default": value, "params": 1}))}] if value is not None else []
+        return {"status": status, "finalMetricData": final,
+                "hyperParameters": [json.dumps({"parameter_id": 0, "parameters": {"arch": arch, "task": task}})]}
+
+    jobs = [job(str(searched), "SST-2", 0.9), job(str(searched), "MRPC", 0.8), job("random:0", "SST-2", 0.6),
+            job("random:1", "SST-2", 0.7), job("random:2", "MRPC", 0.5), job("random:3", "MRPC", None, "FAILED")]
+    table = format_table(collect(jobs))
+    assert table.splitlines() == ["| structure | MRPC | SST-2 |", "|---|---|---|",
+                                  "| searched on SST-2 | 80.00 | 90.00 |",
+                                  "| random | 50.00 | 65.00 ± 7.07 (n=2) |"]

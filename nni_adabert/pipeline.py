@@ -1,0 +1,80 @@
+"""A teacher run: the directory ``nni-adabert teacher --output-dir`` writes and every
+later step reads (CLI commands, NNI trials, benchmarks).
+
+``<run>/teacher/`` is the fine-tuned teacher (Hugging Face format), ``<run>/probes.json``
+names its knowledge store and holds the per-layer probe accuracies (also as
+``probes.md`` and ``probes.png``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from .errors import UserError
+
+
+def format_table(header: list[str], rows: list[list]) -> str:
+    """A GitHub-flavoured Markdown table (readable in a terminal too)."""
+    cells = [header] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    line = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"  # noqa: E731
+    return "\n".join([line(cells[0]), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+                     + [line(r) for r in cells[1:]])
+
+
+def build_teacher_run(task: str, out_dir: str | os.PathLike, data: str | None = None, model: str | None = None,
+                      teacher_config=None, augment=None, cache_dir: str | os.PathLike | None = None,
+                      train_limit: int | None = None, dev_limit: int | None = None, progress: bool = True,
+                      echo=lambda *_: None):
+    """Fine-tune the teacher, train its probes, build its knowledge store and write
+    the run's records; each step reuses what an earlier identical run left.
+    ``echo`` receives the lines a person wants to see. Returns the knowledge store."""
+    from . import atomic
+    from .data import DEFAULT_CACHE_DIR, describe_source, load_task
+    from .knowledge import build_knowledge
+    from .plots import plot_probe_accuracy
+    from .tasks import get_task
+    from .teacher import ProbeConfig, TeacherConfig, finetune_teacher
+
+    spec, out = get_task(task), Path(out_dir)
+    cache_dir = Path(cache_dir) if cache_dir else DEFAULT_CACHE_DIR
+    teacher_config = teacher_config or TeacherConfig()
+    splits = load_task(spec, data)
+    for split, limit in (("train", train_limit), ("dev", dev_limit)):
+        if limit is not None:
+            splits[split] = splits[split].select(range(min(limit, len(splits[split]))))
+    echo(f"{spec.name}: {len(splits['train']):,} train / {len(splits['dev']):,} dev rows from {describe_source(data)}")
+    info = finetune_teacher(spec, splits, model, out, teacher_config, progress=progress, cache_dir=cache_dir)
+    metrics = ", ".join(f"{k} {100 * v:.2f}" for k, v in info["dev_metrics"].items())
+    echo(f"teacher ({info['base_model']}, {info['num_layers']} layers) dev: {metrics}")
+    echo(f"saved the fine-tuned teacher to {out / 'teacher'}")
+
+    store = build_knowledge(spec, splits, out / "teacher", augment, cache_dir, ProbeConfig(seed=teacher_config.seed),
+                            progress=progress)
+    acc = store.meta["probe_dev_accuracy"]
+    table = format_table(["layer", "dev accuracy (%)", "classifier"],
+                         [[j, f"{100 * a:.2f}", "teacher head" if j == len(acc) else "probe"]
+                          for j, a in enumerate(acc, 1)])
+    echo("\nper-layer probe accuracy on dev:\n" + table)
+    atomic.write_json(out / "probes.json", {"task": spec.name, "teacher": info, "probe_dev_accuracy": acc,
+                                            "knowledge_store": str(store.path)})
+    atomic.write_text(out / "probes.md", table + "\n")
+    plot_probe_accuracy(acc, out / "probes.png", f"{spec.name}: teacher probes on dev")
+    echo(f"\nteacher knowledge: {store.meta['num_train_original']:,} original + "
+         f"{store.meta['num_train_augmented']:,} augmented train rows, {store.meta['num_dev']:,} dev rows")
+    echo(f"  store: {store.path}")
+    echo(f"  probes: {out / 'probes.json'}, {out / 'probes.md'}, {out / 'probes.png'}")
+    return store
+
+
+def open_teacher_run(run_dir: str | os.PathLike):
+    """The knowledge store that ``nni-adabert teacher --output-dir run_dir`` built."""
+    from .knowledge import open_knowledge
+
+    record = Path(run_dir) / "probes.json"
+    if not record.is_file():
+        raise UserError(f"{run_dir} is not a teacher run: {record.name} is missing "
+                        f"(run `nni-adabert teacher --output-dir {run_dir}` first)")
+    return open_knowledge(json.loads(record.read_text())["knowledge_store"])
