@@ -36,9 +36,9 @@ from nni_adabert.pipeline import format_table  # noqa: E402
 from nni_adabert.plots import plot_tradeoff  # noqa: E402
 
 main_metric = next(iter(rows[0]["dev_metrics"]))
-table = format_table(["β", "K", "params", "params w/o embedding", "MFLOPs", f"dev {main_metric}"],
+table = format_table(["β", "K", "params", "params w/o embedding", "FLOPs", f"dev {main_metric}"],
                      [[f"{r['beta']:g}", r["depth"], f"{r['params']:,}", f"{r['params_without_embedding']:,}",
-                       f"{r['flops'] / 1e6:.1f}", f"{100 * r['dev_metrics'][main_metric]:.2f}"] for r in rows])
+                       f"{r['flops']:,}", f"{100 * r['dev_metrics'][main_metric]:.2f}"] for r in rows])
 name = f"beta-sweep-{args.task}"
 plot_tradeoff([(f"β={r['beta']:g}", r["params"], r["dev_metrics"][main_metric]) for r in rows],
               RESULTS / f"{name}.png", f"{args.task}: efficiency loss weight", main_metric)

@@ -97,7 +97,7 @@ def print_student(doc: dict, out_dir: Path) -> None:
     metrics = ", ".join(f"{k} {100 * v:.2f}" for k, v in doc["dev_metrics"].items())
     print(f"student ({doc['task']}): K = {doc['depth']} cells, {doc['params']:,} params "
           f"({doc['params_without_embedding']:,} without the embedding), "
-          f"{doc['flops'] / 1e6:.1f} MFLOPs at {doc['flops_seq_len']} tokens")
+          f"{doc['flops']:,} FLOPs at {doc['flops_seq_len']} tokens")
     print(f"  dev: {metrics}")
     arch = ", ".join(f"{k}={v}" for k, v in doc["architecture"].items())
     print(f"  cell: {arch}")
@@ -143,9 +143,9 @@ def cmd_evaluate(args) -> None:
     fmt = lambda m: ", ".join(f"{k} {100 * v:.2f}" for k, v in m.items())  # noqa: E731
     rows = []
     for name, r in (("teacher", result["teacher"]), (f"student (K={result['student']['depth']})", result["student"])):
-        rows.append([name, fmt(r["dev_metrics"]), f"{r['params']:,}", f"{r['flops'] / 1e6:,.1f}",
+        rows.append([name, fmt(r["dev_metrics"]), f"{r['params']:,}", f"{r['flops']:,}",
                      f"{r['speedup']:.1f}x" if "speedup" in r else "-"])
-    table = format_table(["model", "dev", "params", "MFLOPs/example (128 tokens)", "speedup (batch 128)"], rows)
+    table = format_table(["model", "dev", "params", "FLOPs/example (128 tokens)", "speedup (batch 128)"], rows)
     print(table)
     if args.json:
         atomic.write_json(args.json, result)
