@@ -122,7 +122,7 @@ def cmd_retrain(args) -> None:
 
     store = open_teacher_run(args.teacher)
     source = load_exported(args.arch, store)
-    config = search_config(args, embed_dim=source.config.embed_dim, k_max=source.config.k_max)
+    config = search_config(args, embed_dim=source.config.embed_dim, k_max=source.config.k_max, retrain_lr=args.lr)
     student = fresh_student(source.arch, store, source.config.embed_dim, source.config.k_max)
     out = Path(args.output_dir)
     student = retrain_student(student, store, out / "retrain", config, progress=not args.no_progress)
@@ -228,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("retrain", help="retrain an exported architecture from fresh weights (any task)")
     add_search_args(p)
     p.add_argument("--arch", required=True, help="architecture.json (or its directory) to retrain")
-    p.set_defaults(func=cmd_retrain)
+    p.set_defaults(func=cmd_retrain, lr=1e-3)  # --lr here is AdamW's (a fixed child trains with AdamW)
 
     p = sub.add_parser("evaluate", help="dev metrics, params and FLOPs of an exported student")
     p.add_argument("--arch", required=True, help="architecture.json (or its directory)")

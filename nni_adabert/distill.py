@@ -110,7 +110,7 @@ class AdaBertDistillModule(LightningModule):
     def __init__(self, num_labels: int, gamma: float = 0.8, beta: float = 4.0, temperature: float = 1.0,
                  learning_rate: float = 2e-2, min_learning_rate: float = 5e-4, momentum: float = 0.9,
                  weight_decay: float = 0.0, report_to_nni: bool = False,
-                 main_metric: str = "val_acc"):
+                 main_metric: str = "val_acc", optimizer: str = "sgd"):
         super().__init__()
         self.save_hyperparameters()
         if report_to_nni:
@@ -173,8 +173,11 @@ class AdaBertDistillModule(LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        optimizer = torch.optim.SGD(self.model.parameters(), lr=hp.learning_rate, momentum=hp.momentum,
-                                    weight_decay=hp.weight_decay)
+        if hp.optimizer == "adamw":  # retraining a fixed child: its embedding learns far faster with Adam
+            optimizer = torch.optim.AdamW(self.model.parameters(), lr=hp.learning_rate, weight_decay=hp.weight_decay)
+        else:
+            optimizer = torch.optim.SGD(self.model.parameters(), lr=hp.learning_rate, momentum=hp.momentum,
+                                        weight_decay=hp.weight_decay)
         total: Optional[float] = None
         try:
             total = float(self.trainer.estimated_stepping_batches)

@@ -49,6 +49,8 @@ class SearchConfig:
     arc_weight_decay: float = 1e-3
     embed_dim: int = 128
     k_max: int = 8
+    retrain_optimizer: str = "adamw"  # a fixed child (fine-tuning, retraining): AdamW, cosine lr
+    retrain_lr: float = 1e-3
     warmup_epochs: int = 0      # train weights only (uniformly sampled paths) before the architecture moves
     finetune_epochs: int = 0    # then train the derived child alone (KD, its searched weights as start)
     full: bool = False          # run every candidate (full straight-through) instead of single-path
@@ -62,11 +64,14 @@ def student_config(store: KnowledgeStore, embed_dim: int = 128, k_max: int = 8) 
                          embed_dim=embed_dim, k_max=k_max, pad_token_id=meta["pad_token_id"])
 
 
-def distill_module(store: KnowledgeStore, config: SearchConfig, report_to_nni: bool = False) -> AdaBertDistillModule:
+def distill_module(store: KnowledgeStore, config: SearchConfig, report_to_nni: bool = False,
+                   retrain: bool = False) -> AdaBertDistillModule:
+    """The evaluator module: the search's SGD settings, or with ``retrain`` the fixed child's."""
+    lr, min_lr = (config.retrain_lr, config.retrain_lr / 100) if retrain else (config.lr, config.min_lr)
     return AdaBertDistillModule(store.meta["num_labels"], gamma=config.gamma, beta=config.beta,
-                                temperature=config.temperature, learning_rate=config.lr,
-                                min_learning_rate=config.min_lr, report_to_nni=report_to_nni,
-                                main_metric=val_metric_key(store.spec.main_metric))
+                                temperature=config.temperature, learning_rate=lr, min_learning_rate=min_lr,
+                                report_to_nni=report_to_nni, main_metric=val_metric_key(store.spec.main_metric),
+                                optimizer=config.retrain_optimizer if retrain else "sgd")
 
 
 def student_info(store: KnowledgeStore) -> dict:
@@ -132,7 +137,7 @@ def retrain_student(student: AdaBertStudent, store: KnowledgeStore, run_dir: str
     """Train a fixed child with ``(1-γ)·L_CE + γ·L_KD`` on ``store`` (L_E is constant for a
     fixed child, so β has no effect). Checkpoints every epoch in ``run_dir`` and resumes."""
     pl.seed_everything(config.seed, workers=True)
-    module = distill_module(store, config, report_to_nni)
+    module = distill_module(store, config, report_to_nni, retrain=True)
     module.set_model(student.train())  # Lightning keeps each module's mode: BatchNorm must learn
     trainer = make_trainer(run_dir, config.epochs, progress=progress)
     train = store.loader("train", config.batch_size, shuffle=True, seed=config.seed, limit=config.train_limit)
