@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from .errors import UserError
-from .pipeline import build_teacher_run, format_table, open_teacher_run  # noqa: F401  (format_table: bench)
+from .pipeline import build_teacher_run, format_table, open_teacher_run
 
 log = logging.getLogger("nni_adabert")
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import datasets
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch.utils.data import DataLoader
 
 from . import atomic
@@ -184,7 +184,3 @@ def _augmented_rows(spec, original: datasets.Dataset, teacher, tokenizer, teache
     with torch.no_grad():
         logits = layer_probes(*teacher_features(teacher, aug, progress=progress, desc="teacher: augmented"))
     return _rows(aug, student_cols, [IGNORE_LABEL] * len(aug), logits)
-
-
-def load_probes(store: KnowledgeStore) -> dict[str, torch.Tensor]:
-    return load_file(str(store.path / "probes.safetensors"))

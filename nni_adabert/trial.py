@@ -75,11 +75,12 @@ def build_parser(kind: str) -> argparse.ArgumentParser:
     g.add_argument("--epochs", type=int, default=d.epochs)
     g.add_argument("--batch-size", type=int, default=d.batch_size)
     g.add_argument("--gamma", type=float, default=d.gamma)
-    g.add_argument("--lr", type=float, default=d.lr)
-    g.add_argument("--min-lr", type=float, default=d.min_lr)
+    # Search: the weights' SGD lr; retrain: the fixed child's AdamW lr (as `nni-adabert retrain --lr`).
+    g.add_argument("--lr", type=float, default=d.lr if kind == SEARCH else d.retrain_lr)
     g.add_argument("--seed", type=int, default=d.seed)
     g.add_argument("--train-limit", type=int, default=None, help="first N rows of the store's train split")
     if kind == SEARCH:
+        g.add_argument("--min-lr", type=float, default=d.min_lr)
         g.add_argument("--beta", type=float, default=d.beta)
         g.add_argument("--arc-lr", type=float, default=d.arc_lr)
         g.add_argument("--warmup-epochs", type=int, default=d.warmup_epochs)
@@ -273,9 +274,8 @@ def retrain_trial(args: argparse.Namespace) -> dict:
         source = {"from": str(exported.path), "searched_on": exported.doc.get("task")}
     print(f"retrain on {store.meta['task']}: {source['from']} -> {arch}", flush=True)
     out = output_dir(args, RETRAIN)
-    config = SearchConfig(epochs=args.epochs, batch_size=args.batch_size, gamma=args.gamma, lr=args.lr,
-                          min_lr=args.min_lr, seed=args.seed, train_limit=args.train_limit, embed_dim=embed_dim,
-                          k_max=k_max)
+    config = SearchConfig(epochs=args.epochs, batch_size=args.batch_size, gamma=args.gamma, retrain_lr=args.lr,
+                          seed=args.seed, train_limit=args.train_limit, embed_dim=embed_dim, k_max=k_max)
     student = fresh_student(arch, store, embed_dim, k_max)
     student = retrain_student(student, store, out / "retrain", config, progress=args.progress, report_to_nni=True)
     info = {**student_info(store), **evaluate_student(student, store),
