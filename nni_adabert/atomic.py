@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-from .errors import UserError
+from .errors import UserError, from_os_error
 
 
 def _ensure_dir(directory: Path) -> None:
@@ -24,6 +24,17 @@ def _ensure_dir(directory: Path) -> None:
         raise UserError(f"cannot create output directory {directory}: {exc.strerror}") from exc
     if not os.access(directory, os.W_OK):
         raise UserError(f"output directory {directory} is not writable")
+
+
+def check_writable(path: str | os.PathLike) -> None:
+    """Fail early, creating nothing, when the directory ``path`` could not be created or
+    written: its nearest existing ancestor must be a directory we may write to."""
+    path = Path(path).absolute()
+    existing = next(p for p in [path, *path.parents] if p.exists())
+    if not existing.is_dir():
+        raise UserError(f"cannot use {path} as a directory: {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write to {path}: {existing} is not writable; choose a directory you may write to")
 
 
 @contextlib.contextmanager
@@ -43,9 +54,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             shutil.rmtree(path)
         os.replace(tmp, path)
     except OSError as exc:
-        if exc.errno == 28:  # ENOSPC
-            raise UserError(f"no space left on device while writing {path}") from exc
-        raise
+        if exc.filename is None:
+            exc.filename = str(path)
+        raise from_os_error(exc) or exc from exc
     finally:
         shutil.rmtree(tmp.parent, ignore_errors=True)
 

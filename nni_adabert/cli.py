@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import UserError
+from .errors import UserError, from_os_error
 from .pipeline import build_teacher_run, format_table, open_teacher_run
 
 log = logging.getLogger("nni_adabert")
@@ -83,6 +83,16 @@ def add_search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-lr", type=float, default=d.min_lr)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--train-limit", type=int, default=None, help="use only the first N train rows of the store")
+    p.add_argument("--augmented-limit", type=int, default=None,
+                   help="limit the kinds of rows apart: the first --train-limit original rows plus the first N "
+                        "augmented rows (0 = no augmentation)")
+    p.add_argument("--no-probe-kd", action="store_true",
+                   help="L_KD without the per-layer probe term (then --final-kd is needed)")
+    p.add_argument("--final-kd", action="store_true",
+                   help="L_KD with the teacher's last-layer logits against the student's final logits "
+                        "(with --no-probe-kd: the paper's Base-KD)")
+    p.add_argument("--devices", type=int, default=d.devices,
+                   help="GPUs (CPU processes without one) for this run, with Lightning's DDP (default 1)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -90,10 +100,16 @@ def search_config(args, **extra):
     from .search import SearchConfig
 
     return SearchConfig(epochs=args.epochs, batch_size=args.batch_size, gamma=args.gamma, beta=args.beta,
-                        lr=args.lr, min_lr=args.min_lr, seed=args.seed, train_limit=args.train_limit, **extra)
+                        lr=args.lr, min_lr=args.min_lr, seed=args.seed, train_limit=args.train_limit, devices=args.devices,
+                        augmented_limit=args.augmented_limit, probe_kd=not args.no_probe_kd, final_kd=args.final_kd,
+                        **extra)
 
 
 def print_student(doc: dict, out_dir: Path) -> None:
+    from .training import is_main_process
+
+    if not is_main_process():  # a DDP worker: the first process reports
+        return
     metrics = ", ".join(f"{k} {100 * v:.2f}" for k, v in doc["dev_metrics"].items())
     print(f"student ({doc['task']}): K = {doc['depth']} cells, {doc['params']:,} params "
           f"({doc['params_without_embedding']:,} without the embedding), "
@@ -117,20 +133,14 @@ def cmd_search(args) -> None:
 
 def cmd_retrain(args) -> None:
     """Retrain an exported architecture on a (possibly other) task, from fresh weights."""
-    from .export import write_student
-    from .search import evaluate_student, fresh_student, load_exported, retrain_student, student_info
+    from .search import load_exported, run_retrain
 
     store = open_teacher_run(args.teacher)
     source = load_exported(args.arch, store)
     config = search_config(args, embed_dim=source.config.embed_dim, k_max=source.config.k_max, retrain_lr=args.lr)
-    student = fresh_student(source.arch, store, source.config.embed_dim, source.config.k_max)
-    out = Path(args.output_dir)
-    student = retrain_student(student, store, out / "retrain", config, progress=not args.no_progress)
-    info = {**student_info(store), **evaluate_student(student, store),
-            "retrain": {"from": str(source.path), "searched_on": source.doc.get("task"), "epochs": args.epochs,
-                        "seed": args.seed, "gamma": args.gamma}}
-    doc = write_student(out, student, info, title=f"{source.doc.get('task')} cell retrained on {store.meta['task']}")
-    print_student(doc, out)
+    doc = run_retrain(source.arch, {"from": str(source.path), "searched_on": source.doc.get("task")}, store,
+                      args.output_dir, config, progress=not args.no_progress)
+    print_student(doc, Path(args.output_dir))
 
 
 def cmd_evaluate(args) -> None:
@@ -139,18 +149,39 @@ def cmd_evaluate(args) -> None:
     from .speed import compare_with_teacher
 
     store = open_teacher_run(args.teacher)
-    result = compare_with_teacher(store, args.arch, args.weights, speed=args.speed)
+    result = compare_with_teacher(store, args.arch, args.weights, speed=args.speed, deployed=args.deployed or False)
     fmt = lambda m: ", ".join(f"{k} {100 * v:.2f}" for k, v in m.items())  # noqa: E731
     rows = []
     for name, r in (("teacher", result["teacher"]), (f"student (K={result['student']['depth']})", result["student"])):
         rows.append([name, fmt(r["dev_metrics"]), f"{r['params']:,}", f"{r['flops']:,}",
                      f"{r['speedup']:.1f}x" if "speedup" in r else "-"])
+    deployed = result.get("deployed")
+    if deployed:
+        speedup = deployed.get("speedup_over", {}).get("teacher")
+        rows.append(["student, deployed (ONNX, BN folded)", fmt(deployed["dev_metrics"]), "-", "-",
+                     f"{speedup:.1f}x" if speedup else "-"])
     table = format_table(["model", "dev", "params", "FLOPs/example (128 tokens)", "speedup (batch 128)"], rows)
     print(table)
+    if deployed and "speedup_over" in deployed:
+        print(f"deployed {deployed['path']}: {deployed['speedup_over']['student']:.2f}x the eager student's speed "
+              f"(batch 128, intra-op threads {result['speed']['threads']}, median of {result['speed']['repeats']})")
     if args.json:
         atomic.write_json(args.json, result)
     if args.markdown:
         atomic.write_text(args.markdown, table + "\n")
+
+
+def cmd_deploy(args) -> None:
+    """Fold BatchNorm, export to ONNX, check the export against the eager student on dev rows."""
+    from .deploy import deploy
+    from .search import load_exported
+
+    store = open_teacher_run(args.teacher) if args.teacher else None
+    report = deploy(load_exported(args.arch, store), store, args.output)
+    print(f"folded {report['batchnorms_folded']} BatchNorm layers into their convolutions; on "
+          f"{report['checked_examples']} dev examples the largest |logit difference| to the eager student is "
+          f"{report['onnx_max_abs_diff']:.1e} (ONNX Runtime) and {report['folded_max_abs_diff']:.1e} (folded, eager)")
+    print(f"  wrote {report['output']} ({report['bytes'] / 1e6:.1f} MB)")
 
 
 # --------------------------------------------------------------------------- demo
@@ -236,9 +267,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher", required=True, help="output directory of `nni-adabert teacher` for the task")
     p.add_argument("--speed", action="store_true",
                    help="also time teacher and student on the dev set at batch 128 (median of 3)")
+    p.add_argument("--deployed", nargs="?", const=True, default=None, metavar="ONNX",
+                   help="also evaluate (and with --speed time) the deployed student written by "
+                        "`nni-adabert deploy` (default file: student.onnx beside the architecture)")
     p.add_argument("--json", default=None, help="also write the result to this JSON file")
     p.add_argument("--markdown", default=None, help="also write the table to this Markdown file")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("deploy", help="fold BatchNorm into the convolutions and export the student to ONNX")
+    p.add_argument("--arch", required=True, help="architecture.json (or its directory)")
+    p.add_argument("--output", default=None, help="ONNX file to write (default: student.onnx beside the architecture)")
+    p.add_argument("--teacher", default=None, help="teacher run whose dev rows check the export "
+                   "(default: the knowledge store recorded in the architecture)")
+    p.set_defaults(func=cmd_deploy)
     return parser
 
 
@@ -250,18 +291,50 @@ def cmd_tasks(args) -> None:
     print(format_table(["task", "input", "labels", "metrics"], rows))
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
+# Messages of NNI's about machinery a one-shot search runs in-process, said on every run: no news to a user.
+# (A search that fails still raises, and the CLI prints why.)
+_ROUTINE_NNI_LOGGERS = ("nni.nas.experiment.config.experiment", "nni.nas.oneshot.pytorch.strategy",
+                        "nni.nas.execution.sequential", "nni.nas.strategy.base")
+
+
+def configure_logging(verbose: bool = False) -> None:
+    """Our INFO lines, the libraries' warnings only; shared by the CLI and the NNI trials."""
+    import warnings
+
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("transformers", "datasets", "pytorch_lightning", "lightning", "lightning_fabric", "nni"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if not verbose:
+        for routine in _ROUTINE_NNI_LOGGERS:
+            logging.getLogger(routine).setLevel(logging.CRITICAL)
+        warnings.filterwarnings("ignore", message="When using training service to spawn trials")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def check_outputs(args) -> None:
+    """Refuse, before any work and creating nothing, output places we could not write."""
+    from .atomic import check_writable
+
+    for name in ("output_dir", "cache_dir"):
+        if getattr(args, name, None):
+            check_writable(getattr(args, name))
+    for name in ("json", "markdown", "output"):
+        if getattr(args, name, None):
+            check_writable(Path(getattr(args, name)).parent)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging(args.verbose)
     try:
+        check_outputs(args)
         args.func(args)
-    except UserError as exc:
-        print(f"nni-adabert {args.command}: error: {exc}", file=sys.stderr)
-        return exc.exit_code
+    except (UserError, OSError) as exc:
+        error = exc if isinstance(exc, UserError) else from_os_error(exc)
+        if error is None or args.verbose:
+            raise
+        print(f"nni-adabert {args.command}: error: {error}", file=sys.stderr)
+        return error.exit_code
     return 0
 
 

@@ -21,12 +21,12 @@ from __future__ import annotations
 
 from typing import Any, Dict, Optional
 
-import nni
 import torch
 import torchmetrics
 from nni.nas.evaluator.pytorch import LightningModule
 
 from .losses import IGNORE_INDEX, adabert_loss
+from .training import check_finite
 
 __all__ = ["AdaBertDistillModule", "model_inputs", "val_metric_key", "report_to_nni_trial"]
 
@@ -101,6 +101,10 @@ class AdaBertDistillModule(LightningModule):
             see :mod:`nni_adabert.trial`), since one trial may fit several times.
         main_metric: the logged dev metric that is NNI's ``"default"``: ``val_acc`` or
             ``val_f1`` (:func:`val_metric_key` maps a task's main metric to it).
+        probe_kd, final_kd: the terms of ``L_KD`` (see :func:`losses.adabert_loss`): every
+            teacher layer into the student's cell probes with attentive weights (the paper's
+            method, the default), and/or the teacher's last-layer logits into the student's
+            final logits (alone: "Base-KD" of the paper's Table 4 ablation).
 
     Logged: ``train_loss``, ``train_ce``, ``train_kd``, ``train_eff`` per step;
     ``val_acc`` (and ``val_f1``), ``val_ce`` per epoch. The last dev metrics are also in
@@ -110,8 +114,11 @@ class AdaBertDistillModule(LightningModule):
     def __init__(self, num_labels: int, gamma: float = 0.8, beta: float = 4.0, temperature: float = 1.0,
                  learning_rate: float = 2e-2, min_learning_rate: float = 5e-4, momentum: float = 0.9,
                  weight_decay: float = 0.0, report_to_nni: bool = False,
-                 main_metric: str = "val_acc", optimizer: str = "sgd"):
+                 main_metric: str = "val_acc", optimizer: str = "sgd", probe_kd: bool = True,
+                 final_kd: bool = False):
         super().__init__()
+        if not (probe_kd or final_kd):
+            raise ValueError("AdaBertDistillModule: L_KD needs probe_kd or final_kd (or both)")
         self.save_hyperparameters()
         if report_to_nni:
             _current_nni_trial()  # remember the trial's channel before a NAS engine swaps it
@@ -131,10 +138,12 @@ class AdaBertDistillModule(LightningModule):
         efficiency = efficiency_fn() if callable(efficiency_fn) else None
         hp = self.hparams
         return adabert_loss(out.logits, out.probe_logits, out.depth_terms, batch["teacher_logits"], batch["labels"],
-                            efficiency, gamma=hp.gamma, beta=hp.beta, temperature=hp.temperature)
+                            efficiency, gamma=hp.gamma, beta=hp.beta, temperature=hp.temperature,
+                            probe_kd=hp.probe_kd, final_kd=hp.final_kd)
 
     def training_step(self, batch: Dict[str, Any], batch_idx: int) -> torch.Tensor:
         parts = self.compute_loss(batch)
+        check_finite(parts.total, self)
         bs = int(batch["labels"].shape[0])
         self.log("train_loss", parts.total.detach(), prog_bar=True, batch_size=bs)
         self.log("train_ce", parts.ce.detach(), batch_size=bs)

@@ -4,9 +4,27 @@ The CLI prints its message (no traceback) and exits with code 2; library callers
 can catch it like any ``ValueError``.
 """
 
+from __future__ import annotations
+
 
 class UserError(ValueError):
     """Bad input from the user: a file, a field, a name. The message says what,
     where, and what was expected."""
 
     exit_code = 2
+
+
+def from_os_error(exc: OSError) -> UserError | None:
+    """The :class:`UserError` for an ``OSError`` a user can fix (a full disk, a directory
+    we may not write, a file where a directory should be), or ``None`` for any other."""
+    import errno
+
+    where = f" {exc.filename}" if exc.filename else ""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return UserError(f"no space left on the device while writing{where}: free some space or choose "
+                         f"another --output-dir / --cache-dir (nothing half-written was kept)")
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return UserError(f"cannot write{where}: {exc.strerror}; choose a directory you may write to")
+    if exc.errno == errno.ENOTDIR:
+        return UserError(f"cannot use{where} as a directory: a part of the path is a file")
+    return None

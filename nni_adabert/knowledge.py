@@ -15,25 +15,30 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import datasets
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
 
 from . import atomic
 from .augment import AugmentConfig, Augmenter
 from .data import DEFAULT_CACHE_DIR, IGNORE_LABEL, MAX_LENGTH, dataset_fingerprint, pad_batch, tokenize
 from .errors import UserError
 from .tasks import TaskSpec, get_task
-from .teacher import (ProbeConfig, load_finetuned_teacher, load_tokenizer, read_teacher_info,
+from .teacher import (LayerProbes, ProbeConfig, load_finetuned_teacher, load_tokenizer, read_teacher_info,
                       resolve_model, teacher_features, train_probes)
+from .training import EpochShuffleSampler
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
+AUGMENT_CHUNK = 2048  # originals per resumable augmentation stage
 
 
 @dataclass
@@ -52,15 +57,31 @@ class KnowledgeStore:
     def num_teacher_layers(self) -> int:
         return self.meta["num_teacher_layers"]
 
-    def loader(self, split: str, batch_size: int, shuffle: bool = False, seed: int = 0,
-               limit: int | None = None) -> DataLoader:
-        """Batches as the search and retraining read them (see :func:`student_collate`)."""
+    def rows(self, split: str, limit: int | None = None, augmented_limit: int | None = None) -> datasets.Dataset:
+        """The rows of ``split`` that a run reads.
+
+        The train split holds the original examples first, then their augmented copies
+        (label ``-100``, in the originals' order, up to ``copies`` per original). ``limit``
+        alone: the first ``limit`` rows as stored. With ``augmented_limit`` (train split
+        only) the two kinds are limited apart: the first ``limit`` original rows (all when
+        ``None``) plus the first ``augmented_limit`` augmented rows (0: no augmentation).
+        """
         ds = self.data[split]
-        if limit is not None:
-            ds = ds.select(range(min(limit, len(ds))))
-        generator = torch.Generator().manual_seed(seed)
-        return DataLoader(ds.with_format(None), batch_size=batch_size, shuffle=shuffle, generator=generator,
-                          collate_fn=student_collate)
+        if augmented_limit is not None and split == "train":
+            n_orig = int(self.meta.get("num_train_original", len(ds)))
+            originals = range(n_orig if limit is None else min(limit, n_orig))
+            return ds.select([*originals, *range(n_orig, n_orig + min(max(augmented_limit, 0), len(ds) - n_orig))])
+        return ds if limit is None else ds.select(range(min(limit, len(ds))))
+
+    def loader(self, split: str, batch_size: int, shuffle: bool = False, seed: int = 0,
+               limit: int | None = None, augmented_limit: int | None = None) -> DataLoader:
+        """Batches as the search and retraining read them (see :func:`student_collate`) of
+        :meth:`rows`; shuffled per epoch from ``seed`` (:class:`training.EpochShuffleSampler`)."""
+        ds = self.rows(split, limit, augmented_limit)
+        sampler = EpochShuffleSampler(len(ds), seed) if shuffle else None
+        # Its own generator: creating an iterator must not draw from the global one (see training.py).
+        return DataLoader(ds.with_format(None), batch_size=batch_size, sampler=sampler, collate_fn=student_collate,
+                          generator=torch.Generator().manual_seed(seed))
 
 
 def student_collate(features: list[dict]) -> dict[str, torch.Tensor]:
@@ -112,22 +133,34 @@ def open_knowledge(path: str | os.PathLike) -> KnowledgeStore:
 def build_knowledge(spec: TaskSpec, data: datasets.DatasetDict, teacher_dir: str | os.PathLike,
                     augment: AugmentConfig | None = AugmentConfig(), cache_dir: str | os.PathLike = DEFAULT_CACHE_DIR,
                     probes: ProbeConfig = ProbeConfig(), progress: bool = True) -> KnowledgeStore:
-    """The store for these inputs: loaded when cached, else built (teacher runs once)."""
+    """The store for these inputs: loaded when cached, else built (teacher runs once).
+
+    A build saves each finished stage (teacher features of train and dev, the probes,
+    every chunk of :data:`AUGMENT_CHUNK` augmented examples) under ``<store>.partial``;
+    a build that was killed and started again with the same inputs picks them up.
+    """
     fingerprint, inputs = knowledge_fingerprint(spec, data, teacher_dir, augment, probes)
     path = Path(cache_dir) / "knowledge" / f"{spec.name}-{fingerprint}"
     if (path / "meta.json").is_file():
         log.info("teacher knowledge: cache hit %s", path)
         return open_knowledge(path)
-    log.info("teacher knowledge: building %s", path)
+    stages = path.with_name(path.name + ".partial")
+    log.info("teacher knowledge: building %s%s", path, " (resuming)" if stages.is_dir() else "")
 
     teacher = load_finetuned_teacher(teacher_dir, spec)
     tokenizer = load_tokenizer(teacher_dir)
     train, dev = (tokenize(data[split], tokenizer, spec, cache_dir=cache_dir) for split in ("train", "dev"))
-    pooled, head = teacher_features(teacher, train, progress=progress, desc="teacher: train")
-    layer_probes = train_probes(pooled, head, torch.tensor(train["label"]), probes)
+    features = _stage(stages / "train_features", lambda: dict(zip(
+        ("pooled", "head"), teacher_features(teacher, train, progress=progress, desc="teacher: train"))))
+    labels = torch.tensor(train["label"])
+    probe_state = _stage(stages / "probes", lambda: train_probes(
+        features["pooled"], features["head"], labels, probes).state_dict())
+    layer_probes = LayerProbes(features["pooled"].shape[1] + 1, features["pooled"].shape[2], spec.num_labels)
+    layer_probes.load_state_dict(probe_state)
     with torch.no_grad():
-        train_logits = layer_probes(pooled, head)
-        dev_logits = layer_probes(*teacher_features(teacher, dev, progress=progress, desc="teacher: dev"))
+        train_logits = layer_probes(features["pooled"], features["head"])
+        dev_logits = _stage(stages / "dev_logits", lambda: {"logits": layer_probes(
+            *teacher_features(teacher, dev, progress=progress, desc="teacher: dev"))})["logits"]
     dev_labels = torch.tensor(dev["label"])
     probe_acc = (dev_logits.argmax(-1) == dev_labels[:, None]).float().mean(0).tolist()
 
@@ -136,7 +169,7 @@ def build_knowledge(spec: TaskSpec, data: datasets.DatasetDict, teacher_dir: str
     if augment is not None and augment.copies > 0:
         train_rows = datasets.concatenate_datasets(
             [train_rows, _augmented_rows(spec, data["train"], teacher, tokenizer, teacher_dir, augment,
-                                         layer_probes, student_cols, progress)])
+                                         layer_probes, student_cols, stages, progress)])
     store = datasets.DatasetDict({"train": train_rows,
                                   "dev": _rows(dev, student_cols, dev["label"], dev_logits)})
     meta = {
@@ -151,7 +184,29 @@ def build_knowledge(spec: TaskSpec, data: datasets.DatasetDict, teacher_dir: str
         store.save_to_disk(str(tmp / "data"))
         save_file(layer_probes.state_dict(), str(tmp / "probes.safetensors"))
         atomic.write_json(tmp / "meta.json", meta)
+    shutil.rmtree(stages, ignore_errors=True)
     return open_knowledge(path)
+
+
+def _stage(path: Path, compute: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """``compute()``'s tensors, saved to ``path.safetensors`` (atomically) the first time
+    and read back from there by a resumed build."""
+    file = path.with_suffix(".safetensors")
+    if file.is_file():
+        return load_file(str(file))
+    tensors = {k: v.detach().contiguous() for k, v in compute().items()}
+    with atomic.atomic_path(file) as tmp:
+        save_file(tensors, str(tmp))
+    return tensors
+
+
+def _stage_rows(path: Path, compute: Callable[[], datasets.Dataset]) -> datasets.Dataset:
+    """:func:`_stage` for Arrow rows: ``compute()`` saved to the directory ``path``."""
+    if (path / "dataset_info.json").is_file():
+        return datasets.load_from_disk(str(path))
+    with atomic.atomic_path(path) as tmp:
+        compute().save_to_disk(str(tmp))
+    return datasets.load_from_disk(str(path))
 
 
 def _rows(tokenized: datasets.Dataset, student_cols: list[str], labels, logits: torch.Tensor) -> datasets.Dataset:
@@ -166,21 +221,34 @@ def _rows(tokenized: datasets.Dataset, student_cols: list[str], labels, logits: 
 
 
 def _augmented_rows(spec, original: datasets.Dataset, teacher, tokenizer, teacher_dir, augment: AugmentConfig,
-                    layer_probes, student_cols, progress) -> datasets.Dataset:
-    """Augment the original train texts, then label them with the teacher's probes."""
-    info = read_teacher_info(teacher_dir) or {}
-    # Candidates come from the base checkpoint: a fine-tuned classifier has lost its MLM head.
-    base = info.get("base_model") or teacher_dir
-    augmenter = Augmenter(resolve_model(base), tokenizer=tokenizer, config=augment)
-    if spec.is_pair:
-        copies = augmenter.augment_pairs(original["text_a"], original["text_b"])
-        flat = [pair for per_example in copies for pair in per_example]
-        cols = {"text_a": [a for a, _ in flat], "text_b": [b for _, b in flat]}
-    else:
-        copies = augmenter.augment(original["text_a"])
-        cols = {"text_a": [text for per_example in copies for text in per_example]}
-    cols["label"] = [0] * len(cols["text_a"])  # placeholder for tokenize(); replaced by IGNORE_LABEL
-    aug = tokenize(datasets.Dataset.from_dict(cols), tokenizer, spec)
-    with torch.no_grad():
-        logits = layer_probes(*teacher_features(teacher, aug, progress=progress, desc="teacher: augmented"))
-    return _rows(aug, student_cols, [IGNORE_LABEL] * len(aug), logits)
+                    layer_probes, student_cols, stages: Path, progress) -> datasets.Dataset:
+    """Augment the original train texts, then label them with the teacher's probes, one
+    chunk of :data:`AUGMENT_CHUNK` originals at a time (each chunk a resumable stage).
+    Every example has its own random generator, so chunking changes nothing."""
+    augmenter = None
+
+    def label_chunk(chunk: datasets.Dataset) -> datasets.Dataset:
+        nonlocal augmenter
+        if augmenter is None:
+            info = read_teacher_info(teacher_dir) or {}
+            # Candidates come from the base checkpoint: a fine-tuned classifier has lost its MLM head.
+            base = info.get("base_model") or teacher_dir
+            augmenter = Augmenter(resolve_model(base), tokenizer=tokenizer, config=augment, progress=False)
+        if spec.is_pair:
+            copies = augmenter.augment_pairs(chunk["text_a"], chunk["text_b"])
+            flat = [pair for per_example in copies for pair in per_example]
+            cols = {"text_a": [a for a, _ in flat], "text_b": [b for _, b in flat]}
+        else:
+            copies = augmenter.augment(chunk["text_a"])
+            cols = {"text_a": [text for per_example in copies for text in per_example]}
+        cols["label"] = [0] * len(cols["text_a"])  # placeholder for tokenize(); replaced by IGNORE_LABEL
+        aug = tokenize(datasets.Dataset.from_dict(cols), tokenizer, spec)
+        with torch.no_grad():
+            logits = layer_probes(*teacher_features(teacher, aug, progress=False))
+        return _rows(aug, student_cols, [IGNORE_LABEL] * len(aug), logits)
+
+    starts = range(0, len(original), AUGMENT_CHUNK)
+    chunks = [_stage_rows(stages / f"augmented-{i:05d}", lambda: label_chunk(
+                  original.select(range(start, min(start + AUGMENT_CHUNK, len(original))))))
+              for i, start in enumerate(tqdm(starts, desc="augment + teacher", unit="chunk", disable=not progress))]
+    return datasets.concatenate_datasets(chunks)

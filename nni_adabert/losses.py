@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 __all__ = [
     "IGNORE_INDEX", "layer_mapping", "kd_targets", "attentive_weights", "soft_cross_entropy",
-    "probe_kd_loss", "distillation_loss", "ce_loss", "efficiency_loss", "total_loss", "LossParts",
+    "probe_kd_loss", "distillation_loss", "final_kd_loss", "ce_loss", "efficiency_loss", "total_loss", "LossParts",
     "adabert_loss",
 ]
 
@@ -121,6 +121,21 @@ def distillation_loss(probe_logits: Sequence[torch.Tensor], depth_terms: Sequenc
     return total  # type: ignore[return-value]
 
 
+def final_kd_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Plain last-layer distillation (the paper's "Base-KD", Table 4): the student's final
+    classifier against the teacher's own head (its last layer), no probes, no attentive weights.
+
+    ``mean_x CE(softmax(P^T_J(x)/T), softmax(logits(x)/T))``.
+
+    Args:
+        logits: ``[B, C]`` the student's final classifier; teacher_logits: ``[B, J, C]``.
+
+    Returns:
+        scalar.
+    """
+    return soft_cross_entropy(teacher_logits[:, -1, :], logits, temperature).mean()
+
+
 def ce_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Cross-entropy of ``logits`` ``[B, C]`` on the labeled examples of ``labels`` ``[B]``.
 
@@ -177,14 +192,28 @@ class LossParts:
 def adabert_loss(logits: torch.Tensor, probe_logits: Sequence[torch.Tensor],
                  depth_terms: Sequence[Tuple[int, Optional[torch.Tensor]]], teacher_logits: torch.Tensor,
                  labels: torch.Tensor, efficiency: Optional[torch.Tensor] = None, *,
-                 gamma: float = 0.8, beta: float = 4.0, temperature: float = 1.0) -> LossParts:
+                 gamma: float = 0.8, beta: float = 4.0, temperature: float = 1.0,
+                 probe_kd: bool = True, final_kd: bool = False) -> LossParts:
     """The whole objective from a model output and a batch.
 
     Args:
         logits: ``[B, C]``; probe_logits: K_run x ``[B, C]``; depth_terms: see
             :func:`distillation_loss`; teacher_logits: ``[B, J, C]``; labels: ``[B]``;
             efficiency: ``L_E`` (``AdaBertSpace.efficiency_loss()``) or ``None``.
+        probe_kd: ``L_KD`` includes the attentive probe distillation over all cells
+            (:func:`distillation_loss`; the paper's method, the default).
+        final_kd: ``L_KD`` includes the final logits against the teacher's last layer
+            (:func:`final_kd_loss`; alone, the paper's "Base-KD"). The probe term never
+            trains the final classifier, so a loss without ``L_CE`` (``gamma = 1``) needs this
+            term for the student's predictions to learn anything. In a supernet the final
+            logits carry the depth gate, so either term sends gradient to the depth choice.
+            ``L_KD`` is the sum of the chosen terms; at least one must be chosen.
     """
+    if not (probe_kd or final_kd):
+        raise ValueError("adabert_loss: L_KD needs probe_kd or final_kd (or both)")
     ce = ce_loss(logits, labels)
-    kd = distillation_loss(probe_logits, depth_terms, teacher_logits, labels, temperature)
+    kd = distillation_loss(probe_logits, depth_terms, teacher_logits, labels, temperature) if probe_kd else None
+    if final_kd:
+        final = final_kd_loss(logits, teacher_logits, temperature)
+        kd = final if kd is None else kd + final
     return LossParts(total_loss(ce, kd, efficiency, gamma, beta), ce, kd, efficiency)

@@ -11,7 +11,9 @@ the same distillation loss (fresh or from its searched weights), and
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import os
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -22,12 +24,13 @@ import torch
 from . import cost
 from .distill import AdaBertDistillModule, model_inputs, val_metric_key
 from .data import vocab_fingerprint
-from .export import read_architecture, write_student
+from .errors import UserError
+from .export import ARCH_FILE, read_architecture, write_student
 from .knowledge import KnowledgeStore
 from .metrics import compute_metrics
 from .space import AdaBertSpace, AdaBertStudent, StudentConfig, factorized_embedding
 from .teacher import load_tokenizer, read_teacher_info, teacher_word_embeddings
-from .training import last_checkpoint, make_trainer
+from .training import fit, is_main_process, last_checkpoint, make_trainer
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +59,34 @@ class SearchConfig:
     full: bool = False          # run every candidate (full straight-through) instead of single-path
     seed: int = 0
     train_limit: int | None = None  # use only the first N store rows (quick runs)
+    devices: int = 1            # GPUs (or CPU processes) for one search, with Lightning's DDP
+    augmented_limit: int | None = None  # set: the first train_limit ORIGINAL rows plus the first N augmented
+    #                                     rows (0 = no augmentation); None: train_limit alone (KnowledgeStore.rows)
+    probe_kd: bool = True       # L_KD includes every teacher layer's probe (attentive weights): the paper's
+    final_kd: bool = False      # L_KD includes the final logits vs the teacher's last layer (alone: "Base-KD")
+
+    def __post_init__(self):
+        # Checked here, so that the CLI, NNI trials (tuner parameters) and Python callers all get one message.
+        at_least = {"epochs": 1, "batch_size": 1, "embed_dim": 1, "k_max": 1, "warmup_epochs": 0,
+                    "finetune_epochs": 0, "seed": 0, "train_limit": 1, "augmented_limit": 0}
+        for name, low in at_least.items():
+            value = getattr(self, name)
+            if value is None and name in ("train_limit", "augmented_limit"):
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise UserError(f"search setting {name} must be an integer >= {low}, got {value!r}")
+        for name in ("beta", "min_lr", "arc_lr", "arc_weight_decay", "lr", "retrain_lr", "temperature", "tau_end"):
+            value, positive = getattr(self, name), name in ("lr", "retrain_lr", "temperature", "tau_end")
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0 or (positive and value == 0):
+                raise UserError(f"search setting {name} must be a finite number {'>' if positive else '>='} 0, "
+                                f"got {value!r}")
+        if not 0 <= self.gamma <= 1:
+            raise UserError(f"search setting gamma (the KD weight) must be in [0, 1], got {self.gamma!r}")
+        if self.retrain_optimizer not in ("adamw", "sgd"):
+            raise UserError(f"search setting retrain_optimizer must be 'adamw' or 'sgd', got {self.retrain_optimizer!r}")
+        if not (self.probe_kd or self.final_kd):
+            raise UserError("search settings probe_kd and final_kd are both off: L_KD needs one of them "
+                            "(final_kd alone is the paper's Base-KD)")
 
 
 def student_config(store: KnowledgeStore, embed_dim: int = 128, k_max: int = 8) -> StudentConfig:
@@ -71,7 +102,8 @@ def distill_module(store: KnowledgeStore, config: SearchConfig, report_to_nni: b
     return AdaBertDistillModule(store.meta["num_labels"], gamma=config.gamma, beta=config.beta,
                                 temperature=config.temperature, learning_rate=lr, min_learning_rate=min_lr,
                                 report_to_nni=report_to_nni, main_metric=val_metric_key(store.spec.main_metric),
-                                optimizer=config.retrain_optimizer if retrain else "sgd")
+                                optimizer=config.retrain_optimizer if retrain else "sgd",
+                                probe_kd=config.probe_kd, final_kd=config.final_kd)
 
 
 def student_info(store: KnowledgeStore) -> dict:
@@ -92,7 +124,8 @@ def run_search(store: KnowledgeStore, out_dir: str | os.PathLike, config: Search
                progress: bool = True, report_to_nni: bool = False) -> dict:
     """Search a student on ``store`` and export it to ``out_dir``; returns the architecture document.
 
-    The run checkpoints every epoch in ``out_dir/search`` and resumes from there.
+    The run checkpoints every epoch in ``out_dir/search`` and resumes from there; a
+    finished run with the same settings and store is returned as it is.
     """
     from nni.nas.evaluator.pytorch import Lightning, Trainer
     from nni.nas.experiment import NasExperiment
@@ -101,14 +134,20 @@ def run_search(store: KnowledgeStore, out_dir: str | os.PathLike, config: Search
 
     out_dir = Path(out_dir)
     run_dir = out_dir / "search"
+    done = finished_run(out_dir, store, "search", asdict(config))
+    if done is not None:
+        log.info("search already finished in %s with these settings; not redoing it", out_dir)
+        return done
     pl.seed_everything(config.seed, workers=True)
     student_cfg = student_config(store, config.embed_dim, config.k_max)
     embedding = factorized_embedding(teacher_word_embeddings(store.meta["teacher_dir"]), config.embed_dim)
     space = AdaBertSpace(student_cfg, embedding)
 
-    train = store.loader("train", config.batch_size, shuffle=True, seed=config.seed, limit=config.train_limit)
+    train = store.loader("train", config.batch_size, shuffle=True, seed=config.seed, limit=config.train_limit,
+                         augmented_limit=config.augmented_limit)
     dev = store.loader("dev", 256)
-    trainer = make_trainer(run_dir, config.epochs, progress=progress, trainer_cls=Trainer)
+    trainer = make_trainer(run_dir, config.epochs, progress=progress, trainer_cls=Trainer, seed=config.seed,
+                           devices=config.devices)
     resume = last_checkpoint(run_dir)
     evaluator = Lightning(distill_module(store, config, report_to_nni), trainer,
                           train_dataloaders=train, val_dataloaders=dev,
@@ -129,7 +168,48 @@ def run_search(store: KnowledgeStore, out_dir: str | os.PathLike, config: Search
     history = [{k: v for k, v in h.items() if k != "arch"} for h in strategy.oneshot_module.history]
     info = {**student_info(store), **evaluate_student(student, store),
             "search": {**asdict(config), "history": history}}
+    if not is_main_process():
+        return info  # the other DDP processes: the first one writes
     return write_student(out_dir, student, info, title=f"{store.meta['task']} searched cell")
+
+
+def finished_run(out_dir: str | os.PathLike, store: KnowledgeStore, section: str, settings: dict) -> dict | None:
+    """The architecture document in ``out_dir`` when it records a finished run on ``store``
+    whose ``section`` ("search" or "retrain") holds exactly ``settings``; else ``None``.
+    (The JSON is written last, so its presence means the run's files are complete.)"""
+    path = Path(out_dir) / ARCH_FILE
+    if not path.is_file():
+        return None
+    try:
+        doc = read_architecture(path).doc
+    except UserError:
+        return None  # an unreadable or foreign file: redo the run, which replaces it
+    recorded = {k: v for k, v in (doc.get(section) or {}).items() if k != "history"}
+    # A setting added to SearchConfig after the run was recorded: the run had its default.
+    defaults = {k: v for k, v in json.loads(json.dumps(asdict(SearchConfig()))).items() if k in settings}
+    recorded = {**defaults, **recorded}
+    same = recorded == json.loads(json.dumps(settings)) and doc.get("knowledge_store") == str(store.path)
+    return doc if same else None
+
+
+def run_retrain(arch: dict, source: dict, store: KnowledgeStore, out_dir: str | os.PathLike,
+                config: SearchConfig, progress: bool = True, report_to_nni: bool = False) -> dict:
+    """Retrain the fixed child ``arch`` from fresh weights on ``store``'s task and export it
+    to ``out_dir``; returns its architecture document. ``source`` says where ``arch`` came
+    from (``{"from": ..., "searched_on": task or None}``). Resumes like :func:`run_search`."""
+    settings = {**source, **asdict(config)}
+    done = finished_run(out_dir, store, "retrain", settings)
+    if done is not None:
+        log.info("retraining already finished in %s with these settings; not redoing it", out_dir)
+        return done
+    out_dir = Path(out_dir)
+    student = fresh_student(arch, store, config.embed_dim, config.k_max)
+    student = retrain_student(student, store, out_dir / "retrain", config, progress, report_to_nni)
+    info = {**student_info(store), **evaluate_student(student, store), "retrain": settings}
+    title = f"{source.get('searched_on') or source['from']} cell retrained on {store.meta['task']}"
+    if not is_main_process():
+        return info
+    return write_student(out_dir, student, info, title=title)
 
 
 def retrain_student(student: AdaBertStudent, store: KnowledgeStore, run_dir: str | os.PathLike,
@@ -139,9 +219,10 @@ def retrain_student(student: AdaBertStudent, store: KnowledgeStore, run_dir: str
     pl.seed_everything(config.seed, workers=True)
     module = distill_module(store, config, report_to_nni, retrain=True)
     module.set_model(student.train())  # Lightning keeps each module's mode: BatchNorm must learn
-    trainer = make_trainer(run_dir, config.epochs, progress=progress)
-    train = store.loader("train", config.batch_size, shuffle=True, seed=config.seed, limit=config.train_limit)
-    trainer.fit(module, train, store.loader("dev", 256), ckpt_path=last_checkpoint(run_dir), weights_only=True)
+    trainer = make_trainer(run_dir, config.epochs, progress=progress, seed=config.seed, devices=config.devices)
+    train = store.loader("train", config.batch_size, shuffle=True, seed=config.seed, limit=config.train_limit,
+                         augmented_limit=config.augmented_limit)
+    fit(trainer, module, train, store.loader("dev", 256), run_dir)
     return student.cpu().eval()
 
 
@@ -153,19 +234,26 @@ def fresh_student(arch: dict, store: KnowledgeStore, embed_dim: int = 128, k_max
 
 
 @torch.no_grad()
+def dev_metrics(logits_fn, store: KnowledgeStore) -> dict:
+    """Dev metrics on ``store`` of ``logits_fn(inputs) -> [B, C]``, where ``inputs`` holds the
+    student's ``input_ids_a``/``attention_mask_a`` ``[B, L]`` (and ``_b`` for pairs)."""
+    preds, labels = [], []
+    for batch in store.loader("dev", 256):
+        preds.append(logits_fn(model_inputs(batch)).argmax(-1).cpu())
+        labels.append(batch["labels"])
+    return compute_metrics(store.spec, torch.cat(preds), torch.cat(labels))
+
+
+@torch.no_grad()
 def evaluate_student(student: AdaBertStudent, store: KnowledgeStore, seq_len: int = 128) -> dict:
     """Dev metrics of ``student`` on ``store``, its params (with and without the
     embedding) and FLOPs for one example of ``seq_len`` tokens."""
     student = student.eval()
     device = next(student.parameters()).device
-    preds, labels = [], []
-    for batch in store.loader("dev", 256):
-        out = student(**{k: v.to(device) for k, v in model_inputs(batch).items()}, return_probes=False)
-        preds.append(out.logits.argmax(-1).cpu())
-        labels.append(batch["labels"])
     cfg, arch = student.config, student.arch
     return {
-        "dev_metrics": compute_metrics(store.spec, torch.cat(preds), torch.cat(labels)),
+        "dev_metrics": dev_metrics(lambda b: student(**{k: v.to(device) for k, v in b.items()},
+                                                     return_probes=False).logits, store),
         "params": cost.child_params(cfg, arch),
         "params_without_embedding": cost.child_params(cfg, arch, include_embedding=False),
         "flops": cost.child_flops(cfg, arch, seq_len),

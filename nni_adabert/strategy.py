@@ -59,6 +59,7 @@ from nni.nas.oneshot.pytorch.supermodule.base import BaseSuperNetModule
 
 from . import cost as _cost
 from .space import DEPTH_LABEL, DepthChoice
+from .training import epoch_seed
 
 __all__ = [
     "AdaBertStrategy", "AdaBertLightningModule", "GumbelDraw", "gumbel_straight_through",
@@ -264,8 +265,9 @@ class AdaBertLightningModule(BaseOneShotLightningModule):
         self.warmup_epochs = warmup_epochs
         self.gradient_clip_val = gradient_clip_val
         self.log_every_n_steps = max(int(log_every_n_steps), 1)
+        self.seed = int(torch.randint(0, 2**31, ()).item()) if seed is None else int(seed)
         self.generator = torch.Generator()
-        self.generator.manual_seed(int(torch.randint(0, 2**62, ()).item()) if seed is None else int(seed))
+        self.generator.manual_seed(self.seed)
         self.history: List[Dict[str, Any]] = []
         self.last_sample: Sample = {}
 
@@ -424,6 +426,11 @@ class AdaBertLightningModule(BaseOneShotLightningModule):
         }
 
     # ------------------------------------------------------------------ checkpoints
+
+    def on_train_epoch_start(self) -> None:
+        # The epoch's noise depends on (seed, epoch) only: a resumed run draws what an uninterrupted one would.
+        self.generator.manual_seed(epoch_seed(self.seed, self.trainer.current_epoch))
+        super().on_train_epoch_start()
 
     def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
         # The architecture logits are parameters of the model (in state_dict); the Adam state

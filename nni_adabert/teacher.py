@@ -32,7 +32,7 @@ from .data import dataset_fingerprint, pad_batch, tokenize
 from .errors import UserError
 from .metrics import compute_metrics
 from .tasks import TaskSpec
-from .training import fit, make_trainer
+from .training import check_finite, epoch_seed, fit, make_trainer
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +115,7 @@ class TeacherModule(pl.LightningModule):
 
     def training_step(self, batch, _):
         loss = F.cross_entropy(self(batch), batch["labels"])
+        check_finite(loss, self)
         self.log("train_loss", loss, prog_bar=True)
         return loss
 
@@ -149,6 +150,19 @@ def teacher_collate(features: list[dict]) -> dict[str, torch.Tensor]:
     return batch
 
 
+class EpochLengthGroupedSampler(LengthGroupedSampler):
+    """transformers' length-grouped shuffle, reseeded from ``(seed, epoch)`` when Lightning
+    calls :meth:`set_epoch`, so a resumed fine-tuning sees the batches an uninterrupted one would."""
+
+    def __init__(self, batch_size: int, lengths: list[int], seed: int):
+        super().__init__(batch_size, lengths=lengths)
+        self.seed = seed
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.generator = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
+
+
 def finetune_teacher(spec: TaskSpec, data: datasets.DatasetDict, model: str | None, output_dir: str | os.PathLike,
                      config: TeacherConfig = TeacherConfig(), progress: bool = True,
                      cache_dir: str | os.PathLike | None = None) -> dict:
@@ -175,13 +189,12 @@ def finetune_teacher(spec: TaskSpec, data: datasets.DatasetDict, model: str | No
     train_tok, dev_tok = (tokenize(ds, tokenizer, spec, cache_dir=cache_dir) for ds in (train, data["dev"]))
     columns = ["input_ids", "token_type_ids", "label"]
     # Batches of similar lengths (shuffled): far less padding, same examples per epoch.
-    sampler = LengthGroupedSampler(config.batch_size, lengths=[len(ids) for ids in train_tok["input_ids"]],
-                                   generator=torch.Generator().manual_seed(config.seed))
+    sampler = EpochLengthGroupedSampler(config.batch_size, [len(ids) for ids in train_tok["input_ids"]], config.seed)
     train_loader = DataLoader(train_tok.select_columns(columns), batch_size=config.batch_size, sampler=sampler,
-                              collate_fn=teacher_collate)
+                              collate_fn=teacher_collate, generator=torch.Generator().manual_seed(config.seed))
     dev_loader = DataLoader(dev_tok.select_columns(columns), batch_size=128, collate_fn=teacher_collate)
     module = TeacherModule(base, spec.num_labels, spec.name, config.lr, config.weight_decay, config.warmup_ratio)
-    trainer = make_trainer(run_dir, config.epochs, progress=progress)
+    trainer = make_trainer(run_dir, config.epochs, progress=progress, seed=config.seed)
     fit(trainer, module, train_loader, dev_loader, run_dir)
     if not module.dev_metrics:  # resumed a run whose training had finished: evaluate once more
         trainer.validate(module, dev_loader, verbose=False)

@@ -1,19 +1,33 @@
 """What every training command shares: device choice, a Trainer that checkpoints
-each epoch and resumes, and seeding.
+each epoch and resumes, seeding, and the check that stops a diverged run.
 
 Checkpoints are Lightning's own, written by us into the run's directory; they
 are resumed with ``weights_only=True`` so that loading never executes code.
+
+A resumed run must continue exactly as the uninterrupted one would have: every
+epoch's randomness (data order, dropout, Gumbel noise) is a function of the seed
+and the epoch number alone, never of how many epochs this process has run.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import os
+import random
 from pathlib import Path
+from typing import Iterator
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
+from pytorch_lightning.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
 from pytorch_lightning.loggers import TensorBoardLogger
+from torch.utils.data import Sampler
+
+from .errors import UserError
+
+log = logging.getLogger(__name__)
 
 
 def pick_device() -> str:
@@ -21,22 +35,90 @@ def pick_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of one epoch's randomness: the same for a run and its resumption."""
+    return (int(seed) * 1_000_003 + int(epoch)) % 2**31
+
+
+class EpochShuffleSampler(Sampler[int]):
+    """A shuffle whose order depends on ``(seed, epoch)`` only. Lightning calls
+    :meth:`set_epoch` before every epoch, also after resuming from a checkpoint, so a
+    resumed run sees the same batches as an uninterrupted one (a ``DataLoader`` with
+    ``shuffle=True`` would restart its generator's stream instead)."""
+
+    def __init__(self, num_rows: int, seed: int = 0):
+        self.num_rows, self.seed, self.epoch = num_rows, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_rows
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
+        return iter(torch.randperm(self.num_rows, generator=generator).tolist())
+
+
+class SeedEachEpoch(Callback):
+    """Reseed Python, NumPy and torch at the start of every training epoch (dropout
+    masks and any other draw from the global generators)."""
+
+    def __init__(self, seed: int):
+        self.seed = seed
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        seed = epoch_seed(self.seed, trainer.current_epoch)
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+
+
+def check_finite(loss: torch.Tensor, module: pl.LightningModule) -> None:
+    """Stop a diverged run with the epoch, the step and a hint, instead of training on NaN.
+    The checkpoint of the last good epoch stays; the same command resumes from it."""
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        trainer = module.trainer
+        raise UserError(f"the training loss became {value} at epoch {trainer.current_epoch}, step "
+                        f"{trainer.global_step}: lower the learning rate (--lr) or check the inputs; "
+                        f"the last finished epoch's checkpoint is kept")
+
+
+def is_main_process() -> bool:
+    """``False`` in the extra processes of a multi-device (DDP) run: every process trains,
+    only the first one writes results and prints them."""
+    from pytorch_lightning.utilities import rank_zero_only
+
+    return getattr(rank_zero_only, "rank", 0) == 0
+
+
 def make_trainer(run_dir: str | os.PathLike, max_epochs: int, *, progress: bool = True,
-                 name: str = "logs", trainer_cls: type = pl.Trainer, **kwargs) -> pl.Trainer:
+                 name: str = "logs", trainer_cls: type = pl.Trainer, seed: int | None = None,
+                 devices: int = 1, **kwargs) -> pl.Trainer:
     """A Trainer that saves ``run_dir/checkpoints/last.ckpt`` after every epoch
     (atomically: Lightning writes to a temporary file and renames) and logs to
-    TensorBoard under ``run_dir/<name>``.
+    TensorBoard under ``run_dir/<name>``. With ``seed``, every epoch reseeds the global
+    generators from ``(seed, epoch)`` (:class:`SeedEachEpoch`). ``devices`` > 1 trains on that
+    many GPUs (or CPU processes) with DDP; every process draws the same Gumbel sample, since
+    all start from the same seed.
 
     ``trainer_cls``: NNI's evaluators want ``nni.nas.evaluator.pytorch.Trainer``
     (the same Trainer, traced so that NNI can record its arguments)."""
     run_dir = Path(run_dir)
-    checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0,
-                                 every_n_epochs=1, save_on_train_epoch_end=True)
+    # One checkpoint named "last", replaced every epoch. (save_last=True with save_top_k=0 would
+    # save only when training ends: Lightning writes "last" only after a top-k save.)
+    checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", save_top_k=1,
+                                 every_n_epochs=1, save_on_train_epoch_end=True, enable_version_counter=False)
     callbacks = [checkpoint] + ([TQDMProgressBar(refresh_rate=20)] if progress else [])
+    callbacks += [SeedEachEpoch(seed)] if seed is not None else []
     return trainer_cls(
         max_epochs=max_epochs,
         accelerator="auto",
-        devices=1,
+        devices=devices,
+        # Several devices: Lightning's DDP, one process each. A single-path step leaves the ops it did
+        # not sample without gradients, which DDP must be told to expect.
+        strategy="ddp_find_unused_parameters_true" if devices > 1 else "auto",
         default_root_dir=run_dir,
         logger=TensorBoardLogger(run_dir, name=name, version=""),
         callbacks=callbacks,
@@ -51,7 +133,10 @@ def make_trainer(run_dir: str | os.PathLike, max_epochs: int, *, progress: bool 
 def last_checkpoint(run_dir: str | os.PathLike) -> Path | None:
     """The checkpoint to resume from, or ``None`` for a fresh start."""
     path = Path(run_dir) / "checkpoints" / "last.ckpt"
-    return path if path.is_file() else None
+    if not path.is_file():
+        return None
+    log.info("resuming from %s", path)
+    return path
 
 
 def fit(trainer: pl.Trainer, module: pl.LightningModule, train_loader, val_loader, run_dir) -> None:

@@ -37,7 +37,7 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import UserError
+from .errors import UserError, from_os_error
 
 log = logging.getLogger("nni_adabert.trial")
 
@@ -251,9 +251,8 @@ def search_trial(args: argparse.Namespace) -> dict:
 
 
 def retrain_trial(args: argparse.Namespace) -> dict:
-    from .export import write_student
-    from .search import (SearchConfig, evaluate_student, fresh_student, load_exported, retrain_student,
-                         student_config, student_info)
+    from .export import ARCH_FILE, load_student, read_architecture
+    from .search import SearchConfig, load_exported, run_retrain, student_config
     from .space import random_arch
 
     if not args.arch:
@@ -276,21 +275,15 @@ def retrain_trial(args: argparse.Namespace) -> dict:
     out = output_dir(args, RETRAIN)
     config = SearchConfig(epochs=args.epochs, batch_size=args.batch_size, gamma=args.gamma, retrain_lr=args.lr,
                           seed=args.seed, train_limit=args.train_limit, embed_dim=embed_dim, k_max=k_max)
-    student = fresh_student(arch, store, embed_dim, k_max)
-    student = retrain_student(student, store, out / "retrain", config, progress=args.progress, report_to_nni=True)
-    info = {**student_info(store), **evaluate_student(student, store),
-            "retrain": {**source, "epochs": args.epochs, "seed": args.seed, "gamma": args.gamma}}
-    title = f"{source['searched_on'] or arch_name} cell retrained on {store.meta['task']}"
-    doc = write_student(out, student, info, title=title)
-    return finish(store, student, doc, out, args)
+    doc = run_retrain(arch, source, store, out, config, progress=args.progress, report_to_nni=True)
+    return finish(store, load_student(read_architecture(out / ARCH_FILE)), doc, out, args)
 
 
 def main(kind: str, argv: list[str] | None = None) -> int:
     """Run one ``kind`` trial ("search" or "retrain"); returns the exit code."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("transformers", "datasets", "pytorch_lightning", "lightning", "lightning_fabric", "nni"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from .cli import configure_logging
+
+    configure_logging()
     try:
         import nni
         import torch
@@ -303,10 +296,13 @@ def main(kind: str, argv: list[str] | None = None) -> int:
         print(f"AdaBERT {kind} trial {nni.get_trial_id()} on {device}; tuner parameters: {json.dumps(tuned)}",
               flush=True)
         (search_trial if kind == SEARCH else retrain_trial)(args)
-    except UserError as exc:
-        message = f"nni-adabert {kind} trial: error: {exc}"
+    except (UserError, OSError) as exc:
+        error = exc if isinstance(exc, UserError) else from_os_error(exc)
+        if error is None:
+            raise
+        message = f"nni-adabert {kind} trial: error: {error}"
         print(message, file=sys.stderr, flush=True)  # trial.stderr
         if os.environ.get("NNI_PLATFORM"):
             print(message, flush=True)  # inside NNI, stdout is the trial log (trial.log)
-        return exc.exit_code
+        return error.exit_code
     return 0

@@ -42,3 +42,33 @@ def write_tsv(path: Path, header: list[str], rows: list[list[str]]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join("\t".join(r) for r in [header] + rows) + "\n", encoding="utf-8")
     return path
+
+
+def glue_slice(src: Path, dst: Path, task: str, n_train: int, n_dev: int) -> Path:
+    """Copy the first rows of a real GLUE task into a GLUE-layout directory."""
+    from nni_adabert.data import read_glue_tsv
+    from nni_adabert.tasks import get_task
+
+    spec = get_task(task)
+    for name, n in (("train.tsv", n_train), (spec.tsv_dev_file, n_dev)):
+        lines = (src / spec.name / name).read_text(encoding="utf-8-sig").splitlines()
+        (dst / spec.name).mkdir(parents=True, exist_ok=True)
+        (dst / spec.name / name).write_text("\n".join(lines[: n + 1]) + "\n", encoding="utf-8")
+        assert len(read_glue_tsv(dst / spec.name / name, spec)["label"]) == n
+    return dst
+
+
+@pytest.fixture(scope="session")
+def runs(tmp_path_factory, glue_dir):
+    """Tiny teacher runs for SST-2 and MRPC (1 epoch, 64 train rows, 1 augmented copy),
+    shared by every module that needs a teacher run."""
+    from nni_adabert.cli import main
+
+    root = tmp_path_factory.mktemp("cli")
+    data = root / "glue"
+    for task in ("SST-2", "MRPC"):
+        glue_slice(glue_dir, data, task, 64, 32)
+        assert main(["teacher", "--task", task, "--data", str(data), "--epochs", "1", "--batch-size", "16",
+                     "--aug-copies", "1", "--output-dir", str(root / task), "--cache-dir", str(root / "cache"),
+                     "--no-progress"]) == 0
+    return root

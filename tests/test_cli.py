@@ -3,36 +3,9 @@ teacher -> search -> evaluate, cross-task retrain, and clean failures."""
 
 import json
 
-import pytest
 from conftest import write_tsv
 
 from nni_adabert.cli import main
-from nni_adabert.data import read_glue_tsv
-from nni_adabert.tasks import get_task
-
-
-def glue_slice(src, dst, task, n_train, n_dev):
-    """Copy the first rows of a real GLUE task into a GLUE-layout directory."""
-    spec = get_task(task)
-    for name, n in (("train.tsv", n_train), (spec.tsv_dev_file, n_dev)):
-        lines = (src / spec.name / name).read_text(encoding="utf-8-sig").splitlines()
-        (dst / spec.name).mkdir(parents=True, exist_ok=True)
-        (dst / spec.name / name).write_text("\n".join(lines[: n + 1]) + "\n", encoding="utf-8")
-        assert len(read_glue_tsv(dst / spec.name / name, spec)["label"]) == n
-    return dst
-
-
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory, glue_dir):
-    """Tiny teacher runs for SST-2 and MRPC (1 epoch, 64 train rows, 1 augmented copy)."""
-    root = tmp_path_factory.mktemp("cli")
-    data = root / "glue"
-    for task in ("SST-2", "MRPC"):
-        glue_slice(glue_dir, data, task, 64, 32)
-        assert main(["teacher", "--task", task, "--data", str(data), "--epochs", "1", "--batch-size", "16",
-                     "--aug-copies", "1", "--output-dir", str(root / task), "--cache-dir", str(root / "cache"),
-                     "--no-progress"]) == 0
-    return root
 
 
 def test_teacher_outputs(runs, capsys):
@@ -85,3 +58,22 @@ def test_cli_errors_exit_2_and_write_nothing(runs, tmp_path, capsys):
     assert main(["teacher", "--data", str(tmp_path / "glue"), "--output-dir", str(out)]) == 2
     assert "label '7' is not a SST-2 label" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_search_on_two_processes_with_ddp(runs, tmp_path):
+    """`--devices 2`: Lightning's DDP (gloo on CPU here, NCCL on GPUs); both processes train the
+    same sampled paths, only the first one writes and prints."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "nni_adabert.cli", "search", "--teacher", str(runs / "SST-2"),
+                           "--output-dir", str(out), "--epochs", "1", "--batch-size", "16", "--devices", "2",
+                           "--no-progress"], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("student (SST-2): K = ") == 1
+    doc = json.loads((out / "architecture.json").read_text())
+    assert doc["search"]["devices"] == 2 and len(doc["search"]["history"]) == 1
+    assert (out / "search" / "checkpoints" / "last.ckpt").is_file()

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from nni_adabert.losses import (
-    IGNORE_INDEX, adabert_loss, attentive_weights, ce_loss, distillation_loss, efficiency_loss, kd_targets,
-    layer_mapping, probe_kd_loss, soft_cross_entropy, total_loss,
+    IGNORE_INDEX, adabert_loss, attentive_weights, ce_loss, distillation_loss, efficiency_loss, final_kd_loss,
+    kd_targets, layer_mapping, probe_kd_loss, soft_cross_entropy, total_loss,
 )
 
 
@@ -141,3 +141,22 @@ def test_total_loss_weights_and_adabert_loss():
     assert parts.ce.item() == pytest.approx(ce_loss(logits, labels).item())
     assert parts.kd.item() == pytest.approx(probe_kd_loss(probes, teacher, labels).item())
     assert parts.total.item() == pytest.approx(0.2 * parts.ce.item() + 0.8 * parts.kd.item() + 2.0, abs=1e-5)
+
+
+def test_final_kd_loss_is_base_kd_and_adabert_loss_can_use_it():
+    torch.manual_seed(5)
+    logits, probes = torch.randn(3, 2), [torch.randn(3, 2), torch.randn(3, 2)]
+    teacher, labels = torch.randn(3, 4, 2), torch.tensor([0, IGNORE_INDEX, 1])
+    by_hand = sum(-(_softmax(teacher[b, -1].tolist())[c] * _log_softmax(logits[b].tolist())[c])
+                  for b in range(3) for c in range(2)) / 3
+    assert final_kd_loss(logits, teacher).item() == pytest.approx(by_hand, abs=1e-6)
+    base = adabert_loss(logits, probes, [(2, None)], teacher, labels, None, probe_kd=False, final_kd=True)
+    assert base.kd.item() == pytest.approx(by_hand, abs=1e-6)           # probes and attentive weights unused
+    assert base.ce.item() == pytest.approx(ce_loss(logits, labels).item())
+    probe = probe_kd_loss(probes, teacher, labels).item()
+    full = adabert_loss(logits, probes, [(2, None)], teacher, labels, None)
+    assert full.kd.item() == pytest.approx(probe)
+    both = adabert_loss(logits, probes, [(2, None)], teacher, labels, None, final_kd=True)
+    assert both.kd.item() == pytest.approx(probe + by_hand, abs=1e-6)
+    with pytest.raises(ValueError, match="probe_kd or final_kd"):
+        adabert_loss(logits, probes, [(2, None)], teacher, labels, None, probe_kd=False)

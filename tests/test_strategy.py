@@ -1,5 +1,7 @@
 """AdaBertStrategy: straight-through sampling, single-path exactness, gradients, search runs."""
 
+from pathlib import Path
+
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -313,3 +315,85 @@ def test_alternating_steps_update_architecture(tmp_path):
     assert [h["epoch"] for h in module.history] == [0, 1]
     alphas = [m._arch_alpha for m in module.straight_through_modules()]
     assert all(a.abs().sum() > 0 for a in alphas)                    # started at zero, Adam moved them
+
+
+# ----------------------------------------------------------------------------- ablation switches (paper Table 4)
+
+
+def test_base_kd_distils_final_logits_and_still_moves_every_architecture_choice():
+    from nni_adabert.losses import final_kd_loss
+
+    cfg = tiny_config()
+    space, module = supernet(cfg, seed=3)
+    module.training_module.hparams.update(probe_kd=False, final_kd=True)
+    nonzero = [op for op in OP_NAMES if op != "zero"]
+    force = {label: nonzero[i % len(nonzero)] for i, label in enumerate(cfg.edge_labels)}
+    force["depth"] = 2
+    module.resample(force=force)
+    space.train()
+    batch = collate(synthetic_examples(8, 4))
+    torch.manual_seed(0)
+    parts = module.training_module.compute_loss(batch)
+    torch.manual_seed(0)
+    logits = space(**model_inputs(batch)).logits
+    assert parts.kd.item() == pytest.approx(final_kd_loss(logits, batch["teacher_logits"]).item(), abs=1e-6)
+    parts.kd.backward()
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in space.probes.parameters())   # no probe KD
+    for name, p in arch_params(space).items():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name                 # depth gate in the logits
+
+
+def synthetic_store(n_orig=6, n_aug=5):
+    """A knowledge store in memory: ``n_orig`` labeled rows, then ``n_aug`` augmented ones (-100)."""
+    import datasets
+
+    from nni_adabert.knowledge import KnowledgeStore
+
+    def rows(labels, start):
+        return datasets.Dataset.from_dict({"input_ids_a": [[start + i, 5] for i in range(len(labels))],
+                                           "label": labels, "teacher_logits": [[[0.0, 1.0]] * J] * len(labels)})
+
+    train = datasets.concatenate_datasets([rows([i % 2 for i in range(n_orig)], 100), rows([-100] * n_aug, 200)])
+    data = datasets.DatasetDict({"train": train, "dev": rows([0, 1], 300)})
+    return KnowledgeStore(Path("unused"), data, {"task": "SST-2", "num_labels": C, "num_train_original": n_orig,
+                                                 "num_train_augmented": n_aug})
+
+
+def test_store_rows_limit_originals_and_augmented_apart():
+    store = synthetic_store()
+    first = lambda ds: [r[0] for r in ds["input_ids_a"]]  # noqa: E731
+    assert first(store.rows("train")) == [100, 101, 102, 103, 104, 105, 200, 201, 202, 203, 204]
+    assert first(store.rows("train", limit=8)) == [100, 101, 102, 103, 104, 105, 200, 201]      # as stored
+    assert first(store.rows("train", limit=3, augmented_limit=2)) == [100, 101, 102, 200, 201]
+    assert first(store.rows("train", limit=3, augmented_limit=0)) == [100, 101, 102]             # no DA
+    assert first(store.rows("train", augmented_limit=0)) == [100, 101, 102, 103, 104, 105]
+    assert first(store.rows("train", limit=2, augmented_limit=99)) == [100, 101, 200, 201, 202, 203, 204]
+    batch = next(iter(store.loader("train", 16, shuffle=True, limit=3, augmented_limit=1)))
+    assert sorted(batch["labels"].tolist()) == [-100, 0, 0, 1]
+
+
+def test_search_config_switches_reach_the_loss_and_the_rows():
+    from nni_adabert.search import SearchConfig, distill_module
+
+    store = synthetic_store()
+    default = distill_module(store, SearchConfig()).hparams
+    assert (default.probe_kd, default.final_kd) == (True, False)
+    base = distill_module(store, SearchConfig(probe_kd=False, final_kd=True), retrain=True).hparams
+    assert (base.probe_kd, base.final_kd) == (False, True)
+    with pytest.raises(ValueError, match="probe_kd or final_kd"):
+        AdaBertDistillModule(C, probe_kd=False)
+
+    from nni_adabert.cli import build_parser, search_config
+
+    args = build_parser().parse_args(["search", "--teacher", "t", "--output-dir", "o", "--train-limit", "3",
+                                      "--augmented-limit", "0", "--no-probe-kd", "--final-kd"])
+    config = search_config(args)
+    assert (config.train_limit, config.augmented_limit, config.probe_kd, config.final_kd) == (3, 0, False, True)
+    default = search_config(build_parser().parse_args(["search", "--teacher", "t", "--output-dir", "o"]))
+    assert (default.augmented_limit, default.probe_kd, default.final_kd) == (None, True, False)
+    from nni_adabert.errors import UserError
+
+    with pytest.raises(UserError, match="augmented_limit must be an integer >= 0"):
+        SearchConfig(augmented_limit=-1)
+    with pytest.raises(UserError, match="final_kd alone is the paper's Base-KD"):
+        search_config(build_parser().parse_args(["search", "--teacher", "t", "--output-dir", "o", "--no-probe-kd"]))

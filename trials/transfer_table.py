@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import urllib.request
 from collections import defaultdict
 from pathlib import Path
+
+from nni_adabert.pipeline import format_transfer_table
 
 
 def fetch(port: int, route: str, host: str = "127.0.0.1"):
@@ -53,22 +54,7 @@ def collect(trials: list[dict]) -> dict[str, dict[str, list[float]]]:
     return table
 
 
-def format_table(table: dict[str, dict[str, list[float]]]) -> str:
-    tasks = sorted({task for row in table.values() for task in row})
-    names = sorted(n for n in table if n != "random") + (["random"] if "random" in table else [])
-    lines = ["| structure | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
-    for name in names:
-        cells = []
-        for task in tasks:
-            values = table[name].get(task, [])
-            if not values:
-                cells.append("")
-            elif len(values) == 1:
-                cells.append(f"{values[0]:.2f}")
-            else:
-                cells.append(f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f} (n={len(values)})")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+format_table = format_transfer_table  # the table logic lives in the library (bench/adaptiveness.py too)
 
 
 def main(argv: list[str] | None = None) -> int:

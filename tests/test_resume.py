@@ -1,0 +1,133 @@
+"""Crash and resume: a search killed with SIGKILL between checkpoints and started again
+with the same command ends with what an uninterrupted run exports; a finished run is
+not redone; an interrupted knowledge build picks up its finished stages."""
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import torch
+
+from nni_adabert import knowledge
+from nni_adabert.augment import AugmentConfig, Augmenter
+from nni_adabert.cli import main
+from nni_adabert.data import load_task
+from nni_adabert.tasks import get_task
+from nni_adabert.teacher import ProbeConfig
+
+
+def search_argv(runs, out, epochs=3):
+    # batch 2: 64 steps per epoch on the 128-row store, so a kill lands between checkpoints
+    return ["search", "--teacher", str(runs / "SST-2"), "--output-dir", str(out), "--epochs", str(epochs),
+            "--batch-size", "2", "--arc-lr", "0.05", "--seed", "3", "--no-progress"]
+
+
+def kill_after_first_checkpoint(argv, checkpoint):
+    """Run the CLI in a child process and SIGKILL it as soon as its first epoch is saved
+    (an epoch of this tiny search takes a fraction of a second: no time to lose)."""
+    # the parent's thread count: float sums may differ with another one
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    child = subprocess.Popen([sys.executable, "-m", "nni_adabert.cli", *argv], env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    while not checkpoint.is_file():
+        assert child.poll() is None, child.stderr.read().decode()
+        time.sleep(0.02)
+    child.send_signal(signal.SIGKILL)
+    assert child.wait() == -signal.SIGKILL
+    child.stderr.close()
+
+
+def test_search_killed_mid_run_resumes_to_the_same_export(runs, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="nni_adabert")
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    assert main(search_argv(runs, whole)) == 0
+
+    checkpoint = killed / "search" / "checkpoints" / "last.ckpt"
+    kill_after_first_checkpoint(search_argv(runs, killed), checkpoint)
+    assert not (killed / "architecture.json").exists()
+    saved = torch.load(checkpoint, weights_only=True, map_location="cpu")
+    assert saved["epoch"] < 2 and saved["global_step"] >= 64   # at least one epoch done, not all three
+
+    caplog.clear()
+    assert main(search_argv(runs, killed)) == 0
+    assert f"resuming from {checkpoint}" in caplog.text
+    expected, resumed = (json.loads((d / "architecture.json").read_text()) for d in (whole, killed))
+    assert resumed["architecture"] == expected["architecture"]
+    assert [h["epoch"] for h in resumed["search"]["history"]] == [0, 1, 2]
+    assert resumed["search"]["history"] == expected["search"]["history"]
+    assert resumed["weights_sha256"] == expected["weights_sha256"]
+    assert resumed["dev_metrics"] == expected["dev_metrics"]
+
+    # Finished: the same command returns the export as it is; other settings run again.
+    stamp = (whole / "architecture.json").stat().st_mtime_ns
+    caplog.clear()
+    assert main(search_argv(runs, whole)) == 0
+    assert "already finished" in caplog.text and "resuming" not in caplog.text
+    assert (whole / "architecture.json").stat().st_mtime_ns == stamp
+    assert main(search_argv(runs, whole, epochs=4)) == 0
+    assert len(json.loads((whole / "architecture.json").read_text())["search"]["history"]) == 4
+
+
+def test_finished_retrain_is_not_redone(runs, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="nni_adabert")
+    assert main(search_argv(runs, tmp_path / "student", epochs=1)) == 0
+    argv = ["retrain", "--arch", str(tmp_path / "student"), "--teacher", str(runs / "MRPC"),
+            "--output-dir", str(tmp_path / "moved"), "--epochs", "1", "--batch-size", "16", "--no-progress"]
+    assert main(argv) == 0
+    doc = json.loads((tmp_path / "moved" / "architecture.json").read_text())
+    assert doc["retrain"]["searched_on"] == "SST-2" and doc["retrain"]["epochs"] == 1
+    stamp = (tmp_path / "moved" / "architecture.json").stat().st_mtime_ns
+    caplog.clear()
+    assert main(argv) == 0
+    assert "not redoing it" in caplog.text
+    assert (tmp_path / "moved" / "architecture.json").stat().st_mtime_ns == stamp
+
+
+def test_interrupted_knowledge_build_resumes_from_its_stages(runs, tmp_path, monkeypatch):
+    spec = get_task("SST-2")
+    splits = load_task(spec, str(runs / "glue"))
+    teacher = runs / "SST-2" / "teacher"
+    args = dict(augment=AugmentConfig(copies=1), probes=ProbeConfig(min_steps=20), progress=False)
+    monkeypatch.setattr(knowledge, "AUGMENT_CHUNK", 16)   # 64 originals: 4 resumable chunks
+    reference = knowledge.build_knowledge(spec, splits, teacher, cache_dir=tmp_path / "ref", **args)
+
+    calls = {"augment": 0, "teacher_features": 0}
+    real_augment, real_features = Augmenter.augment, knowledge.teacher_features
+
+    def crashing_augment(self, texts):
+        calls["augment"] += 1
+        if calls["augment"] == 3:
+            raise KeyboardInterrupt("killed")
+        return real_augment(self, texts)
+
+    def counted_features(*a, **kw):
+        calls["teacher_features"] += 1
+        return real_features(*a, **kw)
+
+    monkeypatch.setattr(Augmenter, "augment", crashing_augment)
+    monkeypatch.setattr(knowledge, "teacher_features", counted_features)
+    try:
+        knowledge.build_knowledge(spec, splits, teacher, cache_dir=tmp_path / "cache", **args)
+        raise AssertionError("the build should have been interrupted")
+    except KeyboardInterrupt:
+        pass
+    store_dir = tmp_path / "cache" / "knowledge" / reference.path.name
+    stages = store_dir.with_name(store_dir.name + ".partial")
+    assert not store_dir.exists()
+    assert sorted(p.name for p in stages.iterdir() if not p.name.startswith(".tmp")) == [
+        "augmented-00000", "augmented-00001", "dev_logits.safetensors", "probes.safetensors",
+        "train_features.safetensors"]
+    assert calls["teacher_features"] == 4   # train, dev, two augmented chunks
+
+    calls.update(augment=10, teacher_features=0)   # past the crash
+    resumed = knowledge.build_knowledge(spec, splits, teacher, cache_dir=tmp_path / "cache", **args)
+    assert calls == {"augment": 12, "teacher_features": 2}   # only the two missing chunks ran
+    assert not stages.exists() and resumed.meta["fingerprint"] == reference.meta["fingerprint"]
+    for split in ("train", "dev"):
+        a, b = reference.data[split], resumed.data[split]
+        assert a["input_ids_a"] == b["input_ids_a"] and a["label"] == b["label"]
+        assert torch.allclose(torch.tensor(a["teacher_logits"]), torch.tensor(b["teacher_logits"]), atol=1e-5)
