@@ -126,8 +126,12 @@ class MaskedMaxPool(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         pad_pos = mask == 0
-        out = F.max_pool1d(x.masked_fill(pad_pos, float("-inf")), self.kernel_size, 1, self.kernel_size // 2)
+        out = self._pool(x.masked_fill(pad_pos, float("-inf")))
         return out.masked_fill(pad_pos, 0.0)  # not `* mask`: -inf * 0 is nan
+
+    def _pool(self, x: torch.Tensor) -> torch.Tensor:
+        """Window max, ``[B, D, L]`` -> ``[B, D, L]`` (the deployment export swaps it, see deploy.py)."""
+        return F.max_pool1d(x, self.kernel_size, 1, self.kernel_size // 2)
 
 
 class Identity(nn.Module):

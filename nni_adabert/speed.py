@@ -7,8 +7,10 @@ repeats: absolute times from a shared machine mean little.
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
+from typing import Callable, Mapping
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -21,26 +23,98 @@ def _batches(rows: list[dict], keys: tuple[str, ...], batch_size: int) -> list[d
     return [pad_batch(rows[i:i + batch_size], keys) for i in range(0, len(rows), batch_size)]
 
 
-def _median_time(fn, batches, repeats: int, warmup: int = 1) -> float:
+def time_runs(runs: Mapping[str, tuple[Callable, list]], repeats: int, warmup: int = 1) -> dict[str, list[float]]:
+    """The one timing loop: ``{name: (fn, batches)}`` -> ``{name: [seconds per pass over its batches]}``.
+
+    ``warmup`` untimed passes each, then ``repeats`` timed passes, round-robin over the
+    runs (run 1, run 2, ..., run 1, run 2, ...) so that a change in the machine's load
+    during the measurement hits every run alike.
+    """
     with torch.inference_mode():
         for _ in range(warmup):
-            for b in batches:
-                fn(b)
-        times = []
+            for fn, batches in runs.values():
+                for b in batches:
+                    fn(b)
+        times: dict[str, list[float]] = {name: [] for name in runs}
         for _ in range(repeats):
-            start = time.perf_counter()
-            for b in batches:
-                fn(b)
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+            for name, (fn, batches) in runs.items():
+                start = time.perf_counter()
+                for b in batches:
+                    fn(b)
+                times[name].append(time.perf_counter() - start)
+    return times
+
+
+def _median_time(fn, batches, repeats: int, warmup: int = 1) -> float:
+    return statistics.median(time_runs({"run": (fn, batches)}, repeats, warmup)["run"])
+
+
+def _runner(model, rows: list[dict], batch_size: int) -> tuple[Callable, list]:
+    """``(fn, batches)`` timing ``model`` on ``rows``: an AdaBERT student on its per-text ids,
+    anything else as a Hugging Face sequence classifier on the packed ``input_ids``/``token_type_ids``."""
+    from .deploy import OnnxStudent
+    from .space import AdaBertStudent
+
+    if isinstance(model, OnnxStudent):  # an ONNX Runtime session: fed the student's batches as they are
+        return model, _batches(rows, model.id_keys, batch_size)
+    model = model.eval().cpu()
+    if isinstance(model, AdaBertStudent):
+        keys = ("input_ids_a", "input_ids_b") if "input_ids_b" in rows[0] else ("input_ids_a",)
+        return (lambda b: model(**b, return_probes=False)), _batches(rows, keys, batch_size)
+    return (lambda b: model(**b)), _batches(rows, ("input_ids", "token_type_ids"), batch_size)
+
+
+def measure_speeds(models: Mapping[str, torch.nn.Module], rows: list[dict], batch_size: int = 128,
+                   repeats: int = 3, warmup: int = 1, threads: int | None = None) -> dict:
+    """Time every model of ``{name: model}`` over the same ``rows`` in this process (CPU, batch
+    ``batch_size``, ``threads`` intra-op threads, ``warmup`` untimed passes, median of ``repeats``).
+
+    Returns ``seconds`` (median per pass, for ratios only), ``times`` (every pass) and
+    ``speedup_over[a][b]`` = time of ``b`` / time of ``a`` (how many times faster ``a`` is than ``b``).
+    """
+    if threads is not None:
+        torch.set_num_threads(threads)
+    times = time_runs({name: _runner(m, rows, batch_size) for name, m in models.items()}, repeats, warmup)
+    seconds = {name: statistics.median(t) for name, t in times.items()}
+    return {"seconds": seconds, "times": times,
+            "speedup_over": {a: {b: seconds[b] / seconds[a] for b in seconds if b != a} for a in seconds},
+            "examples": len(rows), "batch_size": batch_size, "repeats": repeats, "warmup": warmup,
+            "threads": torch.get_num_threads()}
 
 
 def teacher_flops(teacher, row: dict) -> int:
-    """FLOPs (matmuls, 2 per multiply-add) of the teacher on one example."""
+    """FLOPs (matmuls, 2 per multiply-add) of the teacher on one example.
+
+    Attention runs on SDPA's math backend here: on CPU the fused SDPA kernel is invisible to
+    ``FlopCounterMode``, which would drop the ``QK^T`` and ``AV`` matmuls from the count.
+    """
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
     batch = pad_batch([row], ("input_ids", "token_type_ids"))
-    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+    with torch.inference_mode(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
         teacher(**batch)
     return int(counter.get_total_flops())
+
+
+def transformer_params(model, include_embedding: bool = True) -> int:
+    """Parameters of a Hugging Face model; without its ``base_model.embeddings`` (word, position,
+    token-type embeddings and their LayerNorm) when ``include_embedding`` is false."""
+    total = sum(p.numel() for p in model.parameters())
+    if include_embedding:
+        return total
+    return total - sum(p.numel() for p in model.base_model.embeddings.parameters())
+
+
+def bert_base(num_labels: int, config=None):
+    """The BERT-base architecture (``transformers.BertConfig()`` defaults: 12 layers, hidden 768,
+    vocab 30,522), randomly initialised: a speed and size reference, no download (weights do not
+    change inference time). ``config`` replaces the defaults (tests use a tiny one)."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    config = BertConfig() if config is None else config
+    config.num_labels = num_labels
+    torch.manual_seed(0)
+    return BertForSequenceClassification(config).eval()
 
 
 def measure_speedup(teacher, student, rows: list[dict], batch_size: int = 128, repeats: int = 3,
@@ -50,16 +124,10 @@ def measure_speedup(teacher, student, rows: list[dict], batch_size: int = 128, r
 
     Returns both median times in seconds (for the ratio only) and ``speedup``.
     """
-    if threads is not None:
-        torch.set_num_threads(threads)
-    teacher, student = teacher.eval().cpu(), student.eval().cpu()
-    pair = "input_ids_b" in rows[0]
-    teacher_batches = _batches(rows, ("input_ids", "token_type_ids"), batch_size)
-    student_batches = _batches(rows, ("input_ids_a", "input_ids_b") if pair else ("input_ids_a",), batch_size)
-    t_teacher = _median_time(lambda b: teacher(**b), teacher_batches, repeats)
-    t_student = _median_time(lambda b: student(**b, return_probes=False), student_batches, repeats)
+    timing = measure_speeds({"teacher": teacher, "student": student}, rows, batch_size, repeats, threads=threads)
+    t_teacher, t_student = timing["seconds"]["teacher"], timing["seconds"]["student"]
     return {"teacher_seconds": t_teacher, "student_seconds": t_student, "speedup": t_teacher / t_student,
-            "examples": len(rows), "batch_size": batch_size, "repeats": repeats, "threads": torch.get_num_threads()}
+            "examples": len(rows), "batch_size": batch_size, "repeats": repeats, "threads": timing["threads"]}
 
 
 def with_teacher_input(row: dict, max_length: int = 128) -> dict:
@@ -76,29 +144,66 @@ def pad_to(row: dict, length: int) -> dict:
     return {"input_ids": (row["input_ids"] * length)[:length], "token_type_ids": [0] * length}
 
 
-def compare_with_teacher(store, arch, weights=None, speed: bool = True, seq_len: int = 128) -> dict:
+def compare_with_teacher(store, arch, weights=None, speed: bool = True, seq_len: int = 128,
+                         references: Mapping[str, torch.nn.Module] | None = None, rows: int | None = None,
+                         batch_size: int = 128, repeats: int = 3, warmup: int = 1, threads: int | None = None,
+                         deployed: str | os.PathLike | bool = False) -> dict:
     """Teacher vs exported student on ``store``'s dev set: metrics, params, FLOPs per
-    example of ``seq_len`` tokens and, with ``speed``, the measured speedup at batch 128."""
+    example of ``seq_len`` tokens and, with ``speed``, the measured speedup at batch 128.
+
+    ``references`` (``{name: Hugging Face model}``, e.g. ``{"BERT-base": bert_base(2)}``) are sized,
+    FLOP-counted and timed in the same run; ``rows`` limits the timing to the first dev rows.
+    With ``speed`` every model gets ``seconds`` and ``speedup_over`` (vs each other model), and the
+    student keeps ``speedup`` (vs the teacher). ``deployed``: this student's ONNX export
+    (``nni-adabert deploy``; ``True``: the one beside the architecture JSON), which gets dev
+    metrics and, with ``speed``, is timed too (ONNX Runtime, the same thread count).
+    """
     from .export import load_student
     from .search import evaluate_student, load_exported
     from .teacher import load_finetuned_teacher
 
     arch_file = load_exported(arch, store)
     student = load_student(arch_file, weights)
+    if deployed:  # opened first: a missing or broken file fails before the slow parts
+        from .deploy import open_deployed
+
+        deployed = open_deployed(None if deployed is True else deployed, arch_file, threads)
     student_result = evaluate_student(student, store, seq_len)
     teacher = load_finetuned_teacher(store.meta["teacher_dir"], store.spec).cpu()
     dev = store.data["dev"]
-    rows = [with_teacher_input(r) for r in dev.select_columns([c for c in ("input_ids_a", "input_ids_b")
-                                                                 if c in dev.column_names])]
+    examples = [with_teacher_input(r) for r in dev.select_columns([c for c in ("input_ids_a", "input_ids_b")
+                                                                     if c in dev.column_names])]
     # The teacher's dev predictions are in the store: its head is the last probe.
     head = torch.tensor(dev["teacher_logits"])[:, -1]
+
+    def sized(model) -> dict:
+        return {"params": transformer_params(model), "params_without_embedding": transformer_params(model, False),
+                "flops": teacher_flops(model, pad_to(examples[0], seq_len)),
+                "layers": model.config.num_hidden_layers, "hidden": model.config.hidden_size}
+
     teacher_result = {"dev_metrics": compute_metrics(store.spec, head.argmax(-1), torch.tensor(dev["label"])),
-                      "params": sum(p.numel() for p in teacher.parameters()),
-                      "flops": teacher_flops(teacher, pad_to(rows[0], seq_len))}
+                      **sized(teacher)}
+    references = dict(references or {})
     result = {"task": store.meta["task"], "architecture": str(arch_file.path), "teacher": teacher_result,
               "student": student_result}
+    timed_models = {"teacher": teacher, "student": student, **references}
+    if deployed:
+        from .search import dev_metrics
+
+        timed_models["deployed"] = deployed
+        result["deployed"] = {"path": str(deployed.path), "dev_metrics": dev_metrics(deployed, store)}
+    if references:
+        result["references"] = {name: sized(model) for name, model in references.items()}
     if speed:
-        timing = measure_speedup(teacher, student, rows, batch_size=128)
-        result["speed"] = timing
-        student_result["speedup"] = timing["speedup"]
+        timed = examples[:rows] if rows else examples
+        timing = measure_speeds(timed_models, timed, batch_size, repeats, warmup, threads)
+        seconds = timing["seconds"]
+        result["speed"] = {**timing, "teacher_seconds": seconds["teacher"], "student_seconds": seconds["student"],
+                           "speedup": seconds["teacher"] / seconds["student"]}
+        for name, entry in (("teacher", teacher_result), ("student", student_result),
+                            *((n, result["references"][n]) for n in references),
+                            *((("deployed", result["deployed"]),) if deployed else ())):
+            entry["seconds"] = seconds[name]
+            entry["speedup_over"] = timing["speedup_over"][name]
+        student_result["speedup"] = result["speed"]["speedup"]
     return result
