@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import json
 import os
 import platform
 import shlex
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -19,6 +23,27 @@ GLUE_DIR = os.environ.get("GLUE_DIR", str(ROOT.parent / "shared" / "data" / "glu
 def machine() -> str:
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU only"
     return f"{platform.machine()}, {os.cpu_count()} cores, {device}, torch {torch.__version__}, {platform.platform()}"
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (``platform.processor()`` where there is none)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def command_line(argv: list[str]) -> str:
+    """This process's command line as a user would type it again: ``OMP_NUM_THREADS`` and the
+    ``nice`` level when set, the interpreter relative to the working directory, then ``argv``."""
+    python = Path(sys.executable)
+    python = python.relative_to(Path.cwd()) if python.is_relative_to(Path.cwd()) else Path(python.name)
+    env = f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} " if "OMP_NUM_THREADS" in os.environ else ""
+    nice = f"nice -n {os.nice(0)} " if os.nice(0) > 0 else ""
+    return env + nice + shlex.join([str(python), *argv])
 
 
 def run_cli(argv: list[str]) -> str:
@@ -38,3 +63,174 @@ def write_results(name: str, result: dict, markdown: str) -> None:
     atomic.write_json(RESULTS / f"{name}.json", result)
     atomic.write_text(RESULTS / f"{name}.md", markdown)
     print(f"wrote {RESULTS / name}.json and .md")
+
+
+# --------------------------------------------------------------------------- the paper-table benchmarks
+
+RUNS = ROOT / "runs" / "bench"
+
+
+def teacher_store(task: str):
+    """The knowledge store of ``bench/teacher_probes.sh TASK`` (``runs/bench/teacher-TASK``)."""
+    from nni_adabert.pipeline import open_teacher_run
+
+    return open_teacher_run(RUNS / f"teacher-{task}")
+
+
+def train_rows(store, originals: int | None, augmented: bool = True) -> dict:
+    """``SearchConfig`` row settings: the first ``originals`` original train rows and, when
+    ``augmented``, the augmented rows made from them (the store keeps up to ``copies`` per
+    original, in the originals' order), else none."""
+    n_orig = store.meta["num_train_original"]
+    n = n_orig if originals is None else min(originals, n_orig)
+    copies = ((store.meta.get("inputs") or {}).get("augment") or {}).get("copies", 0)
+    return {"train_limit": n, "augmented_limit": n * copies if augmented else 0}
+
+
+def run_dir(kind: str, task: str, settings: dict) -> Path:
+    """``runs/bench/<kind>/<task>-<hash of settings>``: one directory per distinct run, so the
+    benchmarks share a run whenever their settings agree (``run_search`` / ``run_retrain``
+    return a finished run with the same settings as it is)."""
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    return RUNS / kind / f"{task}-{digest}"
+
+
+@contextlib.contextmanager
+def exclusive(out: Path):
+    """Hold ``out``'s lock: benchmarks run side by side share runs, and the second one to
+    reach a run waits for the first to finish it (then finds it finished)."""
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out.with_name(out.name + ".lock"), "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def search(store, config) -> dict:
+    """``search.run_search`` into :func:`run_dir`; the exported document plus its ``dir``."""
+    from nni_adabert.search import run_search
+
+    out = run_dir("search", store.meta["task"], asdict(config))
+    with exclusive(out):
+        return {**run_search(store, out, config, progress=False), "dir": str(out.relative_to(ROOT))}
+
+
+def retrain(arch: dict, source: dict, store, config) -> dict:
+    """``search.run_retrain`` of ``arch`` (fresh weights, KD from ``store``) into :func:`run_dir`."""
+    from nni_adabert.search import run_retrain
+
+    out = run_dir("retrain", store.meta["task"], {"arch": arch, **source, **asdict(config)})
+    with exclusive(out):
+        return {**run_retrain(arch, source, store, out, config, progress=False), "dir": str(out.relative_to(ROOT))}
+
+
+def student_row(doc: dict) -> dict:
+    """What the result files keep of an exported student's document."""
+    keys = ("task", "dev_metrics", "depth", "params", "params_without_embedding", "flops", "architecture", "dir")
+    return {k: doc[k] for k in keys if k in doc}
+
+
+def main_metric(task: str) -> str:
+    from nni_adabert.tasks import get_task
+
+    return get_task(task).main_metric
+
+
+def percent(doc: dict, metric: str) -> float:
+    return round(100 * doc["dev_metrics"][metric], 2)
+
+
+def header(title: str, command: str, threads: int, scale: str) -> list[str]:
+    """The first lines of every benchmark's Markdown: command, machine, scale."""
+    return [f"# {title}", "", f"Command: `{command}`", "",
+            f"Machine: {cpu_model()}, {threads} torch thread(s), torch {torch.__version__} ({machine()}).", "",
+            f"Scale: {scale}", ""]
+
+
+def add_scale_args(p, tasks: list[str]) -> None:
+    """The settings every paper-table benchmark shares (each script adds its own)."""
+    p.add_argument("--tasks", nargs="+", default=tasks, help="GLUE tasks (their teacher runs must exist)")
+    p.add_argument("--rows", nargs="+", default=[], metavar="TASK=N",
+                   help="original train rows per task (default: all), plus the augmented rows made from them")
+    p.add_argument("--epochs", type=int, default=2, help="search epochs, warm-up included")
+    p.add_argument("--warmup-epochs", type=int, default=1, help="weights-only epochs before the architecture moves")
+    p.add_argument("--finetune-epochs", type=int, default=1, help="epochs of the derived child after the search")
+    p.add_argument("--retrain-epochs", type=int, default=2, help="epochs of a retrained child (fresh weights)")
+    p.add_argument("--arc-lr", type=float, default=3e-3, help="Adam learning rate of the architecture")
+    p.add_argument("--beta", type=float, default=4.0, help="efficiency-loss weight β")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0],
+                   help="seeds of the runs (several: mean ± std where the benchmark repeats its runs)")
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+
+
+def rows_per_task(args) -> dict[str, int]:
+    rows = {}
+    for item in args.rows:
+        task, _, n = item.partition("=")
+        rows[task] = int(n)
+    return rows
+
+
+def search_settings(store, args, augmented: bool = True, **overrides):
+    """The benchmarks' search recipe on ``store`` (``SearchConfig``), from :func:`add_scale_args`."""
+    from nni_adabert.search import SearchConfig
+
+    settings = dict(epochs=args.epochs, warmup_epochs=args.warmup_epochs, finetune_epochs=args.finetune_epochs,
+                    arc_lr=args.arc_lr, beta=args.beta, seed=args.seeds[0],
+                    **train_rows(store, rows_per_task(args).get(store.meta["task"]), augmented))
+    return SearchConfig(**{**settings, **overrides})
+
+
+def retrain_settings(store, args, augmented: bool = True, **overrides):
+    """The benchmarks' recipe for retraining a fixed child from fresh weights on ``store``."""
+    from nni_adabert.search import SearchConfig
+
+    settings = dict(epochs=args.retrain_epochs, seed=args.seeds[0],
+                    **train_rows(store, rows_per_task(args).get(store.meta["task"]), augmented))
+    return SearchConfig(**{**settings, **overrides})
+
+
+def scale_text(stores: dict, args) -> str:
+    """The scale of a run, for the Markdown."""
+    parts = []
+    for task, store in stores.items():
+        rows = train_rows(store, rows_per_task(args).get(task))
+        parts.append(f"{task}: first {rows['train_limit']:,} of {store.meta['num_train_original']:,} original train "
+                     f"rows + {min(rows['augmented_limit'], store.meta['num_train_augmented']):,} augmented rows "
+                     f"made from them, all {store.meta['num_dev']:,} dev rows")
+    return ("; ".join(parts) + f". Search: {args.epochs} epoch(s) ({args.warmup_epochs} weights-only warm-up), "
+            f"then {args.finetune_epochs} epoch(s) of fine-tuning the derived child; batch 64; "
+            f"seed(s) {', '.join(map(str, args.seeds))}.")
+
+
+def mean_std(values: list[float]) -> str:
+    """``mean ± std (n=...)`` of percentages; the value alone for one run."""
+    import statistics
+
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f} (n={len(values)})"
+
+
+def references(stores: dict) -> dict:
+    """Per task: the teacher's dev metrics, its best layer probe, and the majority-class baseline on dev."""
+    from nni_adabert.metrics import compute_metrics
+    from nni_adabert.teacher import read_teacher_info
+
+    out = {}
+    for task, store in stores.items():
+        labels = torch.tensor(store.data["dev"]["label"])
+        majority = torch.full_like(labels, int(torch.bincount(labels).argmax()))
+        out[task] = {"teacher": (read_teacher_info(store.meta["teacher_dir"]) or {}).get("dev_metrics"),
+                     "best_probe_accuracy": max(store.meta["probe_dev_accuracy"]),
+                     "majority": compute_metrics(store.spec, majority, labels)}
+    return out
+
+
+def reference_text(refs: dict) -> str:
+    fmt = lambda m: ", ".join(f"{k} {100 * v:.2f}" for k, v in (m or {}).items())  # noqa: E731
+    return "References on dev: " + "; ".join(
+        f"{task}: teacher {fmt(r['teacher'])} (best layer probe: accuracy {100 * r['best_probe_accuracy']:.2f}), "
+        f"majority class {fmt(r['majority'])}" for task, r in refs.items()) + "."

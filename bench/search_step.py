@@ -1,10 +1,12 @@
-"""Time per search step: AdaBertStrategy (single-path / full straight-through) vs NNI's GumbelDARTS.
+"""Time per search step and per epoch: AdaBertStrategy (single-path / full straight-through) vs NNI's GumbelDARTS.
 
 One run, one process, same space (K_max=8, D=128, vocab 30522), same synthetic
 token-shaped batches (real WordPiece id range, variable lengths, teacher logits for a
 6-layer teacher), each strategy run through ``NasExperiment`` exactly as a user would.
 A Lightning callback times every training step; the first ``--warmup`` steps are
-dropped. Ratios are reported, not absolute times (those depend on the machine).
+dropped. With ``--epoch-rows N`` each variant also runs one whole epoch over N rows
+(N / batch steps), timed from the epoch's start to its end: a measured time per epoch,
+not an extrapolation. Ratios are reported, not absolute times (those depend on the machine).
 
     python bench/search_step.py --out bench/results            # default, a few minutes on 2 CPU cores
     python bench/search_step.py --out bench/results --device cuda --batch-size 64
@@ -38,6 +40,7 @@ from nni.nas.evaluator.pytorch import DataLoader, Lightning, Trainer  # noqa: E4
 from nni.nas.experiment import NasExperiment  # noqa: E402
 from nni.nas.strategy import GumbelDARTS  # noqa: E402
 
+from common import command_line  # noqa: E402
 from nni_adabert.atomic import write_json, write_text  # noqa: E402
 from nni_adabert.distill import AdaBertDistillModule  # noqa: E402
 from nni_adabert.space import AdaBertSpace, StudentConfig  # noqa: E402
@@ -66,27 +69,61 @@ def synthetic_rows(n: int, seq_len: int, vocab: int, num_labels: int, teacher_la
 
 
 class StepTimer(pl.Callback):
-    def __init__(self, cuda: bool):
+    """Times every training step, and the rest of the epoch after its first ``skip`` (warm-up) steps:
+    from the start of step ``skip`` to the epoch's end, data loading and Lightning hooks included."""
+
+    def __init__(self, cuda: bool, skip: int = 0):
         self.cuda, self.times, self._t0 = cuda, [], 0.0
+        self.skip, self.epoch_s, self._epoch_t0 = skip, None, 0.0
+
+    def _now(self) -> float:
+        if self.cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self.epoch_s = self._now() - self._epoch_t0
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if self.cuda:
-            torch.cuda.synchronize()
-        self._t0 = time.perf_counter()
+        self._t0 = self._now()
+        if batch_idx == self.skip:
+            self._epoch_t0 = self._t0
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if self.cuda:
-            torch.cuda.synchronize()
-        self.times.append(time.perf_counter() - self._t0)
+        self.times.append(self._now() - self._t0)
 
 
 def run_variant(name: str, args, config: StudentConfig, rows) -> dict:
+    """Time ``--warmup`` + ``--steps`` (or ``--slow-steps``) steps of ``name``; the first ``--warmup`` are dropped."""
     spec = VARIANTS[name]
     steps = args.steps if spec["kind"] == "adabert" and not spec.get("full") else args.slow_steps
-    n_batches = args.warmup + steps
+    timer = fit_variant(name, args, config, rows, args.warmup + steps)
+    times = timer.times[args.warmup:]
+    if len(times) < 1:
+        raise RuntimeError(f"{name}: no timed steps (got {len(timer.times)} steps in total)")
+    return {
+        "steps_timed": len(times), "mean_s": statistics.fmean(times), "median_s": statistics.median(times),
+        "min_s": min(times), "max_s": max(times), "forward_backward_per_step": spec["passes"], "times_s": times,
+    }
+
+
+def run_epoch(name: str, args, config: StudentConfig, rows) -> dict:
+    """A whole epoch of ``name`` over ``rows``, measured: a run over ``--warmup`` batches then ``rows``,
+    timed from the first step after the warm-up to the end of the epoch."""
+    warm = args.warmup * args.batch_size
+    timer = fit_variant(name, args, config, rows[-warm:] + rows if warm else rows, None, skip=args.warmup)
+    steps = timer.times[args.warmup:]
+    return {"rows": len(rows), "steps": len(steps), "seconds": timer.epoch_s, "mean_step_s": statistics.fmean(steps),
+            "warmup_steps_before": args.warmup}
+
+
+def fit_variant(name: str, args, config: StudentConfig, rows, n_batches: int | None, skip: int = 0) -> StepTimer:
+    """Run the search of variant ``name`` through ``NasExperiment`` for one epoch over ``rows``
+    (at most ``n_batches`` batches) and return its timer."""
+    spec = VARIANTS[name]
     pl.seed_everything(args.seed, verbose=False)
     space = AdaBertSpace(config)
-    timer = StepTimer(args.device == "cuda")
+    timer = StepTimer(args.device == "cuda", skip)
     trainer = Trainer(max_epochs=1, limit_train_batches=n_batches, limit_val_batches=0, num_sanity_val_steps=0,
                       enable_checkpointing=False, logger=False, enable_progress_bar=False, enable_model_summary=False,
                       callbacks=[timer], accelerator="gpu" if args.device == "cuda" else "cpu", devices=1,
@@ -102,13 +139,7 @@ def run_variant(name: str, args, config: StudentConfig, rows) -> dict:
     exp.config.experiment_working_directory = str(args.workdir / "nni")
     exp.run()
     exp.stop()
-    times = timer.times[args.warmup:]
-    if len(times) < 1:
-        raise RuntimeError(f"{name}: no timed steps (got {len(timer.times)} steps in total)")
-    return {
-        "steps_timed": len(times), "mean_s": statistics.fmean(times), "median_s": statistics.median(times),
-        "min_s": min(times), "max_s": max(times), "forward_backward_per_step": spec["passes"], "times_s": times,
-    }
+    return timer
 
 
 def main(argv=None) -> int:
@@ -122,6 +153,8 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=12, help="timed steps for the single-path variants")
     p.add_argument("--slow-steps", type=int, default=3, help="timed steps for full ST and GumbelDARTS")
     p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--epoch-rows", type=int, default=512,
+                   help="also time one whole epoch over this many rows per variant (0: skip)")
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -139,7 +172,9 @@ def main(argv=None) -> int:
     config = StudentConfig(vocab_size=args.vocab, num_labels=2, embed_dim=args.embed_dim, k_max=args.k_max,
                            max_positions=max(128, args.seq_len))
     n_rows = args.batch_size * (args.warmup + max(args.steps, args.slow_steps))
-    rows = synthetic_rows(n_rows, args.seq_len, args.vocab, 2, 6, args.seed)
+    rows = synthetic_rows(max(n_rows, args.epoch_rows), args.seq_len, args.vocab, 2, 6, args.seed)
+    if args.epoch_rows % args.batch_size:
+        p.error("--epoch-rows must be a multiple of --batch-size (whole batches)")
 
     results = {}
     try:
@@ -148,6 +183,10 @@ def main(argv=None) -> int:
             results[name] = run_variant(name, args, config, rows)
             print(f"[search_step] {name}: mean {results[name]['mean_s']:.3f}s/step "
                   f"(median {results[name]['median_s']:.3f}s, {results[name]['steps_timed']} steps)", flush=True)
+            if args.epoch_rows > 0:
+                epoch = results[name]["epoch"] = run_epoch(name, args, config, rows[:args.epoch_rows])
+                print(f"[search_step] {name}: one epoch of {epoch['rows']} rows ({epoch['steps']} steps) "
+                      f"{epoch['seconds']:.1f}s", flush=True)
     finally:
         shutil.rmtree(args.workdir, ignore_errors=True)
 
@@ -156,22 +195,29 @@ def main(argv=None) -> int:
         for other in ("full", "gumbel_darts", "single_alt"):
             if other in results:
                 ratios[f"{other}_over_single"] = results[other]["mean_s"] / results["single"]["mean_s"]
+                if "epoch" in results[other] and "epoch" in results["single"]:
+                    ratios[f"{other}_over_single_per_epoch"] = (results[other]["epoch"]["seconds"]
+                                                                / results["single"]["epoch"]["seconds"])
     if "single_alt" in results and "gumbel_darts" in results:
         ratios["gumbel_darts_over_single_alt"] = results["gumbel_darts"]["mean_s"] / results["single_alt"]["mean_s"]
 
     report = {
-        "command": "python " + " ".join([sys.argv[0]] + (argv if argv is not None else sys.argv[1:])),
+        "command": command_line([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
         "setup": {"batch_size": args.batch_size, "seq_len": args.seq_len, "vocab": args.vocab,
                   "embed_dim": args.embed_dim, "k_max": args.k_max, "num_nodes": 3, "ops": len(config.op_names),
                   "teacher_layers": 6, "device": args.device, "torch_threads": torch.get_num_threads(),
                   "torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
-                  "warmup_steps_dropped": args.warmup},
+                  "warmup_steps_dropped": args.warmup, "epoch_rows": args.epoch_rows},
         "results": results,
         "ratios": ratios,
         "note": ("Time per training step of the search (forward, backward, optimizer steps), mean over the timed "
                  "steps. Single-path cost varies with the sampled depth and ops, hence more steps for it. "
                  "GumbelDARTS and single_alt do two forward/backward passes per step (architecture step on the "
-                 "'val' batch, then weight step); single and full do one joint pass."),
+                 "'val' batch, then weight step); single and full do one joint pass. "
+                 f"Per epoch: a separate run of each variant over {args.warmup} warm-up batch(es) then the first "
+                 f"{args.epoch_rows} synthetic rows (batch {args.batch_size}), timed from the first step after "
+                 "the warm-up to the epoch's end (data loading and Lightning hooks included): a measured epoch "
+                 "of those rows, not extrapolated from the step times."),
     }
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(args.out / "search_step.json", report)
@@ -184,14 +230,19 @@ def main(argv=None) -> int:
         f"vocab {args.vocab}. Batch {args.batch_size} x {args.seq_len} tokens, {args.device}, "
         f"{torch.get_num_threads()} torch threads, torch {torch.__version__}.",
         "",
-        "| variant | fwd+bwd per step | mean s/step | median s/step | steps timed | ratio to `single` |",
-        "|---|---|---|---|---|---|",
+        "| variant | fwd+bwd per step | mean s/step | median s/step | steps timed | step ratio to `single` "
+        "| s per epoch (measured) | epoch ratio to `single` |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, r in results.items():
         ratio = r["mean_s"] / results["single"]["mean_s"] if "single" in results else float("nan")
+        epoch, single_epoch = r.get("epoch"), results.get("single", {}).get("epoch")
+        epoch_cells = (f"{epoch['seconds']:.1f} ({epoch['rows']} rows, {epoch['steps']} steps) | "
+                       + (f"{epoch['seconds'] / single_epoch['seconds']:.2f}x" if single_epoch else "-")
+                       if epoch else "- | -")
         lines.append(f"| {name} | {r['forward_backward_per_step']} | {r['mean_s']:.3f} | {r['median_s']:.3f} | "
-                     f"{r['steps_timed']} | {ratio:.2f}x |")
-    lines += ["", "Ratios (mean step time):", ""]
+                     f"{r['steps_timed']} | {ratio:.2f}x | {epoch_cells} |")
+    lines += ["", "Ratios (mean step time; `_per_epoch`: measured epoch time):", ""]
     lines += [f"- `{k}`: {v:.2f}x" for k, v in ratios.items()]
     lines += ["", report["note"], ""]
     write_text(args.out / "search_step.md", "\n".join(lines))
