@@ -70,6 +70,15 @@ def write_results(name: str, result: dict, markdown: str) -> None:
 RUNS = ROOT / "runs" / "bench"
 
 
+def prepare(parse_args, argv: list[str] | None):
+    """A bench's start: its arguments, the thread count fixed, every task's teacher store.
+    Returns ``(argv, args, {task: store})`` (``argv`` for the recorded command line)."""
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    return argv, args, {task: teacher_store(task) for task in args.tasks}
+
+
 def teacher_store(task: str):
     """The knowledge store of ``bench/teacher_probes.sh TASK`` (``runs/bench/teacher-TASK``)."""
     from nni_adabert.pipeline import open_teacher_run
@@ -85,6 +94,16 @@ def train_rows(store, originals: int | None, augmented: bool = True) -> dict:
     n = n_orig if originals is None else min(originals, n_orig)
     copies = ((store.meta.get("inputs") or {}).get("augment") or {}).get("copies", 0)
     return {"train_limit": n, "augmented_limit": n * copies if augmented else 0}
+
+
+def changed_settings(config) -> dict:
+    """The ``SearchConfig`` fields that differ from their defaults: what names a run (a field
+    added to the library later, at its default, names no run anew; ``search.finished_run`` reads
+    a record without it as that default too)."""
+    from nni_adabert.search import SearchConfig
+
+    defaults = asdict(SearchConfig())
+    return {k: v for k, v in asdict(config).items() if v != defaults[k]}
 
 
 def run_dir(kind: str, task: str, settings: dict) -> Path:
@@ -112,7 +131,7 @@ def search(store, config) -> dict:
     """``search.run_search`` into :func:`run_dir`; the exported document plus its ``dir``."""
     from nni_adabert.search import run_search
 
-    out = run_dir("search", store.meta["task"], asdict(config))
+    out = run_dir("search", store.meta["task"], changed_settings(config))
     with exclusive(out):
         return {**run_search(store, out, config, progress=False), "dir": str(out.relative_to(ROOT))}
 
@@ -121,7 +140,7 @@ def retrain(arch: dict, source: dict, store, config) -> dict:
     """``search.run_retrain`` of ``arch`` (fresh weights, KD from ``store``) into :func:`run_dir`."""
     from nni_adabert.search import run_retrain
 
-    out = run_dir("retrain", store.meta["task"], {"arch": arch, **source, **asdict(config)})
+    out = run_dir("retrain", store.meta["task"], {"arch": arch, **source, **changed_settings(config)})
     with exclusive(out):
         return {**run_retrain(arch, source, store, out, config, progress=False), "dir": str(out.relative_to(ROOT))}
 

@@ -203,6 +203,7 @@ def run_retrain(arch: dict, source: dict, store: KnowledgeStore, out_dir: str | 
         log.info("retraining already finished in %s with these settings; not redoing it", out_dir)
         return done
     out_dir = Path(out_dir)
+    pl.seed_everything(config.seed, workers=True)  # the fresh weights too: the same run whatever ran before it
     student = fresh_student(arch, store, config.embed_dim, config.k_max)
     student = retrain_student(student, store, out_dir / "retrain", config, progress, report_to_nni)
     info = {**student_info(store), **evaluate_student(student, store), "retrain": settings}
