@@ -29,11 +29,9 @@ import sys
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import torch  # noqa: E402
 
-from common import (ROOT, add_scale_args, prepare, command_line, cpu_model, header, machine, main_metric, mean_std,  # noqa: E402
-                    percent, reference_text, references, scale_text, search, search_settings, student_row,
-                    write_results)
+from common import (ROOT, add_scale_args, header, main_metric, mean_std, percent, prepare, publish,  # noqa: E402
+                    reference_text, run_record, search, search_settings, student_row)
 
 sys.path.insert(0, str(ROOT))
 
@@ -122,16 +120,8 @@ def main(argv=None) -> int:
                              "train_limit": config.train_limit, "augmented_limit": config.augmented_limit,
                              **student_row(doc)})
                 print(f"{name} on {task}, seed {seed}: {doc['dev_metrics']}", flush=True)
-    result = {
-        "command": command_line(["bench/ablation.py", *argv]), "cpu": cpu_model(), "machine": machine(),
-        "torch": torch.__version__, "threads": args.threads, "tasks": args.tasks, "scale": scale_text(stores, args), "references": references(stores),
-        "settings": vars(args), "paper": PAPER, "runs": runs,
-    }
-    result["findings"] = findings(result)
-    text = markdown(result)
-    write_results("ablation", result, text)
-    print(text)
-    return 0
+    result = {**run_record("bench/ablation.py", argv, args, stores), "paper": PAPER, "runs": runs}
+    return publish("ablation", result, findings, markdown)
 
 
 if __name__ == "__main__":

@@ -26,11 +26,9 @@ from collections import defaultdict
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import torch  # noqa: E402
 
-from common import (RESULTS, ROOT, add_scale_args, prepare, command_line, cpu_model, header, machine, main_metric,  # noqa: E402
-                    reference_text, references, retrain, retrain_settings, scale_text, search,
-                    search_settings, student_row, write_results)
+from common import (RESULTS, ROOT, add_scale_args, header, main_metric, prepare, publish, reference_text,  # noqa: E402
+                    retrain, retrain_settings, run_record, search, search_settings, student_row)
 
 sys.path.insert(0, str(ROOT))
 
@@ -157,20 +155,14 @@ def main(argv=None) -> int:
     for task, doc in searched.items():
         shutil.copy(ROOT / doc["dir"] / "cell.png", RESULTS / f"adaptiveness-cell-{task}.png")
     result = {
-        "command": command_line(["bench/adaptiveness.py", *argv]), "cpu": cpu_model(), "machine": machine(),
-        "torch": torch.__version__, "threads": args.threads, "tasks": args.tasks, "scale": scale_text(stores, args), "references": references(stores),
-        "settings": vars(args), "paper": PAPER,
+        **run_record("bench/adaptiveness.py", argv, args, stores), "paper": PAPER,
         "searched": {task: student_row(doc) for task, doc in searched.items()},
         "random": {seed: {"architecture": arch, "depth": arch["depth"],
                           "params_without_embedding": cost.child_params(space_cfg, arch, include_embedding=False),
                           "flops": cost.child_flops(space_cfg, arch, 128)} for seed, arch in randoms.items()},
         "retrained": retrained,
     }
-    result["findings"] = findings(result)
-    text = markdown(result, args)
-    write_results("adaptiveness", result, text)
-    print(text)
-    return 0
+    return publish("adaptiveness", result, findings, lambda r: markdown(r, args))
 
 
 if __name__ == "__main__":

@@ -22,11 +22,9 @@ import sys
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import torch  # noqa: E402
 
-from common import (RESULTS, ROOT, add_scale_args, prepare, command_line, cpu_model, header, machine, main_metric,  # noqa: E402
-                    mean_std, percent, reference_text, references, scale_text, search, search_settings,
-                    student_row, write_results)
+from common import (RESULTS, ROOT, add_scale_args, header, main_metric, mean_std, percent, prepare, publish,  # noqa: E402
+                    reference_text, run_record, search, search_settings, student_row)
 
 sys.path.insert(0, str(ROOT))
 
@@ -120,17 +118,9 @@ def main(argv=None) -> int:
         plot_tradeoff([(f"β={','.join(f'{b:g}' for b in betas)} seed {seed}, K={k}", params, value)
                        for (seed, k, params, value), betas in points.items()],
                       RESULTS / f"beta-sweep-{task}.png", f"{task}: efficiency-loss weight β", metric)
-    result = {
-        "command": command_line(["bench/beta_sweep.py", *argv]), "cpu": cpu_model(), "machine": machine(),
-        "torch": torch.__version__, "threads": args.threads, "tasks": args.tasks, "betas": args.betas,
-        "scale": scale_text(stores, args), "references": references(stores), "settings": vars(args), "paper": {str(k): v for k, v in PAPER.items()},
-        "rows": rows,
-    }
-    result["findings"] = findings(result)
-    text = markdown(result)
-    write_results("beta-sweep", result, text)
-    print(text)
-    return 0
+    result = {**run_record("bench/beta_sweep.py", argv, args, stores), "betas": args.betas,
+              "paper": {str(k): v for k, v in PAPER.items()}, "rows": rows}
+    return publish("beta-sweep", result, findings, markdown)
 
 
 if __name__ == "__main__":

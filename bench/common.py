@@ -79,6 +79,22 @@ def prepare(parse_args, argv: list[str] | None):
     return argv, args, {task: teacher_store(task) for task in args.tasks}
 
 
+def run_record(script: str, argv: list[str], args, stores: dict) -> dict:
+    """What every paper-table result records first: the command, the machine, the scale."""
+    return {"command": command_line([script, *argv]), "cpu": cpu_model(), "machine": machine(),
+            "torch": torch.__version__, "threads": args.threads, "tasks": args.tasks,
+            "scale": scale_text(stores, args), "references": references(stores), "settings": vars(args)}
+
+
+def publish(name: str, result: dict, findings, markdown) -> int:
+    """Add ``findings(result)``, write ``result`` and ``markdown(result)`` as ``name``, print the table."""
+    result["findings"] = findings(result)
+    text = markdown(result)
+    write_results(name, result, text)
+    print(text)
+    return 0
+
+
 def teacher_store(task: str):
     """The knowledge store of ``bench/teacher_probes.sh TASK`` (``runs/bench/teacher-TASK``)."""
     from nni_adabert.pipeline import open_teacher_run

@@ -45,10 +45,6 @@ def time_runs(runs: Mapping[str, tuple[Callable, list]], repeats: int, warmup: i
     return times
 
 
-def _median_time(fn, batches, repeats: int, warmup: int = 1) -> float:
-    return statistics.median(time_runs({"run": (fn, batches)}, repeats, warmup)["run"])
-
-
 def _runner(model, rows: list[dict], batch_size: int) -> tuple[Callable, list]:
     """``(fn, batches)`` timing ``model`` on ``rows``: an AdaBERT student on its per-text ids,
     anything else as a Hugging Face sequence classifier on the packed ``input_ids``/``token_type_ids``."""
@@ -139,6 +135,16 @@ def with_teacher_input(row: dict, max_length: int = 128) -> dict:
     return {**row, "input_ids": ids[:max_length], "token_type_ids": types[:max_length]}
 
 
+def dev_examples(store, limit: int | None = None) -> list[dict]:
+    """The first ``limit`` (all: ``None``) dev rows of a knowledge store with both models'
+    inputs: the student's per-text ids and the teacher's packed ones (:func:`with_teacher_input`)."""
+    dev = store.data["dev"]
+    if limit is not None:
+        dev = dev.select(range(min(limit, len(dev))))
+    return [with_teacher_input(r) for r in dev.select_columns([c for c in ("input_ids_a", "input_ids_b")
+                                                                 if c in dev.column_names])]
+
+
 def pad_to(row: dict, length: int) -> dict:
     """``row``'s teacher input repeated to exactly ``length`` tokens (FLOPs at a fixed length)."""
     return {"input_ids": (row["input_ids"] * length)[:length], "token_type_ids": [0] * length}
@@ -171,8 +177,7 @@ def compare_with_teacher(store, arch, weights=None, speed: bool = True, seq_len:
     student_result = evaluate_student(student, store, seq_len)
     teacher = load_finetuned_teacher(store.meta["teacher_dir"], store.spec).cpu()
     dev = store.data["dev"]
-    examples = [with_teacher_input(r) for r in dev.select_columns([c for c in ("input_ids_a", "input_ids_b")
-                                                                     if c in dev.column_names])]
+    examples = dev_examples(store)
     # The teacher's dev predictions are in the store: its head is the last probe.
     head = torch.tensor(dev["teacher_logits"])[:, -1]
 

@@ -179,21 +179,12 @@ def measure_store_speedup(store, student, rows: int, repeats: int) -> float | No
     """Teacher time / student time on the first ``rows`` dev rows (batch 128, CPU, one process)."""
     if rows <= 0:
         return None
-    from .speed import measure_speedup
+    from .speed import dev_examples, measure_speedup
     from .teacher import load_finetuned_teacher
 
-    dev = store.data["dev"]
-    cols = [c for c in ("input_ids_a", "input_ids_b") if c in dev.column_names]
-    examples = [_with_teacher_input(r) for r in dev.select(range(min(rows, len(dev)))).select_columns(cols)]
     teacher = load_finetuned_teacher(store.meta["teacher_dir"], store.spec)
-    return float(measure_speedup(teacher, student, examples, batch_size=128, repeats=repeats)["speedup"])
-
-
-def _with_teacher_input(row: dict) -> dict:
-    """The teacher's packed input (``[CLS] a [SEP] b [SEP]``, at most 128 tokens) for a store row."""
-    a, b = row["input_ids_a"], row.get("input_ids_b")
-    ids = a + b[1:] if b else a
-    return {**row, "input_ids": ids[:128], "token_type_ids": ([0] * len(a) + [1] * (len(ids) - len(a)))[:128]}
+    return float(measure_speedup(teacher, student, dev_examples(store, rows), batch_size=128,
+                                 repeats=repeats)["speedup"])
 
 
 def final_result(doc: dict, main_metric: str, speedup: float | None) -> dict:
