@@ -60,7 +60,9 @@ def write_student(out_dir: str | os.PathLike, student: AdaBertStudent, info: dic
     weights = out_dir / WEIGHTS_FILE
     state = {k: v.detach().cpu().contiguous() for k, v in student.state_dict().items()}
     with atomic.atomic_path(weights) as tmp:
-        save_file(state, str(tmp), metadata={"format": "pt", "nni_adabert": FORMAT})
+        # One metadata key: safetensors writes metadata in hash-map order, which changes from one
+        # process to the next, and two keys would make the file's SHA-256 differ between runs.
+        save_file(state, str(tmp), metadata={"format": "pt"})
     plot_cell(student.arch, out_dir / CELL_FILE, title or f"{info.get('task', '')} searched cell")
     doc = {"format": FORMAT, "version": VERSION, **info,
            "architecture": dict(student.arch), "student_config": student.config.to_dict(),

@@ -47,6 +47,13 @@ def edit_json(out_dir, change):
     (out_dir / ARCH_FILE).write_text(json.dumps(doc))
 
 
+def test_same_student_gives_byte_identical_weights(tmp_path):
+    # The file's SHA-256 goes into architecture.json; a resumed run must reproduce it.
+    student = make_student()
+    docs = [write_student(tmp_path / str(i), student, {"task": "MRPC"}) for i in range(8)]
+    assert len({doc["weights_sha256"] for doc in docs}) == 1
+
+
 @pytest.mark.parametrize("change, message", [
     (lambda d: d.update(version=99), "format version 99 is not one we know"),
     (lambda d: d.update(format="something-else"), "field 'format' is 'something-else'"),
