@@ -121,7 +121,7 @@ def main(argv=None) -> int:
                              **student_row(doc)})
                 print(f"{name} on {task}, seed {seed}: {doc['dev_metrics']}", flush=True)
     result = {**run_record("bench/ablation.py", argv, args, stores), "paper": PAPER, "runs": runs}
-    return publish("ablation", result, findings, markdown)
+    return publish(args.name or "ablation", result, findings, markdown)
 
 
 if __name__ == "__main__":

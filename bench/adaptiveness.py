@@ -32,6 +32,8 @@ from common import (RESULTS, ROOT, add_scale_args, header, main_metric, prepare,
 
 sys.path.insert(0, str(ROOT))
 
+NAME = "adaptiveness"
+
 # Paper Table 3 (dev set; "Random": mean ± std over 5 random structures), the SST-2 and MRPC columns.
 PAPER = {
     "searched on SST-2": {"SST-2": "91.9", "MRPC": "78.1"},
@@ -97,7 +99,7 @@ def markdown(result: dict, args) -> str:
         "|---|" + "---|" * len(tasks),
         *[f"| {name} | " + " | ".join(PAPER[name].get(t, "") for t in tasks) + " |" for name in PAPER],
         "",
-        *[f"![{t} cell](adaptiveness-cell-{t}.png)" for t in result["searched"]],
+        *[f"![{t} cell]({args.name or NAME}-cell-{t}.png)" for t in result["searched"]],
     ]
     return "\n".join(lines) + "\n"
 
@@ -153,7 +155,7 @@ def main(argv=None) -> int:
             print(f"{name} on {task}: {doc['dev_metrics']}", flush=True)
 
     for task, doc in searched.items():
-        shutil.copy(ROOT / doc["dir"] / "cell.png", RESULTS / f"adaptiveness-cell-{task}.png")
+        shutil.copy(ROOT / doc["dir"] / "cell.png", RESULTS / f"{args.name or NAME}-cell-{task}.png")
     result = {
         **run_record("bench/adaptiveness.py", argv, args, stores), "paper": PAPER,
         "searched": {task: student_row(doc) for task, doc in searched.items()},
@@ -162,7 +164,7 @@ def main(argv=None) -> int:
                           "flops": cost.child_flops(space_cfg, arch, 128)} for seed, arch in randoms.items()},
         "retrained": retrained,
     }
-    return publish("adaptiveness", result, findings, lambda r: markdown(r, args))
+    return publish(args.name or NAME, result, findings, lambda r: markdown(r, args))
 
 
 if __name__ == "__main__":

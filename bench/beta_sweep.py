@@ -28,6 +28,8 @@ from common import (RESULTS, ROOT, add_scale_args, header, main_metric, mean_std
 
 sys.path.insert(0, str(ROOT))
 
+NAME = "beta-sweep"
+
 # Paper Table 5 (dev; params in parentheses), the columns of the tasks we have.
 PAPER = {0.0: {"SST-2": "91.8 (7.5M)", "MRPC": "84.5 (7.8M)"}, 4.0: {"SST-2": "91.9 (6.4M)", "MRPC": "84.7 (7.5M)"},
          8.0: {"SST-2": "91.3 (5.3M)", "MRPC": "84.2 (6.4M)"}}
@@ -76,7 +78,7 @@ def markdown(result: dict) -> str:
                        f"{percent(r, main_metric(r['task'])):.2f}",
                        ", ".join(v for k, v in r["architecture"].items() if k != "depth")] for r in result["rows"]]),
         "",
-        *[f"![{t}](beta-sweep-{t}.png)" for t in result["tasks"]],
+        *[f"![{t}]({result['settings']['name'] or NAME}-{t}.png)" for t in result["tasks"]],
         "",
         "## The paper's numbers (Table 5, dev; params in parentheses)",
         "",
@@ -117,10 +119,10 @@ def main(argv=None) -> int:
             points.setdefault((r["seed"], r["depth"], r["params"], r["dev_metrics"][metric]), []).append(r["beta"])
         plot_tradeoff([(f"β={','.join(f'{b:g}' for b in betas)} seed {seed}, K={k}", params, value)
                        for (seed, k, params, value), betas in points.items()],
-                      RESULTS / f"beta-sweep-{task}.png", f"{task}: efficiency-loss weight β", metric)
+                      RESULTS / f"{args.name or NAME}-{task}.png", f"{task}: efficiency-loss weight β", metric)
     result = {**run_record("bench/beta_sweep.py", argv, args, stores), "betas": args.betas,
               "paper": {str(k): v for k, v in PAPER.items()}, "rows": rows}
-    return publish("beta-sweep", result, findings, markdown)
+    return publish(args.name or NAME, result, findings, markdown)
 
 
 if __name__ == "__main__":

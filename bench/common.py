@@ -198,6 +198,8 @@ def add_scale_args(p, tasks: list[str]) -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0],
                    help="seeds of the runs (several: mean ± std where the benchmark repeats its runs)")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    p.add_argument("--name", help="base name of the result files in bench/results (default: the benchmark's "
+                                  "own; give another to keep a run with other settings beside it)")
 
 
 def rows_per_task(args) -> dict[str, int]:

@@ -1,9 +1,10 @@
 """AdaBERT search on a full GLUE task with its cached teacher (issue 3's evidence).
 
-    python bench/search.py [--task SST-2] [--epochs 2] [--finetune-epochs 1] [--beta 4]
+    python bench/search.py [--task SST-2] [--epochs 2] [--finetune-epochs 1] [--beta 4] [--name NAME]
 
-Needs the teacher run of ``bench/teacher_probes.sh TASK``. Writes
-bench/results/search-<TASK>.{json,md}, the exported architecture JSON and the cell picture.
+Needs the teacher run of ``bench/teacher_probes.sh TASK``. Runs in runs/bench/<NAME> and writes
+bench/results/<NAME>.{json,md}, the exported architecture JSON and the cell picture
+(NAME: ``search-<TASK>`` unless given).
 """
 
 import argparse
@@ -18,10 +19,12 @@ parser.add_argument("--epochs", type=int, default=2)
 parser.add_argument("--finetune-epochs", type=int, default=1)
 parser.add_argument("--beta", type=float, default=4.0)
 parser.add_argument("--train-limit", type=int, default=None)
+parser.add_argument("--name", help="run and result name (default: search-<TASK>)")
 args = parser.parse_args()
+name = args.name or f"search-{args.task}"
 
 teacher = ROOT / "runs" / "bench" / f"teacher-{args.task}"
-out = ROOT / "runs" / "bench" / f"search-{args.task}"
+out = ROOT / "runs" / "bench" / name
 search = ["search", "--teacher", str(teacher), "--output-dir", str(out), "--epochs", str(args.epochs),
           "--warmup-epochs", "1", "--arc-lr", "3e-3", "--finetune-epochs", str(args.finetune_epochs),
           "--beta", str(args.beta), "--no-progress"]
@@ -31,7 +34,6 @@ table = out / "summary.md"
 commands.append(run_cli(["evaluate", "--teacher", str(teacher), "--arch", str(out), "--speed",
                          "--json", str(out / "summary.json"), "--markdown", str(table)]))
 
-name = f"search-{args.task}"
 shutil.copy(out / "cell.png", RESULTS / f"{name}-cell.png")
 shutil.copy(out / "architecture.json", RESULTS / f"{name}-architecture.json")
 result = {"commands": commands, "machine": machine(), **json.loads((out / "summary.json").read_text())}
