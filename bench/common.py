@@ -118,7 +118,8 @@ def changed_settings(config) -> dict:
     a record without it as that default too)."""
     from nni_adabert.search import SearchConfig
 
-    defaults = asdict(SearchConfig())
+    # Against the defaults the first runs were named with (β was 4 then), so that their names stay.
+    defaults = {**asdict(SearchConfig()), "beta": 4.0}
     return {k: v for k, v in asdict(config).items() if v != defaults[k]}
 
 
@@ -156,7 +157,9 @@ def retrain(arch: dict, source: dict, store, config) -> dict:
     """``search.run_retrain`` of ``arch`` (fresh weights, KD from ``store``) into :func:`run_dir`."""
     from nni_adabert.search import run_retrain
 
-    out = run_dir("retrain", store.meta["task"], {"arch": arch, **source, **changed_settings(config)})
+    # β weighs L_E, which a fixed child does not have: it names no retraining.
+    settings = {k: v for k, v in changed_settings(config).items() if k != "beta"}
+    out = run_dir("retrain", store.meta["task"], {"arch": arch, **source, **settings})
     with exclusive(out):
         return {**run_retrain(arch, source, store, out, config, progress=False), "dir": str(out.relative_to(ROOT))}
 

@@ -25,7 +25,7 @@ import torch
 import torchmetrics
 from nni.nas.evaluator.pytorch import LightningModule
 
-from .losses import IGNORE_INDEX, adabert_loss
+from .losses import DEFAULT_BETA, IGNORE_INDEX, adabert_loss
 from .training import check_finite
 
 __all__ = ["AdaBertDistillModule", "model_inputs", "val_metric_key", "report_to_nni_trial"]
@@ -91,7 +91,8 @@ class AdaBertDistillModule(LightningModule):
 
     Args:
         num_labels: number of classes (dev F1 of class 1 is logged too when it is 2).
-        gamma, beta, temperature: the loss weights and KD temperature (paper: 0.8, 4, 1).
+        gamma, beta, temperature: the loss weights and KD temperature (paper: 0.8, 4, 1; our β
+            default is calibrated to our L_E: :data:`losses.DEFAULT_BETA`).
         learning_rate, min_learning_rate: SGD learning rate, cosine-annealed per step
             from the first to the second over the whole run (paper: 2e-2 -> 5e-4).
         momentum, weight_decay: SGD settings (paper: momentum 0.9).
@@ -111,7 +112,7 @@ class AdaBertDistillModule(LightningModule):
     :attr:`last_val_metrics`.
     """
 
-    def __init__(self, num_labels: int, gamma: float = 0.8, beta: float = 4.0, temperature: float = 1.0,
+    def __init__(self, num_labels: int, gamma: float = 0.8, beta: float = DEFAULT_BETA, temperature: float = 1.0,
                  learning_rate: float = 2e-2, min_learning_rate: float = 5e-4, momentum: float = 0.9,
                  weight_decay: float = 0.0, report_to_nni: bool = False,
                  main_metric: str = "val_acc", optimizer: str = "sgd", probe_kd: bool = True,

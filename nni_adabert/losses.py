@@ -25,6 +25,12 @@ __all__ = [
 
 IGNORE_INDEX = -100
 
+# β, the weight of L_E. The paper's 4 belongs to its L_E scale. With ours (a mean over edges, in
+# [0, 1]) β = 4 collapsed short searches to pooling/skip/zero cells, while β = 0.5 kept β = 0's
+# dev accuracy with cells 5x smaller and searched structures that beat random ones
+# (bench/results/beta-calibration-SST-2.md, adaptiveness-beta0.5*.md).
+DEFAULT_BETA = 0.5
+
 
 def layer_mapping(student_depth: int, teacher_layers: int) -> List[int]:
     """Teacher layer ``j(m) = ceil(m * J / K)`` for student cells ``m = 1..K`` (1-based; ``K -> J``).
@@ -171,7 +177,7 @@ def efficiency_loss(op_weights: torch.Tensor, depth_weights: torch.Tensor, op_co
 
 
 def total_loss(ce: torch.Tensor, kd: torch.Tensor, efficiency: Optional[torch.Tensor],
-               gamma: float = 0.8, beta: float = 4.0) -> torch.Tensor:
+               gamma: float = 0.8, beta: float = DEFAULT_BETA) -> torch.Tensor:
     """``(1 - gamma) * L_CE + gamma * L_KD + beta * L_E`` (``L_E`` = 0 when ``None``)."""
     loss = (1.0 - gamma) * ce + gamma * kd
     if efficiency is not None and beta != 0.0:
@@ -192,7 +198,7 @@ class LossParts:
 def adabert_loss(logits: torch.Tensor, probe_logits: Sequence[torch.Tensor],
                  depth_terms: Sequence[Tuple[int, Optional[torch.Tensor]]], teacher_logits: torch.Tensor,
                  labels: torch.Tensor, efficiency: Optional[torch.Tensor] = None, *,
-                 gamma: float = 0.8, beta: float = 4.0, temperature: float = 1.0,
+                 gamma: float = 0.8, beta: float = DEFAULT_BETA, temperature: float = 1.0,
                  probe_kd: bool = True, final_kd: bool = False) -> LossParts:
     """The whole objective from a model output and a batch.
 

@@ -27,6 +27,7 @@ from .data import vocab_fingerprint
 from .errors import UserError
 from .export import ARCH_FILE, read_architecture, write_student
 from .knowledge import KnowledgeStore
+from .losses import DEFAULT_BETA
 from .metrics import compute_metrics
 from .space import AdaBertSpace, AdaBertStudent, StudentConfig, factorized_embedding
 from .teacher import load_tokenizer, read_teacher_info, teacher_word_embeddings
@@ -42,7 +43,7 @@ class SearchConfig:
     epochs: int = 10
     batch_size: int = 64
     gamma: float = 0.8          # weight of L_KD against L_CE
-    beta: float = 4.0           # weight of the efficiency loss
+    beta: float = DEFAULT_BETA  # weight of the efficiency loss (the paper's 4 is for its L_E scale)
     temperature: float = 1.0    # KD temperature T
     tau_start: float = 1.0      # Gumbel temperature, annealed linearly per step
     tau_end: float = 0.1
@@ -54,6 +55,8 @@ class SearchConfig:
     k_max: int = 8
     retrain_optimizer: str = "adamw"  # a fixed child (fine-tuning, retraining): AdamW, cosine lr
     retrain_lr: float = 1e-3
+    grad_clip: float = 5.0      # max norm of the weight gradients (0: off), as in DARTS: plain SGD 2e-2
+    #                             diverged to NaN in a full-SST-2 warm-up without it
     warmup_epochs: int = 0      # train weights only (uniformly sampled paths) before the architecture moves
     finetune_epochs: int = 0    # then train the derived child alone (KD, its searched weights as start)
     full: bool = False          # run every candidate (full straight-through) instead of single-path
@@ -75,7 +78,8 @@ class SearchConfig:
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise UserError(f"search setting {name} must be an integer >= {low}, got {value!r}")
-        for name in ("beta", "min_lr", "arc_lr", "arc_weight_decay", "lr", "retrain_lr", "temperature", "tau_end"):
+        for name in ("beta", "min_lr", "arc_lr", "arc_weight_decay", "lr", "retrain_lr", "temperature", "tau_end",
+                     "grad_clip"):
             value, positive = getattr(self, name), name in ("lr", "retrain_lr", "temperature", "tau_end")
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0 or (positive and value == 0):
                 raise UserError(f"search setting {name} must be a finite number {'>' if positive else '>='} 0, "
@@ -154,7 +158,8 @@ def run_search(store: KnowledgeStore, out_dir: str | os.PathLike, config: Search
                           fit_kwargs={"ckpt_path": str(resume) if resume else None, "weights_only": True})
     strategy = AdaBertStrategy(tau=(config.tau_start, config.tau_end), full=config.full,
                                arc_learning_rate=config.arc_lr, arc_weight_decay=config.arc_weight_decay,
-                               warmup_epochs=config.warmup_epochs, seed=config.seed)
+                               warmup_epochs=config.warmup_epochs, gradient_clip_val=config.grad_clip or None,
+                               seed=config.seed)
     experiment = NasExperiment(space, evaluator, strategy)
     experiment.config.experiment_working_directory = str((run_dir / "nni").resolve())
     experiment.run()
@@ -184,8 +189,9 @@ def finished_run(out_dir: str | os.PathLike, store: KnowledgeStore, section: str
         doc = read_architecture(path).doc
     except UserError:
         return None  # an unreadable or foreign file: redo the run, which replaces it
-    recorded = {k: v for k, v in (doc.get(section) or {}).items() if k != "history"}
-    # A setting added to SearchConfig after the run was recorded: the run had its default.
+    # Only the settings that name this kind of run (a retraining's record from before β stopped
+    # naming retrainings still has one); one added to SearchConfig since: the run had its default.
+    recorded = {k: v for k, v in (doc.get(section) or {}).items() if k in settings}
     defaults = {k: v for k, v in json.loads(json.dumps(asdict(SearchConfig()))).items() if k in settings}
     recorded = {**defaults, **recorded}
     same = recorded == json.loads(json.dumps(settings)) and doc.get("knowledge_store") == str(store.path)
@@ -197,7 +203,8 @@ def run_retrain(arch: dict, source: dict, store: KnowledgeStore, out_dir: str | 
     """Retrain the fixed child ``arch`` from fresh weights on ``store``'s task and export it
     to ``out_dir``; returns its architecture document. ``source`` says where ``arch`` came
     from (``{"from": ..., "searched_on": task or None}``). Resumes like :func:`run_search`."""
-    settings = {**source, **asdict(config)}
+    # β weighs L_E, which a fixed child does not have: it does not name a retraining.
+    settings = {k: v for k, v in {**source, **asdict(config)}.items() if k != "beta"}
     done = finished_run(out_dir, store, "retrain", settings)
     if done is not None:
         log.info("retraining already finished in %s with these settings; not redoing it", out_dir)
@@ -220,7 +227,8 @@ def retrain_student(student: AdaBertStudent, store: KnowledgeStore, run_dir: str
     pl.seed_everything(config.seed, workers=True)
     module = distill_module(store, config, report_to_nni, retrain=True)
     module.set_model(student.train())  # Lightning keeps each module's mode: BatchNorm must learn
-    trainer = make_trainer(run_dir, config.epochs, progress=progress, seed=config.seed, devices=config.devices)
+    trainer = make_trainer(run_dir, config.epochs, progress=progress, seed=config.seed, devices=config.devices,
+                           gradient_clip_val=config.grad_clip or None)
     train = store.loader("train", config.batch_size, shuffle=True, seed=config.seed, limit=config.train_limit,
                          augmented_limit=config.augmented_limit)
     fit(trainer, module, train, store.loader("dev", 256), run_dir)

@@ -81,7 +81,7 @@ def check_finite(loss: torch.Tensor, module: pl.LightningModule) -> None:
     if not math.isfinite(value):
         trainer = module.trainer
         raise UserError(f"the training loss became {value} at epoch {trainer.current_epoch}, step "
-                        f"{trainer.global_step}: lower the learning rate (--lr) or check the inputs; "
+                        f"{trainer.global_step}: lower the learning rate (--lr) or --grad-clip, or check the inputs; "
                         f"the last finished epoch's checkpoint is kept")
 
 

@@ -145,6 +145,8 @@ CASES = {
     # settings and output
     "bad search setting": (lambda r, s, t: search(r, t, "--epochs", "0"), "epochs must be an integer >= 1, got 0"),
     "KD weight out of range": (lambda r, s, t: search(r, t, "--gamma", "1.5"), r"gamma .* must be in \[0, 1\]"),
+    "negative gradient clip": (lambda r, s, t: search(r, t, "--grad-clip", "-1"),
+                               r"grad_clip must be a finite number >= 0, got -1.0"),
     "output path under a file": (lambda r, s, t: retrain(s, r, t)[:-5] + ["--output-dir", str(t / "file" / "out")],
                                  r"cannot use .*file/out as a directory: .*file is a file"),
 }

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from nni_adabert.losses import (
-    IGNORE_INDEX, adabert_loss, attentive_weights, ce_loss, distillation_loss, efficiency_loss, final_kd_loss,
+    DEFAULT_BETA, IGNORE_INDEX, adabert_loss, attentive_weights, ce_loss, distillation_loss, efficiency_loss, final_kd_loss,
     kd_targets, layer_mapping, probe_kd_loss, soft_cross_entropy, total_loss,
 )
 
@@ -132,7 +132,8 @@ def test_efficiency_loss_by_hand_and_gradients():
 
 def test_total_loss_weights_and_adabert_loss():
     ce, kd, eff = torch.tensor(1.0), torch.tensor(2.0), torch.tensor(0.5)
-    assert total_loss(ce, kd, eff).item() == pytest.approx(0.2 * 1 + 0.8 * 2 + 4 * 0.5)
+    assert total_loss(ce, kd, eff).item() == pytest.approx(0.2 * 1 + 0.8 * 2 + DEFAULT_BETA * 0.5)
+    assert total_loss(ce, kd, eff, beta=4).item() == pytest.approx(0.2 * 1 + 0.8 * 2 + 4 * 0.5)
     assert total_loss(ce, kd, None, gamma=0.5, beta=8).item() == pytest.approx(1.5)
     torch.manual_seed(2)
     logits, probes = torch.randn(2, 3), [torch.randn(2, 3), torch.randn(2, 3)]

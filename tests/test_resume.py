@@ -85,6 +85,10 @@ def test_finished_retrain_is_not_redone(runs, tmp_path, caplog):
     assert main(argv) == 0
     assert "not redoing it" in caplog.text
     assert (tmp_path / "moved" / "architecture.json").stat().st_mtime_ns == stamp
+    # β weighs L_E, which a fixed child has not: another β is the same retraining.
+    caplog.clear()
+    assert main(argv + ["--beta", "4"]) == 0
+    assert "not redoing it" in caplog.text and "beta" not in doc["retrain"]
 
 
 def test_interrupted_knowledge_build_resumes_from_its_stages(runs, tmp_path, monkeypatch):

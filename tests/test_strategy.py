@@ -295,6 +295,27 @@ def test_larger_beta_gives_smaller_child(tmp_path):
     assert child_params(cfg, lean.export()) <= child_params(cfg, free.export())
 
 
+@pytest.mark.parametrize("clip", [None, 0.01])
+def test_gradient_clipping_bounds_the_weight_gradients(tmp_path, clip):
+    _, module = supernet(tiny_config(), seed=0, gradient_clip_val=clip)
+    norms, step = [], module.training_module.optimizer_step
+
+    def record(epoch, batch_idx, optimizer, *args, **kwargs):
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        norms.append(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])).item())
+        return step(epoch, batch_idx, optimizer, *args, **kwargs)
+
+    module.training_module.optimizer_step = record
+    train, dev = loaders()
+    pl.Trainer(max_epochs=1, enable_progress_bar=False, enable_model_summary=False, logger=False,
+               enable_checkpointing=False, default_root_dir=tmp_path).fit(module, train, dev)
+    assert norms
+    if clip is None:
+        assert max(norms) > 0.01   # so that the clipped run below has something to clip
+    else:
+        assert max(norms) <= clip * (1 + 1e-4)
+
+
 def test_distill_module_retrains_a_frozen_child(tmp_path):
     cfg = tiny_config()
     space, module = supernet(cfg, seed=0)
