@@ -78,6 +78,7 @@ def build_parser(kind: str) -> argparse.ArgumentParser:
     # Search: the weights' SGD lr; retrain: the fixed child's AdamW lr (as `nni-adabert retrain --lr`).
     g.add_argument("--lr", type=float, default=d.lr if kind == SEARCH else d.retrain_lr)
     g.add_argument("--seed", type=int, default=d.seed)
+    g.add_argument("--grad-clip", type=float, default=d.grad_clip, help="max norm of the weight gradients (0: off)")
     g.add_argument("--train-limit", type=int, default=None, help="first N rows of the store's train split")
     if kind == SEARCH:
         g.add_argument("--min-lr", type=float, default=d.min_lr)
@@ -222,8 +223,8 @@ def search_trial(args: argparse.Namespace) -> dict:
     store = teacher_store(args)
     out = output_dir(args, SEARCH)
     config = SearchConfig(epochs=args.epochs, batch_size=args.batch_size, gamma=args.gamma, beta=args.beta,
-                          lr=args.lr, min_lr=args.min_lr, arc_lr=args.arc_lr, seed=args.seed,
-                          train_limit=args.train_limit, warmup_epochs=args.warmup_epochs,
+                          lr=args.lr, min_lr=args.min_lr, arc_lr=args.arc_lr, grad_clip=args.grad_clip,
+                          seed=args.seed, train_limit=args.train_limit, warmup_epochs=args.warmup_epochs,
                           finetune_epochs=args.finetune_epochs, k_max=args.k_max, embed_dim=args.embed_dim,
                           full=bool(args.full))
     print(f"search: {config}", flush=True)
@@ -265,7 +266,7 @@ def retrain_trial(args: argparse.Namespace) -> dict:
     print(f"retrain on {store.meta['task']}: {source['from']} -> {arch}", flush=True)
     out = output_dir(args, RETRAIN)
     config = SearchConfig(epochs=args.epochs, batch_size=args.batch_size, gamma=args.gamma, retrain_lr=args.lr,
-                          seed=args.seed, train_limit=args.train_limit, embed_dim=embed_dim, k_max=k_max)
+                          grad_clip=args.grad_clip, seed=args.seed, train_limit=args.train_limit, embed_dim=embed_dim, k_max=k_max)
     doc = run_retrain(arch, source, store, out, config, progress=args.progress, report_to_nni=True)
     return finish(store, load_student(read_architecture(out / ARCH_FILE)), doc, out, args)
 

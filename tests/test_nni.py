@@ -234,8 +234,8 @@ def test_unknown_tuner_parameter_is_a_user_error():
         trial_settings(SEARCH, [], {"betta": 1})
     with pytest.raises(UserError, match="'epochs': 'many' is not a valid int"):
         trial_settings(RETRAIN, [], {"epochs": "many"})
-    args = trial_settings(SEARCH, ["--beta", "1", "--epochs", "2"], {"beta": 8, "arc-lr": "0.001"})
-    assert (args.beta, args.epochs, args.arc_lr) == (8.0, 2, 0.001)
+    args = trial_settings(SEARCH, ["--beta", "1", "--epochs", "2"], {"beta": 8, "arc-lr": "0.001", "grad_clip": 1})
+    assert (args.beta, args.epochs, args.arc_lr, args.grad_clip) == (8.0, 2, 0.001, 1.0)
     assert trial_settings(SEARCH, ["--full"], {"full": "false"}).full is False
     assert trial_settings(RETRAIN, [], {"arch": "random:3", "data": ""}).data is None  # "" = bundled sample
 
