@@ -1,6 +1,11 @@
 """AdaBERT search on a full GLUE task with its cached teacher (issue 3's evidence).
 
     python bench/search.py [--task SST-2] [--epochs 2] [--finetune-epochs 1] [--beta 4] [--name NAME]
+    python bench/search.py --arch runs/bench/search/SST-2-... --epochs 3 --name retrain-SST-2
+
+With ``--arch`` it retrains that exported structure from fresh weights on the whole store
+(``nni-adabert retrain``, KD from the teacher) instead of searching: the paper's
+search-then-train protocol, with the search run elsewhere (e.g. on a subset).
 
 Needs the teacher run of ``bench/teacher_probes.sh TASK``. Runs in runs/bench/<NAME> and writes
 bench/results/<NAME>.{json,md}, the exported architecture JSON and the cell picture
@@ -19,17 +24,22 @@ parser.add_argument("--epochs", type=int, default=2)
 parser.add_argument("--finetune-epochs", type=int, default=1)
 parser.add_argument("--beta", type=float, default=4.0)
 parser.add_argument("--train-limit", type=int, default=None)
+parser.add_argument("--arch", help="retrain this exported structure instead of searching")
 parser.add_argument("--name", help="run and result name (default: search-<TASK>)")
 args = parser.parse_args()
 name = args.name or f"search-{args.task}"
 
 teacher = ROOT / "runs" / "bench" / f"teacher-{args.task}"
 out = ROOT / "runs" / "bench" / name
-search = ["search", "--teacher", str(teacher), "--output-dir", str(out), "--epochs", str(args.epochs),
-          "--warmup-epochs", "1", "--arc-lr", "3e-3", "--finetune-epochs", str(args.finetune_epochs),
-          "--beta", str(args.beta), "--no-progress"]
-search += ["--train-limit", str(args.train_limit)] if args.train_limit else []
-commands = [run_cli(search)]
+if args.arch:
+    train = ["retrain", "--arch", args.arch, "--teacher", str(teacher), "--output-dir", str(out),
+             "--epochs", str(args.epochs), "--no-progress"]
+else:
+    train = ["search", "--teacher", str(teacher), "--output-dir", str(out), "--epochs", str(args.epochs),
+             "--warmup-epochs", "1", "--arc-lr", "3e-3", "--finetune-epochs", str(args.finetune_epochs),
+             "--beta", str(args.beta), "--no-progress"]
+train += ["--train-limit", str(args.train_limit)] if args.train_limit else []
+commands = [run_cli(train)]
 table = out / "summary.md"
 commands.append(run_cli(["evaluate", "--teacher", str(teacher), "--arch", str(out), "--speed",
                          "--json", str(out / "summary.json"), "--markdown", str(table)]))
@@ -37,6 +47,7 @@ commands.append(run_cli(["evaluate", "--teacher", str(teacher), "--arch", str(ou
 shutil.copy(out / "cell.png", RESULTS / f"{name}-cell.png")
 shutil.copy(out / "architecture.json", RESULTS / f"{name}-architecture.json")
 result = {"commands": commands, "machine": machine(), **json.loads((out / "summary.json").read_text())}
-write_results(name, result, f"# {args.task}: searched student vs teacher\n\nCommands:\n\n"
+title = "retrained structure" if args.arch else "searched student"
+write_results(name, result, f"# {args.task}: {title} vs teacher\n\nCommands:\n\n"
               + "".join(f"    {c}\n" for c in commands) + f"\nMachine: {machine()}\n\n" + table.read_text()
               + f"\nCell: ![cell]({name}-cell.png)\n")
