@@ -198,17 +198,27 @@ DEMO_STEPS = [
 ]
 
 
+def demo_steps(out: Path, no_progress: bool = False, cache_dir: str | None = None) -> list[list[str]]:
+    """The command lines of ``nni-adabert demo``'s steps."""
+    steps = []
+    for step in DEMO_STEPS:
+        argv = [a.format(out=out) for a in step]
+        if step[0] != "evaluate":
+            argv += ["--no-progress"] if no_progress else []
+        if step[0] == "teacher":  # the knowledge cache: later steps find it through the teacher run
+            argv += ["--cache-dir", cache_dir] if cache_dir else []
+        steps.append(argv)
+    return steps
+
+
 def cmd_demo(args) -> None:
     """The whole journey on the bundled SST-2 sample: teacher -> probes -> cache ->
     search -> export -> evaluate, then teacher vs student side by side."""
     out = Path(args.output_dir)
     parser = build_parser()
-    for i, step in enumerate(DEMO_STEPS, 1):
-        argv = [a.format(out=out) for a in step]
-        if step[0] != "evaluate":
-            argv += ["--no-progress"] if args.no_progress else []
-            argv += ["--cache-dir", args.cache_dir] if args.cache_dir else []
-        print(f"\n=== step {i}/{len(DEMO_STEPS)}: nni-adabert {' '.join(argv)}\n", flush=True)
+    steps = demo_steps(out, args.no_progress, args.cache_dir)
+    for i, argv in enumerate(steps, 1):
+        print(f"\n=== step {i}/{len(steps)}: nni-adabert {' '.join(argv)}\n", flush=True)
         sub = parser.parse_args(argv)
         sub.func(sub)
     print(f"\narchitecture: {out / 'student' / 'architecture.json'}\nweights:      "

@@ -77,3 +77,15 @@ def test_search_on_two_processes_with_ddp(runs, tmp_path):
     doc = json.loads((out / "architecture.json").read_text())
     assert doc["search"]["devices"] == 2 and len(doc["search"]["history"]) == 1
     assert (out / "search" / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_demo_steps_parse_with_every_demo_option(tmp_path):
+    """Each step of `nni-adabert demo --no-progress --cache-dir C` is a valid command line (the
+    cache directory goes to the teacher step, which builds the store the later steps read)."""
+    from nni_adabert.cli import build_parser, demo_steps
+
+    steps = demo_steps(tmp_path / "demo", no_progress=True, cache_dir=str(tmp_path / "cache"))
+    parsed = [build_parser().parse_args(argv) for argv in steps]
+    assert [p.command for p in parsed] == ["teacher", "search", "evaluate"]
+    assert parsed[0].cache_dir == str(tmp_path / "cache") and parsed[0].no_progress and parsed[1].no_progress
+    assert parsed[1].teacher == parsed[2].teacher == str(tmp_path / "demo")
