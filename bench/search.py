@@ -23,6 +23,7 @@ parser.add_argument("--task", default="SST-2")
 parser.add_argument("--epochs", type=int, default=2)
 parser.add_argument("--finetune-epochs", type=int, default=1)
 parser.add_argument("--beta", type=float, default=4.0)
+parser.add_argument("--arc-lr", type=float, default=3e-3, help="Adam learning rate of the architecture")
 parser.add_argument("--train-limit", type=int, default=None)
 parser.add_argument("--arch", help="retrain this exported structure instead of searching")
 parser.add_argument("--name", help="run and result name (default: search-<TASK>)")
@@ -36,7 +37,7 @@ if args.arch:
              "--epochs", str(args.epochs), "--no-progress"]
 else:
     train = ["search", "--teacher", str(teacher), "--output-dir", str(out), "--epochs", str(args.epochs),
-             "--warmup-epochs", "1", "--arc-lr", "3e-3", "--finetune-epochs", str(args.finetune_epochs),
+             "--warmup-epochs", "1", "--arc-lr", str(args.arc_lr), "--finetune-epochs", str(args.finetune_epochs),
              "--beta", str(args.beta), "--no-progress"]
 train += ["--train-limit", str(args.train_limit)] if args.train_limit else []
 commands = [run_cli(train)]
