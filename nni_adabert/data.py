@@ -221,3 +221,8 @@ def pad_batch(features: list[dict], keys: tuple[str, ...], pad_id: int = 0) -> d
             continue
         batch[key.replace("input_ids", "attention_mask")] = mask
     return batch
+
+
+def pad_batches(rows: list[dict], keys: tuple[str, ...], batch_size: int) -> list[dict[str, torch.Tensor]]:
+    """``rows`` in order, cut into batches of ``batch_size``, each one :func:`pad_batch`-ed."""
+    return [pad_batch(rows[i:i + batch_size], keys) for i in range(0, len(rows), batch_size)]

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from . import atomic
-from .data import pad_batch
+from .data import pad_batches
 from .errors import UserError
 from .export import ArchitectureFile, load_student
 from .ops import MaskedMaxPool, ReLUConvBN
@@ -223,7 +223,7 @@ def dev_batches(store, examples: int = 24, batch_size: int = 16) -> list[dict[st
     dev = store.data["dev"]
     keys = tuple(c for c in ("input_ids_a", "input_ids_b") if c in dev.column_names)
     rows = list(dev.select(range(min(examples, len(dev)))).select_columns(list(keys)))
-    return [pad_batch(rows[i:i + batch_size], keys) for i in range(0, len(rows), batch_size)]
+    return pad_batches(rows, keys, batch_size)
 
 
 def open_deployed(path: str | os.PathLike | None, arch_file: ArchitectureFile, threads: int | None = None

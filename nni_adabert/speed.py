@@ -15,12 +15,8 @@ from typing import Callable, Mapping
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from .data import pad_batch
+from .data import pad_batch, pad_batches
 from .metrics import compute_metrics
-
-
-def _batches(rows: list[dict], keys: tuple[str, ...], batch_size: int) -> list[dict[str, torch.Tensor]]:
-    return [pad_batch(rows[i:i + batch_size], keys) for i in range(0, len(rows), batch_size)]
 
 
 def time_runs(runs: Mapping[str, tuple[Callable, list]], repeats: int, warmup: int = 1) -> dict[str, list[float]]:
@@ -52,12 +48,12 @@ def _runner(model, rows: list[dict], batch_size: int) -> tuple[Callable, list]:
     from .space import AdaBertStudent
 
     if isinstance(model, OnnxStudent):  # an ONNX Runtime session: fed the student's batches as they are
-        return model, _batches(rows, model.id_keys, batch_size)
+        return model, pad_batches(rows, model.id_keys, batch_size)
     model = model.eval().cpu()
     if isinstance(model, AdaBertStudent):
         keys = ("input_ids_a", "input_ids_b") if "input_ids_b" in rows[0] else ("input_ids_a",)
-        return (lambda b: model(**b, return_probes=False)), _batches(rows, keys, batch_size)
-    return (lambda b: model(**b)), _batches(rows, ("input_ids", "token_type_ids"), batch_size)
+        return (lambda b: model(**b, return_probes=False)), pad_batches(rows, keys, batch_size)
+    return (lambda b: model(**b)), pad_batches(rows, ("input_ids", "token_type_ids"), batch_size)
 
 
 def measure_speeds(models: Mapping[str, torch.nn.Module], rows: list[dict], batch_size: int = 128,
