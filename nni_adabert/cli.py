@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import UserError, from_os_error
+from .errors import UserError, as_user_error
 from .pipeline import build_teacher_run, format_table, open_teacher_run
 
 log = logging.getLogger("nni_adabert")
@@ -342,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
         check_outputs(args)
         args.func(args)
     except (UserError, OSError) as exc:
-        error = exc if isinstance(exc, UserError) else from_os_error(exc)
+        error = as_user_error(exc)
         if error is None or args.verbose:
             raise
         print(f"nni-adabert {args.command}: error: {error}", file=sys.stderr)

@@ -28,3 +28,11 @@ def from_os_error(exc: OSError) -> UserError | None:
     if exc.errno == errno.ENOTDIR:
         return UserError(f"cannot use{where} as a directory: a part of the path is a file")
     return None
+
+
+def as_user_error(exc: Exception) -> UserError | None:
+    """What a command reports as the user's to fix: ``exc`` itself when a :class:`UserError`,
+    :func:`from_os_error` for an ``OSError``; ``None`` (a bug: let it raise) otherwise."""
+    if isinstance(exc, UserError):
+        return exc
+    return from_os_error(exc) if isinstance(exc, OSError) else None

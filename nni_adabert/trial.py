@@ -37,7 +37,7 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import UserError, from_os_error
+from .errors import UserError, as_user_error
 
 log = logging.getLogger("nni_adabert.trial")
 
@@ -266,7 +266,8 @@ def retrain_trial(args: argparse.Namespace) -> dict:
     print(f"retrain on {store.meta['task']}: {source['from']} -> {arch}", flush=True)
     out = output_dir(args, RETRAIN)
     config = SearchConfig(epochs=args.epochs, batch_size=args.batch_size, gamma=args.gamma, retrain_lr=args.lr,
-                          grad_clip=args.grad_clip, seed=args.seed, train_limit=args.train_limit, embed_dim=embed_dim, k_max=k_max)
+                          grad_clip=args.grad_clip, seed=args.seed, train_limit=args.train_limit,
+                          embed_dim=embed_dim, k_max=k_max)
     doc = run_retrain(arch, source, store, out, config, progress=args.progress, report_to_nni=True)
     return finish(store, load_student(read_architecture(out / ARCH_FILE)), doc, out, args)
 
@@ -289,7 +290,7 @@ def main(kind: str, argv: list[str] | None = None) -> int:
               flush=True)
         (search_trial if kind == SEARCH else retrain_trial)(args)
     except (UserError, OSError) as exc:
-        error = exc if isinstance(exc, UserError) else from_os_error(exc)
+        error = as_user_error(exc)
         if error is None:
             raise
         message = f"nni-adabert {kind} trial: error: {error}"
