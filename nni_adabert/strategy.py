@@ -434,13 +434,14 @@ class AdaBertLightningModule(BaseOneShotLightningModule):
 
     def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
         # The architecture logits are parameters of the model (in state_dict); the Adam state
-        # is saved by Lightning. Keep the Gumbel noise stream too, so a resumed run continues it.
-        checkpoint["adabert"] = {"generator": self.generator.get_state(), "history": self.history}
+        # is saved by Lightning. The Gumbel noise needs only the seed: every epoch reseeds from it
+        # (a drawn seed, with seed=None, must survive the resume).
+        checkpoint["adabert"] = {"seed": self.seed, "history": self.history}
 
     def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
         state = checkpoint.get("adabert")
         if state:
-            self.generator.set_state(state["generator"])
+            self.seed = int(state.get("seed", self.seed))
             self.history = list(state.get("history", []))
 
 
