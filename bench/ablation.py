@@ -30,10 +30,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-from common import (ROOT, add_scale_args, header, main_metric, mean_std, percent, prepare, publish,  # noqa: E402
+from common import (ROOT, add_scale_args, header, main_metric, percent, prepare, publish,  # noqa: E402
                     reference_text, run_record, search, search_settings, student_row)
 
 sys.path.insert(0, str(ROOT))
+
+from nni_adabert.pipeline import format_mean_std  # noqa: E402
 
 # (name, augmented rows, SearchConfig overrides).
 VARIANTS = [
@@ -50,7 +52,7 @@ PAPER = {"Base-KD": {"SST-2": 86.6, "MRPC": 77.2}, "+ Probe": {"SST-2": 88.4, "M
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_scale_args(p, ["SST-2", "MRPC"])
+    add_scale_args(p, ["SST-2", "MRPC"], "ablation")
     return p.parse_args(argv)
 
 
@@ -66,7 +68,8 @@ def markdown(result: dict) -> str:
 
     def cell(name, task):
         runs = [r for r in result["runs"] if (r["variant"], r["task"]) == (name, task)]
-        return (f"{mean_std(scores(result, name, task))} (acc {mean_std(scores(result, name, task, 'accuracy'))}; "
+        main, accuracy = scores(result, name, task), scores(result, name, task, "accuracy")
+        return (f"{format_mean_std(main)} (acc {format_mean_std(accuracy)}; "
                 f"K = {', '.join(str(r['depth']) for r in runs)})")
 
     lines = header("Knowledge-loss ablation (paper Table 4)", result["command"], result["threads"], result["scale"])
@@ -121,7 +124,7 @@ def main(argv=None) -> int:
                              **student_row(doc)})
                 print(f"{name} on {task}, seed {seed}: {doc['dev_metrics']}", flush=True)
     result = {**run_record("bench/ablation.py", argv, args, stores), "paper": PAPER, "runs": runs}
-    return publish(args.name or "ablation", result, findings, markdown)
+    return publish(args.name, result, findings, markdown)
 
 
 if __name__ == "__main__":

@@ -32,8 +32,6 @@ from common import (RESULTS, ROOT, add_scale_args, header, main_metric, prepare,
 
 sys.path.insert(0, str(ROOT))
 
-NAME = "adaptiveness"
-
 # Paper Table 3 (dev set; "Random": mean ± std over 5 random structures), the SST-2 and MRPC columns.
 PAPER = {
     "searched on SST-2": {"SST-2": "91.9", "MRPC": "78.1"},
@@ -44,7 +42,7 @@ PAPER = {
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_scale_args(p, ["SST-2", "MRPC"])
+    add_scale_args(p, ["SST-2", "MRPC"], "adaptiveness")
     p.add_argument("--random-seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4],
                    help="seeds of space.random_arch (the paper: 5 random structures)")
     return p.parse_args(argv)
@@ -99,7 +97,7 @@ def markdown(result: dict, args) -> str:
         "|---|" + "---|" * len(tasks),
         *[f"| {name} | " + " | ".join(PAPER[name].get(t, "") for t in tasks) + " |" for name in PAPER],
         "",
-        *[f"![{t} cell]({args.name or NAME}-cell-{t}.png)" for t in result["searched"]],
+        *[f"![{t} cell]({args.name}-cell-{t}.png)" for t in result["searched"]],
     ]
     return "\n".join(lines) + "\n"
 
@@ -155,7 +153,7 @@ def main(argv=None) -> int:
             print(f"{name} on {task}: {doc['dev_metrics']}", flush=True)
 
     for task, doc in searched.items():
-        shutil.copy(ROOT / doc["dir"] / "cell.png", RESULTS / f"{args.name or NAME}-cell-{task}.png")
+        shutil.copy(ROOT / doc["dir"] / "cell.png", RESULTS / f"{args.name}-cell-{task}.png")
     result = {
         **run_record("bench/adaptiveness.py", argv, args, stores), "paper": PAPER,
         "searched": {task: student_row(doc) for task, doc in searched.items()},
@@ -164,7 +162,7 @@ def main(argv=None) -> int:
                           "flops": cost.child_flops(space_cfg, arch, 128)} for seed, arch in randoms.items()},
         "retrained": retrained,
     }
-    return publish(args.name or NAME, result, findings, lambda r: markdown(r, args))
+    return publish(args.name, result, findings, lambda r: markdown(r, args))
 
 
 if __name__ == "__main__":

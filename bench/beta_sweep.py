@@ -23,10 +23,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-from common import (RESULTS, ROOT, add_scale_args, header, main_metric, mean_std, percent, prepare, publish,  # noqa: E402
+from common import (RESULTS, ROOT, add_scale_args, header, main_metric, percent, prepare, publish,  # noqa: E402
                     reference_text, run_record, search, search_settings, student_row)
 
 sys.path.insert(0, str(ROOT))
+
+from nni_adabert.pipeline import format_mean_std  # noqa: E402
 
 NAME = "beta-sweep"
 
@@ -37,7 +39,7 @@ PAPER = {0.0: {"SST-2": "91.8 (7.5M)", "MRPC": "84.5 (7.8M)"}, 4.0: {"SST-2": "9
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_scale_args(p, ["SST-2", "MRPC"])
+    add_scale_args(p, ["SST-2", "MRPC"], NAME)
     p.add_argument("--betas", type=float, nargs="+", default=[0.0, 4.0, 8.0])
     return p.parse_args(argv)
 
@@ -56,8 +58,8 @@ def markdown(result: dict) -> str:
                             f"{statistics.mean(r['params'] for r in runs):,.0f}",
                             f"{statistics.mean(r['params_without_embedding'] for r in runs):,.0f}",
                             f"{statistics.mean(r['flops'] for r in runs):,.0f}",
-                            f"{metric} {mean_std([percent(r, metric) for r in runs])}",
-                            mean_std([percent(r, "accuracy") for r in runs])])
+                            f"{metric} {format_mean_std([percent(r, metric) for r in runs])}",
+                            format_mean_std([percent(r, "accuracy") for r in runs])])
     lines = header("Efficiency loss: β = 0, 4, 8 (paper Table 5)", result["command"], result["threads"],
                    result["scale"])
     lines += [reference_text(result["references"]), ""]
@@ -78,7 +80,7 @@ def markdown(result: dict) -> str:
                        f"{percent(r, main_metric(r['task'])):.2f}",
                        ", ".join(v for k, v in r["architecture"].items() if k != "depth")] for r in result["rows"]]),
         "",
-        *[f"![{t}]({result['settings']['name'] or NAME}-{t}.png)" for t in result["tasks"]],
+        *[f"![{t}]({result['settings'].get('name') or NAME}-{t}.png)" for t in result["tasks"]],
         "",
         "## The paper's numbers (Table 5, dev; params in parentheses)",
         "",
@@ -119,10 +121,10 @@ def main(argv=None) -> int:
             points.setdefault((r["seed"], r["depth"], r["params"], r["dev_metrics"][metric]), []).append(r["beta"])
         plot_tradeoff([(f"β={','.join(f'{b:g}' for b in betas)} seed {seed}, K={k}", params, value)
                        for (seed, k, params, value), betas in points.items()],
-                      RESULTS / f"{args.name or NAME}-{task}.png", f"{task}: efficiency-loss weight β", metric)
+                      RESULTS / f"{args.name}-{task}.png", f"{task}: efficiency-loss weight β", metric)
     result = {**run_record("bench/beta_sweep.py", argv, args, stores), "betas": args.betas,
               "paper": {str(k): v for k, v in PAPER.items()}, "rows": rows}
-    return publish(args.name or NAME, result, findings, markdown)
+    return publish(args.name, result, findings, markdown)
 
 
 if __name__ == "__main__":

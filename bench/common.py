@@ -187,8 +187,9 @@ def header(title: str, command: str, threads: int, scale: str) -> list[str]:
             f"Scale: {scale}", ""]
 
 
-def add_scale_args(p, tasks: list[str]) -> None:
-    """The settings every paper-table benchmark shares (each script adds its own)."""
+def add_scale_args(p, tasks: list[str], name: str) -> None:
+    """The settings every paper-table benchmark shares (each script adds its own); ``name``: the
+    default base name of its result files."""
     p.add_argument("--tasks", nargs="+", default=tasks, help="GLUE tasks (their teacher runs must exist)")
     p.add_argument("--rows", nargs="+", default=[], metavar="TASK=N",
                    help="original train rows per task (default: all), plus the augmented rows made from them")
@@ -201,8 +202,8 @@ def add_scale_args(p, tasks: list[str]) -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0],
                    help="seeds of the runs (several: mean ± std where the benchmark repeats its runs)")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
-    p.add_argument("--name", help="base name of the result files in bench/results (default: the benchmark's "
-                                  "own; give another to keep a run with other settings beside it)")
+    p.add_argument("--name", default=name, help=f"base name of the result files in bench/results (default: "
+                                                f"{name}; give another to keep a run with other settings beside it)")
 
 
 def rows_per_task(args) -> dict[str, int]:
@@ -243,15 +244,6 @@ def scale_text(stores: dict, args) -> str:
     return ("; ".join(parts) + f". Search: {args.epochs} epoch(s) ({args.warmup_epochs} weights-only warm-up), "
             f"then {args.finetune_epochs} epoch(s) of fine-tuning the derived child; batch 64; "
             f"seed(s) {', '.join(map(str, args.seeds))}.")
-
-
-def mean_std(values: list[float]) -> str:
-    """``mean ± std (n=...)`` of percentages; the value alone for one run."""
-    import statistics
-
-    if len(values) == 1:
-        return f"{values[0]:.2f}"
-    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f} (n={len(values)})"
 
 
 def references(stores: dict) -> dict:

@@ -24,26 +24,25 @@ def format_table(header: list[str], rows: list[list]) -> str:
                      + [line(r) for r in cells[1:]])
 
 
+def format_mean_std(values: list[float]) -> str:
+    """Percentages of repeated runs as ``mean ± std (n=...)``; one value alone; none: ``""``."""
+    import statistics
+
+    if len(values) <= 1:
+        return "".join(f"{v:.2f}" for v in values)
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f} (n={len(values)})"
+
+
 def format_transfer_table(table: dict[str, dict[str, list[float]]], row_name: str = "structure",
                           tasks: list[str] | None = None) -> str:
     """The task x structure table of the paper's Table 3: ``table[structure][task]`` lists the
     dev metric (in %) of each run; a cell with several runs shows mean ± std (n). Rows sorted
     by name, ``"random"`` last; columns are ``tasks`` (default: every task, sorted)."""
-    import statistics
-
     tasks = tasks or sorted({task for row in table.values() for task in row})
     names = sorted(n for n in table if n != "random") + (["random"] if "random" in table else [])
     lines = [f"| {row_name} | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
     for name in names:
-        cells = []
-        for task in tasks:
-            values = table[name].get(task, [])
-            if not values:
-                cells.append("")
-            elif len(values) == 1:
-                cells.append(f"{values[0]:.2f}")
-            else:
-                cells.append(f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f} (n={len(values)})")
+        cells = [format_mean_std(table[name].get(task, [])) for task in tasks]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
