@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from nni_adabert.losses import (
-    DEFAULT_BETA, IGNORE_INDEX, adabert_loss, attentive_weights, ce_loss, distillation_loss, efficiency_loss, final_kd_loss,
-    kd_targets, layer_mapping, probe_kd_loss, soft_cross_entropy, total_loss,
+    DEFAULT_BETA, IGNORE_INDEX, adabert_loss, attentive_weights, ce_loss, distillation_loss, efficiency_loss,
+    final_kd_loss, kd_targets, layer_mapping, probe_kd_loss, soft_cross_entropy, total_loss,
 )
 
 

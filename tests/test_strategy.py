@@ -72,6 +72,15 @@ def supernet(cfg, full=False, seed=0, **strategy_kw):
     return space, module
 
 
+def resample_nonzero_path(module, cfg, depth=2):
+    """Sample a path with no `zero` op at ``depth``. Single-path: an edge whose sampled op is
+    `zero` outputs nothing and so can't get a task gradient that step (the relaxed y still
+    comes from Gumbel)."""
+    nonzero = [op for op in OP_NAMES if op != "zero"]
+    module.resample(force={**{label: nonzero[i % len(nonzero)] for i, label in enumerate(cfg.edge_labels)},
+                           "depth": depth})
+
+
 def arch_params(space):
     return {name: p for name, p in space.named_parameters() if name.endswith("_arch_alpha")}
 
@@ -170,12 +179,7 @@ def test_every_architecture_parameter_gets_gradient_from_each_loss(full, term):
     params = arch_params(space)
     labels = {name.split(".")[-2] if "edges" in name else "depth" for name in params}
     assert labels == set(cfg.edge_labels) | {"depth"}
-    # Single-path: an edge whose sampled op is `zero` outputs nothing and so can't get a task
-    # gradient that step; force a sample of non-zero ops (the relaxed y still comes from Gumbel).
-    nonzero = [op for op in OP_NAMES if op != "zero"]
-    force = {label: nonzero[i % len(nonzero)] for i, label in enumerate(cfg.edge_labels)}
-    force["depth"] = 2
-    module.resample(force=force)
+    resample_nonzero_path(module, cfg)
     space.train()
     parts = module.training_module.compute_loss(collate(synthetic_examples(8, 4)))
     value = getattr(parts, term)
@@ -347,10 +351,7 @@ def test_base_kd_distils_final_logits_and_still_moves_every_architecture_choice(
     cfg = tiny_config()
     space, module = supernet(cfg, seed=3)
     module.training_module.hparams.update(probe_kd=False, final_kd=True)
-    nonzero = [op for op in OP_NAMES if op != "zero"]
-    force = {label: nonzero[i % len(nonzero)] for i, label in enumerate(cfg.edge_labels)}
-    force["depth"] = 2
-    module.resample(force=force)
+    resample_nonzero_path(module, cfg)
     space.train()
     batch = collate(synthetic_examples(8, 4))
     torch.manual_seed(0)
