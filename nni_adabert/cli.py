@@ -82,6 +82,9 @@ def add_search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=d.lr, help="SGD learning rate of the weights (cosine to --min-lr)")
     p.add_argument("--min-lr", type=float, default=d.min_lr)
     p.add_argument("--grad-clip", type=float, default=d.grad_clip, help="max norm of the weight gradients (0: off)")
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay,
+                   help="weight decay of the weights' matrices and kernels (not biases and norms)")
+    p.add_argument("--dropout", type=float, default=d.dropout, help="the student's dropout")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--train-limit", type=int, default=None, help="use only the first N train rows of the store")
     p.add_argument("--augmented-limit", type=int, default=None,
@@ -102,7 +105,7 @@ def search_config(args, **extra):
 
     return SearchConfig(epochs=args.epochs, batch_size=args.batch_size, gamma=args.gamma, beta=args.beta,
                         lr=args.lr, min_lr=args.min_lr, grad_clip=args.grad_clip, seed=args.seed,
-                        train_limit=args.train_limit, devices=args.devices,
+                        weight_decay=args.weight_decay, dropout=args.dropout, train_limit=args.train_limit, devices=args.devices,
                         augmented_limit=args.augmented_limit, probe_kd=not args.no_probe_kd, final_kd=args.final_kd,
                         **extra)
 

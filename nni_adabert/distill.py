@@ -26,7 +26,7 @@ import torchmetrics
 from nni.nas.evaluator.pytorch import LightningModule
 
 from .losses import DEFAULT_BETA, IGNORE_INDEX, adabert_loss
-from .training import check_finite
+from .training import check_finite, weight_decay_groups
 
 __all__ = ["AdaBertDistillModule", "model_inputs", "val_metric_key", "report_to_nni_trial"]
 
@@ -95,7 +95,8 @@ class AdaBertDistillModule(LightningModule):
             default is calibrated to our L_E: :data:`losses.DEFAULT_BETA`).
         learning_rate, min_learning_rate: SGD learning rate, cosine-annealed per step
             from the first to the second over the whole run (paper: 2e-2 -> 5e-4).
-        momentum, weight_decay: SGD settings (paper: momentum 0.9).
+        momentum: SGD momentum (paper: 0.9).
+        weight_decay: on weight matrices and kernels, not on biases and norm scales.
         report_to_nni: inside an NNI trial, report the dev metrics after every epoch with
             ``nni.report_intermediate_result``, ``"default"`` being ``main_metric``. The final
             result is the trial's to report (after export, with params, FLOPs and speedup:
@@ -183,11 +184,11 @@ class AdaBertDistillModule(LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
+        groups = weight_decay_groups(self.model, hp.weight_decay)
         if hp.optimizer == "adamw":  # retraining a fixed child: its embedding learns far faster with Adam
-            optimizer = torch.optim.AdamW(self.model.parameters(), lr=hp.learning_rate, weight_decay=hp.weight_decay)
+            optimizer = torch.optim.AdamW(groups, lr=hp.learning_rate)
         else:
-            optimizer = torch.optim.SGD(self.model.parameters(), lr=hp.learning_rate, momentum=hp.momentum,
-                                        weight_decay=hp.weight_decay)
+            optimizer = torch.optim.SGD(groups, lr=hp.learning_rate, momentum=hp.momentum)
         total: Optional[float] = None
         try:
             total = float(self.trainer.estimated_stepping_batches)

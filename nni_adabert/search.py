@@ -55,6 +55,8 @@ class SearchConfig:
     k_max: int = 8
     retrain_optimizer: str = "adamw"  # a fixed child (fine-tuning, retraining): AdamW, cosine lr
     retrain_lr: float = 1e-3
+    weight_decay: float = 0.0   # on the weights' matrices and kernels (not biases, norms), search and retrain
+    dropout: float = 0.1        # the student's dropout (embedding, before probes and classifier)
     grad_clip: float = 5.0      # max norm of the weight gradients (0: off), as in DARTS: plain SGD 2e-2
     #                             diverged to NaN in a full-SST-2 warm-up without it
     warmup_epochs: int = 0      # train weights only (uniformly sampled paths) before the architecture moves
@@ -79,11 +81,13 @@ class SearchConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise UserError(f"search setting {name} must be an integer >= {low}, got {value!r}")
         for name in ("beta", "min_lr", "arc_lr", "arc_weight_decay", "lr", "retrain_lr", "temperature", "tau_end",
-                     "grad_clip"):
+                     "grad_clip", "weight_decay"):
             value, positive = getattr(self, name), name in ("lr", "retrain_lr", "temperature", "tau_end")
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0 or (positive and value == 0):
                 raise UserError(f"search setting {name} must be a finite number {'>' if positive else '>='} 0, "
                                 f"got {value!r}")
+        if not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
+            raise UserError(f"search setting dropout must be in [0, 1), got {self.dropout!r}")
         if not 0 <= self.gamma <= 1:
             raise UserError(f"search setting gamma (the KD weight) must be in [0, 1], got {self.gamma!r}")
         if self.retrain_optimizer not in ("adamw", "sgd"):
@@ -93,10 +97,10 @@ class SearchConfig:
                             "(final_kd alone is the paper's Base-KD)")
 
 
-def student_config(store: KnowledgeStore, embed_dim: int = 128, k_max: int = 8) -> StudentConfig:
+def student_config(store: KnowledgeStore, embed_dim: int = 128, k_max: int = 8, dropout: float = 0.1) -> StudentConfig:
     meta = store.meta
     return StudentConfig(vocab_size=meta["vocab_size"], num_labels=meta["num_labels"], is_pair=store.spec.is_pair,
-                         embed_dim=embed_dim, k_max=k_max, pad_token_id=meta["pad_token_id"])
+                         embed_dim=embed_dim, k_max=k_max, pad_token_id=meta["pad_token_id"], dropout=dropout)
 
 
 def distill_module(store: KnowledgeStore, config: SearchConfig, report_to_nni: bool = False,
@@ -105,6 +109,7 @@ def distill_module(store: KnowledgeStore, config: SearchConfig, report_to_nni: b
     lr, min_lr = (config.retrain_lr, config.retrain_lr / 100) if retrain else (config.lr, config.min_lr)
     return AdaBertDistillModule(store.meta["num_labels"], gamma=config.gamma, beta=config.beta,
                                 temperature=config.temperature, learning_rate=lr, min_learning_rate=min_lr,
+                                weight_decay=config.weight_decay,
                                 report_to_nni=report_to_nni, main_metric=val_metric_key(store.spec.main_metric),
                                 optimizer=config.retrain_optimizer if retrain else "sgd",
                                 probe_kd=config.probe_kd, final_kd=config.final_kd)
@@ -143,7 +148,7 @@ def run_search(store: KnowledgeStore, out_dir: str | os.PathLike, config: Search
         log.info("search already finished in %s with these settings; not redoing it", out_dir)
         return done
     pl.seed_everything(config.seed, workers=True)
-    student_cfg = student_config(store, config.embed_dim, config.k_max)
+    student_cfg = student_config(store, config.embed_dim, config.k_max, config.dropout)
     embedding = factorized_embedding(teacher_word_embeddings(store.meta["teacher_dir"]), config.embed_dim)
     space = AdaBertSpace(student_cfg, embedding)
 
@@ -211,7 +216,7 @@ def run_retrain(arch: dict, source: dict, store: KnowledgeStore, out_dir: str | 
         return done
     out_dir = Path(out_dir)
     pl.seed_everything(config.seed, workers=True)  # the fresh weights too: the same run whatever ran before it
-    student = fresh_student(arch, store, config.embed_dim, config.k_max)
+    student = fresh_student(arch, store, config.embed_dim, config.k_max, config.dropout)
     student = retrain_student(student, store, out_dir / "retrain", config, progress, report_to_nni)
     info = {**student_info(store), **evaluate_student(student, store), "retrain": settings}
     title = f"{source.get('searched_on') or source['from']} cell retrained on {store.meta['task']}"
@@ -235,9 +240,10 @@ def retrain_student(student: AdaBertStudent, store: KnowledgeStore, run_dir: str
     return student.cpu().eval()
 
 
-def fresh_student(arch: dict, store: KnowledgeStore, embed_dim: int = 128, k_max: int = 8) -> AdaBertStudent:
+def fresh_student(arch: dict, store: KnowledgeStore, embed_dim: int = 128, k_max: int = 8,
+                  dropout: float = 0.1) -> AdaBertStudent:
     """A newly initialised child of ``arch`` for ``store``'s task, embedding from its teacher."""
-    student = AdaBertStudent(student_config(store, embed_dim, k_max), arch)
+    student = AdaBertStudent(student_config(store, embed_dim, k_max, dropout), arch)
     student.load_embedding(factorized_embedding(teacher_word_embeddings(store.meta["teacher_dir"]), embed_dim))
     return student
 

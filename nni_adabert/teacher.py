@@ -32,7 +32,7 @@ from .data import dataset_fingerprint, pad_batch, tokenize
 from .errors import UserError
 from .metrics import compute_metrics
 from .tasks import TaskSpec
-from .training import check_finite, epoch_seed, fit, make_trainer
+from .training import check_finite, epoch_seed, fit, make_trainer, weight_decay_groups
 
 log = logging.getLogger(__name__)
 
@@ -135,10 +135,7 @@ class TeacherModule(pl.LightningModule):
     def configure_optimizers(self):
         from transformers import get_linear_schedule_with_warmup
 
-        decay = [p for n, p in self.named_parameters() if "bias" not in n and "LayerNorm" not in n]
-        no_decay = [p for n, p in self.named_parameters() if "bias" in n or "LayerNorm" in n]
-        optim = torch.optim.AdamW([{"params": decay, "weight_decay": self.hparams.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=self.hparams.lr)
+        optim = torch.optim.AdamW(weight_decay_groups(self, self.hparams.weight_decay), lr=self.hparams.lr)
         total = self.trainer.estimated_stepping_batches
         sched = get_linear_schedule_with_warmup(optim, math.ceil(total * self.hparams.warmup_ratio), total)
         return [optim], [{"scheduler": sched, "interval": "step"}]

@@ -74,6 +74,14 @@ class SeedEachEpoch(Callback):
         torch.manual_seed(seed)
 
 
+def weight_decay_groups(module: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Optimizer parameter groups: ``weight_decay`` on weight matrices and kernels, none on
+    biases and norm scales (1-d tensors), as BERT fine-tuning does."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    return [{"params": [p for p in params if p.ndim > 1], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
+
+
 def check_finite(loss: torch.Tensor, module: pl.LightningModule) -> None:
     """Stop a diverged run with the epoch, the step and a hint, instead of training on NaN.
     The checkpoint of the last good epoch stays; the same command resumes from it."""

@@ -79,6 +79,8 @@ def build_parser(kind: str) -> argparse.ArgumentParser:
     g.add_argument("--lr", type=float, default=d.lr if kind == SEARCH else d.retrain_lr)
     g.add_argument("--seed", type=int, default=d.seed)
     g.add_argument("--grad-clip", type=float, default=d.grad_clip, help="max norm of the weight gradients (0: off)")
+    g.add_argument("--weight-decay", type=float, default=d.weight_decay, help="on matrices and kernels")
+    g.add_argument("--dropout", type=float, default=d.dropout, help="the student's dropout")
     g.add_argument("--train-limit", type=int, default=None, help="first N rows of the store's train split")
     if kind == SEARCH:
         g.add_argument("--min-lr", type=float, default=d.min_lr)
@@ -224,7 +226,7 @@ def search_trial(args: argparse.Namespace) -> dict:
     out = output_dir(args, SEARCH)
     config = SearchConfig(epochs=args.epochs, batch_size=args.batch_size, gamma=args.gamma, beta=args.beta,
                           lr=args.lr, min_lr=args.min_lr, arc_lr=args.arc_lr, grad_clip=args.grad_clip,
-                          seed=args.seed, train_limit=args.train_limit, warmup_epochs=args.warmup_epochs,
+                          weight_decay=args.weight_decay, dropout=args.dropout, seed=args.seed, train_limit=args.train_limit, warmup_epochs=args.warmup_epochs,
                           finetune_epochs=args.finetune_epochs, k_max=args.k_max, embed_dim=args.embed_dim,
                           full=bool(args.full))
     print(f"search: {config}", flush=True)
@@ -266,8 +268,8 @@ def retrain_trial(args: argparse.Namespace) -> dict:
     print(f"retrain on {store.meta['task']}: {source['from']} -> {arch}", flush=True)
     out = output_dir(args, RETRAIN)
     config = SearchConfig(epochs=args.epochs, batch_size=args.batch_size, gamma=args.gamma, retrain_lr=args.lr,
-                          grad_clip=args.grad_clip, seed=args.seed, train_limit=args.train_limit,
-                          embed_dim=embed_dim, k_max=k_max)
+                          grad_clip=args.grad_clip, weight_decay=args.weight_decay, dropout=args.dropout,
+                          seed=args.seed, train_limit=args.train_limit, embed_dim=embed_dim, k_max=k_max)
     doc = run_retrain(arch, source, store, out, config, progress=args.progress, report_to_nni=True)
     return finish(store, load_student(read_architecture(out / ARCH_FILE)), doc, out, args)
 

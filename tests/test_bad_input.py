@@ -147,6 +147,10 @@ CASES = {
     "KD weight out of range": (lambda r, s, t: search(r, t, "--gamma", "1.5"), r"gamma .* must be in \[0, 1\]"),
     "negative gradient clip": (lambda r, s, t: search(r, t, "--grad-clip", "-1"),
                                r"grad_clip must be a finite number >= 0, got -1.0"),
+    "dropout out of range": (lambda r, s, t: retrain(s, r, t) + ["--dropout", "1.5"],
+                             r"dropout must be in \[0, 1\), got 1.5"),
+    "negative weight decay": (lambda r, s, t: search(r, t, "--weight-decay", "-0.1"),
+                              r"weight_decay must be a finite number >= 0, got -0.1"),
     "output path under a file": (lambda r, s, t: retrain(s, r, t)[:-5] + ["--output-dir", str(t / "file" / "out")],
                                  r"cannot use .*file/out as a directory: .*file is a file"),
 }

@@ -3,9 +3,11 @@ teacher -> search -> evaluate, cross-task retrain, and clean failures."""
 
 import json
 
+import torch
 from conftest import write_tsv
 
 from nni_adabert.cli import main
+from nni_adabert.export import load_student, read_architecture
 
 
 def test_teacher_outputs(runs, capsys):
@@ -38,10 +40,15 @@ def test_search_evaluate_and_cross_task_retrain(runs, capsys):
     # The SST-2 structure retrained on MRPC (a pair task) from fresh weights.
     moved = runs / "transfer"
     assert main(["retrain", "--arch", str(out / "architecture.json"), "--teacher", str(runs / "MRPC"),
-                 "--output-dir", str(moved), "--epochs", "1", "--batch-size", "16", "--no-progress"]) == 0
+                 "--output-dir", str(moved), "--epochs", "1", "--batch-size", "16", "--dropout", "0.25",
+                 "--weight-decay", "0.01", "--no-progress"]) == 0
     retrained = json.loads((moved / "architecture.json").read_text())
     assert retrained["task"] == "MRPC" and retrained["architecture"] == doc["architecture"]
     assert retrained["student_config"]["is_pair"] and set(retrained["dev_metrics"]) == {"f1", "accuracy"}
+    # The student's dropout travels with its architecture; the weight decay is a retraining setting.
+    assert retrained["student_config"]["dropout"] == 0.25 and retrained["retrain"]["weight_decay"] == 0.01
+    reloaded = load_student(read_architecture(moved / "architecture.json"))
+    assert {m.p for m in reloaded.modules() if isinstance(m, torch.nn.Dropout)} == {0.25}
 
 
 def test_cli_errors_exit_2_and_write_nothing(runs, tmp_path, capsys):

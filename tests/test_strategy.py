@@ -335,6 +335,29 @@ def test_distill_module_retrains_a_frozen_child(tmp_path):
     assert not torch.equal(before["classifier.weight"], child.state_dict()["classifier.weight"])
 
 
+def test_weight_decay_shrinks_matrices_not_biases_or_norms(tmp_path):
+    """With no gradient at all (lr-only steps), AdamW's decoupled decay alone moves the
+    parameters: matrices shrink by (1 - lr * wd) per step, biases and norm scales stay."""
+    cfg = tiny_config()
+    space, module = supernet(cfg, seed=0)
+    child = space.freeze(module.export())
+    distill = AdaBertDistillModule(C, learning_rate=0.1, weight_decay=0.5, optimizer="adamw")
+    distill.set_model(child)
+    optimizer = distill.configure_optimizers()
+    decayed, kept = optimizer.param_groups
+    assert (decayed["weight_decay"], kept["weight_decay"]) == (0.5, 0.0)
+    assert all(p.ndim > 1 for p in decayed["params"]) and all(p.ndim <= 1 for p in kept["params"])
+    assert len(decayed["params"]) + len(kept["params"]) == len(list(child.parameters()))
+    before = {k: v.clone() for k, v in child.named_parameters()}
+    for p in child.parameters():
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    after = dict(child.named_parameters())
+    assert torch.allclose(after["classifier.weight"], before["classifier.weight"] * (1 - 0.1 * 0.5))
+    assert torch.equal(after["classifier.bias"], before["classifier.bias"])
+    assert torch.equal(after["embed.norm.weight"], before["embed.norm.weight"])
+
+
 def test_alternating_steps_update_architecture(tmp_path):
     _, module = _search(4.0, tmp_path, alternate=True)
     assert [h["epoch"] for h in module.history] == [0, 1]
@@ -417,5 +440,8 @@ def test_search_config_switches_reach_the_loss_and_the_rows():
 
     with pytest.raises(UserError, match="augmented_limit must be an integer >= 0"):
         SearchConfig(augmented_limit=-1)
+    with pytest.raises(UserError, match=r"dropout must be in \[0, 1\), got 1.0"):
+        SearchConfig(dropout=1.0)
+    assert distill_module(store, SearchConfig(weight_decay=0.01), retrain=True).hparams.weight_decay == 0.01
     with pytest.raises(UserError, match="final_kd alone is the paper's Base-KD"):
         search_config(build_parser().parse_args(["search", "--teacher", "t", "--output-dir", "o", "--no-probe-kd"]))
