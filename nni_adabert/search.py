@@ -178,6 +178,9 @@ def run_search(store: KnowledgeStore, out_dir: str | os.PathLike, config: Search
     history = [{k: v for k, v in h.items() if k != "arch"} for h in strategy.oneshot_module.history]
     info = {**student_info(store), **evaluate_student(student, store),
             "search": {**asdict(config), "history": history}}
+    if config.finetune_epochs == 0:  # the paper keeps the supernet's weights; a rarely sampled child may be uncalibrated
+        warn_if_no_better_than_majority(info["dev_metrics"], store,
+                                        "fine-tune it (--finetune-epochs 2) or retrain it (nni-adabert retrain)")
     if not is_main_process():
         return info  # the other DDP processes: the first one writes
     return write_student(out_dir, student, info, title=f"{store.meta['task']} searched cell")
@@ -219,6 +222,7 @@ def run_retrain(arch: dict, source: dict, store: KnowledgeStore, out_dir: str | 
     student = fresh_student(arch, store, config.embed_dim, config.k_max, config.dropout)
     student = retrain_student(student, store, out_dir / "retrain", config, progress, report_to_nni)
     info = {**student_info(store), **evaluate_student(student, store), "retrain": settings}
+    warn_if_no_better_than_majority(info["dev_metrics"], store, "train it longer (--epochs) or with another --lr")
     title = f"{source.get('searched_on') or source['from']} cell retrained on {store.meta['task']}"
     if not is_main_process():
         return info
@@ -257,6 +261,23 @@ def dev_metrics(logits_fn, store: KnowledgeStore) -> dict:
         preds.append(logits_fn(model_inputs(batch)).argmax(-1).cpu())
         labels.append(batch["labels"])
     return compute_metrics(store.spec, torch.cat(preds), torch.cat(labels))
+
+
+def majority_class_metrics(store: KnowledgeStore) -> dict:
+    """Dev metrics of always predicting the most frequent dev label: what a child must beat."""
+    labels = torch.cat([batch["labels"] for batch in store.loader("dev", 256)])
+    return compute_metrics(store.spec, torch.full_like(labels, int(labels.mode().values)), labels)
+
+
+def warn_if_no_better_than_majority(metrics: dict, store: KnowledgeStore, advice: str) -> bool:
+    """Log a warning (and return ``True``) when the main dev metric does not beat the majority class."""
+    name = store.spec.main_metric
+    baseline = majority_class_metrics(store)[name]
+    if metrics[name] > baseline:
+        return False
+    log.warning("the student's dev %s is %.2f, no better than always predicting the majority class (%.2f): %s",
+                name, 100 * metrics[name], 100 * baseline, advice)
+    return True
 
 
 @torch.no_grad()

@@ -96,3 +96,27 @@ def test_demo_steps_parse_with_every_demo_option(tmp_path):
     assert [p.command for p in parsed] == ["teacher", "search", "evaluate"]
     assert parsed[0].cache_dir == str(tmp_path / "cache") and parsed[0].no_progress and parsed[1].no_progress
     assert parsed[1].teacher == parsed[2].teacher == str(tmp_path / "demo")
+
+
+def test_a_student_no_better_than_the_majority_class_is_flagged(runs, caplog):
+    """A derived child with inherited supernet weights can predict one class only (seen on
+    MRPC): the search and the retraining say so, with what to do."""
+    import logging
+
+    import pytest
+
+    from nni_adabert.pipeline import open_teacher_run
+    from nni_adabert.search import majority_class_metrics, warn_if_no_better_than_majority
+
+    store = open_teacher_run(runs / "MRPC")
+    labels = store.rows("dev")["label"]
+    positive = sum(labels) / len(labels)
+    majority = majority_class_metrics(store)
+    assert majority["accuracy"] == pytest.approx(max(positive, 1 - positive))
+    assert majority["f1"] == pytest.approx(2 * positive / (1 + positive) if positive >= 0.5 else 0.0)
+    with caplog.at_level(logging.WARNING, logger="nni_adabert.search"):
+        assert warn_if_no_better_than_majority(majority, store, "fine-tune it")
+        assert not warn_if_no_better_than_majority({**majority, "f1": majority["f1"] + 0.01}, store, "fine-tune it")
+    [record] = caplog.records
+    assert "no better than always predicting the majority class" in record.message
+    assert record.message.endswith("fine-tune it") and f"({100 * majority['f1']:.2f})" in record.message
