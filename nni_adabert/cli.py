@@ -69,7 +69,8 @@ def cmd_teacher(args) -> None:
 # --------------------------------------------------------------------------- search / retrain / evaluate
 
 
-def add_search_args(p: argparse.ArgumentParser) -> None:
+def add_training_args(p: argparse.ArgumentParser, search: bool) -> None:
+    """The options of ``search`` (``search=True``) or of ``retrain`` (a fixed child: AdamW, no L_E)."""
     from .search import SearchConfig
 
     d = SearchConfig()
@@ -78,9 +79,22 @@ def add_search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--gamma", type=float, default=d.gamma, help="KD weight γ (L = (1-γ)·CE + γ·KD + β·L_E)")
-    p.add_argument("--beta", type=float, default=d.beta, help="efficiency-loss weight β")
-    p.add_argument("--lr", type=float, default=d.lr, help="SGD learning rate of the weights (cosine to --min-lr)")
-    p.add_argument("--min-lr", type=float, default=d.min_lr)
+    if search:
+        p.add_argument("--beta", type=float, default=d.beta, help="efficiency-loss weight β")
+        p.add_argument("--lr", type=float, default=d.lr, help="SGD learning rate of the weights (cosine to --min-lr)")
+        p.add_argument("--min-lr", type=float, default=d.min_lr)
+        p.add_argument("--arc-lr", type=float, default=d.arc_lr, help="Adam learning rate of the architecture")
+        p.add_argument("--warmup-epochs", type=int, default=d.warmup_epochs,
+                       help="epochs that train the weights only, before the architecture moves")
+        p.add_argument("--finetune-epochs", type=int, default=d.finetune_epochs,
+                       help="epochs that train the derived child alone after the search")
+        p.add_argument("--full", action="store_true", help="run every candidate op (full straight-through)")
+        p.add_argument("--k-max", type=int, default=d.k_max, help="most cells a student may have")
+        p.add_argument("--embed-dim", type=int, default=d.embed_dim,
+                       help="width of the factorized embedding and the cells")
+    else:
+        p.add_argument("--lr", type=float, default=d.retrain_lr,
+                       help="AdamW learning rate of the child (cosine to lr/100)")
     p.add_argument("--grad-clip", type=float, default=d.grad_clip, help="max norm of the weight gradients (0: off)")
     p.add_argument("--weight-decay", type=float, default=d.weight_decay,
                    help="weight decay of the weights' matrices and kernels (not biases and norms)")
@@ -90,7 +104,7 @@ def add_search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--augmented-limit", type=int, default=None,
                    help="limit the kinds of rows apart: the first --train-limit original rows plus the first N "
                         "augmented rows (0 = no augmentation)")
-    p.add_argument("--no-probe-kd", action="store_true",
+    p.add_argument("--no-probe-kd", dest="probe_kd", action="store_false",
                    help="L_KD without the per-layer probe term (then --final-kd is needed)")
     p.add_argument("--final-kd", action="store_true",
                    help="L_KD with the teacher's last-layer logits against the student's final logits "
@@ -98,16 +112,6 @@ def add_search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--devices", type=int, default=d.devices,
                    help="GPUs (CPU processes without one) for this run, with Lightning's DDP (default 1)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-
-
-def search_config(args, **extra):
-    from .search import SearchConfig
-
-    return SearchConfig(epochs=args.epochs, batch_size=args.batch_size, gamma=args.gamma, beta=args.beta,
-                        lr=args.lr, min_lr=args.min_lr, grad_clip=args.grad_clip, seed=args.seed,
-                        weight_decay=args.weight_decay, dropout=args.dropout, train_limit=args.train_limit, devices=args.devices,
-                        augmented_limit=args.augmented_limit, probe_kd=not args.no_probe_kd, final_kd=args.final_kd,
-                        **extra)
 
 
 def print_student(doc: dict, out_dir: Path) -> None:
@@ -127,22 +131,21 @@ def print_student(doc: dict, out_dir: Path) -> None:
 
 def cmd_search(args) -> None:
     """Search a student on the teacher's knowledge and export it."""
-    from .search import run_search
+    from .search import config_from_options, run_search
 
     store = open_teacher_run(args.teacher)
-    config = search_config(args, full=args.full, k_max=args.k_max, embed_dim=args.embed_dim, arc_lr=args.arc_lr,
-                           warmup_epochs=args.warmup_epochs, finetune_epochs=args.finetune_epochs)
-    doc = run_search(store, args.output_dir, config, progress=not args.no_progress)
+    doc = run_search(store, args.output_dir, config_from_options(args), progress=not args.no_progress)
     print_student(doc, Path(args.output_dir))
 
 
 def cmd_retrain(args) -> None:
     """Retrain an exported architecture on a (possibly other) task, from fresh weights."""
-    from .search import load_exported, run_retrain
+    from .search import config_from_options, load_exported, run_retrain
 
     store = open_teacher_run(args.teacher)
     source = load_exported(args.arch, store)
-    config = search_config(args, embed_dim=source.config.embed_dim, k_max=source.config.k_max, retrain_lr=args.lr)
+    config = config_from_options(args, embed_dim=source.config.embed_dim, k_max=source.config.k_max,
+                                 retrain_lr=args.lr)
     doc = run_retrain(source.arch, {"from": str(source.path), "searched_on": source.doc.get("task")}, store,
                       args.output_dir, config, progress=not args.no_progress)
     print_student(doc, Path(args.output_dir))
@@ -260,21 +263,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("search", help="search a student (AdaBERT) and export it")
-    add_search_args(p)
-    p.add_argument("--arc-lr", type=float, default=3e-4, help="Adam learning rate of the architecture")
-    p.add_argument("--warmup-epochs", type=int, default=0,
-                   help="epochs that train the weights only, before the architecture moves")
-    p.add_argument("--finetune-epochs", type=int, default=0,
-                   help="epochs that train the derived child alone after the search")
-    p.add_argument("--full", action="store_true", help="run every candidate op (full straight-through)")
-    p.add_argument("--k-max", type=int, default=8, help="most cells a student may have")
-    p.add_argument("--embed-dim", type=int, default=128, help="width of the factorized embedding and the cells")
+    add_training_args(p, search=True)
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("retrain", help="retrain an exported architecture from fresh weights (any task)")
-    add_search_args(p)
+    add_training_args(p, search=False)
     p.add_argument("--arch", required=True, help="architecture.json (or its directory) to retrain")
-    p.set_defaults(func=cmd_retrain, lr=1e-3)  # --lr here is AdamW's (a fixed child trains with AdamW)
+    p.set_defaults(func=cmd_retrain)
 
     p = sub.add_parser("evaluate", help="dev metrics, params and FLOPs of an exported student")
     p.add_argument("--arch", required=True, help="architecture.json (or its directory)")

@@ -11,11 +11,12 @@ the same distillation loss (fresh or from its searched weights), and
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import math
 import os
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -95,6 +96,14 @@ class SearchConfig:
         if not (self.probe_kd or self.final_kd):
             raise UserError("search settings probe_kd and final_kd are both off: L_KD needs one of them "
                             "(final_kd alone is the paper's Base-KD)")
+
+
+def config_from_options(options: argparse.Namespace, **overrides) -> SearchConfig:
+    """The :class:`SearchConfig` of parsed command-line options: every option named like a
+    setting (``--arc-lr`` -> ``arc_lr``) sets it, then ``overrides``. Serves the CLI and the
+    NNI trials, whose option sets differ."""
+    names = {f.name for f in fields(SearchConfig)}
+    return SearchConfig(**{**{k: v for k, v in vars(options).items() if k in names}, **overrides})
 
 
 def student_config(store: KnowledgeStore, embed_dim: int = 128, k_max: int = 8, dropout: float = 0.1) -> StudentConfig:

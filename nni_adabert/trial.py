@@ -220,15 +220,11 @@ def search_trial(args: argparse.Namespace) -> dict:
     import shutil
 
     from .export import ARCH_FILE, CELL_FILE, WEIGHTS_FILE, load_student, read_architecture
-    from .search import SearchConfig, run_search
+    from .search import config_from_options, run_search
 
     store = teacher_store(args)
     out = output_dir(args, SEARCH)
-    config = SearchConfig(epochs=args.epochs, batch_size=args.batch_size, gamma=args.gamma, beta=args.beta,
-                          lr=args.lr, min_lr=args.min_lr, arc_lr=args.arc_lr, grad_clip=args.grad_clip,
-                          weight_decay=args.weight_decay, dropout=args.dropout, seed=args.seed, train_limit=args.train_limit, warmup_epochs=args.warmup_epochs,
-                          finetune_epochs=args.finetune_epochs, k_max=args.k_max, embed_dim=args.embed_dim,
-                          full=bool(args.full))
+    config = config_from_options(args, full=bool(args.full))
     print(f"search: {config}", flush=True)
     doc = run_search(store, out, config, progress=args.progress, report_to_nni=True)
     student = load_student(read_architecture(out / ARCH_FILE))
@@ -246,7 +242,7 @@ def search_trial(args: argparse.Namespace) -> dict:
 
 def retrain_trial(args: argparse.Namespace) -> dict:
     from .export import ARCH_FILE, load_student, read_architecture
-    from .search import SearchConfig, load_exported, run_retrain, student_config
+    from .search import config_from_options, load_exported, run_retrain, student_config
     from .space import random_arch
 
     if not args.arch:
@@ -267,9 +263,7 @@ def retrain_trial(args: argparse.Namespace) -> dict:
         source = {"from": str(exported.path), "searched_on": exported.doc.get("task")}
     print(f"retrain on {store.meta['task']}: {source['from']} -> {arch}", flush=True)
     out = output_dir(args, RETRAIN)
-    config = SearchConfig(epochs=args.epochs, batch_size=args.batch_size, gamma=args.gamma, retrain_lr=args.lr,
-                          grad_clip=args.grad_clip, weight_decay=args.weight_decay, dropout=args.dropout,
-                          seed=args.seed, train_limit=args.train_limit, embed_dim=embed_dim, k_max=k_max)
+    config = config_from_options(args, retrain_lr=args.lr, embed_dim=embed_dim, k_max=k_max)
     doc = run_retrain(arch, source, store, out, config, progress=args.progress, report_to_nni=True)
     return finish(store, load_student(read_architecture(out / ARCH_FILE)), doc, out, args)
 

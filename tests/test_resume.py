@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
 from nni_adabert import knowledge
@@ -85,10 +86,11 @@ def test_finished_retrain_is_not_redone(runs, tmp_path, caplog):
     assert main(argv) == 0
     assert "not redoing it" in caplog.text
     assert (tmp_path / "moved" / "architecture.json").stat().st_mtime_ns == stamp
-    # β weighs L_E, which a fixed child has not: another β is the same retraining.
-    caplog.clear()
-    assert main(argv + ["--beta", "4"]) == 0
-    assert "not redoing it" in caplog.text and "beta" not in doc["retrain"]
+    # β weighs L_E, which a fixed child has not: it names no retraining, and `retrain` does not take it.
+    assert "beta" not in doc["retrain"]
+    with pytest.raises(SystemExit) as exit_:
+        main(argv + ["--beta", "4"])
+    assert exit_.value.code == 2
 
 
 def test_interrupted_knowledge_build_resumes_from_its_stages(runs, tmp_path, monkeypatch):

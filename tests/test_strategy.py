@@ -428,7 +428,8 @@ def test_search_config_switches_reach_the_loss_and_the_rows():
     with pytest.raises(ValueError, match="probe_kd or final_kd"):
         AdaBertDistillModule(C, probe_kd=False)
 
-    from nni_adabert.cli import build_parser, search_config
+    from nni_adabert.cli import build_parser
+    from nni_adabert.search import config_from_options as search_config
 
     args = build_parser().parse_args(["search", "--teacher", "t", "--output-dir", "o", "--train-limit", "3",
                                       "--augmented-limit", "0", "--no-probe-kd", "--final-kd"])
