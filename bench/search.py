@@ -2,12 +2,16 @@
 
     python bench/search.py [--task SST-2] [--epochs 2] [--finetune-epochs 1] [--beta 4] [--name NAME]
     python bench/search.py --arch runs/bench/search/SST-2-... --epochs 3 --name retrain-SST-2
+    python bench/search.py --arch ... --teacher-run teacher-SST-2-aug4 --name NAME --final-kd --dropout 0.3
 
 With ``--arch`` it retrains that exported structure from fresh weights on the whole store
 (``nni-adabert retrain``, KD from the teacher) instead of searching: the paper's
 search-then-train protocol, with the search run elsewhere (e.g. on a subset).
 
-Needs the teacher run of ``bench/teacher_probes.sh TASK``. Runs in runs/bench/<NAME> and writes
+Options this script does not know (``--final-kd``, ``--dropout``, ``--weight-decay``, ...) go
+to ``nni-adabert search``/``retrain`` as they are.
+
+Needs the teacher run of ``bench/teacher_probes.sh TASK`` (or ``--teacher-run``). Runs in runs/bench/<NAME> and writes
 bench/results/<NAME>.{json,md}, the exported architecture JSON and the cell picture
 (NAME: ``search-<TASK>`` unless given).
 """
@@ -27,10 +31,11 @@ parser.add_argument("--arc-lr", type=float, default=3e-3, help="Adam learning ra
 parser.add_argument("--train-limit", type=int, default=None)
 parser.add_argument("--arch", help="retrain this exported structure instead of searching")
 parser.add_argument("--name", help="run and result name (default: search-<TASK>)")
-args = parser.parse_args()
+parser.add_argument("--teacher-run", help="teacher run under runs/bench (default: teacher-<TASK>)")
+args, train_options = parser.parse_known_args()
 name = args.name or f"search-{args.task}"
 
-teacher = ROOT / "runs" / "bench" / f"teacher-{args.task}"
+teacher = ROOT / "runs" / "bench" / (args.teacher_run or f"teacher-{args.task}")
 out = ROOT / "runs" / "bench" / name
 if args.arch:
     train = ["retrain", "--arch", args.arch, "--teacher", str(teacher), "--output-dir", str(out),
@@ -39,7 +44,7 @@ else:
     train = ["search", "--teacher", str(teacher), "--output-dir", str(out), "--epochs", str(args.epochs),
              "--warmup-epochs", "1", "--arc-lr", str(args.arc_lr), "--finetune-epochs", str(args.finetune_epochs),
              "--beta", str(args.beta), "--no-progress"]
-train += ["--train-limit", str(args.train_limit)] if args.train_limit else []
+train += (["--train-limit", str(args.train_limit)] if args.train_limit else []) + train_options
 commands = [run_cli(train)]
 table = out / "summary.md"
 commands.append(run_cli(["evaluate", "--teacher", str(teacher), "--arch", str(out), "--speed",
