@@ -187,7 +187,8 @@ def run_search(store: KnowledgeStore, out_dir: str | os.PathLike, config: Search
     history = [{k: v for k, v in h.items() if k != "arch"} for h in strategy.oneshot_module.history]
     info = {**student_info(store), **evaluate_student(student, store),
             "search": {**asdict(config), "history": history}}
-    if config.finetune_epochs == 0:  # the paper keeps the supernet's weights; a rarely sampled child may be uncalibrated
+    # The paper keeps the supernet's weights; a rarely sampled child may come out uncalibrated.
+    if config.finetune_epochs == 0:
         warn_if_no_better_than_majority(info["dev_metrics"], store,
                                         "fine-tune it (--finetune-epochs 2) or retrain it (nni-adabert retrain)")
     if not is_main_process():
