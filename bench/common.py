@@ -248,16 +248,14 @@ def scale_text(stores: dict, args) -> str:
 
 def references(stores: dict) -> dict:
     """Per task: the teacher's dev metrics, its best layer probe, and the majority-class baseline on dev."""
-    from nni_adabert.metrics import compute_metrics
+    from nni_adabert.search import majority_class_metrics
     from nni_adabert.teacher import read_teacher_info
 
     out = {}
     for task, store in stores.items():
-        labels = torch.tensor(store.data["dev"]["label"])
-        majority = torch.full_like(labels, int(torch.bincount(labels).argmax()))
         out[task] = {"teacher": (read_teacher_info(store.meta["teacher_dir"]) or {}).get("dev_metrics"),
                      "best_probe_accuracy": max(store.meta["probe_dev_accuracy"]),
-                     "majority": compute_metrics(store.spec, majority, labels)}
+                     "majority": majority_class_metrics(store)}
     return out
 
 
