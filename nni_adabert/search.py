@@ -84,7 +84,8 @@ class SearchConfig:
         for name in ("beta", "min_lr", "arc_lr", "arc_weight_decay", "lr", "retrain_lr", "temperature", "tau_end",
                      "grad_clip", "weight_decay"):
             value, positive = getattr(self, name), name in ("lr", "retrain_lr", "temperature", "tau_end")
-            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0 or (positive and value == 0):
+            if (not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0
+                    or (positive and value == 0)):
                 raise UserError(f"search setting {name} must be a finite number {'>' if positive else '>='} 0, "
                                 f"got {value!r}")
         if not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
@@ -92,7 +93,8 @@ class SearchConfig:
         if not 0 <= self.gamma <= 1:
             raise UserError(f"search setting gamma (the KD weight) must be in [0, 1], got {self.gamma!r}")
         if self.retrain_optimizer not in ("adamw", "sgd"):
-            raise UserError(f"search setting retrain_optimizer must be 'adamw' or 'sgd', got {self.retrain_optimizer!r}")
+            raise UserError("search setting retrain_optimizer must be 'adamw' or 'sgd', "
+                            f"got {self.retrain_optimizer!r}")
         if not (self.probe_kd or self.final_kd):
             raise UserError("search settings probe_kd and final_kd are both off: L_KD needs one of them "
                             "(final_kd alone is the paper's Base-KD)")
@@ -187,12 +189,12 @@ def run_search(store: KnowledgeStore, out_dir: str | os.PathLike, config: Search
     history = [{k: v for k, v in h.items() if k != "arch"} for h in strategy.oneshot_module.history]
     info = {**student_info(store), **evaluate_student(student, store),
             "search": {**asdict(config), "history": history}}
+    if not is_main_process():
+        return info  # the other DDP processes: the first one warns and writes
     # The paper keeps the supernet's weights; a rarely sampled child may come out uncalibrated.
     if config.finetune_epochs == 0:
         warn_if_no_better_than_majority(info["dev_metrics"], store,
                                         "fine-tune it (--finetune-epochs 2) or retrain it (nni-adabert retrain)")
-    if not is_main_process():
-        return info  # the other DDP processes: the first one writes
     return write_student(out_dir, student, info, title=f"{store.meta['task']} searched cell")
 
 
@@ -232,10 +234,10 @@ def run_retrain(arch: dict, source: dict, store: KnowledgeStore, out_dir: str | 
     student = fresh_student(arch, store, config.embed_dim, config.k_max, config.dropout)
     student = retrain_student(student, store, out_dir / "retrain", config, progress, report_to_nni)
     info = {**student_info(store), **evaluate_student(student, store), "retrain": settings}
-    warn_if_no_better_than_majority(info["dev_metrics"], store, "train it longer (--epochs) or with another --lr")
-    title = f"{source.get('searched_on') or source['from']} cell retrained on {store.meta['task']}"
     if not is_main_process():
         return info
+    warn_if_no_better_than_majority(info["dev_metrics"], store, "train it longer (--epochs) or with another --lr")
+    title = f"{source.get('searched_on') or source['from']} cell retrained on {store.meta['task']}"
     return write_student(out_dir, student, info, title=title)
 
 
