@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install test demo clean
+.PHONY: install test lint demo clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -21,6 +21,9 @@ install: $(STAMP)
 
 test: install
 	$(PY) -m pytest -q
+
+lint: install
+	$(VENV)/bin/ruff check nni_adabert tests bench trials
 
 demo: install
 	$(VENV)/bin/nni-adabert demo --output-dir runs/demo

@@ -58,7 +58,8 @@ def parse_args(argv=None):
 
 def scores(result: dict, name: str, task: str, metric: str | None = None) -> list[float]:
     """The dev metric (%) of variant ``name`` on ``task``, one per seed."""
-    return [percent(r, metric or main_metric(task)) for r in result["runs"] if (r["variant"], r["task"]) == (name, task)]
+    return [percent(r, metric or main_metric(task)) for r in result["runs"]
+            if (r["variant"], r["task"]) == (name, task)]
 
 
 def markdown(result: dict) -> str:

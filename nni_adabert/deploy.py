@@ -248,7 +248,8 @@ def recorded_store(arch_file: ArchitectureFile):
     try:
         return open_knowledge(path)
     except UserError as exc:
-        raise UserError(f"{exc} (the store recorded in {arch_file.path}); pass the teacher run with --teacher") from None
+        raise UserError(f"{exc} (the store recorded in {arch_file.path}); "
+                        "pass the teacher run with --teacher") from None
 
 
 def deploy(arch_file: ArchitectureFile, store=None, output: str | os.PathLike | None = None) -> dict:

@@ -73,7 +73,8 @@ def attentive_weights(teacher_logits: torch.Tensor, targets: torch.Tensor, stude
     return torch.softmax(-ce, dim=1).detach()
 
 
-def soft_cross_entropy(target_logits: torch.Tensor, student_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+def soft_cross_entropy(target_logits: torch.Tensor, student_logits: torch.Tensor,
+                       temperature: float = 1.0) -> torch.Tensor:
     """``CE(softmax(t/T), softmax(s/T)) = -sum_c softmax(t/T)_c log softmax(s/T)_c``.
 
     Args:

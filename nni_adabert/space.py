@@ -238,7 +238,8 @@ class Embedder(nn.Module):
         self.norm = nn.LayerNorm(config.embed_dim)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, input_ids: torch.Tensor,
+                attention_mask: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be [B, L], got shape {tuple(input_ids.shape)}")
         length = input_ids.shape[1]
@@ -596,7 +597,8 @@ class AdaBertStudent(nn.Module):
         d = config.embed_dim
         self.embed = Embedder(config)
         self.cells = nn.ModuleList([
-            Cell(config.num_nodes, d, OrderedDict((label, build_op(self.arch[label], d)) for label in config.edge_labels))
+            Cell(config.num_nodes, d,
+                 OrderedDict((label, build_op(self.arch[label], d)) for label in config.edge_labels))
             for _ in range(self.depth)
         ])
         self.probes = nn.ModuleList([nn.Linear(d, config.num_labels) for _ in range(self.depth)])

@@ -492,7 +492,8 @@ class AdaBertStrategy(OneShotStrategy):
         self._arch_parameters = {}
         for label, mutable in model.simplify().items():
             if not isinstance(mutable, Categorical):
-                raise TypeError(f"AdaBertStrategy supports categorical choices only; {label!r} is {type(mutable).__name__}")
+                raise TypeError(f"AdaBertStrategy supports categorical choices only; "
+                                f"{label!r} is {type(mutable).__name__}")
             self._arch_parameters[label] = nn.Parameter(torch.zeros(len(mutable.values)))
         return super().mutate_model(model)
 

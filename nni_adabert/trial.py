@@ -161,8 +161,8 @@ def teacher_store(args: argparse.Namespace):
             print(f"teacher run {run} has no probes.json: building it ({spec.name}, "
                   f"{args.teacher_epochs} epoch(s), train limit {args.teacher_train_limit})", flush=True)
             build_teacher_run(spec.name, run, data=args.data, model=args.teacher_model,
-                              teacher_config=TeacherConfig(epochs=args.teacher_epochs, batch_size=args.teacher_batch_size,
-                                                           lr=args.teacher_lr, seed=42),
+                              teacher_config=TeacherConfig(epochs=args.teacher_epochs, lr=args.teacher_lr,
+                                                           batch_size=args.teacher_batch_size, seed=42),
                               augment=AugmentConfig(copies=args.aug_copies) if args.aug_copies > 0 else None,
                               cache_dir=args.cache_dir, train_limit=args.teacher_train_limit,
                               dev_limit=args.teacher_dev_limit, progress=args.progress)

@@ -210,7 +210,8 @@ def test_retrain_trials_and_a_failing_one(search_experiment, root):
         searched = json.loads((root / "searched" / "beta8" / "architecture.json").read_text())
         assert transferred["depth"] == searched["depth"] and transferred["params"] == searched["params"]
         random_final = check_successful_trial(trials["random:1"], n_intermediate=1)
-        assert json.loads((trials["random:1"]["log"] / "architecture.json").read_text())["retrain"]["from"] == "random:1"
+        random_doc = json.loads((trials["random:1"]["log"] / "architecture.json").read_text())
+        assert random_doc["retrain"]["from"] == "random:1"
         assert random_final["depth"] <= 3
     finally:
         exp.stop()

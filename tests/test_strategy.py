@@ -112,7 +112,8 @@ def test_one_sample_per_label_shared_by_every_cell():
     for k, cell in enumerate(space.cells):
         for label, edge in cell.edges.items():
             for name in edge.names:
-                edge[name].register_forward_hook(lambda m, i, o, k=k, label=label, name=name: ran.append((k, label, name)))
+                edge[name].register_forward_hook(
+                    lambda m, i, o, k=k, label=label, name=name: ran.append((k, label, name)))
     batch = collate(synthetic_examples(4, 0))
     depths = set()
     for _ in range(6):
