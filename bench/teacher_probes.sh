@@ -1,17 +1,21 @@
 #!/usr/bin/env bash
 # Teacher fine-tuning + per-layer probes on a full GLUE task (issue 2's evidence).
-#   bash bench/teacher_probes.sh [TASK] [EPOCHS] [AUG_COPIES]
+#   bash bench/teacher_probes.sh [TASK] [EPOCHS] [AUG_COPIES] [NAME]
 # Writes bench/results/teacher-<TASK>.{json,md,png} and keeps the run (teacher,
 # knowledge store) under runs/bench/ for the search benchmarks. With AUG_COPIES other than 1
 # the run and its results are named teacher-<TASK>-aug<AUG_COPIES>, and the fine-tuned teacher
 # of runs/bench/teacher-<TASK> is reused when it is there (only the knowledge store is new).
+# A given NAME names the run and its results instead, and always fine-tunes its own teacher
+# (e.g. a longer one: bash bench/teacher_probes.sh MRPC 5 2 teacher-MRPC-5ep).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TASK=${1:-SST-2}; EPOCHS=${2:-1}; COPIES=${3:-1}
 DATA=${GLUE_DIR:-../shared/data/glue}
 NAME=teacher-$TASK; [ "$COPIES" = 1 ] || NAME=teacher-$TASK-aug$COPIES
+REUSE=$([ "$COPIES" != 1 ] && [ -z "${4:-}" ] && echo yes || true)
+NAME=${4:-$NAME}
 RUN=runs/bench/$NAME
-if [ "$COPIES" != 1 ] && [ -d "runs/bench/teacher-$TASK/teacher" ] && [ ! -e "$RUN" ]; then
+if [ -n "$REUSE" ] && [ -d "runs/bench/teacher-$TASK/teacher" ] && [ ! -e "$RUN" ]; then
   mkdir -p "$RUN" && cp -r "runs/bench/teacher-$TASK/teacher" "runs/bench/teacher-$TASK/teacher_train" "$RUN/"
 fi
 CMD=(.venv/bin/nni-adabert teacher --task "$TASK" --data "$DATA" --epochs "$EPOCHS" --aug-copies "$COPIES"
