@@ -11,11 +11,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 TASK=${1:-SST-2}; EPOCHS=${2:-1}; COPIES=${3:-1}
 DATA=${GLUE_DIR:-../shared/data/glue}
-NAME=teacher-$TASK; [ "$COPIES" = 1 ] || NAME=teacher-$TASK-aug$COPIES
-REUSE=$([ "$COPIES" != 1 ] && [ -z "${4:-}" ] && echo yes || true)
-NAME=${4:-$NAME}
+NAME=${4:-teacher-$TASK$([ "$COPIES" = 1 ] || echo "-aug$COPIES")}
 RUN=runs/bench/$NAME
-if [ -n "$REUSE" ] && [ -d "runs/bench/teacher-$TASK/teacher" ] && [ ! -e "$RUN" ]; then
+# Only the default name of an augmented store reuses teacher-<TASK>'s fine-tuned teacher.
+if [ "$NAME" = "teacher-$TASK-aug$COPIES" ] && [ -d "runs/bench/teacher-$TASK/teacher" ] && [ ! -e "$RUN" ]; then
   mkdir -p "$RUN" && cp -r "runs/bench/teacher-$TASK/teacher" "runs/bench/teacher-$TASK/teacher_train" "$RUN/"
 fi
 CMD=(.venv/bin/nni-adabert teacher --task "$TASK" --data "$DATA" --epochs "$EPOCHS" --aug-copies "$COPIES"
