@@ -76,7 +76,8 @@ def prepare(parse_args, argv: list[str] | None):
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    return argv, args, {task: teacher_store(task) for task in args.tasks}
+    runs = per_task(args.teacher_runs, "--teacher-runs")
+    return argv, args, {task: teacher_store(task, runs.get(task)) for task in args.tasks}
 
 
 def run_record(script: str, argv: list[str], args, stores: dict) -> dict:
@@ -95,11 +96,22 @@ def publish(name: str, result: dict, findings, markdown) -> int:
     return 0
 
 
-def teacher_store(task: str):
-    """The knowledge store of ``bench/teacher_probes.sh TASK`` (``runs/bench/teacher-TASK``)."""
+def teacher_store(task: str, run: str | None = None):
+    """The knowledge store of the teacher run ``runs/bench/<run>`` (default: ``teacher-<task>``,
+    what ``bench/teacher_probes.sh TASK`` writes)."""
     from nni_adabert.pipeline import open_teacher_run
 
-    return open_teacher_run(RUNS / f"teacher-{task}")
+    return open_teacher_run(RUNS / (run or f"teacher-{task}"))
+
+
+def store_settings(store) -> dict:
+    """What names a run's teacher knowledge: nothing for the store of the task's default teacher
+    run (``runs/bench/teacher-<TASK>``; every earlier run was named without it), else the store, so
+    that a run on another teacher never finds (or resumes) one on the default teacher."""
+    default = RUNS / f"teacher-{store.meta['task']}" / "probes.json"
+    if default.is_file() and json.loads(default.read_text())["knowledge_store"] == str(store.path):
+        return {}
+    return {"knowledge_store": str(store.path)}
 
 
 def train_rows(store, originals: int | None, augmented: bool = True) -> dict:
@@ -148,7 +160,7 @@ def search(store, config) -> dict:
     """``search.run_search`` into :func:`run_dir`; the exported document plus its ``dir``."""
     from nni_adabert.search import run_search
 
-    out = run_dir("search", store.meta["task"], changed_settings(config))
+    out = run_dir("search", store.meta["task"], {**changed_settings(config), **store_settings(store)})
     with exclusive(out):
         return {**run_search(store, out, config, progress=False), "dir": str(out.relative_to(ROOT))}
 
@@ -159,7 +171,7 @@ def retrain(arch: dict, source: dict, store, config) -> dict:
 
     # β weighs L_E, which a fixed child does not have: it names no retraining.
     settings = {k: v for k, v in changed_settings(config).items() if k != "beta"}
-    out = run_dir("retrain", store.meta["task"], {"arch": arch, **source, **settings})
+    out = run_dir("retrain", store.meta["task"], {"arch": arch, **source, **settings, **store_settings(store)})
     with exclusive(out):
         return {**run_retrain(arch, source, store, out, config, progress=False), "dir": str(out.relative_to(ROOT))}
 
@@ -193,6 +205,8 @@ def add_scale_args(p, tasks: list[str], name: str) -> None:
     p.add_argument("--tasks", nargs="+", default=tasks, help="GLUE tasks (their teacher runs must exist)")
     p.add_argument("--rows", nargs="+", default=[], metavar="TASK=N",
                    help="original train rows per task (default: all), plus the augmented rows made from them")
+    p.add_argument("--teacher-runs", nargs="+", default=[], metavar="TASK=RUN",
+                   help="a task's teacher run under runs/bench (default: teacher-<TASK>)")
     p.add_argument("--epochs", type=int, default=2, help="search epochs, warm-up included")
     p.add_argument("--warmup-epochs", type=int, default=1, help="weights-only epochs before the architecture moves")
     p.add_argument("--finetune-epochs", type=int, default=1, help="epochs of the derived child after the search")
@@ -206,12 +220,25 @@ def add_scale_args(p, tasks: list[str], name: str) -> None:
                                                 f"{name}; give another to keep a run with other settings beside it)")
 
 
+def per_task(items: list[str], option: str, cast=str) -> dict:
+    """``["TASK=VALUE", ...]`` as ``{TASK: cast(VALUE)}``; exits naming ``option`` on a malformed
+    item or an unknown task."""
+    from nni_adabert.tasks import TASKS
+
+    out = {}
+    for item in items:
+        task, sep, value = item.partition("=")
+        if not sep or task not in TASKS:
+            sys.exit(f"{option}: expected TASK=VALUE with TASK one of {', '.join(TASKS)}; got {item!r}")
+        try:
+            out[task] = cast(value)
+        except ValueError:
+            sys.exit(f"{option}: {item!r}: {value!r} is not a valid value")
+    return out
+
+
 def rows_per_task(args) -> dict[str, int]:
-    rows = {}
-    for item in args.rows:
-        task, _, n = item.partition("=")
-        rows[task] = int(n)
-    return rows
+    return per_task(args.rows, "--rows", int)
 
 
 def search_settings(store, args, augmented: bool = True, **overrides):
@@ -253,14 +280,22 @@ def references(stores: dict) -> dict:
 
     out = {}
     for task, store in stores.items():
-        out[task] = {"teacher": (read_teacher_info(store.meta["teacher_dir"]) or {}).get("dev_metrics"),
+        out[task] = {"teacher_run": Path(store.meta["teacher_dir"]).parent.name,
+                     "teacher": (read_teacher_info(store.meta["teacher_dir"]) or {}).get("dev_metrics"),
                      "best_probe_accuracy": max(store.meta["probe_dev_accuracy"]),
                      "majority": majority_class_metrics(store)}
     return out
 
 
+def teacher_run(task: str, ref: dict) -> str:
+    """`` (runs/bench/<run>)`` when a task's teacher is not its default run, for the Markdown."""
+    run = ref.get("teacher_run")
+    return f" (runs/bench/{run})" if run and run != f"teacher-{task}" else ""
+
+
 def reference_text(refs: dict) -> str:
     fmt = lambda m: ", ".join(f"{k} {100 * v:.2f}" for k, v in (m or {}).items())  # noqa: E731
     return "References on dev: " + "; ".join(
-        f"{task}: teacher {fmt(r['teacher'])} (best layer probe: accuracy {100 * r['best_probe_accuracy']:.2f}), "
+        f"{task}: teacher{teacher_run(task, r)} {fmt(r['teacher'])} "
+        f"(best layer probe: accuracy {100 * r['best_probe_accuracy']:.2f}), "
         f"majority class {fmt(r['majority'])}" for task, r in refs.items()) + "."
