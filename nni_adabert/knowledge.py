@@ -136,7 +136,7 @@ def build_knowledge(spec: TaskSpec, data: datasets.DatasetDict, teacher_dir: str
     """The store for these inputs: loaded when cached, else built (teacher runs once).
 
     A build saves each finished stage (teacher features of train and dev, the probes,
-    every chunk of :data:`AUGMENT_CHUNK` augmented examples) under ``<store>.partial``;
+    the augmented copies of every chunk of :data:`AUGMENT_CHUNK` originals) under ``<store>.partial``;
     a build that was killed and started again with the same inputs picks them up.
     """
     fingerprint, inputs = knowledge_fingerprint(spec, data, teacher_dir, augment, probes)
