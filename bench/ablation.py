@@ -3,7 +3,7 @@
     OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python bench/ablation.py --tasks SST-2 MRPC \\
         --rows SST-2=4000 --threads 1
 
-Needs the teacher runs of ``bench/teacher_probes.sh TASK``. Each variant is a whole AdaBERT
+Needs a teacher run per task (``bench/teacher_probes.sh``; ``--teacher-runs``). Each variant is a whole AdaBERT
 run — search, then fine-tuning of the derived child — with the same rows, epochs, β and seed,
 only the loss changing (``SearchConfig`` fields); each row adds one thing to the row above:
 

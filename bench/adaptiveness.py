@@ -3,7 +3,7 @@
     OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python bench/adaptiveness.py --tasks SST-2 MRPC \\
         --rows SST-2=4000 --threads 1
 
-Needs the teacher runs of ``bench/teacher_probes.sh TASK`` for every task. For each task it
+Needs a teacher run per task (``bench/teacher_probes.sh``; ``--teacher-runs``). For each task it
 searches a structure (``search.run_search``, the full loss with β; see ``common.search_settings``),
 then retrains every structure — each task's searched one and ``space.random_arch`` with seeds
 ``--random-seeds`` — from fresh weights with KD from each task's cached teacher knowledge

@@ -3,7 +3,7 @@
     OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python bench/beta_sweep.py --tasks SST-2 MRPC \\
         --rows SST-2=4000 --threads 1
 
-Needs the teacher runs of ``bench/teacher_probes.sh TASK``. One AdaBERT run per β and task
+Needs a teacher run per task (``bench/teacher_probes.sh``; ``--teacher-runs``). One AdaBERT run per β and task
 (search, then fine-tuning of the derived child; the full loss; ``common.search_settings``), for
 each seed of ``--seeds``: params with and without the embedding, FLOPs, depth K and dev metric of
 each exported student (mean ± std over the seeds).
