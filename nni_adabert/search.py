@@ -168,7 +168,7 @@ def run_search(store: KnowledgeStore, out_dir: str | os.PathLike, config: Search
     dev = store.loader("dev", 256)
     trainer = make_trainer(run_dir, config.epochs, progress=progress, trainer_cls=Trainer, seed=config.seed,
                            devices=config.devices)
-    resume = last_checkpoint(run_dir)
+    resume = last_checkpoint(run_dir, run_identity(store, search_phase_settings(config)))
     evaluator = Lightning(distill_module(store, config, report_to_nni), trainer,
                           train_dataloaders=train, val_dataloaders=dev,
                           fit_kwargs={"ckpt_path": str(resume) if resume else None, "weights_only": True})
@@ -185,7 +185,8 @@ def run_search(store: KnowledgeStore, out_dir: str | os.PathLike, config: Search
     student = space.freeze(arch).cpu().eval()
     if config.finetune_epochs > 0:
         finetune = replace(config, epochs=config.finetune_epochs)
-        student = retrain_student(student, store, out_dir / "finetune", finetune, progress, report_to_nni)
+        student = retrain_student(student, store, out_dir / "finetune", finetune, progress, report_to_nni,
+                                  identity=run_identity(store, asdict(config)))
     history = [{k: v for k, v in h.items() if k != "arch"} for h in strategy.oneshot_module.history]
     info = {**student_info(store), **evaluate_student(student, store),
             "search": {**asdict(config), "history": history}}
@@ -196,6 +197,20 @@ def run_search(store: KnowledgeStore, out_dir: str | os.PathLike, config: Search
         warn_if_no_better_than_majority(info["dev_metrics"], store,
                                         "fine-tune it (--finetune-epochs 2) or retrain it (nni-adabert retrain)")
     return write_student(out_dir, student, info, title=f"{store.meta['task']} searched cell")
+
+
+# Settings that only the fine-tuning after a search reads: a search phase finished under other
+# values is resumed (it is the same search), and only the fine-tuning runs again.
+FINETUNE_ONLY = ("finetune_epochs", "retrain_optimizer", "retrain_lr")
+
+
+def search_phase_settings(config: SearchConfig) -> dict:
+    return {k: v for k, v in asdict(config).items() if k not in FINETUNE_ONLY}
+
+
+def run_identity(store: KnowledgeStore, settings: dict) -> dict:
+    """What a run's checkpoints must have been written under to be resumed: its settings and store."""
+    return {"knowledge_store": str(store.path), **settings}
 
 
 def finished_run(out_dir: str | os.PathLike, store: KnowledgeStore, section: str, settings: dict) -> dict | None:
@@ -232,7 +247,8 @@ def run_retrain(arch: dict, source: dict, store: KnowledgeStore, out_dir: str | 
     out_dir = Path(out_dir)
     pl.seed_everything(config.seed, workers=True)  # the fresh weights too: the same run whatever ran before it
     student = fresh_student(arch, store, config.embed_dim, config.k_max, config.dropout)
-    student = retrain_student(student, store, out_dir / "retrain", config, progress, report_to_nni)
+    student = retrain_student(student, store, out_dir / "retrain", config, progress, report_to_nni,
+                              identity=run_identity(store, settings))
     info = {**student_info(store), **evaluate_student(student, store), "retrain": settings}
     if not is_main_process():
         return info
@@ -242,9 +258,11 @@ def run_retrain(arch: dict, source: dict, store: KnowledgeStore, out_dir: str | 
 
 
 def retrain_student(student: AdaBertStudent, store: KnowledgeStore, run_dir: str | os.PathLike,
-                    config: SearchConfig, progress: bool = True, report_to_nni: bool = False) -> AdaBertStudent:
+                    config: SearchConfig, progress: bool = True, report_to_nni: bool = False,
+                    identity: dict | None = None) -> AdaBertStudent:
     """Train a fixed child with ``(1-γ)·L_CE + γ·L_KD`` on ``store`` (L_E is constant for a
-    fixed child, so β has no effect). Checkpoints every epoch in ``run_dir`` and resumes."""
+    fixed child, so β has no effect). Checkpoints every epoch in ``run_dir`` and resumes
+    (a checkpoint of the same ``identity`` only: :func:`training.last_checkpoint`)."""
     pl.seed_everything(config.seed, workers=True)
     module = distill_module(store, config, report_to_nni, retrain=True)
     module.set_model(student.train())  # Lightning keeps each module's mode: BatchNorm must learn
@@ -252,7 +270,7 @@ def retrain_student(student: AdaBertStudent, store: KnowledgeStore, run_dir: str
                            gradient_clip_val=config.grad_clip or None)
     train = store.loader("train", config.batch_size, shuffle=True, seed=config.seed, limit=config.train_limit,
                          augmented_limit=config.augmented_limit)
-    fit(trainer, module, train, store.loader("dev", 256), run_dir)
+    fit(trainer, module, train, store.loader("dev", 256), run_dir, identity)
     return student.cpu().eval()
 
 

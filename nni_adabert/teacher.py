@@ -192,7 +192,7 @@ def finetune_teacher(spec: TaskSpec, data: datasets.DatasetDict, model: str | No
     dev_loader = DataLoader(dev_tok.select_columns(columns), batch_size=128, collate_fn=teacher_collate)
     module = TeacherModule(base, spec.num_labels, spec.name, config.lr, config.weight_decay, config.warmup_ratio)
     trainer = make_trainer(run_dir, config.epochs, progress=progress, seed=config.seed)
-    fit(trainer, module, train_loader, dev_loader, run_dir)
+    fit(trainer, module, train_loader, dev_loader, run_dir, identity=settings)
     if not module.dev_metrics:  # resumed a run whose training had finished: evaluate once more
         trainer.validate(module, dev_loader, verbose=False)
 

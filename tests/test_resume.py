@@ -17,8 +17,10 @@ from nni_adabert import knowledge
 from nni_adabert.augment import AugmentConfig, Augmenter
 from nni_adabert.cli import main
 from nni_adabert.data import load_task
+from nni_adabert.errors import UserError
 from nni_adabert.tasks import get_task
 from nni_adabert.teacher import ProbeConfig
+from nni_adabert.training import last_checkpoint
 
 
 def search_argv(runs, out, epochs=3):
@@ -63,14 +65,55 @@ def test_search_killed_mid_run_resumes_to_the_same_export(runs, tmp_path, caplog
     assert resumed["weights_sha256"] == expected["weights_sha256"]
     assert resumed["dev_metrics"] == expected["dev_metrics"]
 
-    # Finished: the same command returns the export as it is; other settings run again.
+    # Finished: the same command returns the export as it is.
     stamp = (whole / "architecture.json").stat().st_mtime_ns
     caplog.clear()
     assert main(search_argv(runs, whole)) == 0
     assert "already finished" in caplog.text and "resuming" not in caplog.text
     assert (whole / "architecture.json").stat().st_mtime_ns == stamp
-    assert main(search_argv(runs, whole, epochs=4)) == 0
-    assert len(json.loads((whole / "architecture.json").read_text())["search"]["history"]) == 4
+
+
+def test_checkpoint_of_other_settings_is_refused_not_resumed(runs, tmp_path, capsys):
+    """Started again in the same directory with other settings, a search must not carry the
+    first run's weights and epochs into its export (the τ and lr schedules depend on --epochs too)."""
+    out = tmp_path / "student"
+    assert main(search_argv(runs, out)) == 0
+    before = (out / "architecture.json").read_bytes()
+    assert json.loads((out / "search" / "run.json").read_text())["epochs"] == 3
+
+    capsys.readouterr()
+    assert main(search_argv(runs, out, epochs=4)) == 2
+    error = capsys.readouterr().err
+    assert f"{out / 'search'} holds a checkpoint of another run (epochs: 3 there, 4 now)" in error
+    assert error.count("\n") == 1   # one line, no traceback
+    assert (out / "architecture.json").read_bytes() == before
+
+    # Another teacher's store is another run too; the error names what differs.
+    assert main(search_argv(runs, out) + ["--beta", "2"]) == 2
+    assert "beta: 0.5 there, 2.0 now" in capsys.readouterr().err
+    # In its own directory the new settings run.
+    assert main(search_argv(runs, tmp_path / "longer", epochs=4)) == 0
+    assert len(json.loads((tmp_path / "longer" / "architecture.json").read_text())["search"]["history"]) == 4
+
+
+def test_retrain_killed_mid_run_resumes_only_with_its_settings(runs, tmp_path, capsys, caplog):
+    caplog.set_level(logging.INFO, logger="nni_adabert")
+    assert main(search_argv(runs, tmp_path / "student", epochs=1)) == 0
+    argv = ["retrain", "--arch", str(tmp_path / "student"), "--teacher", str(runs / "SST-2"),
+            "--output-dir", str(tmp_path / "retrained"), "--epochs", "3", "--batch-size", "2", "--seed", "1",
+            "--no-progress"]
+    checkpoint = tmp_path / "retrained" / "retrain" / "checkpoints" / "last.ckpt"
+    kill_after_first_checkpoint(argv, checkpoint)
+
+    capsys.readouterr()
+    assert main(argv[:-1] + ["--lr", "0.005", "--no-progress"]) == 2
+    assert "retrain_lr: 0.001 there, 0.005 now" in capsys.readouterr().err
+    assert not (tmp_path / "retrained" / "architecture.json").exists()
+
+    caplog.clear()
+    assert main(argv) == 0
+    assert f"resuming from {checkpoint}" in caplog.text
+    assert json.loads((tmp_path / "retrained" / "architecture.json").read_text())["retrain"]["epochs"] == 3
 
 
 def test_finished_retrain_is_not_redone(runs, tmp_path, caplog):
@@ -137,3 +180,33 @@ def test_interrupted_knowledge_build_resumes_from_its_stages(runs, tmp_path, mon
         a, b = reference.data[split], resumed.data[split]
         assert a["input_ids_a"] == b["input_ids_a"] and a["label"] == b["label"]
         assert torch.allclose(torch.tensor(a["teacher_logits"]), torch.tensor(b["teacher_logits"]), atol=1e-5)
+
+
+def test_last_checkpoint_records_and_checks_the_run_identity(tmp_path, caplog):
+    run_dir, identity = tmp_path / "run", {"knowledge_store": "/s", "epochs": 3, "config": {"lr": 0.1}}
+    assert last_checkpoint(run_dir, identity) is None   # a fresh start records who it is
+    assert json.loads((run_dir / "run.json").read_text()) == identity
+    # No checkpoint yet: nothing to carry over, so other settings simply take the directory.
+    other = {**identity, "epochs": 4}
+    assert last_checkpoint(run_dir, other) is None
+    assert json.loads((run_dir / "run.json").read_text()) == other
+
+    checkpoint = run_dir / "checkpoints" / "last.ckpt"
+    checkpoint.parent.mkdir()
+    checkpoint.write_bytes(b"weights")
+    assert last_checkpoint(run_dir, other) == checkpoint
+    with pytest.raises(UserError, match=r"epochs: 4 there, 3 now; config.lr: 0.1 there, 0.2 now\)"):
+        last_checkpoint(run_dir, {**identity, "config": {"lr": 0.2}})
+    with pytest.raises(UserError, match=r"a: unset there, 1 now; b: unset there, 2 now; c: unset there, 3 now; 1 more"):
+        last_checkpoint(run_dir, {**other, "a": 1, "b": 2, "c": 3, "d": 4})
+
+    # A checkpoint from before run.json existed is resumed, with a warning, and adopted.
+    (run_dir / "run.json").unlink()
+    with caplog.at_level(logging.WARNING, logger="nni_adabert"):
+        assert last_checkpoint(run_dir, identity) == checkpoint
+    assert "records no settings" in caplog.text
+    assert json.loads((run_dir / "run.json").read_text()) == identity
+
+    (run_dir / "run.json").write_text("{not json")
+    with pytest.raises(UserError, match=r"run.json is not valid JSON .*delete .*run to start the run afresh"):
+        last_checkpoint(run_dir, identity)
