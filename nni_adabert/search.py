@@ -158,6 +158,7 @@ def run_search(store: KnowledgeStore, out_dir: str | os.PathLike, config: Search
     if done is not None:
         log.info("search already finished in %s with these settings; not redoing it", out_dir)
         return done
+    resume = last_checkpoint(run_dir, run_identity(store, search_phase_settings(config)))  # refused: before any setup
     pl.seed_everything(config.seed, workers=True)
     student_cfg = student_config(store, config.embed_dim, config.k_max, config.dropout)
     embedding = factorized_embedding(teacher_word_embeddings(store.meta["teacher_dir"]), config.embed_dim)
@@ -168,7 +169,6 @@ def run_search(store: KnowledgeStore, out_dir: str | os.PathLike, config: Search
     dev = store.loader("dev", 256)
     trainer = make_trainer(run_dir, config.epochs, progress=progress, trainer_cls=Trainer, seed=config.seed,
                            devices=config.devices)
-    resume = last_checkpoint(run_dir, run_identity(store, search_phase_settings(config)))
     evaluator = Lightning(distill_module(store, config, report_to_nni), trainer,
                           train_dataloaders=train, val_dataloaders=dev,
                           fit_kwargs={"ckpt_path": str(resume) if resume else None, "weights_only": True})
