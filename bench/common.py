@@ -109,9 +109,11 @@ def store_settings(store) -> dict:
     run (``runs/bench/teacher-<TASK>``; every earlier run was named without it), else the store, so
     that a run on another teacher never finds (or resumes) one on the default teacher."""
     default = RUNS / f"teacher-{store.meta['task']}" / "probes.json"
-    if default.is_file() and json.loads(default.read_text())["knowledge_store"] == str(store.path):
+    if default.is_file() and (ROOT / json.loads(default.read_text())["knowledge_store"]).resolve() == store.path:
         return {}
-    return {"knowledge_store": str(store.path)}
+    # Relative to the checkout, as the runs named before store paths were absolute recorded it.
+    path = store.path.relative_to(ROOT) if store.path.is_relative_to(ROOT) else store.path
+    return {"knowledge_store": str(path)}
 
 
 def train_rows(store, originals: int | None, augmented: bool = True) -> dict:

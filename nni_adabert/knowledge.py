@@ -120,7 +120,8 @@ def knowledge_fingerprint(spec: TaskSpec, data: datasets.DatasetDict, teacher_di
 
 
 def open_knowledge(path: str | os.PathLike) -> KnowledgeStore:
-    path = Path(path)
+    # Absolute, so that the runs recording it can be used from any working directory.
+    path = Path(path).resolve()
     meta_path = path / "meta.json"
     if not meta_path.is_file():
         raise UserError(f"{path} is not a teacher-knowledge store: meta.json is missing")

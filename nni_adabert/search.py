@@ -229,7 +229,9 @@ def finished_run(out_dir: str | os.PathLike, store: KnowledgeStore, section: str
     recorded = {k: v for k, v in (doc.get(section) or {}).items() if k in settings}
     defaults = {k: v for k, v in json.loads(json.dumps(asdict(SearchConfig()))).items() if k in settings}
     recorded = {**defaults, **recorded}
-    same = recorded == json.loads(json.dumps(settings)) and doc.get("knowledge_store") == str(store.path)
+    # Runs written before store paths were absolute recorded them relative to the working directory.
+    same_store = Path(doc.get("knowledge_store") or "").resolve() == store.path
+    same = recorded == json.loads(json.dumps(settings)) and same_store
     return doc if same else None
 
 

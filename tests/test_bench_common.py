@@ -12,16 +12,24 @@ import common  # noqa: E402
 
 
 def fake_store(path: str, task: str = "MRPC"):
-    return SimpleNamespace(path=path, meta={"task": task})
+    """A store as ``open_knowledge`` returns it: its path absolute, here inside the checkout."""
+    return SimpleNamespace(path=common.ROOT / path, meta={"task": task})
 
 
-def test_runs_on_the_default_teacher_keep_their_names_others_get_their_own(tmp_path, monkeypatch):
+DEFAULT_STORE = "runs/bench/cache/MRPC-default"
+
+
+@pytest.mark.parametrize("recorded", [DEFAULT_STORE, str(common.ROOT / DEFAULT_STORE)])
+def test_runs_on_the_default_teacher_keep_their_names_others_get_their_own(tmp_path, monkeypatch, recorded):
+    # probes.json records the store relative to the checkout (runs from before store paths were
+    # absolute) or absolute (since): the default teacher's store is recognized either way.
     monkeypatch.setattr(common, "RUNS", tmp_path)
     (tmp_path / "teacher-MRPC").mkdir()
-    (tmp_path / "teacher-MRPC" / "probes.json").write_text(json.dumps({"knowledge_store": "cache/MRPC-default"}))
-    default, other = fake_store("cache/MRPC-default"), fake_store("cache/MRPC-5ep")
+    (tmp_path / "teacher-MRPC" / "probes.json").write_text(json.dumps({"knowledge_store": recorded}))
+    default, other = fake_store(DEFAULT_STORE), fake_store("runs/bench/cache/MRPC-5ep")
     assert common.store_settings(default) == {}
-    assert common.store_settings(other) == {"knowledge_store": "cache/MRPC-5ep"}
+    # Named by its path inside the checkout, as before: the name does not depend on where the checkout is.
+    assert common.store_settings(other) == {"knowledge_store": "runs/bench/cache/MRPC-5ep"}
     settings = {"beta": 0.5}
     dirs = {common.run_dir("search", "MRPC", {**settings, **common.store_settings(s)}) for s in (default, other)}
     assert len(dirs) == 2
@@ -29,6 +37,9 @@ def test_runs_on_the_default_teacher_keep_their_names_others_get_their_own(tmp_p
     assert common.run_dir("search", "MRPC", settings) in dirs
     # No default teacher run at all: every store names its runs.
     assert common.store_settings(fake_store("cache/SST-2-x", task="SST-2")) == {"knowledge_store": "cache/SST-2-x"}
+    # A store outside the checkout: its absolute path.
+    outside = SimpleNamespace(path=tmp_path / "elsewhere", meta={"task": "MRPC"})
+    assert common.store_settings(outside) == {"knowledge_store": str(tmp_path / "elsewhere")}
 
 
 def test_per_task_options():

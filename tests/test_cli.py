@@ -17,6 +17,25 @@ def test_teacher_outputs(runs, capsys):
     assert "| 6     |" in (runs / "SST-2" / "probes.md").read_text()
 
 
+def test_a_teacher_run_with_a_relative_cache_dir_works_from_any_directory(runs, tmp_path, monkeypatch):
+    """The store is recorded by its absolute path, so the run is not tied to the directory it was made in."""
+    import shutil
+
+    from nni_adabert.pipeline import open_teacher_run
+
+    project = tmp_path / "project"
+    shutil.copytree(runs / "SST-2" / "teacher", project / "run" / "teacher")  # finished: not fine-tuned again
+    shutil.copytree(runs / "cache", project / "cache")  # the same inputs: a cache hit
+    monkeypatch.chdir(project)
+    assert main(["teacher", "--task", "SST-2", "--data", str(runs / "glue"), "--epochs", "1", "--batch-size", "16",
+                 "--aug-copies", "1", "--output-dir", "run", "--cache-dir", "cache", "--no-progress"]) == 0
+    recorded = json.loads((project / "run" / "probes.json").read_text())["knowledge_store"]
+    assert recorded.startswith(str(project / "cache" / "knowledge" / "SST-2-"))
+    monkeypatch.chdir(tmp_path)
+    store = open_teacher_run(project / "run")
+    assert str(store.path) == recorded and store.meta["task"] == "SST-2"
+
+
 def test_search_evaluate_and_cross_task_retrain(runs, capsys):
     out = runs / "student"
     assert main(["search", "--teacher", str(runs / "SST-2"), "--output-dir", str(out), "--epochs", "1",
