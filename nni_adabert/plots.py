@@ -70,6 +70,7 @@ def plot_cell(arch: dict, path, title: str) -> None:
                            node_color=[colors.get(n, "#D0D0D0") for n in graph.nodes])
     nx.draw_networkx_labels(graph, pos, labels={n: f"${v}$" if "_" in v else v for n, v in names.items()},
                             ax=ax, font_size=11)
+    edge_labels = []  # (start, end, rad, op, color): placed once the axes' limits are final
     for u, v, data in graph.edges(data=True):
         op = data["op"]
         color = next((c for prefix, c in _OP_COLORS.items() if op.startswith(prefix)), "#999999")
@@ -78,16 +79,39 @@ def plot_cell(arch: dict, path, title: str) -> None:
                                edge_color=color, width=2 if op else 1, style="solid" if op else "dashed",
                                connectionstyle=f"arc3,rad={rad}")
         if op:
-            (x1, y1), (x2, y2) = pos[u], pos[v]
-            # The label sits on the curve's midpoint (arc3 bends by rad times the chord).
-            mx, my = (x1 + x2) / 2 + rad * (y2 - y1) / 2, (y1 + y2) / 2 - rad * (x2 - x1) / 2
-            ax.text(mx, my, op, color=color, fontsize=9, ha="center", va="center",
-                    bbox=dict(boxstyle="round,pad=0.2", fc="white", ec=color, lw=0.8))
+            edge_labels.append((pos[u], pos[v], rad, op, color))
     depth = arch.get("depth")
     ax.set_title(title + (f"  (K = {depth})" if depth else ""))
     ax.axis("off")
     ax.margins(0.12)
+    ax.autoscale_view()
+    placed = []  # the labels drawn so far, in display coordinates
+    for start, end, rad, op, color in edge_labels:
+        x, y = _label_position(ax.transData, start, end, rad, placed)
+        ax.text(x, y, op, color=color, fontsize=9, ha="center", va="center",
+                bbox=dict(boxstyle="round,pad=0.2", fc="white", ec=color, lw=0.8))
     save_figure(fig, path)
+
+
+def _label_position(to_display, start, end, rad: float, placed: list, size=(85, 22)) -> tuple[float, float]:
+    """Where an edge's label goes (data coordinates): on the edge's arc3 curve, at its midpoint
+    unless a label already ``placed`` there (display coordinates; boxes of ``size`` pixels)
+    would overlap it, then further along the curve; crossing edges otherwise put their labels
+    on one spot. arc3 bends in display coordinates: the curve is a quadratic Bezier whose
+    control point is the chord's midpoint moved by ``rad`` times the chord, turned."""
+    (x1, y1), (x2, y2) = to_display.transform([start, end])
+    cx, cy = (x1 + x2) / 2 + rad * (y2 - y1), (y1 + y2) / 2 - rad * (x2 - x1)
+
+    def at(t: float) -> tuple[float, float]:
+        a, b, c = (1 - t) ** 2, 2 * t * (1 - t), t**2
+        return a * x1 + b * cx + c * x2, a * y1 + b * cy + c * y2
+
+    def free(p) -> bool:
+        return all(abs(p[0] - q[0]) > size[0] or abs(p[1] - q[1]) > size[1] for q in placed)
+
+    point = next((p for p in map(at, (0.5, 0.65, 0.35, 0.75, 0.25)) if free(p)), at(0.5))
+    placed.append(point)
+    return tuple(to_display.inverted().transform(point))
 
 
 def plot_tradeoff(points: list[tuple[str, int, float]], path, title: str, metric: str = "accuracy") -> None:
