@@ -94,22 +94,20 @@ def plot_cell(arch: dict, path, title: str) -> None:
 
 
 def _label_position(to_display, start, end, rad: float, placed: list, size=(85, 22)) -> tuple[float, float]:
-    """Where an edge's label goes (data coordinates): on the edge's arc3 curve, at its midpoint
-    unless a label already ``placed`` there (display coordinates; boxes of ``size`` pixels)
-    would overlap it, then further along the curve; crossing edges otherwise put their labels
-    on one spot. arc3 bends in display coordinates: the curve is a quadratic Bezier whose
-    control point is the chord's midpoint moved by ``rad`` times the chord, turned."""
-    (x1, y1), (x2, y2) = to_display.transform([start, end])
-    cx, cy = (x1 + x2) / 2 + rad * (y2 - y1), (y1 + y2) / 2 - rad * (x2 - x1)
+    """Where an edge's label goes (data coordinates): on the edge's arc3 curve (matplotlib's own,
+    which bends in display coordinates), at its midpoint unless a label already ``placed`` there
+    (display coordinates; boxes of ``size`` pixels) would overlap it, then further along the
+    curve; crossing edges otherwise put their labels on one spot."""
+    from matplotlib.bezier import BezierSegment
+    from matplotlib.patches import ConnectionStyle
 
-    def at(t: float) -> tuple[float, float]:
-        a, b, c = (1 - t) ** 2, 2 * t * (1 - t), t**2
-        return a * x1 + b * cx + c * x2, a * y1 + b * cy + c * y2
+    a, b = to_display.transform([start, end])
+    curve = BezierSegment(ConnectionStyle.Arc3(rad=rad).connect(tuple(a), tuple(b)).vertices)
 
     def free(p) -> bool:
         return all(abs(p[0] - q[0]) > size[0] or abs(p[1] - q[1]) > size[1] for q in placed)
 
-    point = next((p for p in map(at, (0.5, 0.65, 0.35, 0.75, 0.25)) if free(p)), at(0.5))
+    point = next((p for p in map(curve, (0.5, 0.65, 0.35, 0.75, 0.25)) if free(p)), curve(0.5))
     placed.append(point)
     return tuple(to_display.inverted().transform(point))
 

@@ -230,7 +230,8 @@ def finished_run(out_dir: str | os.PathLike, store: KnowledgeStore, section: str
     defaults = {k: v for k, v in json.loads(json.dumps(asdict(SearchConfig()))).items() if k in settings}
     recorded = {**defaults, **recorded}
     # Runs written before store paths were absolute recorded them relative to the working directory.
-    same_store = Path(doc.get("knowledge_store") or "").resolve() == store.path
+    recorded_store = doc.get("knowledge_store")
+    same_store = bool(recorded_store) and Path(recorded_store).resolve() == store.path
     same = recorded == json.loads(json.dumps(settings)) and same_store
     return doc if same else None
 
