@@ -35,7 +35,7 @@ from common import (ROOT, add_scale_args, header, main_metric, percent, prepare,
 
 sys.path.insert(0, str(ROOT))
 
-from nni_adabert.pipeline import format_mean_std  # noqa: E402
+from nni_adabert.tables import format_mean_std  # noqa: E402
 
 # (name, augmented rows, SearchConfig overrides).
 VARIANTS = [
@@ -63,7 +63,7 @@ def scores(result: dict, name: str, task: str, metric: str | None = None) -> lis
 
 
 def markdown(result: dict) -> str:
-    from nni_adabert.pipeline import format_table
+    from nni_adabert.tables import format_table
 
     tasks = result["tasks"]
 

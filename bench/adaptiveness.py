@@ -49,7 +49,7 @@ def parse_args(argv=None):
 
 
 def markdown(result: dict, args) -> str:
-    from nni_adabert.pipeline import format_transfer_table, format_table
+    from nni_adabert.tables import format_transfer_table, format_table
 
     tasks = result["tasks"]
     metrics = {t: main_metric(t) for t in tasks}
@@ -134,9 +134,9 @@ def findings(result: dict) -> list[str]:
 
 def main(argv=None) -> int:
     argv, args, stores = prepare(parse_args, argv)
-    from nni_adabert import cost
-    from nni_adabert.search import student_config
-    from nni_adabert.space import random_arch
+    from nni_adabert.model import cost
+    from nni_adabert.workflows.student import student_config
+    from nni_adabert.model.space import random_arch
 
     searched = {task: search(store, search_settings(store, args)) for task, store in stores.items()}
     structures = [(f"searched on {task}", doc["architecture"], {"from": doc["dir"], "searched_on": task})

@@ -28,7 +28,7 @@ from common import (RESULTS, ROOT, add_scale_args, header, main_metric, percent,
 
 sys.path.insert(0, str(ROOT))
 
-from nni_adabert.pipeline import format_mean_std  # noqa: E402
+from nni_adabert.tables import format_mean_std  # noqa: E402
 
 NAME = "beta-sweep"
 
@@ -47,7 +47,7 @@ def parse_args(argv=None):
 def markdown(result: dict) -> str:
     import statistics
 
-    from nni_adabert.pipeline import format_table
+    from nni_adabert.tables import format_table
 
     summary = []
     for task in result["tasks"]:

@@ -99,7 +99,7 @@ def publish(name: str, result: dict, findings, markdown) -> int:
 def teacher_store(task: str, run: str | None = None):
     """The knowledge store of the teacher run ``runs/bench/<run>`` (default: ``teacher-<task>``,
     what ``bench/teacher_probes.sh TASK`` writes)."""
-    from nni_adabert.pipeline import open_teacher_run
+    from nni_adabert.teacher.run import open_teacher_run
 
     return open_teacher_run(RUNS / (run or f"teacher-{task}"))
 
@@ -130,7 +130,7 @@ def changed_settings(config) -> dict:
     """The ``SearchConfig`` fields that differ from their defaults: what names a run (a field
     added to the library later, at its default, names no run anew; ``search.finished_run`` reads
     a record without it as that default too)."""
-    from nni_adabert.search import SearchConfig
+    from nni_adabert.config import SearchConfig
 
     # Against the defaults the first runs were named with (β was 4 then), so that their names stay.
     defaults = {**asdict(SearchConfig()), "beta": 4.0}
@@ -160,7 +160,7 @@ def exclusive(out: Path):
 
 def search(store, config) -> dict:
     """``search.run_search`` into :func:`run_dir`; the exported document plus its ``dir``."""
-    from nni_adabert.search import run_search
+    from nni_adabert.workflows.search import run_search
 
     out = run_dir("search", store.meta["task"], {**changed_settings(config), **store_settings(store)})
     with exclusive(out):
@@ -169,7 +169,7 @@ def search(store, config) -> dict:
 
 def retrain(arch: dict, source: dict, store, config) -> dict:
     """``search.run_retrain`` of ``arch`` (fresh weights, KD from ``store``) into :func:`run_dir`."""
-    from nni_adabert.search import run_retrain
+    from nni_adabert.workflows.retrain import run_retrain
 
     # β weighs L_E, which a fixed child does not have: it names no retraining.
     settings = {k: v for k, v in changed_settings(config).items() if k != "beta"}
@@ -185,7 +185,7 @@ def student_row(doc: dict) -> dict:
 
 
 def main_metric(task: str) -> str:
-    from nni_adabert.tasks import get_task
+    from nni_adabert.data.tasks import get_task
 
     return get_task(task).main_metric
 
@@ -225,7 +225,7 @@ def add_scale_args(p, tasks: list[str], name: str) -> None:
 def per_task(items: list[str], option: str, cast=str) -> dict:
     """``["TASK=VALUE", ...]`` as ``{TASK: cast(VALUE)}``; exits naming ``option`` on a malformed
     item or an unknown task."""
-    from nni_adabert.tasks import TASKS
+    from nni_adabert.data.tasks import TASKS
 
     out = {}
     for item in items:
@@ -245,7 +245,7 @@ def rows_per_task(args) -> dict[str, int]:
 
 def search_settings(store, args, augmented: bool = True, **overrides):
     """The benchmarks' search recipe on ``store`` (``SearchConfig``), from :func:`add_scale_args`."""
-    from nni_adabert.search import SearchConfig
+    from nni_adabert.config import SearchConfig
 
     settings = dict(epochs=args.epochs, warmup_epochs=args.warmup_epochs, finetune_epochs=args.finetune_epochs,
                     arc_lr=args.arc_lr, beta=args.beta, seed=args.seeds[0],
@@ -255,7 +255,7 @@ def search_settings(store, args, augmented: bool = True, **overrides):
 
 def retrain_settings(store, args, augmented: bool = True, **overrides):
     """The benchmarks' recipe for retraining a fixed child from fresh weights on ``store``."""
-    from nni_adabert.search import SearchConfig
+    from nni_adabert.config import SearchConfig
 
     settings = dict(epochs=args.retrain_epochs, seed=args.seeds[0],
                     **train_rows(store, rows_per_task(args).get(store.meta["task"]), augmented))
@@ -277,8 +277,8 @@ def scale_text(stores: dict, args) -> str:
 
 def references(stores: dict) -> dict:
     """Per task: the teacher's dev metrics, its best layer probe, and the majority-class baseline on dev."""
-    from nni_adabert.search import majority_class_metrics
-    from nni_adabert.teacher import read_teacher_info
+    from nni_adabert.workflows.evaluate import majority_class_metrics
+    from nni_adabert.teacher.finetune import read_teacher_info
 
     out = {}
     for task, store in stores.items():

@@ -9,7 +9,7 @@ in one process for (a) the fine-tuned teacher, (b) the BERT-base architecture
 (``transformers.BertConfig()`` defaults, randomly initialised: weights do not change its
 speed, and nothing is downloaded) and (c) the student; warm-up pass, then the median of
 ``--repeats`` passes, round-robin over the three models, ``--threads`` intra-op threads.
-All of it is ``nni_adabert.speed.compare_with_teacher``; this script records and formats.
+All of it is ``nni_adabert.workflows.evaluate.compare_with_teacher``; this script records and formats.
 
 Writes bench/results/compression-<name>.{json,md}.
 """
@@ -98,7 +98,7 @@ def markdown(result: dict, args) -> str:
         f"{teacher['params'] / student['params']:.1f}x fewer params, {student['speedup_over']['teacher']:.1f}x faster.",
         "",
         "FLOPs count the matmul-class operations, 2 per multiply-add (`torch.utils.flop_counter` for the "
-        "Transformers, attention included; `nni_adabert.cost` for the student, whose pooling, skip and "
+        "Transformers, attention included; `nni_adabert.model.cost` for the student, whose pooling, skip and "
         "BatchNorm work is not counted). The embedding lookups cost no FLOPs.",
     ]
     paper = PAPER.get(result["task"])
@@ -122,8 +122,9 @@ def markdown(result: dict, args) -> str:
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
-    from nni_adabert.pipeline import open_teacher_run
-    from nni_adabert.speed import bert_base, compare_with_teacher
+    from nni_adabert.teacher.run import open_teacher_run
+    from nni_adabert.workflows.speed import bert_base
+    from nni_adabert.workflows.evaluate import compare_with_teacher
 
     torch.set_num_threads(args.threads)
     store = open_teacher_run(args.teacher)

@@ -42,9 +42,9 @@ from nni.nas.strategy import GumbelDARTS  # noqa: E402
 
 from common import command_line  # noqa: E402
 from nni_adabert.atomic import write_json, write_text  # noqa: E402
-from nni_adabert.distill import AdaBertDistillModule  # noqa: E402
-from nni_adabert.space import AdaBertSpace, StudentConfig  # noqa: E402
-from nni_adabert.strategy import AdaBertStrategy  # noqa: E402
+from nni_adabert.nas.distill import AdaBertDistillModule  # noqa: E402
+from nni_adabert.model.space import AdaBertSpace, StudentConfig  # noqa: E402
+from nni_adabert.nas.strategy import AdaBertStrategy  # noqa: E402
 
 VARIANTS = {
     "single": dict(kind="adabert", full=False, alternate=False, passes=1),

@@ -1,4 +1,4 @@
-"""Atomic writes: every file we produce appears complete or not at all.
+"""Files: every file we produce appears complete or not at all; content hashes.
 
 Write to a temporary name in the destination directory, fsync, then ``os.replace``;
 a killed run leaves at most a ``.tmp-*`` file that no reader ever opens.
@@ -7,6 +7,7 @@ a killed run leaves at most a ``.tmp-*`` file that no reader ever opens.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -75,3 +76,12 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def hash_file(path: str | os.PathLike, digest=None):
+    """Feed the file's bytes to ``digest`` (default a new SHA-256) in 4 MiB chunks; return it."""
+    digest = hashlib.sha256() if digest is None else digest
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest

@@ -9,12 +9,25 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 
+from .atomic import check_writable, write_json, write_text
+from .config import RetrainConfig, SearchConfig, add_options, from_options
+from .data.tasks import TASKS
 from .errors import UserError, as_user_error
-from .pipeline import build_teacher_run, format_table, open_teacher_run
+from .logs import configure_logging
+from .tables import format_table
+from .teacher.augment import AugmentConfig
+from .teacher.finetune import TeacherConfig
+from .teacher.knowledge import DEFAULT_CACHE_DIR
+from .teacher.run import build_teacher_run, open_teacher_run
+from .training import is_main_process
+from .workflows.deploy import deploy
+from .workflows.evaluate import compare_with_teacher
+from .workflows.export import load_exported
+from .workflows.retrain import run_retrain
+from .workflows.search import run_search
 
 log = logging.getLogger("nni_adabert")
 
@@ -39,17 +52,13 @@ def add_augment_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--aug-seed", type=int, default=None, help="augmentation seed")
 
 
-def augment_config(args):
-    from .augment import AugmentConfig
-
+def augment_config(args) -> AugmentConfig | None:
     overrides = {"copies": args.aug_copies, "replace_prob": args.aug_prob, "seed": args.aug_seed}
     config = AugmentConfig(**{k: v for k, v in overrides.items() if v is not None})
     return config if config.copies > 0 else None
 
 
 def cache_dir(args) -> Path:
-    from .data import DEFAULT_CACHE_DIR
-
     return Path(args.cache_dir) if args.cache_dir else DEFAULT_CACHE_DIR
 
 
@@ -58,8 +67,6 @@ def cache_dir(args) -> Path:
 
 def cmd_teacher(args) -> None:
     """Fine-tune the teacher, train its layer probes, cache its knowledge."""
-    from .teacher import TeacherConfig
-
     build_teacher_run(args.task, args.output_dir, args.data, args.model,
                       TeacherConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed),
                       augment_config(args), cache_dir(args), train_limit=args.train_limit,
@@ -69,54 +76,16 @@ def cmd_teacher(args) -> None:
 # --------------------------------------------------------------------------- search / retrain / evaluate
 
 
-def add_training_args(p: argparse.ArgumentParser, search: bool) -> None:
-    """The options of ``search`` (``search=True``) or of ``retrain`` (a fixed child: AdamW, no L_E)."""
-    from .search import SearchConfig
-
-    d = SearchConfig()
+def add_training_args(p: argparse.ArgumentParser, config_cls: type) -> None:
+    """The options of ``search`` (``config_cls`` = :class:`SearchConfig`) or ``retrain``
+    (:class:`RetrainConfig`): the run's places, then one option per setting."""
     p.add_argument("--teacher", required=True, help="output directory of `nni-adabert teacher` (its knowledge store)")
     p.add_argument("--output-dir", required=True, help="where architecture.json, student.safetensors, cell.png go")
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--gamma", type=float, default=d.gamma, help="KD weight γ (L = (1-γ)·CE + γ·KD + β·L_E)")
-    if search:
-        p.add_argument("--beta", type=float, default=d.beta, help="efficiency-loss weight β")
-        p.add_argument("--lr", type=float, default=d.lr, help="SGD learning rate of the weights (cosine to --min-lr)")
-        p.add_argument("--min-lr", type=float, default=d.min_lr)
-        p.add_argument("--arc-lr", type=float, default=d.arc_lr, help="Adam learning rate of the architecture")
-        p.add_argument("--warmup-epochs", type=int, default=d.warmup_epochs,
-                       help="epochs that train the weights only, before the architecture moves")
-        p.add_argument("--finetune-epochs", type=int, default=d.finetune_epochs,
-                       help="epochs that train the derived child alone after the search")
-        p.add_argument("--full", action="store_true", help="run every candidate op (full straight-through)")
-        p.add_argument("--k-max", type=int, default=d.k_max, help="most cells a student may have")
-        p.add_argument("--embed-dim", type=int, default=d.embed_dim,
-                       help="width of the factorized embedding and the cells")
-    else:
-        p.add_argument("--lr", type=float, default=d.retrain_lr,
-                       help="AdamW learning rate of the child (cosine to lr/100)")
-    p.add_argument("--grad-clip", type=float, default=d.grad_clip, help="max norm of the weight gradients (0: off)")
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay,
-                   help="weight decay of the weights' matrices and kernels (not biases and norms)")
-    p.add_argument("--dropout", type=float, default=d.dropout, help="the student's dropout")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--train-limit", type=int, default=None, help="use only the first N train rows of the store")
-    p.add_argument("--augmented-limit", type=int, default=None,
-                   help="limit the kinds of rows apart: the first --train-limit original rows plus the first N "
-                        "augmented rows (0 = no augmentation)")
-    p.add_argument("--no-probe-kd", dest="probe_kd", action="store_false",
-                   help="L_KD without the per-layer probe term (then --final-kd is needed)")
-    p.add_argument("--final-kd", action="store_true",
-                   help="L_KD with the teacher's last-layer logits against the student's final logits "
-                        "(with --no-probe-kd: the paper's Base-KD)")
-    p.add_argument("--devices", type=int, default=d.devices,
-                   help="GPUs (CPU processes without one) for this run, with Lightning's DDP (default 1)")
+    add_options(p.add_argument_group(f"{config_cls.kind} settings"), config_cls)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def print_student(doc: dict, out_dir: Path) -> None:
-    from .training import is_main_process
-
     if not is_main_process():  # a DDP worker: the first process reports
         return
     metrics = ", ".join(f"{k} {100 * v:.2f}" for k, v in doc["dev_metrics"].items())
@@ -131,31 +100,23 @@ def print_student(doc: dict, out_dir: Path) -> None:
 
 def cmd_search(args) -> None:
     """Search a student on the teacher's knowledge and export it."""
-    from .search import config_from_options, run_search
-
     store = open_teacher_run(args.teacher)
-    doc = run_search(store, args.output_dir, config_from_options(args), progress=not args.no_progress)
+    doc = run_search(store, args.output_dir, from_options(SearchConfig, args), progress=not args.no_progress)
     print_student(doc, Path(args.output_dir))
 
 
 def cmd_retrain(args) -> None:
     """Retrain an exported architecture on a (possibly other) task, from fresh weights."""
-    from .search import config_from_options, load_exported, run_retrain
-
     store = open_teacher_run(args.teacher)
     source = load_exported(args.arch, store)
-    config = config_from_options(args, embed_dim=source.config.embed_dim, k_max=source.config.k_max,
-                                 retrain_lr=args.lr)
     doc = run_retrain(source.arch, {"from": str(source.path), "searched_on": source.doc.get("task")}, store,
-                      args.output_dir, config, progress=not args.no_progress)
+                      args.output_dir, from_options(RetrainConfig, args), embed_dim=source.config.embed_dim,
+                      k_max=source.config.k_max, progress=not args.no_progress)
     print_student(doc, Path(args.output_dir))
 
 
 def cmd_evaluate(args) -> None:
     """Teacher vs student: dev metrics, params, FLOPs and (with --speed) measured speedup."""
-    from . import atomic
-    from .speed import compare_with_teacher
-
     store = open_teacher_run(args.teacher)
     result = compare_with_teacher(store, args.arch, args.weights, speed=args.speed, deployed=args.deployed or False)
     fmt = lambda m: ", ".join(f"{k} {100 * v:.2f}" for k, v in m.items())  # noqa: E731
@@ -174,16 +135,13 @@ def cmd_evaluate(args) -> None:
         print(f"deployed {deployed['path']}: {deployed['speedup_over']['student']:.2f}x the eager student's speed "
               f"(batch 128, intra-op threads {result['speed']['threads']}, median of {result['speed']['repeats']})")
     if args.json:
-        atomic.write_json(args.json, result)
+        write_json(args.json, result)
     if args.markdown:
-        atomic.write_text(args.markdown, table + "\n")
+        write_text(args.markdown, table + "\n")
 
 
 def cmd_deploy(args) -> None:
     """Fold BatchNorm, export to ONNX, check the export against the eager student on dev rows."""
-    from .deploy import deploy
-    from .search import load_exported
-
     store = open_teacher_run(args.teacher) if args.teacher else None
     report = deploy(load_exported(args.arch, store), store, args.output)
     print(f"folded {report['batchnorms_folded']} BatchNorm layers into their convolutions; on "
@@ -263,11 +221,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("search", help="search a student (AdaBERT) and export it")
-    add_training_args(p, search=True)
+    add_training_args(p, SearchConfig)
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("retrain", help="retrain an exported architecture from fresh weights (any task)")
-    add_training_args(p, search=False)
+    add_training_args(p, RetrainConfig)
     p.add_argument("--arch", required=True, help="architecture.json (or its directory) to retrain")
     p.set_defaults(func=cmd_retrain)
 
@@ -294,37 +252,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_tasks(args) -> None:
-    from .tasks import TASKS
-
     rows = [[t.name, "pair" if t.is_pair else "single", "/".join(t.labels), ", ".join(t.metrics)]
             for t in TASKS.values()]
     print(format_table(["task", "input", "labels", "metrics"], rows))
 
 
-# Messages of NNI's about machinery a one-shot search runs in-process, said on every run: no news to a user.
-# (A search that fails still raises, and the CLI prints why.)
-_ROUTINE_NNI_LOGGERS = ("nni.nas.experiment.config.experiment", "nni.nas.oneshot.pytorch.strategy",
-                        "nni.nas.execution.sequential", "nni.nas.strategy.base")
-
-
-def configure_logging(verbose: bool = False) -> None:
-    """Our INFO lines, the libraries' warnings only; shared by the CLI and the NNI trials."""
-    import warnings
-
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("transformers", "datasets", "pytorch_lightning", "lightning", "lightning_fabric", "nni"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    if not verbose:
-        for routine in _ROUTINE_NNI_LOGGERS:
-            logging.getLogger(routine).setLevel(logging.CRITICAL)
-        warnings.filterwarnings("ignore", message="When using training service to spawn trials")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-
 def check_outputs(args) -> None:
     """Refuse, before any work and creating nothing, output places we could not write."""
-    from .atomic import check_writable
-
     for name in ("output_dir", "cache_dir"):
         if getattr(args, name, None):
             check_writable(getattr(args, name))

@@ -6,6 +6,8 @@ can catch it like any ``ValueError``.
 
 from __future__ import annotations
 
+import errno
+
 
 class UserError(ValueError):
     """Bad input from the user: a file, a field, a name. The message says what,
@@ -17,8 +19,6 @@ class UserError(ValueError):
 def from_os_error(exc: OSError) -> UserError | None:
     """The :class:`UserError` for an ``OSError`` a user can fix (a full disk, a directory
     we may not write, a file where a directory should be), or ``None`` for any other."""
-    import errno
-
     where = f" {exc.filename}" if exc.filename else ""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return UserError(f"no space left on the device while writing{where}: free some space or choose "

@@ -11,6 +11,9 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import networkx as nx  # noqa: E402
+from matplotlib.bezier import BezierSegment  # noqa: E402
+from matplotlib.patches import ConnectionStyle  # noqa: E402
 
 from . import atomic  # noqa: E402
 
@@ -48,8 +51,6 @@ def plot_cell(arch: dict, path, title: str) -> None:
     Nodes 0/1 are the cell inputs c_{k-2}, c_{k-1}; nodes 2.. are the intermediate
     nodes; their attentive sum is the output c_k. ``zero`` edges are not drawn.
     """
-    import networkx as nx
-
     edges = {k: v for k, v in arch.items() if k.startswith("edge_")}
     num_nodes = max(int(k.split("_")[1]) for k in edges) - 1
     names = {0: "c_{k-2}", 1: "c_{k-1}", **{j: f"{j - 1}" for j in range(2, 2 + num_nodes)}, "out": "c_{k}"}
@@ -98,9 +99,6 @@ def _label_position(to_display, start, end, rad: float, placed: list, size=(85, 
     which bends in display coordinates), at its midpoint unless a label already ``placed`` there
     (display coordinates; boxes of ``size`` pixels) would overlap it, then further along the
     curve; crossing edges otherwise put their labels on one spot."""
-    from matplotlib.bezier import BezierSegment
-    from matplotlib.patches import ConnectionStyle
-
     a, b = to_display.transform([start, end])
     curve = BezierSegment(ConnectionStyle.Arc3(rad=rad).connect(tuple(a), tuple(b)).vertices)
 

@@ -11,7 +11,6 @@ and the epoch number alone, never of how many epochs this process has run.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -24,10 +23,11 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
 from pytorch_lightning.loggers import TensorBoardLogger
+from pytorch_lightning.utilities import rank_zero_only
 from torch.utils.data import Sampler
 
-from . import atomic
 from .errors import UserError
+from .runs import last_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -98,8 +98,6 @@ def check_finite(loss: torch.Tensor, module: pl.LightningModule) -> None:
 def is_main_process() -> bool:
     """``False`` in the extra processes of a multi-device (DDP) run: every process trains,
     only the first one writes results and prints them."""
-    from pytorch_lightning.utilities import rank_zero_only
-
     return getattr(rank_zero_only, "rank", 0) == 0
 
 
@@ -140,67 +138,8 @@ def make_trainer(run_dir: str | os.PathLike, max_epochs: int, *, progress: bool 
     )
 
 
-RUN_FILE = "run.json"
-
-
-def last_checkpoint(run_dir: str | os.PathLike, identity: dict | None = None) -> Path | None:
-    """The checkpoint to resume from, or ``None`` for a fresh start.
-
-    ``identity`` (JSON data: the run's settings and inputs) is recorded in ``run_dir/run.json``
-    beside the checkpoint; a checkpoint recorded under another identity is refused, since
-    resuming it would carry another run's weights and epochs into this one's export.
-    """
-    run_dir = Path(run_dir)
-    path = run_dir / "checkpoints" / "last.ckpt"
-    if identity is not None:
-        identity = json.loads(json.dumps(identity))  # tuples, numbers: as they read back
-        recorded = read_run_identity(run_dir)
-        if path.is_file() and recorded is None:
-            log.warning("%s records no settings (an older nni-adabert wrote it): resuming it as this run", path)
-        elif path.is_file() and recorded != identity:
-            raise UserError(f"{run_dir} holds a checkpoint of another run ({identity_differences(recorded, identity)});"
-                            f" use another output directory, or delete {run_dir} to start this run afresh")
-        if recorded != identity:
-            atomic.write_json(run_dir / RUN_FILE, identity)
-    if not path.is_file():
-        return None
-    log.info("resuming from %s", path)
-    return path
-
-
-def read_run_identity(run_dir: Path) -> dict | None:
-    path = run_dir / RUN_FILE
-    if not path.is_file():
-        return None
-    try:
-        identity = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"{path} is not valid JSON ({exc}); delete {run_dir} to start the run afresh") from exc
-    if not isinstance(identity, dict):
-        raise UserError(f"{path} must hold a JSON object (a run's settings); delete {run_dir} to start afresh")
-    return identity
-
-
-def identity_differences(recorded: dict, identity: dict, shown: int = 3) -> str:
-    """``"beta: 4 there, 0.5 now; ..."`` for the first ``shown`` settings that differ."""
-    def flat(d: dict, prefix: str = "") -> dict:  # {"config": {"lr": 1}} -> {"config.lr": 1}
-        out = {}
-        for key, value in d.items():
-            out.update(flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {prefix + key: value})
-        return out
-
-    there, now = flat(recorded), flat(identity)
-    keys = [k for k in {**there, **now} if k not in there or k not in now or there[k] != now[k]]
-
-    def show(d: dict, key: str) -> str:
-        return json.dumps(d[key]) if key in d else "unset"
-
-    parts = [f"{k}: {show(there, k)} there, {show(now, k)} now" for k in keys[:shown]]
-    return "; ".join(parts + ([f"{len(keys) - shown} more"] if len(keys) > shown else []))
-
-
 def fit(trainer: pl.Trainer, module: pl.LightningModule, train_loader, val_loader, run_dir,
-        identity: dict | None = None) -> None:
+        identity: dict) -> None:
     """``trainer.fit`` that resumes from ``run_dir``'s last checkpoint when there is one
-    (one of the same ``identity``: :func:`last_checkpoint`)."""
+    of the same ``identity`` (:func:`runs.last_checkpoint`)."""
     trainer.fit(module, train_loader, val_loader, ckpt_path=last_checkpoint(run_dir, identity), weights_only=True)

@@ -33,11 +33,31 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
 
+import nni
+import torch
+from filelock import FileLock
+
+from .atomic import write_json
+from .config import RetrainConfig, SearchConfig, add_options, from_options
+from .data.tasks import get_task
 from .errors import UserError, as_user_error
+from .logs import configure_logging
+from .model.space import random_arch
+from .nas.nni_trial import report_to_nni_trial
+from .teacher.augment import AugmentConfig
+from .teacher.finetune import TeacherConfig, load_finetuned_teacher
+from .teacher.knowledge import KnowledgeStore
+from .teacher.run import build_teacher_run, open_teacher_run
+from .workflows.export import ARCH_FILE, CELL_FILE, WEIGHTS_FILE, load_exported, load_student, read_architecture
+from .workflows.retrain import run_retrain
+from .workflows.speed import dev_examples, measure_speedup
+from .workflows.search import run_search
+from .workflows.student import student_config
 
 log = logging.getLogger("nni_adabert.trial")
 
@@ -47,12 +67,13 @@ SEARCH, RETRAIN = "search", "retrain"
 # --------------------------------------------------------------------------- settings
 
 
+CONFIGS = {SEARCH: SearchConfig, RETRAIN: RetrainConfig}
+
+
 def build_parser(kind: str) -> argparse.ArgumentParser:
     """Every setting of a ``kind`` trial; each can also come from the tuner (same name,
-    ``-`` or ``_``)."""
-    from .search import SearchConfig
-
-    d = SearchConfig()
+    ``-`` or ``_``). The training settings are generated from the same config fields as the
+    CLI's (:func:`config.add_options`)."""
     p = argparse.ArgumentParser(prog=f"{kind}_trial.py", description=f"AdaBERT {kind} as an NNI trial. "
                                 "Settings from the tuner (nni.get_next_parameter()) override these.")
     p.add_argument("--task", default="SST-2", help="GLUE task (default SST-2)")
@@ -71,34 +92,17 @@ def build_parser(kind: str) -> argparse.ArgumentParser:
     g.add_argument("--teacher-train-limit", type=int, default=None, help="first N train rows")
     g.add_argument("--teacher-dev-limit", type=int, default=None, help="first N dev rows")
     g.add_argument("--aug-copies", type=int, default=0, help="augmented copies per train example")
-    g = p.add_argument_group("training")
-    g.add_argument("--epochs", type=int, default=d.epochs)
-    g.add_argument("--batch-size", type=int, default=d.batch_size)
-    g.add_argument("--gamma", type=float, default=d.gamma)
-    # Search: the weights' SGD lr; retrain: the fixed child's AdamW lr (as `nni-adabert retrain --lr`).
-    g.add_argument("--lr", type=float, default=d.lr if kind == SEARCH else d.retrain_lr)
-    g.add_argument("--seed", type=int, default=d.seed)
-    g.add_argument("--grad-clip", type=float, default=d.grad_clip, help="max norm of the weight gradients (0: off)")
-    g.add_argument("--weight-decay", type=float, default=d.weight_decay, help="on matrices and kernels")
-    g.add_argument("--dropout", type=float, default=d.dropout, help="the student's dropout")
-    g.add_argument("--train-limit", type=int, default=None, help="first N rows of the store's train split")
+    add_options(p.add_argument_group(f"{kind} settings"), CONFIGS[kind])
     if kind == SEARCH:
-        g.add_argument("--min-lr", type=float, default=d.min_lr)
-        g.add_argument("--beta", type=float, default=d.beta)
-        g.add_argument("--arc-lr", type=float, default=d.arc_lr)
-        g.add_argument("--warmup-epochs", type=int, default=d.warmup_epochs)
-        g.add_argument("--finetune-epochs", type=int, default=d.finetune_epochs)
-        g.add_argument("--k-max", type=int, default=d.k_max)
-        g.add_argument("--embed-dim", type=int, default=d.embed_dim)
-        g.add_argument("--full", action="store_true", help="full straight-through (every candidate runs)")
-        g.add_argument("--export-to", default=None, help="also copy the exported student to this directory, "
+        p.add_argument("--export-to", default=None, help="also copy the exported student to this directory, "
                        "a stable path for retrain trials; {name} fields are settings, e.g. "
                        "'runs/nni/searched/{task}-beta{beta:g}'")
     else:
+        g = p.add_argument_group("architecture")
         g.add_argument("--arch", default=None, help="architecture.json (or its directory) to retrain, or "
                        "'random:<seed>' for a seeded random architecture of the space")
-        g.add_argument("--k-max", type=int, default=d.k_max, help="space of a random architecture")
-        g.add_argument("--embed-dim", type=int, default=d.embed_dim, help="width of a random architecture")
+        # A random architecture's space: the search's own settings.
+        add_options(g, SearchConfig, only=("embed_dim", "k_max"))
     g = p.add_argument_group("measurement")
     g.add_argument("--speedup-rows", type=int, default=256,
                    help="dev rows to time teacher vs student on (batch 128, CPU); 0 = do not measure")
@@ -118,7 +122,7 @@ def trial_settings(kind: str, argv: list[str] | None, tuned: dict | None) -> arg
         if dest not in known:
             raise UserError(f"unknown trial parameter {key!r} from the tuner; known: {', '.join(sorted(known))}")
         action = known[dest]
-        if isinstance(action, argparse._StoreTrueAction) and not isinstance(value, bool):
+        if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)) and not isinstance(value, bool):
             if str(value).lower() not in ("true", "false", "1", "0"):
                 raise UserError(f"trial parameter {key!r}: {value!r} is not true or false")
             value = str(value).lower() in ("true", "1")
@@ -144,15 +148,8 @@ def output_dir(args: argparse.Namespace, kind: str) -> Path:
 # --------------------------------------------------------------------------- teacher
 
 
-def teacher_store(args: argparse.Namespace):
+def teacher_store(args: argparse.Namespace) -> KnowledgeStore:
     """The knowledge store of the trial's teacher run, built first when missing."""
-    from filelock import FileLock
-
-    from .augment import AugmentConfig
-    from .pipeline import build_teacher_run, open_teacher_run
-    from .teacher import TeacherConfig
-    from .tasks import get_task
-
     spec = get_task(args.task)
     run = Path(args.teacher or Path("runs") / "nni" / f"teacher-{spec.name}")
     run.parent.mkdir(parents=True, exist_ok=True)
@@ -182,9 +179,6 @@ def measure_store_speedup(store, student, rows: int, repeats: int) -> float | No
     """Teacher time / student time on the first ``rows`` dev rows (batch 128, CPU, one process)."""
     if rows <= 0:
         return None
-    from .speed import dev_examples, measure_speedup
-    from .teacher import load_finetuned_teacher
-
     teacher = load_finetuned_teacher(store.meta["teacher_dir"], store.spec)
     return float(measure_speedup(teacher, student, dev_examples(store, rows), batch_size=128,
                                  repeats=repeats)["speedup"])
@@ -201,14 +195,11 @@ def final_result(doc: dict, main_metric: str, speedup: float | None) -> dict:
 
 
 def finish(store, student, doc: dict, out: Path, args) -> dict:
-    from .distill import report_to_nni_trial
-
     speedup = measure_store_speedup(store, student, args.speedup_rows, args.speedup_repeats)
     result = final_result(doc, store.spec.main_metric, speedup)
     # not nni.report_final_result: after a one-shot search NNI's current parameters are the NAS engine's
     report_to_nni_trial("final", result)
-    from . import atomic
-    atomic.write_json(out / "final_result.json", result)
+    write_json(out / "final_result.json", result)
     print(f"final result: {json.dumps(result)}\nexported to {out}", flush=True)
     return result
 
@@ -217,14 +208,9 @@ def finish(store, student, doc: dict, out: Path, args) -> dict:
 
 
 def search_trial(args: argparse.Namespace) -> dict:
-    import shutil
-
-    from .export import ARCH_FILE, CELL_FILE, WEIGHTS_FILE, load_student, read_architecture
-    from .search import config_from_options, run_search
-
     store = teacher_store(args)
     out = output_dir(args, SEARCH)
-    config = config_from_options(args, full=bool(args.full))
+    config = from_options(SearchConfig, args)
     print(f"search: {config}", flush=True)
     doc = run_search(store, out, config, progress=args.progress, report_to_nni=True)
     student = load_student(read_architecture(out / ARCH_FILE))
@@ -241,10 +227,6 @@ def search_trial(args: argparse.Namespace) -> dict:
 
 
 def retrain_trial(args: argparse.Namespace) -> dict:
-    from .export import ARCH_FILE, load_student, read_architecture
-    from .search import config_from_options, load_exported, run_retrain, student_config
-    from .space import random_arch
-
     if not args.arch:
         raise UserError("no architecture to retrain: pass --arch FILE or 'random:<seed>' (or parameter 'arch')")
     store = teacher_store(args)
@@ -263,20 +245,15 @@ def retrain_trial(args: argparse.Namespace) -> dict:
         source = {"from": str(exported.path), "searched_on": exported.doc.get("task")}
     print(f"retrain on {store.meta['task']}: {source['from']} -> {arch}", flush=True)
     out = output_dir(args, RETRAIN)
-    config = config_from_options(args, retrain_lr=args.lr, embed_dim=embed_dim, k_max=k_max)
-    doc = run_retrain(arch, source, store, out, config, progress=args.progress, report_to_nni=True)
+    doc = run_retrain(arch, source, store, out, from_options(RetrainConfig, args), embed_dim=embed_dim, k_max=k_max,
+                      progress=args.progress, report_to_nni=True)
     return finish(store, load_student(read_architecture(out / ARCH_FILE)), doc, out, args)
 
 
 def main(kind: str, argv: list[str] | None = None) -> int:
     """Run one ``kind`` trial ("search" or "retrain"); returns the exit code."""
-    from .cli import configure_logging
-
     configure_logging()
     try:
-        import nni
-        import torch
-
         tuned = nni.get_next_parameter()
         args = trial_settings(kind, sys.argv[1:] if argv is None else argv, tuned)
         if args.threads:

@@ -46,8 +46,8 @@ def write_tsv(path: Path, header: list[str], rows: list[list[str]]) -> Path:
 
 def glue_slice(src: Path, dst: Path, task: str, n_train: int, n_dev: int) -> Path:
     """Copy the first rows of a real GLUE task into a GLUE-layout directory."""
-    from nni_adabert.data import read_glue_tsv
-    from nni_adabert.tasks import get_task
+    from nni_adabert.data.glue import read_glue_tsv
+    from nni_adabert.data.tasks import get_task
 
     spec = get_task(task)
     for name, n in (("train.tsv", n_train), (spec.tsv_dev_file, n_dev)):

@@ -1,4 +1,4 @@
-"""Data augmentation (nni_adabert.augment) on real SST-2 / MRPC rows with the offline MiniLM
+"""Data augmentation (nni_adabert.teacher.augment) on real SST-2 / MRPC rows with the offline MiniLM
 teacher (embedding-neighbour path) and a tiny random BertForMaskedLM (masked-LM path)."""
 
 import csv
@@ -10,7 +10,7 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from nni_adabert.augment import AugmentConfig, Augmenter  # noqa: E402
+from nni_adabert.teacher.augment import AugmentConfig, Augmenter  # noqa: E402
 from nni_adabert.errors import UserError  # noqa: E402
 
 from conftest import GLUE_DIR  # noqa: E402

@@ -12,7 +12,7 @@ from conftest import write_tsv
 
 from nni_adabert import atomic
 from nni_adabert.cli import main
-from nni_adabert.export import ARCH_FILE, WEIGHTS_FILE
+from nni_adabert.workflows.export import ARCH_FILE, WEIGHTS_FILE
 
 
 @pytest.fixture(scope="module")

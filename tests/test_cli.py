@@ -7,7 +7,7 @@ import torch
 from conftest import write_tsv
 
 from nni_adabert.cli import main
-from nni_adabert.export import load_student, read_architecture
+from nni_adabert.workflows.export import load_student, read_architecture
 
 
 def test_teacher_outputs(runs, capsys):
@@ -21,7 +21,7 @@ def test_a_teacher_run_with_a_relative_cache_dir_works_from_any_directory(runs, 
     """The store is recorded by its absolute path, so the run is not tied to the directory it was made in."""
     import shutil
 
-    from nni_adabert.pipeline import open_teacher_run
+    from nni_adabert.teacher.run import open_teacher_run
 
     project = tmp_path / "project"
     shutil.copytree(runs / "SST-2" / "teacher", project / "run" / "teacher")  # finished: not fine-tuned again
@@ -124,8 +124,8 @@ def test_a_student_no_better_than_the_majority_class_is_flagged(runs, caplog):
 
     import pytest
 
-    from nni_adabert.pipeline import open_teacher_run
-    from nni_adabert.search import majority_class_metrics, warn_if_no_better_than_majority
+    from nni_adabert.teacher.run import open_teacher_run
+    from nni_adabert.workflows.evaluate import majority_class_metrics, warn_if_no_better_than_majority
 
     store = open_teacher_run(runs / "MRPC")
     labels = store.rows("dev")["label"]
@@ -133,7 +133,7 @@ def test_a_student_no_better_than_the_majority_class_is_flagged(runs, caplog):
     majority = majority_class_metrics(store)
     assert majority["accuracy"] == pytest.approx(max(positive, 1 - positive))
     assert majority["f1"] == pytest.approx(2 * positive / (1 + positive) if positive >= 0.5 else 0.0)
-    with caplog.at_level(logging.WARNING, logger="nni_adabert.search"):
+    with caplog.at_level(logging.WARNING, logger="nni_adabert.workflows"):
         assert warn_if_no_better_than_majority(majority, store, "fine-tune it")
         assert not warn_if_no_better_than_majority({**majority, "f1": majority["f1"] + 0.01}, store, "fine-tune it")
     [record] = caplog.records

@@ -5,10 +5,11 @@ import logging
 import pytest
 from conftest import write_tsv
 
-from nni_adabert.data import BUNDLED_DIR, load_task, pad_batch, read_glue_tsv, tokenize
+from nni_adabert.data.glue import BUNDLED_DIR, load_task, read_glue_tsv
+from nni_adabert.data.encoding import pad_batch, tokenize
 from nni_adabert.errors import UserError
-from nni_adabert.tasks import TASKS, get_task
-from nni_adabert.teacher import load_tokenizer
+from nni_adabert.data.tasks import TASKS, get_task
+from nni_adabert.teacher.finetune import load_tokenizer
 
 
 def test_real_files_row_counts(glue_dir):

@@ -8,17 +8,20 @@ import pytest
 import torch
 import torch.nn as nn
 
-from nni_adabert import atomic, deploy
+from nni_adabert import atomic
+
+from nni_adabert.workflows import deploy
 from nni_adabert.cli import main
-from nni_adabert.data import load_task, pad_batch, tokenize
-from nni_adabert.deploy import ONNX_FILE, OnnxStudent, export_onnx, fold_batchnorm, open_deployed
+from nni_adabert.data.glue import load_task
+from nni_adabert.data.encoding import pad_batch, tokenize
+from nni_adabert.workflows.deploy import ONNX_FILE, OnnxStudent, export_onnx, fold_batchnorm, open_deployed
 from nni_adabert.errors import UserError
-from nni_adabert.export import ARCH_FILE, read_architecture, write_student
-from nni_adabert.knowledge import FORMAT_VERSION
-from nni_adabert.ops import ReLUConvBN
-from nni_adabert.space import AdaBertStudent, StudentConfig
-from nni_adabert.tasks import get_task
-from nni_adabert.teacher import load_tokenizer
+from nni_adabert.workflows.export import ARCH_FILE, read_architecture, write_student
+from nni_adabert.teacher.knowledge import FORMAT_VERSION
+from nni_adabert.model.ops import ReLUConvBN
+from nni_adabert.model.space import AdaBertStudent, StudentConfig
+from nni_adabert.data.tasks import get_task
+from nni_adabert.teacher.finetune import load_tokenizer
 
 # Every conv kind, both poolings and a skip; two cells: 12 Conv+BatchNorm pairs.
 ARCH = {"edge_2_0": "std_conv_3", "edge_2_1": "dil_conv_5", "edge_3_0": "std_conv_7", "edge_3_1": "max_pool_3",

@@ -5,10 +5,8 @@ import math
 import pytest
 import torch
 
-from nni_adabert.losses import (
-    DEFAULT_BETA, IGNORE_INDEX, adabert_loss, attentive_weights, ce_loss, distillation_loss, efficiency_loss,
-    final_kd_loss, kd_targets, layer_mapping, probe_kd_loss, soft_cross_entropy, total_loss,
-)
+from nni_adabert.nas.losses import DEFAULT_BETA, adabert_loss, attentive_weights, ce_loss, distillation_loss, efficiency_loss, final_kd_loss, kd_targets, layer_mapping, probe_kd_loss, soft_cross_entropy, total_loss
+from nni_adabert.data.encoding import IGNORE_LABEL
 
 
 def _log_softmax(xs):
@@ -38,9 +36,9 @@ def test_layer_mapping_is_ceil_and_ends_at_teacher_top(k, j, expected):
 def test_kd_targets_use_teacher_prediction_for_unlabeled():
     teacher = torch.tensor([[[0.0, 1.0], [3.0, 0.0]],    # final layer predicts 0
                             [[0.0, 1.0], [0.0, 2.0]]])   # final layer predicts 1
-    labels = torch.tensor([1, IGNORE_INDEX])
+    labels = torch.tensor([1, IGNORE_LABEL])
     assert kd_targets(labels, teacher).tolist() == [1, 1]
-    assert kd_targets(torch.tensor([IGNORE_INDEX, IGNORE_INDEX]), teacher).tolist() == [0, 1]
+    assert kd_targets(torch.tensor([IGNORE_LABEL, IGNORE_LABEL]), teacher).tolist() == [0, 1]
 
 
 def test_attentive_weights_per_example_by_hand():
@@ -78,7 +76,7 @@ def test_probe_kd_loss_by_hand():
     got = probe_kd_loss([s1, s2], teacher, torch.tensor([0]))
     assert got.item() == pytest.approx(expected, abs=1e-6)
     # An unlabeled example with the same teacher gets the teacher's argmax (0) as y: same value.
-    assert probe_kd_loss([s1, s2], teacher, torch.tensor([IGNORE_INDEX])).item() == pytest.approx(expected, abs=1e-6)
+    assert probe_kd_loss([s1, s2], teacher, torch.tensor([IGNORE_LABEL])).item() == pytest.approx(expected, abs=1e-6)
 
 
 def test_probe_kd_loss_is_mean_over_batch_and_uses_mapping():
@@ -112,10 +110,10 @@ def test_distillation_loss_weights_depth_terms():
 
 def test_ce_loss_ignores_unlabeled():
     logits = torch.tensor([[2.0, 0.0], [0.0, 5.0], [1.0, 1.0]], requires_grad=True)
-    labels = torch.tensor([0, IGNORE_INDEX, 1])
+    labels = torch.tensor([0, IGNORE_LABEL, 1])
     expected = (-_log_softmax([2.0, 0.0])[0] + math.log(2.0)) / 2
     assert ce_loss(logits, labels).item() == pytest.approx(expected, abs=1e-6)
-    none = ce_loss(logits, torch.full((3,), IGNORE_INDEX))
+    none = ce_loss(logits, torch.full((3,), IGNORE_LABEL))
     assert none.item() == 0.0 and none.requires_grad
 
 
@@ -137,7 +135,7 @@ def test_total_loss_weights_and_adabert_loss():
     assert total_loss(ce, kd, None, gamma=0.5, beta=8).item() == pytest.approx(1.5)
     torch.manual_seed(2)
     logits, probes = torch.randn(2, 3), [torch.randn(2, 3), torch.randn(2, 3)]
-    teacher, labels = torch.randn(2, 5, 3), torch.tensor([1, IGNORE_INDEX])
+    teacher, labels = torch.randn(2, 5, 3), torch.tensor([1, IGNORE_LABEL])
     parts = adabert_loss(logits, probes, [(2, None)], teacher, labels, eff, gamma=0.8, beta=4.0)
     assert parts.ce.item() == pytest.approx(ce_loss(logits, labels).item())
     assert parts.kd.item() == pytest.approx(probe_kd_loss(probes, teacher, labels).item())
@@ -147,7 +145,7 @@ def test_total_loss_weights_and_adabert_loss():
 def test_final_kd_loss_is_base_kd_and_adabert_loss_can_use_it():
     torch.manual_seed(5)
     logits, probes = torch.randn(3, 2), [torch.randn(3, 2), torch.randn(3, 2)]
-    teacher, labels = torch.randn(3, 4, 2), torch.tensor([0, IGNORE_INDEX, 1])
+    teacher, labels = torch.randn(3, 4, 2), torch.tensor([0, IGNORE_LABEL, 1])
     by_hand = sum(-(_softmax(teacher[b, -1].tolist())[c] * _log_softmax(logits[b].tolist())[c])
                   for b in range(3) for c in range(2)) / 3
     assert final_kd_loss(logits, teacher).item() == pytest.approx(by_hand, abs=1e-6)

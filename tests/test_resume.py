@@ -13,14 +13,14 @@ import time
 import pytest
 import torch
 
-from nni_adabert import knowledge
-from nni_adabert.augment import AugmentConfig, Augmenter
+from nni_adabert.teacher import knowledge
+from nni_adabert.teacher.augment import AugmentConfig, Augmenter
 from nni_adabert.cli import main
-from nni_adabert.data import load_task
+from nni_adabert.data.glue import load_task
 from nni_adabert.errors import UserError
-from nni_adabert.tasks import get_task
-from nni_adabert.teacher import ProbeConfig
-from nni_adabert.training import last_checkpoint
+from nni_adabert.data.tasks import get_task
+from nni_adabert.teacher.probes import ProbeConfig
+from nni_adabert.runs import last_checkpoint
 
 
 def search_argv(runs, out, epochs=3):

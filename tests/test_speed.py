@@ -2,11 +2,12 @@
 
 import pytest
 
-from nni_adabert.data import load_task, tokenize
-from nni_adabert.space import AdaBertStudent, StudentConfig, random_arch
-from nni_adabert.speed import measure_speedup, pad_to, teacher_flops, with_teacher_input
-from nni_adabert.tasks import get_task
-from nni_adabert.teacher import load_tokenizer
+from nni_adabert.data.glue import load_task
+from nni_adabert.data.encoding import tokenize
+from nni_adabert.model.space import AdaBertStudent, StudentConfig, random_arch
+from nni_adabert.workflows.speed import measure_speedup, pad_to, teacher_flops, with_teacher_input
+from nni_adabert.data.tasks import get_task
+from nni_adabert.teacher.finetune import load_tokenizer
 
 
 def test_teacher_input_rebuilt_from_student_ids(glue_dir, minilm_dir):
@@ -34,7 +35,7 @@ def test_measure_speedup_and_flops(glue_dir, minilm_dir):
 
 
 def test_time_runs_is_round_robin():
-    from nni_adabert.speed import time_runs
+    from nni_adabert.workflows.speed import time_runs
 
     calls = []
     times = time_runs({"a": (calls.append, ["a"]), "b": (calls.append, ["b"])}, repeats=2, warmup=1)
@@ -48,10 +49,12 @@ def test_compression_against_teacher_and_bert_base(runs, tmp_path, one_thread):
 
     from transformers import BertConfig
 
-    from nni_adabert.export import write_student
-    from nni_adabert.pipeline import open_teacher_run
-    from nni_adabert.search import evaluate_student, fresh_student, student_config, student_info
-    from nni_adabert.speed import bert_base, compare_with_teacher, transformer_params
+    from nni_adabert.workflows.export import write_student
+    from nni_adabert.teacher.run import open_teacher_run
+    from nni_adabert.workflows.evaluate import evaluate_student
+    from nni_adabert.workflows.student import fresh_student, student_config, student_info
+    from nni_adabert.workflows.speed import bert_base, transformer_params
+    from nni_adabert.workflows.evaluate import compare_with_teacher
 
     store = open_teacher_run(runs / "SST-2")
     student = fresh_student(random_arch(student_config(store), seed=0), store)

@@ -10,11 +10,16 @@ from nni.nas.experiment import NasExperiment
 from nni.nas.strategy import GumbelDARTS
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from nni_adabert.cost import child_params
-from nni_adabert.distill import AdaBertDistillModule, model_inputs
-from nni_adabert.ops import OP_NAMES
-from nni_adabert.space import AdaBertSpace, AdaBertStudent, StudentConfig, validate_arch
-from nni_adabert.strategy import AdaBertStrategy, gumbel_straight_through
+from nni_adabert.cli import build_parser
+from nni_adabert.config import RetrainConfig, SearchConfig, TrainingConfig, from_options
+from nni_adabert.errors import UserError
+from nni_adabert.model.cost import child_params
+from nni_adabert.model.ops import OP_NAMES
+from nni_adabert.model.space import AdaBertSpace, AdaBertStudent, StudentConfig, validate_arch
+from nni_adabert.nas.distill import AdaBertDistillModule, model_inputs
+from nni_adabert.nas.losses import final_kd_loss
+from nni_adabert.nas.strategy import AdaBertStrategy
+from nni_adabert.nas.supermodules import efficiency_loss, gumbel_straight_through
 
 V, C, J = 30, 2, 3
 
@@ -216,7 +221,7 @@ def test_search_through_nas_experiment_exports_resumes(tmp_path):
                           train_dataloaders=train, val_dataloaders=dev)
     torch.manual_seed(0)
     space = AdaBertSpace(cfg)
-    strategy = AdaBertStrategy(seed=0, arc_learning_rate=0.05)
+    strategy = AdaBertStrategy(seed=0, arc_lr=0.05)
     exp = NasExperiment(space, evaluator, strategy)
     exp.config.experiment_working_directory = tmp_path / "nni"
     exp.run()
@@ -249,7 +254,7 @@ def test_search_through_nas_experiment_exports_resumes(tmp_path):
     assert torch.equal(saved_depth_alpha, space.depth._arch_alpha.detach())
 
     space2 = AdaBertSpace(cfg)
-    strategy2 = AdaBertStrategy(seed=0, arc_learning_rate=0.05)
+    strategy2 = AdaBertStrategy(seed=0, arc_lr=0.05)
     evaluator2 = Lightning(AdaBertDistillModule(C), quiet_trainer(max_epochs=4, default_root_dir=tmp_path),
                            train_dataloaders=train, val_dataloaders=dev,
                            fit_kwargs={"ckpt_path": str(tmp_path / "ckpt" / "last.ckpt")})
@@ -276,7 +281,7 @@ def test_nni_gumbel_darts_runs_on_the_same_space(tmp_path):
     # Our efficiency loss gives NNI's alphas a gradient too (NNI's own `penalty=` does not).
     space.train()
     space(**model_inputs(collate(synthetic_examples(4, 0))))
-    space.efficiency_loss().backward()
+    efficiency_loss(space).backward()
     assert space.depth._arch_alpha.grad.abs().sum() > 0
     assert space.cells[0].edges["edge_2_0"]._arch_alpha.grad.abs().sum() > 0
 
@@ -284,8 +289,8 @@ def test_nni_gumbel_darts_runs_on_the_same_space(tmp_path):
 def _search(beta, tmp_path, **kw):
     pl.seed_everything(0, verbose=False)
     cfg = tiny_config(k_max=4)
-    space, module = supernet(cfg, seed=0, arc_learning_rate=0.05, **kw)
-    module.training_module.hparams.beta = beta
+    space, module = supernet(cfg, seed=0, arc_lr=0.05, **kw)
+    module.training_module.beta = beta
     train, dev = loaders()
     trainer = pl.Trainer(max_epochs=2, enable_progress_bar=False, enable_model_summary=False, logger=False,
                          enable_checkpointing=False, default_root_dir=tmp_path)
@@ -302,7 +307,7 @@ def test_larger_beta_gives_smaller_child(tmp_path):
 
 @pytest.mark.parametrize("clip", [None, 0.01])
 def test_gradient_clipping_bounds_the_weight_gradients(tmp_path, clip):
-    _, module = supernet(tiny_config(), seed=0, gradient_clip_val=clip)
+    _, module = supernet(tiny_config(), seed=0, grad_clip=clip)
     norms, step = [], module.training_module.optimizer_step
 
     def record(epoch, batch_idx, optimizer, *args, **kwargs):
@@ -326,7 +331,7 @@ def test_distill_module_retrains_a_frozen_child(tmp_path):
     space, module = supernet(cfg, seed=0)
     child = space.freeze(module.export())
     before = {k: v.clone() for k, v in child.state_dict().items()}
-    distill = AdaBertDistillModule(C, learning_rate=0.05)
+    distill = AdaBertDistillModule(C, TrainingConfig(lr=0.05))
     distill.set_model(child)
     train, dev = loaders()
     trainer = pl.Trainer(max_epochs=1, enable_progress_bar=False, enable_model_summary=False, logger=False,
@@ -342,7 +347,7 @@ def test_weight_decay_shrinks_matrices_not_biases_or_norms(tmp_path):
     cfg = tiny_config()
     space, module = supernet(cfg, seed=0)
     child = space.freeze(module.export())
-    distill = AdaBertDistillModule(C, learning_rate=0.1, weight_decay=0.5, optimizer="adamw")
+    distill = AdaBertDistillModule(C, RetrainConfig(lr=0.1, weight_decay=0.5))
     distill.set_model(child)
     optimizer = distill.configure_optimizers()
     decayed, kept = optimizer.param_groups
@@ -370,11 +375,9 @@ def test_alternating_steps_update_architecture(tmp_path):
 
 
 def test_base_kd_distils_final_logits_and_still_moves_every_architecture_choice():
-    from nni_adabert.losses import final_kd_loss
-
     cfg = tiny_config()
     space, module = supernet(cfg, seed=3)
-    module.training_module.hparams.update(probe_kd=False, final_kd=True)
+    module.training_module.config = TrainingConfig(probe_kd=False, final_kd=True)
     resample_nonzero_path(module, cfg)
     space.train()
     batch = collate(synthetic_examples(8, 4))
@@ -393,7 +396,7 @@ def synthetic_store(n_orig=6, n_aug=5):
     """A knowledge store in memory: ``n_orig`` labeled rows, then ``n_aug`` augmented ones (-100)."""
     import datasets
 
-    from nni_adabert.knowledge import KnowledgeStore
+    from nni_adabert.teacher.knowledge import KnowledgeStore
 
     def rows(labels, start):
         return datasets.Dataset.from_dict({"input_ids_a": [[start + i, 5] for i in range(len(labels))],
@@ -419,18 +422,15 @@ def test_store_rows_limit_originals_and_augmented_apart():
 
 
 def test_search_config_switches_reach_the_loss_and_the_rows():
-    from nni_adabert.search import SearchConfig, distill_module
+    default = AdaBertDistillModule(C, SearchConfig()).hparams
+    assert (default.probe_kd, default.final_kd, default.optimizer) == (True, False, "sgd")
+    base = AdaBertDistillModule(C, RetrainConfig(probe_kd=False, final_kd=True)).hparams
+    assert (base.probe_kd, base.final_kd, base.optimizer) == (False, True, "adamw")
+    with pytest.raises(UserError, match="probe_kd and final_kd are both off"):
+        RetrainConfig(probe_kd=False)
 
-    store = synthetic_store()
-    default = distill_module(store, SearchConfig()).hparams
-    assert (default.probe_kd, default.final_kd) == (True, False)
-    base = distill_module(store, SearchConfig(probe_kd=False, final_kd=True), retrain=True).hparams
-    assert (base.probe_kd, base.final_kd) == (False, True)
-    with pytest.raises(ValueError, match="probe_kd or final_kd"):
-        AdaBertDistillModule(C, probe_kd=False)
-
-    from nni_adabert.cli import build_parser
-    from nni_adabert.search import config_from_options as search_config
+    def search_config(args):
+        return from_options(SearchConfig, args)
 
     args = build_parser().parse_args(["search", "--teacher", "t", "--output-dir", "o", "--train-limit", "3",
                                       "--augmented-limit", "0", "--no-probe-kd", "--final-kd"])
@@ -438,12 +438,10 @@ def test_search_config_switches_reach_the_loss_and_the_rows():
     assert (config.train_limit, config.augmented_limit, config.probe_kd, config.final_kd) == (3, 0, False, True)
     default = search_config(build_parser().parse_args(["search", "--teacher", "t", "--output-dir", "o"]))
     assert (default.augmented_limit, default.probe_kd, default.final_kd) == (None, True, False)
-    from nni_adabert.errors import UserError
-
     with pytest.raises(UserError, match="augmented_limit must be an integer >= 0"):
         SearchConfig(augmented_limit=-1)
     with pytest.raises(UserError, match=r"dropout must be in \[0, 1\), got 1.0"):
         SearchConfig(dropout=1.0)
-    assert distill_module(store, SearchConfig(weight_decay=0.01), retrain=True).hparams.weight_decay == 0.01
+    assert AdaBertDistillModule(C, RetrainConfig(weight_decay=0.01)).hparams.weight_decay == 0.01
     with pytest.raises(UserError, match="final_kd alone is the paper's Base-KD"):
         search_config(build_parser().parse_args(["search", "--teacher", "t", "--output-dir", "o", "--no-probe-kd"]))

@@ -7,14 +7,15 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-import nni_adabert.knowledge as knowledge
-from nni_adabert.augment import AugmentConfig
-from nni_adabert.data import IGNORE_LABEL, load_task
+import nni_adabert.teacher.knowledge as knowledge
+from nni_adabert.teacher.augment import AugmentConfig
+from nni_adabert.data.encoding import IGNORE_LABEL
+from nni_adabert.data.glue import load_task
 from nni_adabert.errors import UserError
-from nni_adabert.knowledge import build_knowledge
-from nni_adabert.tasks import get_task
-from nni_adabert.teacher import (TeacherConfig, finetune_teacher, load_teacher_config, read_teacher_info,
-                                 train_probes)
+from nni_adabert.teacher.knowledge import build_knowledge
+from nni_adabert.data.tasks import get_task
+from nni_adabert.teacher.finetune import TeacherConfig, finetune_teacher, load_teacher_config, read_teacher_info
+from nni_adabert.teacher.probes import train_probes
 
 
 def small(data, n_train, n_dev):

@@ -18,7 +18,7 @@ import urllib.request
 from collections import defaultdict
 from pathlib import Path
 
-from nni_adabert.pipeline import format_transfer_table
+from nni_adabert.tables import format_transfer_table
 
 
 def fetch(port: int, route: str, host: str = "127.0.0.1"):

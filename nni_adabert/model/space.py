@@ -42,17 +42,14 @@ import torch
 import torch.nn as nn
 from nni.mutable import Sample, ensure_frozen
 from nni.nas.nn.pytorch import LayerChoice, ModelSpace, MutableModule
-from nni.nas.oneshot.pytorch.supermodule.base import BaseSuperNetModule
 
-from . import cost as _cost
-from . import losses as _losses
-from .errors import UserError
+from ..data.encoding import masked_mean
+from ..errors import UserError
 from .ops import OP_NAMES, OPS, Zero, build_op
 
 __all__ = [
     "DEPTH_LABEL", "StudentConfig", "AdaBertOutput", "AdaBertSpace", "AdaBertStudent",
-    "DepthChoice", "DifferentiableDepthChoice", "Cell", "Embedder", "edge_labels",
-    "edge_endpoints", "factorized_embedding", "validate_arch", "random_arch", "masked_mean",
+    "DepthChoice", "Cell", "Embedder", "edge_labels", "factorized_embedding", "validate_arch", "random_arch",
 ]
 
 DEPTH_LABEL = "depth"
@@ -141,12 +138,6 @@ def edge_labels(num_nodes: int = 3) -> List[str]:
     return [f"edge_{j}_{i}" for j in range(2, 2 + num_nodes) for i in range(j)]
 
 
-def edge_endpoints(label: str) -> Tuple[int, int]:
-    """``'edge_3_1'`` -> ``(1, 3)`` (source node, target node)."""
-    _, j, i = label.split("_")
-    return int(i), int(j)
-
-
 def validate_arch(arch: Any, config: StudentConfig) -> Dict[str, Any]:
     """Check an architecture dict against ``config``; return it normalized (edge order, then depth).
 
@@ -213,11 +204,6 @@ def factorized_embedding(teacher_word_embeddings: torch.Tensor, dim: int = 128) 
     return scores.contiguous()
 
 
-def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean over real tokens. ``x`` ``[B, D, L]`` (zero on padding), ``mask`` ``[B, 1, L]`` -> ``[B, D]``."""
-    return x.sum(dim=-1) / mask.sum(dim=-1).clamp_min(1.0)
-
-
 class Embedder(nn.Module):
     """Token (+ position) embedding -> LayerNorm -> dropout, channels first.
 
@@ -273,15 +259,16 @@ class NodeAttention(nn.Module):
 
     def forward(self, nodes: Sequence[torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
         stacked = torch.stack(list(nodes), dim=1)                                  # [B, N, D, L]
-        pooled = stacked.sum(dim=-1) / mask.sum(dim=-1, keepdim=True).clamp_min(1.0)  # [B, N, D]
+        pooled = masked_mean(stacked, mask.unsqueeze(1), dim=-1)                   # [B, N, D]
         weights = torch.softmax(self.score(pooled).squeeze(-1), dim=1)             # [B, N]
         return (stacked * weights[:, :, None, None]).sum(dim=1)
 
 
 def _apply_edge(edge: nn.Module, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     if type(edge) is LayerChoice:
-        # The raw (un-mutated) space: NNI's dry run uses the default candidate.
-        return edge[getattr(edge, "_dry_run_choice", edge.names[0])](x, mask)
+        # The raw (un-mutated) space: NNI's dry run runs the default candidate. (LayerChoice's
+        # own forward takes one input; our ops take the mask too.)
+        return edge[ensure_frozen(edge.choice, strict=False)](x, mask)
     return edge(x, mask)
 
 
@@ -362,7 +349,7 @@ def _run_cells(cells: Sequence[Cell], probes: Sequence[nn.Module], dropout: nn.M
     for k in range(n_run):
         c, m = cells[k](s0, m0, s1, m1)
         s0, m0, s1, m1 = s1, m1, c, m
-        p = masked_mean(c, m)                                   # [B, D]
+        p = masked_mean(c, m, dim=-1)                           # [B, D]
         pooled.append(p)
         if with_probes:
             probe_logits.append(probes[k](dropout(p)))
@@ -422,73 +409,6 @@ class DepthChoice(MutableModule):
         return f"k_max={self.k_max}, label={self.label!r}"
 
 
-class DifferentiableDepthChoice(DepthChoice, BaseSuperNetModule):
-    """Adapter so NNI's built-in DARTS / GumbelDARTS can search the depth.
-
-    Mirrors NNI's ``DifferentiableMixedInput``: all ``k_max`` cells run and the classifier
-    sees ``sum_k softmax(alpha)_k * pooled_k`` (``softmax`` is whatever the strategy hands
-    over: plain for DARTS, soft Gumbel for GumbelDARTS). Installed by
-    :meth:`AdaBertSpace.extra_oneshot_hooks`.
-    """
-
-    def __init__(self, k_max: int, label: str, alpha: nn.Parameter, softmax: nn.Module):
-        super().__init__(k_max, label)
-        self._arch_alpha = alpha
-        self._softmax = softmax
-        self._last_weights: Optional[torch.Tensor] = None
-
-    @classmethod
-    def mutate(cls, module: nn.Module, name: str, memo: Dict[str, Any], mutate_kwargs: Dict[str, Any]):
-        if type(module) is DepthChoice:
-            if module.label not in memo:
-                raise KeyError(f"depth choice {module.label!r} not found in memo")
-            return cls(module.k_max, module.label, memo[module.label], mutate_kwargs.get("softmax", nn.Softmax(-1)))
-        return None
-
-    @property
-    def cells_needed(self) -> Optional[int]:
-        return None
-
-    def forward(self, candidates: List[torch.Tensor]) -> torch.Tensor:
-        weights = self._softmax(self._arch_alpha)
-        self._last_weights = weights
-        return sum(w * c for w, c in zip(weights, candidates))  # type: ignore[return-value]
-
-    def depth_terms(self, n_run: int) -> List[Tuple[int, Optional[torch.Tensor]]]:
-        w = self._last_weights if self._last_weights is not None else self._softmax(self._arch_alpha)
-        return [(k, w[k - 1]) for k in range(1, n_run + 1)]
-
-    def relaxed_weights(self) -> torch.Tensor:
-        return self._last_weights if self._last_weights is not None else self._softmax(self._arch_alpha)
-
-    def resample(self, memo):
-        return {}
-
-    def export(self, memo):
-        if self.label in memo:
-            return {}
-        return {str(self.label): int(torch.argmax(self._arch_alpha).item()) + 1}
-
-    def export_probs(self, memo):
-        if self.label in memo:
-            return {}
-        probs = torch.softmax(self._arch_alpha.detach(), -1).cpu().tolist()
-        return {str(self.label): dict(zip(range(1, self.k_max + 1), probs))}
-
-    def arch_parameters(self):
-        yield self._arch_alpha
-
-
-def _relaxed_weights(module: nn.Module) -> Optional[torch.Tensor]:
-    """The relaxed choice vector a supernet module used in its last forward, if it has one."""
-    fn = getattr(module, "relaxed_weights", None)
-    if callable(fn):
-        return fn()
-    if hasattr(module, "_arch_alpha") and hasattr(module, "_softmax"):   # NNI's DARTS modules
-        return module._softmax(module._arch_alpha)
-    return None
-
-
 # --------------------------------------------------------------------------- space and child
 
 
@@ -525,8 +445,6 @@ class AdaBertSpace(ModelSpace):
         self.depth = DepthChoice(config.k_max)
         self.dropout = nn.Dropout(config.dropout)
         self.classifier = nn.Linear(d, config.num_labels)
-        # Normalized SIZE + FLOPs per op (independent of the sequence length, see cost.py).
-        self.register_buffer("op_cost", _cost.normalized_op_costs(config.op_names, d), persistent=False)
 
     def forward(self, input_ids_a: torch.Tensor, attention_mask_a: Optional[torch.Tensor] = None,
                 input_ids_b: Optional[torch.Tensor] = None, attention_mask_b: Optional[torch.Tensor] = None
@@ -538,20 +456,15 @@ class AdaBertSpace(ModelSpace):
         logits = self.classifier(self.dropout(self.depth(pooled)))
         return AdaBertOutput(logits, probe_logits, self.depth.depth_terms(n_run))
 
-    def efficiency_loss(self) -> Optional[torch.Tensor]:
-        """``L_E`` of the relaxed choices used in the last forward (see :func:`losses.efficiency_loss`).
-
-        ``None`` when the space is not a differentiable supernet (nothing to penalize).
-        """
-        op_weights = [_relaxed_weights(self.cells[0].edges[label]) for label in self.config.edge_labels]
-        depth_weights = _relaxed_weights(self.depth)
-        if depth_weights is None or any(w is None for w in op_weights):
-            return None
-        return _losses.efficiency_loss(torch.stack(op_weights), depth_weights, self.op_cost)
-
     def extra_oneshot_hooks(self, strategy: Any) -> list:
-        """NNI protocol: mutation hooks this space adds for a one-shot strategy."""
-        from nni.nas.oneshot.pytorch.strategy import DARTS  # DARTS, GumbelDARTS, Proxyless
+        """NNI protocol: mutation hooks this space adds for a one-shot strategy (NNI's DARTS,
+        GumbelDARTS and Proxyless do not know :class:`DepthChoice`)."""
+        # Imported here, not at the top: the supernet modules build on this declaration (nas imports
+        # model), and NNI's one-shot strategy module, imported while `nni.nas.strategy` initialises,
+        # would be a circular import inside NNI.
+        from nni.nas.oneshot.pytorch.strategy import DARTS
+
+        from ..nas.supermodules import DifferentiableDepthChoice
         return [DifferentiableDepthChoice.mutate] if isinstance(strategy, DARTS) else []
 
     def freeze(self, sample: Sample) -> "AdaBertStudent":

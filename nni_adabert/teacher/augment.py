@@ -53,8 +53,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
+from transformers import AutoModel, AutoModelForMaskedLM
 
-from .errors import UserError
+from ..errors import UserError
+from ..training import pick_device
+from .finetune import load_teacher_config, load_tokenizer, resolve_model
 
 log = logging.getLogger(__name__)
 
@@ -110,8 +113,6 @@ def has_mlm_architecture(config) -> bool:
 
 def _load_mlm(path: str):
     """``(model, None)`` if the checkpoint's MLM head loads completely, else ``(None, reason)``."""
-    from transformers import AutoModelForMaskedLM
-
     try:
         model, info = AutoModelForMaskedLM.from_pretrained(path, output_loading_info=True)
     except (OSError, ValueError) as exc:
@@ -137,14 +138,10 @@ class Augmenter:
 
     def __init__(self, model_dir_or_name=None, tokenizer=None, config: AugmentConfig | None = None,
                  device=None, progress: bool = True, batch_size: int = 64):
-        from transformers import AutoModel
-
-        from .teacher import load_teacher_config, load_tokenizer, resolve_model
-
         self.config = config if config is not None else AugmentConfig()
         if not isinstance(self.config, AugmentConfig):
             raise UserError(f"config must be an AugmentConfig, got {type(self.config).__name__}")
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = torch.device(device or pick_device())
         self.progress = progress
         self.batch_size = batch_size
         path = resolve_model(model_dir_or_name)

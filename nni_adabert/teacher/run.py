@@ -12,55 +12,25 @@ import json
 import os
 from pathlib import Path
 
-from .errors import UserError
-
-
-def format_table(header: list[str], rows: list[list]) -> str:
-    """A GitHub-flavoured Markdown table (readable in a terminal too)."""
-    cells = [header] + [[str(c) for c in row] for row in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    line = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"  # noqa: E731
-    return "\n".join([line(cells[0]), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
-                     + [line(r) for r in cells[1:]])
-
-
-def format_mean_std(values: list[float]) -> str:
-    """Percentages of repeated runs as ``mean ± std (n=...)``; one value alone; none: ``""``."""
-    import statistics
-
-    if len(values) <= 1:
-        return "".join(f"{v:.2f}" for v in values)
-    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f} (n={len(values)})"
-
-
-def format_transfer_table(table: dict[str, dict[str, list[float]]], row_name: str = "structure",
-                          tasks: list[str] | None = None) -> str:
-    """The task x structure table of the paper's Table 3: ``table[structure][task]`` lists the
-    dev metric (in %) of each run; a cell with several runs shows mean ± std (n). Rows sorted
-    by name, ``"random"`` last; columns are ``tasks`` (default: every task, sorted)."""
-    tasks = tasks or sorted({task for row in table.values() for task in row})
-    names = sorted(n for n in table if n != "random") + (["random"] if "random" in table else [])
-    lines = [f"| {row_name} | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
-    for name in names:
-        cells = [format_mean_std(table[name].get(task, [])) for task in tasks]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+from .. import atomic
+from ..data.glue import describe_source, load_task
+from ..data.tasks import get_task
+from ..errors import UserError
+from ..plots import plot_probe_accuracy
+from ..tables import format_table
+from .augment import AugmentConfig
+from .finetune import TeacherConfig, finetune_teacher
+from .knowledge import DEFAULT_CACHE_DIR, KnowledgeStore, build_knowledge, open_knowledge
+from .probes import ProbeConfig
 
 
 def build_teacher_run(task: str, out_dir: str | os.PathLike, data: str | None = None, model: str | None = None,
-                      teacher_config=None, augment=None, cache_dir: str | os.PathLike | None = None,
-                      train_limit: int | None = None, dev_limit: int | None = None, progress: bool = True,
-                      echo=lambda *_: None):
+                      teacher_config: TeacherConfig | None = None, augment: AugmentConfig | None = None,
+                      cache_dir: str | os.PathLike | None = None, train_limit: int | None = None,
+                      dev_limit: int | None = None, progress: bool = True, echo=lambda *_: None) -> KnowledgeStore:
     """Fine-tune the teacher, train its probes, build its knowledge store and write
     the run's records; each step reuses what an earlier identical run left.
     ``echo`` receives the lines a person wants to see. Returns the knowledge store."""
-    from . import atomic
-    from .data import DEFAULT_CACHE_DIR, describe_source, load_task
-    from .knowledge import build_knowledge
-    from .plots import plot_probe_accuracy
-    from .tasks import get_task
-    from .teacher import ProbeConfig, TeacherConfig, finetune_teacher
-
     spec, out = get_task(task), Path(out_dir)
     cache_dir = Path(cache_dir) if cache_dir else DEFAULT_CACHE_DIR
     teacher_config = teacher_config or TeacherConfig()
@@ -92,10 +62,8 @@ def build_teacher_run(task: str, out_dir: str | os.PathLike, data: str | None = 
     return store
 
 
-def open_teacher_run(run_dir: str | os.PathLike):
+def open_teacher_run(run_dir: str | os.PathLike) -> KnowledgeStore:
     """The knowledge store that ``nni-adabert teacher --output-dir run_dir`` built."""
-    from .knowledge import open_knowledge
-
     record = Path(run_dir) / "probes.json"
     if not record.is_file():
         raise UserError(f"{run_dir} is not a teacher run: {record.name} is missing "

@@ -26,16 +26,18 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from . import atomic
+from .. import atomic
+from ..data.encoding import IGNORE_LABEL, MAX_LENGTH, dataset_fingerprint, pad_batch, tokenize
+from ..data.tasks import TaskSpec, get_task
+from ..errors import UserError
+from ..training import EpochShuffleSampler
 from .augment import AugmentConfig, Augmenter
-from .data import DEFAULT_CACHE_DIR, IGNORE_LABEL, MAX_LENGTH, dataset_fingerprint, pad_batch, tokenize
-from .errors import UserError
-from .tasks import TaskSpec, get_task
-from .teacher import (LayerProbes, ProbeConfig, load_finetuned_teacher, load_tokenizer, read_teacher_info,
-                      resolve_model, teacher_features, train_probes)
-from .training import EpochShuffleSampler
+from .finetune import load_finetuned_teacher, load_tokenizer, read_teacher_info, resolve_model
+from .probes import LayerProbes, ProbeConfig, teacher_features, train_probes
 
 log = logging.getLogger(__name__)
+
+DEFAULT_CACHE_DIR = Path(os.environ.get("NNI_ADABERT_CACHE", Path.home() / ".cache" / "nni-adabert"))
 
 FORMAT_VERSION = 1
 AUGMENT_CHUNK = 2048  # originals per resumable augmentation stage
@@ -102,9 +104,7 @@ def weights_fingerprint(model_dir: str | os.PathLike) -> str:
     files = sorted(p for p in model_dir.iterdir() if p.suffix in (".safetensors", ".bin") or p.name == "config.json")
     for path in files:
         h.update(path.name.encode())
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 22), b""):
-                h.update(chunk)
+        atomic.hash_file(path, h)
     return h.hexdigest()[:16]
 
 

@@ -5,14 +5,14 @@ Usage (NNI 3.0)::
     space = AdaBertSpace(config, embedding_init)
     evaluator = Lightning(AdaBertDistillModule(num_labels), Trainer(max_epochs=...),
                           train_dataloaders=train, val_dataloaders=dev)
-    exp = NasExperiment(space, evaluator, AdaBertStrategy(seed=0))
+    exp = NasExperiment(space, evaluator, AdaBertStrategy(ArchitectureConfig(arc_lr=3e-4), seed=0))
     exp.run()
     arch = exp.export_top_models(formatter="dict")[0]   # {"edge_2_0": "std_conv_3", ..., "depth": 3}
     child = space.freeze(arch)                           # plain AdaBertStudent, trained weights
 
 Like NNI's other one-shot strategies the strategy object is thin: it turns the space into
 a supernet (mutation hooks replace each edge ``LayerChoice`` and the ``DepthChoice`` by
-the straight-through modules below) and wraps the evaluator's module in
+the straight-through modules of :mod:`supermodules`) and wraps the evaluator's module in
 :class:`AdaBertLightningModule`, which holds the search loop.
 
 Each training step (paper section 2.5.2):
@@ -36,7 +36,7 @@ Each training step (paper section 2.5.2):
    ``alternate=True`` does NNI-DARTS-style alternation instead (architecture step, then
    a freshly sampled weight step, both on the training batch).
 
-The temperature is annealed linearly per step from ``tau[0]`` to ``tau[1]`` over the
+The temperature is annealed linearly per step from ``tau_start`` to ``tau_end`` over the
 run. Validation runs the current argmax architecture (all gates constant), so dev metrics
 are those of the child that would be exported; the argmax architecture, its params and
 FLOPs and the expected params under the current distributions are logged each epoch.
@@ -45,193 +45,27 @@ FLOPs and the expected params under the current distributions are logged each ep
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+from dataclasses import fields, replace
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import torch
 import torch.nn as nn
 from nni.mutable import Categorical, Sample
 from nni.nas.evaluator.pytorch import LightningModule
-from nni.nas.nn.pytorch import LayerChoice, ModelSpace
+from nni.nas.nn.pytorch import ModelSpace
 from nni.nas.oneshot.pytorch.base_lightning import BaseOneShotLightningModule
 from nni.nas.oneshot.pytorch.strategy import OneShotStrategy, no_default_hook
-from nni.nas.oneshot.pytorch.supermodule.base import BaseSuperNetModule
 
-from . import cost as _cost
-from .space import DEPTH_LABEL, DepthChoice
-from .training import epoch_seed
+from ..config import ArchitectureConfig
+from ..model import cost
+from ..model.space import DEPTH_LABEL
+from ..training import epoch_seed
+from .supermodules import (STRAIGHT_THROUGH_TYPES, GumbelDraw, StraightThroughBase, StraightThroughDepthChoice,
+                           StraightThroughLayerChoice, argmax_draw, gumbel_straight_through)
 
-__all__ = [
-    "AdaBertStrategy", "AdaBertLightningModule", "GumbelDraw", "gumbel_straight_through",
-    "StraightThroughLayerChoice", "StraightThroughDepthChoice",
-]
+__all__ = ["AdaBertStrategy", "AdaBertLightningModule"]
 
 _logger = logging.getLogger(__name__)
-
-
-@dataclass
-class GumbelDraw:
-    """One straight-through sample of a choice with ``n`` candidates.
-
-    Attributes:
-        index: the chosen candidate (argmax of the relaxed sample, or forced).
-        gates: ``[n]``: value = one-hot of ``index``; gradient = that of ``relaxed``.
-        relaxed: ``[n]`` Gumbel-softmax sample ``y`` (``None`` for a deterministic argmax draw).
-    """
-
-    index: int
-    gates: torch.Tensor
-    relaxed: Optional[torch.Tensor]
-
-
-def gumbel_straight_through(logits: torch.Tensor, tau: float, generator: Optional[torch.Generator] = None,
-                            force_index: Optional[int] = None) -> GumbelDraw:
-    """Draw ``y = softmax((logits + g) / tau)``, ``g ~ Gumbel(0, 1)``; gates ``hard + y - y.detach()``.
-
-    Args:
-        logits: ``[n]`` architecture logits (log theta, up to a constant).
-        tau: temperature.
-        generator: CPU generator for the noise (seedable, independent of the global RNG).
-        force_index: use this candidate as the hard sample instead of ``argmax y``
-            (still a valid straight-through estimator; used by tests and benchmarks).
-    """
-    u = torch.rand(logits.shape, generator=generator, dtype=torch.float32)
-    g = -torch.log(-torch.log(u.clamp(1e-10, 1.0 - 1e-7))).to(device=logits.device, dtype=logits.dtype)
-    y = torch.softmax((logits + g) / tau, dim=-1)
-    index = int(torch.argmax(y.detach()).item()) if force_index is None else int(force_index)
-    hard = torch.zeros_like(y)
-    hard[index] = 1.0
-    # Value: exactly `hard` (y - y == 0 for finite y). Gradient: that of y.
-    return GumbelDraw(index, hard + (y - y.detach()), y)
-
-
-def _argmax_draw(logits: torch.Tensor, index: Optional[int] = None) -> GumbelDraw:
-    index = int(torch.argmax(logits.detach()).item()) if index is None else index
-    hard = torch.zeros(logits.shape, device=logits.device, dtype=logits.dtype)
-    hard[index] = 1.0
-    return GumbelDraw(index, hard, None)
-
-
-class _StraightThroughBase(BaseSuperNetModule):
-    """Shared bits: the architecture logits, the current draw and NNI's export protocol."""
-
-    _arch_alpha: nn.Parameter
-    draw: Optional[GumbelDraw]
-    full: bool
-
-    @property
-    def values(self) -> list:
-        raise NotImplementedError
-
-    def current_draw(self) -> GumbelDraw:
-        # Never resampled (e.g. the mutated space used directly): behave as the argmax child.
-        return self.draw if self.draw is not None else _argmax_draw(self._arch_alpha)
-
-    def relaxed_weights(self) -> Optional[torch.Tensor]:
-        """The relaxed sample of the current draw (``None`` under an argmax draw)."""
-        return None if self.draw is None else self.draw.relaxed
-
-    def resample(self, memo: Dict[str, Any]) -> Dict[str, Any]:
-        # Sampling is done centrally by AdaBertLightningModule.resample (one draw per label).
-        return {} if self.label in memo or self.draw is None else {str(self.label): self.values[self.draw.index]}
-
-    def export(self, memo: Dict[str, Any]) -> Dict[str, Any]:
-        if self.label in memo:
-            return {}
-        # str(): NNI labels are a str subclass, which pickles badly into checkpoints.
-        return {str(self.label): self.values[int(torch.argmax(self._arch_alpha).item())]}
-
-    def export_probs(self, memo: Dict[str, Any]) -> Dict[str, Any]:
-        if self.label in memo:
-            return {}
-        return {str(self.label): dict(zip(self.values, torch.softmax(self._arch_alpha.detach(), -1).cpu().tolist()))}
-
-    def arch_parameters(self):
-        yield self._arch_alpha
-
-
-class StraightThroughLayerChoice(LayerChoice, _StraightThroughBase):
-    """An edge of the supernet. ``forward(x [B,D,L], mask [B,1,L]) -> [B,D,L]``.
-
-    Single-path: ``gate[i] * op_i(x)`` for the sampled ``i`` only. Full: ``sum_o gate_o op_o(x)``.
-    ``_arch_alpha`` is the same ``nn.Parameter`` object in every cell (one alpha per label).
-    """
-
-    def __init__(self, candidates: Dict[str, nn.Module], alpha: nn.Parameter, label: str, full: bool = False):
-        super().__init__(candidates, label=label)
-        if len(alpha) != len(self.names):
-            raise ValueError(f"alpha of {label!r} has {len(alpha)} entries for {len(self.names)} candidates")
-        self._arch_alpha = alpha
-        self.full = full
-        self.draw = None
-
-    @classmethod
-    def mutate(cls, module: nn.Module, name: str, memo: Dict[str, Any], mutate_kwargs: Dict[str, Any]):
-        if type(module) is LayerChoice:
-            return cls(module.candidates, memo[module.label], module.label, mutate_kwargs.get("full", False))
-        return None
-
-    @property
-    def values(self) -> list:
-        return list(self.names)
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        draw = self.current_draw()
-        if self.full:
-            out = None
-            for i, name in enumerate(self.names):
-                term = draw.gates[i] * self[name](x, mask)
-                out = term if out is None else out + term
-            return out  # type: ignore[return-value]
-        return draw.gates[draw.index] * self[self.names[draw.index]](x, mask)
-
-
-class StraightThroughDepthChoice(DepthChoice, _StraightThroughBase):
-    """The depth of the supernet (see :class:`space.DepthChoice` for the protocol).
-
-    Single-path: ``cells_needed = K`` so only cells 1..K run; returns ``gate_K * pooled_K``
-    and KD term ``[(K, gate_K)]``. Full: all cells run; ``sum_k gate_k pooled_k`` and one
-    KD term per depth.
-    """
-
-    def __init__(self, k_max: int, label: str, alpha: nn.Parameter, full: bool = False):
-        super().__init__(k_max, label)
-        self._arch_alpha = alpha
-        self.full = full
-        self.draw = None
-
-    @classmethod
-    def mutate(cls, module: nn.Module, name: str, memo: Dict[str, Any], mutate_kwargs: Dict[str, Any]):
-        if type(module) is DepthChoice:
-            return cls(module.k_max, module.label, memo[module.label], mutate_kwargs.get("full", False))
-        return None
-
-    @property
-    def values(self) -> list:
-        return list(range(1, self.k_max + 1))
-
-    @property
-    def cells_needed(self) -> Optional[int]:
-        return None if self.full else self.current_draw().index + 1
-
-    def forward(self, candidates: List[torch.Tensor]) -> torch.Tensor:
-        draw = self.current_draw()
-        if self.full:
-            out = None
-            for k, c in enumerate(candidates):
-                term = draw.gates[k] * c
-                out = term if out is None else out + term
-            return out  # type: ignore[return-value]
-        return draw.gates[draw.index] * candidates[draw.index]
-
-    def depth_terms(self, n_run: int) -> List[Tuple[int, Optional[torch.Tensor]]]:
-        draw = self.current_draw()
-        if self.full:
-            return [(k, draw.gates[k - 1]) for k in range(1, n_run + 1)]
-        return [(draw.index + 1, draw.gates[draw.index])]
-
-
-_ST_TYPES = (StraightThroughLayerChoice, StraightThroughDepthChoice)
 
 
 class AdaBertLightningModule(BaseOneShotLightningModule):
@@ -239,31 +73,21 @@ class AdaBertLightningModule(BaseOneShotLightningModule):
 
     Args:
         training_module: the evaluator's module (e.g. :class:`distill.AdaBertDistillModule`).
-        tau: ``(initial, final)`` Gumbel temperature, annealed linearly per step; a float keeps it fixed.
-        arc_learning_rate, arc_weight_decay, arc_betas: Adam for the architecture logits.
-        alternate: DARTS-style alternating steps instead of one joint step.
-        warmup_epochs: epochs during which the architecture logits are not updated.
-        gradient_clip_val: clip weight gradients (passed to the evaluator's clipping).
+        config: :class:`config.ArchitectureConfig`: the temperature schedule, Adam for the
+            architecture logits, warm-up epochs, joint or alternating steps.
         seed: seed of the Gumbel noise generator (``None``: drawn from the global RNG,
             so ``pytorch_lightning.seed_everything`` still makes runs reproducible).
+        grad_clip: max norm of the weight gradients (``None``: no clipping); the weights'
+            optimizer is the evaluator's, stepped here by hand.
         log_every_n_steps: how often the choice probabilities are logged.
     """
 
-    def __init__(self, training_module: LightningModule, *, tau: Union[float, Tuple[float, float]] = (1.0, 0.1),
-                 arc_learning_rate: float = 3e-4, arc_weight_decay: float = 1e-3,
-                 arc_betas: Tuple[float, float] = (0.9, 0.999), alternate: bool = False, warmup_epochs: int = 0,
-                 gradient_clip_val: Optional[float] = None, seed: Optional[int] = None, log_every_n_steps: int = 10):
+    def __init__(self, training_module: LightningModule, config: ArchitectureConfig = ArchitectureConfig(), *,
+                 seed: Optional[int] = None, grad_clip: Optional[float] = None, log_every_n_steps: int = 10):
         super().__init__(training_module)
-        self.tau_init, self.tau_final = (float(tau), float(tau)) if isinstance(tau, (int, float)) else map(float, tau)
-        if not self.tau_init >= self.tau_final > 0:
-            raise ValueError(f"temperature must satisfy initial >= final > 0, got {tau}")
-        self.tau = self.tau_init
-        self.arc_learning_rate = arc_learning_rate
-        self.arc_weight_decay = arc_weight_decay
-        self.arc_betas = tuple(arc_betas)
-        self.alternate = alternate
-        self.warmup_epochs = warmup_epochs
-        self.gradient_clip_val = gradient_clip_val
+        self.config = config
+        self.tau = config.tau_start
+        self.grad_clip = grad_clip or None
         self.log_every_n_steps = max(int(log_every_n_steps), 1)
         self.seed = int(torch.randint(0, 2**31, ()).item()) if seed is None else int(seed)
         self.generator = torch.Generator()
@@ -273,8 +97,8 @@ class AdaBertLightningModule(BaseOneShotLightningModule):
 
     # ------------------------------------------------------------------ sampling
 
-    def straight_through_modules(self) -> List[_StraightThroughBase]:
-        return [m for m in self.supernet_modules() if isinstance(m, _ST_TYPES)]
+    def straight_through_modules(self) -> List[StraightThroughBase]:
+        return [m for m in self.supernet_modules() if isinstance(m, STRAIGHT_THROUGH_TYPES)]
 
     def resample(self, force: Optional[Mapping[str, Any]] = None) -> Sample:
         """Draw one Gumbel straight-through sample per label and give it to every module with that label.
@@ -306,7 +130,7 @@ class AdaBertLightningModule(BaseOneShotLightningModule):
         for module in self.straight_through_modules():
             label = str(module.label)
             if label not in draws:
-                draws[label] = _argmax_draw(module._arch_alpha.detach())
+                draws[label] = argmax_draw(module._arch_alpha.detach())
             module.draw = draws[label]
         return self.export()
 
@@ -325,7 +149,7 @@ class AdaBertLightningModule(BaseOneShotLightningModule):
         elif trainer.max_steps and trainer.max_steps > 0 and n_batches and n_batches != float("inf"):
             progress = (trainer.current_epoch * n_batches + batch_idx) / trainer.max_steps
         progress = min(max(progress, 0.0), 1.0)
-        return self.tau_init + (self.tau_final - self.tau_init) * progress
+        return self.config.tau_start + (self.config.tau_end - self.config.tau_start) * progress
 
     # ------------------------------------------------------------------ optimization
 
@@ -333,8 +157,7 @@ class AdaBertLightningModule(BaseOneShotLightningModule):
         params = self.arch_parameters()
         if not params:
             raise ValueError("no architecture parameters found: was the space mutated by AdaBertStrategy?")
-        return torch.optim.Adam(params, lr=self.arc_learning_rate, betas=self.arc_betas,
-                                weight_decay=self.arc_weight_decay)
+        return torch.optim.Adam(params, lr=self.config.arc_lr, weight_decay=self.config.arc_weight_decay)
 
     def postprocess_weight_optimizers(self, optimizers: Any) -> Any:
         blacklist = {id(p) for p in self.arch_parameters()}
@@ -359,9 +182,9 @@ class AdaBertLightningModule(BaseOneShotLightningModule):
     def training_step(self, batch: Any, batch_idx: int) -> Any:
         self.tau = self._temperature(batch_idx)
         arc_optim = self.architecture_optimizers()
-        arch_on = self.trainer.current_epoch >= self.warmup_epochs
+        arch_on = self.trainer.current_epoch >= self.config.warmup_epochs
 
-        if self.alternate and arch_on:
+        if self.config.alternate and arch_on:
             self.resample()
             arc_optim.zero_grad()
             loss, _ = self._step_loss(batch, 2 * batch_idx)
@@ -370,10 +193,10 @@ class AdaBertLightningModule(BaseOneShotLightningModule):
 
         self.resample()
         arc_optim.zero_grad()
-        loss, out = self._step_loss(batch, 2 * batch_idx + 1 if self.alternate else batch_idx)
+        loss, out = self._step_loss(batch, 2 * batch_idx + 1 if self.config.alternate else batch_idx)
         # zero weight grads -> backward (reaches weights AND architecture logits) -> weight step
-        self.advance_optimization(loss, batch_idx, self.gradient_clip_val)
-        if arch_on and not self.alternate:
+        self.advance_optimization(loss, batch_idx, self.grad_clip)
+        if arch_on and not self.config.alternate:
             arc_optim.step()
         self.advance_lr_schedulers(batch_idx)
 
@@ -419,10 +242,10 @@ class AdaBertLightningModule(BaseOneShotLightningModule):
         depth_probs = torch.tensor([probs[DEPTH_LABEL][k] for k in range(1, config.k_max + 1)])
         return {
             "depth": float(arch[DEPTH_LABEL]),
-            "params": float(_cost.child_params(config, arch)),
-            "params_without_embedding": float(_cost.child_params(config, arch, include_embedding=False)),
-            "flops": float(_cost.child_flops(config, arch, config.max_positions)),
-            "expected_params": _cost.expected_child_params(config, op_probs, depth_probs),
+            "params": float(cost.child_params(config, arch)),
+            "params_without_embedding": float(cost.child_params(config, arch, include_embedding=False)),
+            "flops": float(cost.child_flops(config, arch, config.max_positions)),
+            "expected_params": cost.expected_child_params(config, op_probs, depth_probs),
         }
 
     # ------------------------------------------------------------------ checkpoints
@@ -449,36 +272,27 @@ class AdaBertStrategy(OneShotStrategy):
     """AdaBERT's one-shot strategy: Gumbel straight-through, single-path, joint updates.
 
     Args:
-        tau: Gumbel temperature ``(initial, final)``, annealed linearly per step (paper: anneal to ~0).
-        full: run every candidate op and every depth (full straight-through) instead of single-path.
-        arc_learning_rate, arc_weight_decay, arc_betas: Adam for the architecture logits
-            (paper: lr 3e-4, weight decay 1e-3).
-        alternate: alternate architecture / weight steps like NNI's DARTS instead of one joint step.
-        warmup_epochs: train weights only for this many epochs first.
-        gradient_clip_val: weight gradient clipping.
+        config: :class:`config.ArchitectureConfig` (paper: Adam lr 3e-4, weight decay 1e-3,
+            temperature annealed towards 0); ``full`` runs every candidate op and every depth
+            (full straight-through) instead of single-path.
         seed: seed of the Gumbel noise.
+        grad_clip: max norm of the weight gradients.
         log_every_n_steps: how often choice probabilities are logged.
+        **overrides: fields of ``config`` to change, e.g. ``AdaBertStrategy(seed=0, arc_lr=3e-3)``.
 
     The weight optimizer and learning-rate schedule are the evaluator's (see
     :class:`distill.AdaBertDistillModule`: SGD momentum 0.9, cosine 2e-2 -> 5e-4).
     Architecture logits start at zero (uniform distributions).
     """
 
-    def __init__(self, *, tau: Union[float, Tuple[float, float]] = (1.0, 0.1), full: bool = False,
-                 arc_learning_rate: float = 3e-4, arc_weight_decay: float = 1e-3,
-                 arc_betas: Tuple[float, float] = (0.9, 0.999), alternate: bool = False, warmup_epochs: int = 0,
-                 gradient_clip_val: Optional[float] = None, seed: Optional[int] = None,
-                 log_every_n_steps: int = 10, **kwargs: Any):
-        super().__init__(**kwargs)
-        self.tau = tau
-        self.full = full
-        self.arc_learning_rate = arc_learning_rate
-        self.arc_weight_decay = arc_weight_decay
-        self.arc_betas = arc_betas
-        self.alternate = alternate
-        self.warmup_epochs = warmup_epochs
-        self.gradient_clip_val = gradient_clip_val
+    def __init__(self, config: Optional[ArchitectureConfig] = None, *, seed: Optional[int] = None,
+                 grad_clip: Optional[float] = None, log_every_n_steps: int = 10, **overrides: Any):
+        config = config if config is not None else ArchitectureConfig()
+        arch_fields = {f.name for f in fields(ArchitectureConfig)}
+        self.config = replace(config, **{k: v for k, v in overrides.items() if k in arch_fields})
+        super().__init__(**{k: v for k, v in overrides.items() if k not in arch_fields})
         self.seed = seed
+        self.grad_clip = grad_clip
         self.log_every_n_steps = log_every_n_steps
         self._arch_parameters: Dict[str, nn.Parameter] = {}
 
@@ -501,12 +315,8 @@ class AdaBertStrategy(OneShotStrategy):
         if not memo.get("_validated"):
             memo.update(self._arch_parameters)
             memo["_validated"] = True
-        return hook(module, name, memo, {"full": self.full})
+        return hook(module, name, memo, {"full": self.config.full})
 
     def configure_oneshot_module(self, training_module: LightningModule) -> AdaBertLightningModule:
-        return AdaBertLightningModule(
-            training_module, tau=self.tau, arc_learning_rate=self.arc_learning_rate,
-            arc_weight_decay=self.arc_weight_decay, arc_betas=self.arc_betas, alternate=self.alternate,
-            warmup_epochs=self.warmup_epochs, gradient_clip_val=self.gradient_clip_val, seed=self.seed,
-            log_every_n_steps=self.log_every_n_steps,
-        )
+        return AdaBertLightningModule(training_module, self.config, seed=self.seed, grad_clip=self.grad_clip,
+                                      log_every_n_steps=self.log_every_n_steps)

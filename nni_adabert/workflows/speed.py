@@ -7,7 +7,6 @@ repeats: absolute times from a shared machine mean little.
 
 from __future__ import annotations
 
-import os
 import statistics
 import time
 from typing import Callable, Mapping
@@ -15,8 +14,13 @@ from typing import Callable, Mapping
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from .data import pad_batch, pad_batches
-from .metrics import compute_metrics
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from transformers import BertConfig, BertForSequenceClassification
+
+from ..data.encoding import pad_batch, pad_batches
+from ..model.space import AdaBertStudent
+from ..teacher.knowledge import KnowledgeStore
+from .deploy import OnnxStudent
 
 
 def time_runs(runs: Mapping[str, tuple[Callable, list]], repeats: int, warmup: int = 1) -> dict[str, list[float]]:
@@ -44,9 +48,6 @@ def time_runs(runs: Mapping[str, tuple[Callable, list]], repeats: int, warmup: i
 def _runner(model, rows: list[dict], batch_size: int) -> tuple[Callable, list]:
     """``(fn, batches)`` timing ``model`` on ``rows``: an AdaBERT student on its per-text ids,
     anything else as a Hugging Face sequence classifier on the packed ``input_ids``/``token_type_ids``."""
-    from .deploy import OnnxStudent
-    from .space import AdaBertStudent
-
     if isinstance(model, OnnxStudent):  # an ONNX Runtime session: fed the student's batches as they are
         return model, pad_batches(rows, model.id_keys, batch_size)
     model = model.eval().cpu()
@@ -80,8 +81,6 @@ def teacher_flops(teacher, row: dict) -> int:
     Attention runs on SDPA's math backend here: on CPU the fused SDPA kernel is invisible to
     ``FlopCounterMode``, which would drop the ``QK^T`` and ``AV`` matmuls from the count.
     """
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
     batch = pad_batch([row], ("input_ids", "token_type_ids"))
     with torch.inference_mode(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
         teacher(**batch)
@@ -101,8 +100,6 @@ def bert_base(num_labels: int, config=None):
     """The BERT-base architecture (``transformers.BertConfig()`` defaults: 12 layers, hidden 768,
     vocab 30,522), randomly initialised: a speed and size reference, no download (weights do not
     change inference time). ``config`` replaces the defaults (tests use a tiny one)."""
-    from transformers import BertConfig, BertForSequenceClassification
-
     config = BertConfig() if config is None else config
     config.num_labels = num_labels
     torch.manual_seed(0)
@@ -131,7 +128,7 @@ def with_teacher_input(row: dict, max_length: int = 128) -> dict:
     return {**row, "input_ids": ids[:max_length], "token_type_ids": types[:max_length]}
 
 
-def dev_examples(store, limit: int | None = None) -> list[dict]:
+def dev_examples(store: KnowledgeStore, limit: int | None = None) -> list[dict]:
     """The first ``limit`` (all: ``None``) dev rows of a knowledge store with both models'
     inputs: the student's per-text ids and the teacher's packed ones (:func:`with_teacher_input`)."""
     dev = store.data["dev"]
@@ -144,67 +141,3 @@ def dev_examples(store, limit: int | None = None) -> list[dict]:
 def pad_to(row: dict, length: int) -> dict:
     """``row``'s teacher input repeated to exactly ``length`` tokens (FLOPs at a fixed length)."""
     return {"input_ids": (row["input_ids"] * length)[:length], "token_type_ids": [0] * length}
-
-
-def compare_with_teacher(store, arch, weights=None, speed: bool = True, seq_len: int = 128,
-                         references: Mapping[str, torch.nn.Module] | None = None, rows: int | None = None,
-                         batch_size: int = 128, repeats: int = 3, warmup: int = 1, threads: int | None = None,
-                         deployed: str | os.PathLike | bool = False) -> dict:
-    """Teacher vs exported student on ``store``'s dev set: metrics, params, FLOPs per
-    example of ``seq_len`` tokens and, with ``speed``, the measured speedup at batch 128.
-
-    ``references`` (``{name: Hugging Face model}``, e.g. ``{"BERT-base": bert_base(2)}``) are sized,
-    FLOP-counted and timed in the same run; ``rows`` limits the timing to the first dev rows.
-    With ``speed`` every model gets ``seconds`` and ``speedup_over`` (vs each other model), and the
-    student keeps ``speedup`` (vs the teacher). ``deployed``: this student's ONNX export
-    (``nni-adabert deploy``; ``True``: the one beside the architecture JSON), which gets dev
-    metrics and, with ``speed``, is timed too (ONNX Runtime, the same thread count).
-    """
-    from .export import load_student
-    from .search import evaluate_student, load_exported
-    from .teacher import load_finetuned_teacher
-
-    arch_file = load_exported(arch, store)
-    student = load_student(arch_file, weights)
-    if deployed:  # opened first: a missing or broken file fails before the slow parts
-        from .deploy import open_deployed
-
-        deployed = open_deployed(None if deployed is True else deployed, arch_file, threads)
-    student_result = evaluate_student(student, store, seq_len)
-    teacher = load_finetuned_teacher(store.meta["teacher_dir"], store.spec).cpu()
-    dev = store.data["dev"]
-    examples = dev_examples(store)
-    # The teacher's dev predictions are in the store: its head is the last probe.
-    head = torch.tensor(dev["teacher_logits"])[:, -1]
-
-    def sized(model) -> dict:
-        return {"params": transformer_params(model), "params_without_embedding": transformer_params(model, False),
-                "flops": teacher_flops(model, pad_to(examples[0], seq_len)),
-                "layers": model.config.num_hidden_layers, "hidden": model.config.hidden_size}
-
-    teacher_result = {"dev_metrics": compute_metrics(store.spec, head.argmax(-1), torch.tensor(dev["label"])),
-                      **sized(teacher)}
-    references = dict(references or {})
-    result = {"task": store.meta["task"], "architecture": str(arch_file.path), "teacher": teacher_result,
-              "student": student_result}
-    timed_models = {"teacher": teacher, "student": student, **references}
-    if deployed:
-        from .search import dev_metrics
-
-        timed_models["deployed"] = deployed
-        result["deployed"] = {"path": str(deployed.path), "dev_metrics": dev_metrics(deployed, store)}
-    if references:
-        result["references"] = {name: sized(model) for name, model in references.items()}
-    if speed:
-        timed = examples[:rows] if rows else examples
-        timing = measure_speeds(timed_models, timed, batch_size, repeats, warmup, threads)
-        seconds = timing["seconds"]
-        result["speed"] = {**timing, "teacher_seconds": seconds["teacher"], "student_seconds": seconds["student"],
-                           "speedup": seconds["teacher"] / seconds["student"]}
-        for name, entry in (("teacher", teacher_result), ("student", student_result),
-                            *((n, result["references"][n]) for n in references),
-                            *((("deployed", result["deployed"]),) if deployed else ())):
-            entry["seconds"] = seconds[name]
-            entry["speedup_over"] = timing["speedup_over"][name]
-        student_result["speedup"] = result["speed"]["speedup"]
-    return result

@@ -9,7 +9,6 @@ never a guess. Nothing here unpickles: weights are safetensors, architectures JS
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -18,21 +17,17 @@ from pathlib import Path
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from . import atomic
-from .errors import UserError
-from .space import AdaBertStudent, StudentConfig, validate_arch
+from .. import atomic
+from ..data.encoding import vocab_fingerprint
+from ..errors import UserError
+from ..model.space import AdaBertStudent, StudentConfig, validate_arch
+from ..plots import plot_cell
+from ..teacher.finetune import load_tokenizer
+from ..teacher.knowledge import KnowledgeStore
 
 FORMAT = "nni-adabert/architecture"
 VERSION = 1
 ARCH_FILE, WEIGHTS_FILE, CELL_FILE = "architecture.json", "student.safetensors", "cell.png"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @dataclass
@@ -54,8 +49,6 @@ def write_student(out_dir: str | os.PathLike, student: AdaBertStudent, info: dic
     dev_metrics, search settings). The JSON is written last, so a complete JSON
     means complete weights beside it. Returns the JSON document.
     """
-    from .plots import plot_cell
-
     out_dir = Path(out_dir)
     weights = out_dir / WEIGHTS_FILE
     state = {k: v.detach().cpu().contiguous() for k, v in student.state_dict().items()}
@@ -66,7 +59,7 @@ def write_student(out_dir: str | os.PathLike, student: AdaBertStudent, info: dic
     plot_cell(student.arch, out_dir / CELL_FILE, title or f"{info.get('task', '')} searched cell")
     doc = {"format": FORMAT, "version": VERSION, **info,
            "architecture": dict(student.arch), "student_config": student.config.to_dict(),
-           "weights": WEIGHTS_FILE, "weights_sha256": _sha256(weights), "cell_picture": CELL_FILE}
+           "weights": WEIGHTS_FILE, "weights_sha256": atomic.hash_file(weights).hexdigest(), "cell_picture": CELL_FILE}
     atomic.write_json(out_dir / ARCH_FILE, doc)
     return doc
 
@@ -114,7 +107,7 @@ def load_student(arch_file: ArchitectureFile, weights: str | os.PathLike | None 
     if not weights.is_file():
         raise UserError(f"weights file {weights} does not exist")
     recorded = arch_file.doc.get("weights_sha256")
-    if weights == arch_file.weights_path and recorded and _sha256(weights) != recorded:
+    if weights == arch_file.weights_path and recorded and atomic.hash_file(weights).hexdigest() != recorded:
         raise UserError(f"{weights} does not match the checksum in {arch_file.path}: "
                         "the file was changed or truncated after export")
     try:
@@ -132,3 +125,9 @@ def load_student(arch_file: ArchitectureFile, weights: str | os.PathLike | None 
         raise UserError(f"weights {weights} do not match the architecture in {arch_file.path} ({details})")
     student.load_state_dict(state)
     return student.eval()
+
+
+def load_exported(path: str | os.PathLike, store: KnowledgeStore | None = None) -> ArchitectureFile:
+    """Read an exported student (JSON + weights), checking its vocabulary against ``store``'s teacher."""
+    vocab = vocab_fingerprint(load_tokenizer(store.meta["teacher_dir"])) if store is not None else None
+    return read_architecture(path, vocab=vocab)

@@ -1,4 +1,4 @@
-"""Task data: three sources behind one loader, tokenization, batching.
+"""GLUE task data: three sources behind one loader.
 
 Sources (``load_task(task, source)``):
 - ``None`` / ``"bundled"``: the small real sample shipped in ``resources/glue``
@@ -14,24 +14,15 @@ columns ``text_a`` (str), ``text_b`` (str, pair tasks only) and ``label`` (int).
 from __future__ import annotations
 
 import csv
-import hashlib
-import json
-import logging
 import os
 from pathlib import Path
 
 import datasets
-import torch
 
-from .errors import UserError
+from ..errors import UserError
 from .tasks import TaskSpec, get_task
 
-log = logging.getLogger(__name__)
-
-MAX_LENGTH = 128
-DEFAULT_CACHE_DIR = Path(os.environ.get("NNI_ADABERT_CACHE", Path.home() / ".cache" / "nni-adabert"))
-BUNDLED_DIR = Path(__file__).parent / "resources" / "glue"
-IGNORE_LABEL = -100  # label of augmented examples: no gold label, excluded from L_CE
+BUNDLED_DIR = Path(__file__).resolve().parents[1] / "resources" / "glue"
 
 csv.field_size_limit(1 << 24)
 
@@ -138,91 +129,3 @@ def _load_from_hub(spec: TaskSpec) -> datasets.DatasetDict:
 
 def describe_source(source: str | os.PathLike | None) -> str:
     return "bundled sample" if source in (None, "bundled") else str(source)
-
-
-# --------------------------------------------------------------------------- tokenization
-
-
-def dataset_fingerprint(ds: datasets.Dataset) -> str:
-    """Content hash of a split (texts and labels), stable across runs and sources."""
-    h = hashlib.sha256()
-    for col in ds.column_names:
-        h.update(col.encode())
-        for value in ds[col]:
-            h.update(str(value).encode("utf-8") + b"\x1f")
-    return h.hexdigest()[:16]
-
-
-def vocab_fingerprint(tokenizer) -> str:
-    """Hash of a tokenizer's token -> id table: two models share inputs iff it matches."""
-    vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
-    return hashlib.sha256(json.dumps(vocab).encode()).hexdigest()[:16]
-
-
-def tokenize(ds: datasets.Dataset, tokenizer, spec: TaskSpec, max_length: int = MAX_LENGTH,
-             cache_dir: str | os.PathLike | None = None) -> datasets.Dataset:
-    """Add the token ids both models read.
-
-    - ``input_ids`` / ``token_type_ids``: the teacher's input (a pair packed as
-      ``[CLS] a [SEP] b [SEP]``);
-    - ``input_ids_a`` (and ``input_ids_b`` for pairs): the student's input, each
-      text on its own (the paper embeds the two texts separately).
-
-    Texts longer than ``max_length`` tokens are truncated, with a warning.
-    Attention masks are built at batching time from the lengths. With ``cache_dir``
-    the result is cached as Arrow by ``datasets``, keyed by the texts, the
-    vocabulary and ``max_length``.
-    """
-    pair = spec.is_pair
-
-    def encode(batch):
-        a, b = batch["text_a"], batch["text_b"] if pair else None
-        teacher = tokenizer(a, b, truncation=True, max_length=max_length, return_token_type_ids=True)
-        out = {"input_ids": teacher["input_ids"], "token_type_ids": teacher["token_type_ids"]}
-        out["input_ids_a"] = tokenizer(a, truncation=True, max_length=max_length)["input_ids"]
-        if pair:
-            out["input_ids_b"] = tokenizer(b, truncation=True, max_length=max_length)["input_ids"]
-        # Count truncations with the untruncated lengths of the packed input.
-        full = tokenizer(a, b, truncation=False)["input_ids"]
-        out["truncated"] = [len(ids) > max_length for ids in full]
-        return out
-
-    cache_file = None
-    if cache_dir is not None:
-        key = hashlib.sha256(f"{dataset_fingerprint(ds)}-{vocab_fingerprint(tokenizer)}-{max_length}-{spec.name}"
-                             .encode()).hexdigest()[:16]
-        cache_file = Path(cache_dir) / "tokenized" / f"{key}.arrow"
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-    ds = ds.map(encode, batched=True, batch_size=1000, desc="tokenizing", load_from_cache_file=cache_file is not None,
-                cache_file_name=str(cache_file) if cache_file else None)
-    n = sum(ds["truncated"])
-    if n:
-        log.warning("%d of %d examples are longer than %d tokens and were truncated", n, len(ds), max_length)
-    return ds.remove_columns("truncated")
-
-
-def pad_batch(features: list[dict], keys: tuple[str, ...], pad_id: int = 0) -> dict[str, torch.Tensor]:
-    """Pad each id column in ``keys`` to the batch's longest row and add its mask.
-
-    Returns ``{key: LongTensor[B, L_key]}`` plus ``attention_mask`` (for
-    ``input_ids``) or ``attention_mask_a``/``_b`` (for ``input_ids_a``/``_b``).
-    """
-    batch: dict[str, torch.Tensor] = {}
-    for key in keys:
-        rows = [f[key] for f in features]
-        length = max(len(r) for r in rows)
-        ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), length), dtype=torch.long)
-        for i, r in enumerate(rows):
-            ids[i, : len(r)] = torch.as_tensor(r, dtype=torch.long)
-            mask[i, : len(r)] = 1
-        batch[key] = ids
-        if key == "token_type_ids":
-            continue
-        batch[key.replace("input_ids", "attention_mask")] = mask
-    return batch
-
-
-def pad_batches(rows: list[dict], keys: tuple[str, ...], batch_size: int) -> list[dict[str, torch.Tensor]]:
-    """``rows`` in order, cut into batches of ``batch_size``, each one :func:`pad_batch`-ed."""
-    return [pad_batch(rows[i:i + batch_size], keys) for i in range(0, len(rows), batch_size)]

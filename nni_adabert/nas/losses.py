@@ -1,10 +1,10 @@
-"""The AdaBERT objective ``L = (1-gamma) L_CE + gamma L_KD + beta L_E`` (DESIGN.md section 2).
+"""The AdaBERT objective ``L = (1-gamma) L_CE + gamma L_KD + beta L_E`` (paper sections 2.3-2.5).
 
 Pure functions on tensors. Shapes: ``B`` batch, ``C`` classes, ``J`` teacher layers
 (one probe per layer; the last is the teacher's own head), ``K`` student depth,
 ``E`` edges of a cell, ``O`` candidate ops.
 
-Labels use ``-100`` (:data:`IGNORE_INDEX`) for augmented examples, which have no gold
+Labels use ``-100`` (:data:`IGNORE_LABEL`) for augmented examples, which have no gold
 label: they count in ``L_KD`` (with the teacher's final prediction as the label for the
 attentive weights) but not in ``L_CE``.
 """
@@ -17,18 +17,19 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
+from ..data.encoding import IGNORE_LABEL
+
 __all__ = [
-    "IGNORE_INDEX", "layer_mapping", "kd_targets", "attentive_weights", "soft_cross_entropy",
+    "layer_mapping", "kd_targets", "attentive_weights", "soft_cross_entropy",
     "probe_kd_loss", "distillation_loss", "final_kd_loss", "ce_loss", "efficiency_loss", "total_loss", "LossParts",
     "adabert_loss",
 ]
 
-IGNORE_INDEX = -100
 
 # β, the weight of L_E. The paper's 4 belongs to its L_E scale. With ours (a mean over edges, in
 # [0, 1]) β = 4 collapsed short searches to pooling/skip/zero cells, while β = 0.5 kept β = 0's
 # dev accuracy with cells 5x smaller and searched structures that beat random ones
-# (bench/results/beta-calibration-SST-2.md, adaptiveness-beta0.5*.md).
+# (bench/results/beta-calibration/SST-2, adaptiveness/beta0.5*).
 DEFAULT_BETA = 0.5
 
 
@@ -54,7 +55,7 @@ def kd_targets(labels: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tens
         ``[B]`` long.
     """
     teacher_pred = teacher_logits[:, -1, :].argmax(dim=-1)
-    return torch.where(labels == IGNORE_INDEX, teacher_pred, labels)
+    return torch.where(labels == IGNORE_LABEL, teacher_pred, labels)
 
 
 def attentive_weights(teacher_logits: torch.Tensor, targets: torch.Tensor, student_depth: int) -> torch.Tensor:
@@ -148,10 +149,10 @@ def ce_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
     Mean over labeled examples; 0 (still attached to the graph) if there are none.
     """
-    labeled = labels != IGNORE_INDEX
+    labeled = labels != IGNORE_LABEL
     if not bool(labeled.any()):
         return logits.sum() * 0.0
-    return F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX)
+    return F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_LABEL)
 
 
 def efficiency_loss(op_weights: torch.Tensor, depth_weights: torch.Tensor, op_cost: torch.Tensor) -> torch.Tensor:

@@ -27,11 +27,11 @@ from typing import Any, Dict, Mapping, Sequence
 
 import torch
 
-from .ops import conv_spec
+from .ops import OPS, conv_spec
 
 __all__ = [
     "op_params", "op_flops", "op_cost_table", "normalized_op_costs", "embedding_params",
-    "cell_params", "child_params", "child_flops", "expected_child_params", "summarize",
+    "cell_params", "child_params", "child_flops", "expected_child_params",
 ]
 
 
@@ -138,18 +138,6 @@ def expected_child_params(config: Any, op_probs: torch.Tensor, depth_probs: torc
     return expected_k * cell + head + (embedding_params(config) if include_embedding else 0)
 
 
-def summarize(config: Any, arch: Mapping[str, Any], seq_len: int = 128) -> Dict[str, int]:
-    """The numbers an exported architecture reports."""
-    return {
-        "params": child_params(config, arch),
-        "params_without_embedding": child_params(config, arch, include_embedding=False),
-        "params_with_probes": child_params(config, arch, include_probes=True),
-        "flops_per_example": child_flops(config, arch, seq_len),
-        "flops_seq_len": seq_len,
-    }
-
-
 def _check_known(name: str) -> None:
-    from .ops import OPS
     if name not in OPS:
         raise KeyError(f"unknown op {name!r}")

@@ -25,12 +25,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from . import atomic
-from .data import pad_batches
-from .errors import UserError
+from .. import atomic
+from ..data.encoding import pad_batches
+from ..errors import UserError
+from ..model.ops import MaskedMaxPool, ReLUConvBN
+from ..model.space import AdaBertStudent
+from ..teacher.knowledge import KnowledgeStore, open_knowledge
 from .export import ArchitectureFile, load_student
-from .ops import MaskedMaxPool, ReLUConvBN
-from .space import AdaBertStudent
 
 FORMAT = "nni-adabert/deployed-student"
 ONNX_FILE = "student.onnx"
@@ -238,10 +239,8 @@ def open_deployed(path: str | os.PathLike | None, arch_file: ArchitectureFile, t
     return deployed
 
 
-def recorded_store(arch_file: ArchitectureFile):
+def recorded_store(arch_file: ArchitectureFile) -> KnowledgeStore:
     """The teacher-knowledge store the student of ``arch_file`` was trained on (its path is in the JSON)."""
-    from .knowledge import open_knowledge
-
     path = arch_file.doc.get("knowledge_store")
     if not path:
         raise UserError(f"{arch_file.path} records no knowledge store; pass the teacher run with --teacher")

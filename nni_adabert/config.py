@@ -1,0 +1,221 @@
+"""The settings of a search and of a retraining, each defined once.
+
+One dataclass field per setting carries its default, its range and its help. The
+``nni-adabert`` options and the NNI trial options are generated from these fields
+(:func:`add_options`, :func:`from_options`), and the Python API takes the objects
+whole, as Hugging Face passes a config and DARTS passes ``args``:
+
+- :class:`TrainingConfig`: what every student training shares (data, loss, the weights' optimizer);
+- :class:`ArchitectureConfig`: how the architecture logits learn (:class:`nas.strategy.AdaBertStrategy`);
+- :class:`SearchConfig`: both, plus the space and the efficiency loss (``nni-adabert search``);
+- :class:`RetrainConfig`: a fixed child from fresh weights (``nni-adabert retrain``).
+
+Defaults are the paper's (section 3.1) where it gives them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import typing
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from typing import Any
+
+from .errors import UserError
+from .nas.losses import DEFAULT_BETA
+
+__all__ = ["TrainingConfig", "ArchitectureConfig", "SearchConfig", "RetrainConfig",
+           "setting", "add_options", "from_options"]
+
+
+def setting(default: Any, help: str, *, minimum: float | None = None, maximum: float | None = None,
+            below: float | None = None, positive: bool = False, choices: tuple | None = None,
+            what: str | None = None) -> Any:
+    """A config field: its default, its range (``minimum``/``maximum`` inclusive, ``below``
+    exclusive, ``positive``: > 0), ``choices``, and its help text; :class:`Settings` checks the
+    range. ``what`` names the setting in messages, e.g. "gamma (the KD weight)"."""
+    return field(default=default, metadata={"help": help, "minimum": minimum, "maximum": maximum, "below": below,
+                                            "positive": positive, "choices": choices, "what": what})
+
+
+def _value_type(cls: type, name: str) -> tuple[type, bool]:
+    """``(int, True)`` for a field annotated ``int | None``: the value type and whether None is allowed."""
+    hint = typing.get_type_hints(cls)[name]
+    args = typing.get_args(hint)
+    if args:
+        kinds = [a for a in args if a is not type(None)]
+        return kinds[0], type(None) in args
+    return hint, False
+
+
+@dataclass
+class Settings:
+    """Base of the config dataclasses: checks every field against its :func:`setting`."""
+
+    kind = "setting"  # how messages name the settings: "search setting epochs must be ..."
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            self._check(f, getattr(self, f.name))
+
+    def _check(self, f, value) -> None:
+        kind, optional = _value_type(type(self), f.name)
+        meta = f.metadata
+        where = f"{self.kind} setting {f.name}" + (f" ({meta['what']})" if meta.get("what") else "")
+        if value is None and optional:
+            return
+        low, high, below = meta.get("minimum"), meta.get("maximum"), meta.get("below")
+        if kind is bool:
+            if not isinstance(value, bool):
+                raise UserError(f"{where} must be true or false, got {value!r}")
+        elif kind is int:
+            if isinstance(value, bool) or not isinstance(value, int) or (low is not None and value < low):
+                raise UserError(f"{where} must be an integer >= {low}, got {value!r}")
+        elif kind is float:
+            number = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+            if high is not None or below is not None:
+                if not number or value < low or (high is not None and value > high) or \
+                        (below is not None and value >= below):
+                    interval = f"[{low:g}, {high:g}]" if high is not None else f"[{low:g}, {below:g})"
+                    raise UserError(f"{where} must be in {interval}, got {value!r}")
+            elif not number or (meta.get("positive") and value <= 0) or (low is not None and value < low):
+                bound = "> 0" if meta.get("positive") else f">= {low:g}"
+                raise UserError(f"{where} must be a finite number {bound}, got {value!r}")
+        if meta.get("choices") and value not in meta["choices"]:
+            raise UserError(f"{where} must be one of {', '.join(map(repr, meta['choices']))}, got {value!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class TrainingConfig(Settings):
+    """What every student training shares: data, loss, the weights' optimizer, the machine."""
+
+    kind = "training"
+
+    epochs: int = setting(10, "training epochs", minimum=1)
+    batch_size: int = setting(64, "examples per step", minimum=1)
+    gamma: float = setting(0.8, "KD weight γ (L = (1-γ)·CE + γ·KD + β·L_E)", minimum=0, maximum=1,
+                           what="the KD weight")
+    temperature: float = setting(1.0, "KD temperature T", positive=True)
+    probe_kd: bool = setting(True, "L_KD includes every teacher layer's probe, with attentive weights "
+                                   "(the paper's method); off: --final-kd is needed")
+    final_kd: bool = setting(False, "L_KD includes the teacher's last-layer logits against the student's final "
+                                    "logits (with --no-probe-kd: the paper's Base-KD)")
+    optimizer: str = setting("sgd", "the weights' optimizer: sgd (momentum 0.9) or adamw", choices=("sgd", "adamw"))
+    lr: float = setting(2e-2, "learning rate of the weights, cosine-annealed per step to --min-lr", positive=True)
+    min_lr: float | None = setting(5e-4, "final learning rate of the cosine schedule (none: lr / 100)", minimum=0)
+    weight_decay: float = setting(0.0, "weight decay of the weights' matrices and kernels (not biases and norms)",
+                                  minimum=0)
+    # Plain SGD at 2e-2 diverged to NaN in a full-SST-2 warm-up without clipping (as in DARTS).
+    grad_clip: float = setting(5.0, "max norm of the weight gradients (0: off)", minimum=0)
+    dropout: float = setting(0.1, "the student's dropout (embedding, before probes and classifier)",
+                             minimum=0, below=1)
+    seed: int = setting(0, "seed of the weights, the data order and the Gumbel noise", minimum=0)
+    train_limit: int | None = setting(None, "use only the first N train rows of the store", minimum=1)
+    augmented_limit: int | None = setting(None, "limit the kinds of rows apart: the first --train-limit original "
+                                                "rows plus the first N augmented rows (0 = no augmentation)",
+                                          minimum=0)
+    devices: int = setting(1, "GPUs (CPU processes without one) for this run, with Lightning's DDP", minimum=1)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not (self.probe_kd or self.final_kd):
+            raise UserError(f"{self.kind} settings probe_kd and final_kd are both off: L_KD needs one of them "
+                            "(final_kd alone is the paper's Base-KD)")
+
+    @property
+    def final_lr(self) -> float:
+        """Where the cosine schedule ends: ``min_lr``, or ``lr / 100`` when it is not set."""
+        return self.lr / 100 if self.min_lr is None else self.min_lr
+
+
+@dataclass
+class ArchitectureConfig(Settings):
+    """How the architecture logits learn: Adam on one joint step with the weights, Gumbel
+    straight-through samples at a temperature annealed per step (paper section 2.5.2)."""
+
+    kind = "architecture"
+
+    arc_lr: float = setting(3e-4, "Adam learning rate of the architecture", minimum=0)
+    arc_weight_decay: float = setting(1e-3, "Adam weight decay of the architecture", minimum=0)
+    tau_start: float = setting(1.0, "Gumbel temperature at the start, annealed linearly per step", positive=True)
+    tau_end: float = setting(0.1, "Gumbel temperature at the end", positive=True)
+    warmup_epochs: int = setting(0, "epochs that train the weights only, before the architecture moves", minimum=0)
+    full: bool = setting(False, "run every candidate op and depth (full straight-through) instead of single-path")
+    alternate: bool = setting(False, "alternate architecture and weight steps (NNI DARTS style) instead of one "
+                                     "joint step")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.tau_start < self.tau_end:
+            raise UserError(f"{self.kind} settings: tau_start ({self.tau_start}) must be >= tau_end ({self.tau_end})")
+
+
+@dataclass
+class SearchConfig(ArchitectureConfig, TrainingConfig):
+    """``nni-adabert search``: the space, the objective with its efficiency term, both optimizers."""
+
+    kind = "search"
+
+    beta: float = setting(DEFAULT_BETA, "efficiency-loss weight β", minimum=0)
+    embed_dim: int = setting(128, "width of the factorized embedding and the cells", minimum=1)
+    k_max: int = setting(8, "most cells a student may have", minimum=1)
+    finetune_epochs: int = setting(0, "epochs that train the derived child alone after the search "
+                                      "(as nni-adabert retrain does, from its searched weights)", minimum=0)
+
+    def finetune_config(self) -> "RetrainConfig":
+        """The fine-tuning after the search: a retraining's optimizer, this search's data and loss."""
+        shared = {f.name: getattr(self, f.name) for f in fields(TrainingConfig)
+                  if f.name not in ("epochs", "optimizer", "lr", "min_lr")}
+        return RetrainConfig(**shared, epochs=self.finetune_epochs)
+
+
+@dataclass
+class RetrainConfig(TrainingConfig):
+    """``nni-adabert retrain``: a fixed child with ``(1-γ)·L_CE + γ·L_KD`` (no L_E: it is constant)."""
+
+    kind = "retrain"
+
+    # A fixed child's embedding learns far faster with Adam than with the search's SGD.
+    optimizer: str = setting("adamw", "the weights' optimizer: adamw or sgd (momentum 0.9)", choices=("sgd", "adamw"))
+    lr: float = setting(1e-3, "learning rate of the weights, cosine-annealed per step to --min-lr", positive=True)
+    min_lr: float | None = setting(None, "final learning rate of the cosine schedule (none: lr / 100)", minimum=0)
+
+
+# --------------------------------------------------------------------------- options
+
+
+def _default(f) -> Any:
+    return f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
+
+
+def add_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup, config_cls: type[Settings],
+                only: tuple[str, ...] | None = None) -> None:
+    """One option per field of ``config_cls`` (``arc_lr`` -> ``--arc-lr``), with its type, default
+    and help; a flag defaulting to true is switched off by ``--no-<name>``. ``only``: these fields."""
+    for f in fields(config_cls):
+        if only is not None and f.name not in only:
+            continue
+        kind, _ = _value_type(config_cls, f.name)
+        default, flag = _default(f), "--" + f.name.replace("_", "-")
+        help_text = f.metadata.get("help", "")
+        if kind is bool:
+            if default:
+                parser.add_argument("--no-" + f.name.replace("_", "-"), dest=f.name, action="store_false",
+                                    help=help_text)
+            else:
+                parser.add_argument(flag, dest=f.name, action="store_true", help=help_text)
+            continue
+        shown = "none" if default is None else f"{default:g}" if isinstance(default, float) else default
+        parser.add_argument(flag, dest=f.name, type=kind, default=default, choices=f.metadata.get("choices"),
+                            help=f"{help_text} (default {shown})")
+
+
+def from_options(config_cls: type[Settings], options: argparse.Namespace | dict, **overrides) -> Settings:
+    """The ``config_cls`` of parsed options: every option named like one of its fields sets it,
+    then ``overrides``. Options of other commands are ignored."""
+    values = vars(options) if isinstance(options, argparse.Namespace) else dict(options)
+    names = {f.name for f in fields(config_cls)}
+    return config_cls(**{**{k: v for k, v in values.items() if k in names}, **overrides})

@@ -1,0 +1,1 @@
+"""Task data: the GLUE task specs, loading, tokenization and batching, metrics."""

@@ -1,0 +1,107 @@
+"""Run identity: whether a run directory is resumed, refused, or already done.
+
+A run's *identity* is JSON data: the settings it was started with and the inputs it reads
+(the knowledge store, the data's fingerprints). One policy serves every command:
+
+- **resume or refuse**: ``run.json`` beside a run's checkpoints records its identity. The same
+  identity resumes from the last checkpoint; another one is refused (:class:`UserError`),
+  since resuming would carry another run's weights and epochs into this one's export
+  (:func:`last_checkpoint`);
+- **not redo**: a finished run's record (an exported ``architecture.json``, a fine-tuned
+  teacher's info) holds its identity under :data:`IDENTITY_KEY`; a command whose identity
+  matches returns that record instead of training again (:func:`finished`).
+
+Identities compare as they read back from JSON (tuples are lists). Run directories of
+nni-adabert 0.1 record no identity: they are refused or redone, never guessed at.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from . import atomic
+from .errors import UserError
+
+log = logging.getLogger(__name__)
+
+RUN_FILE = "run.json"
+IDENTITY_KEY = "run_identity"
+
+
+def identity(settings: dict, store: Any = None) -> dict:
+    """A run's identity: ``settings`` and, when given, the knowledge store it reads, as JSON data."""
+    inputs = {"knowledge_store": str(store.path)} if store is not None else {}
+    return json.loads(json.dumps({**inputs, **settings}))
+
+
+def finished(record_path: str | os.PathLike, run_identity: dict) -> dict | None:
+    """The record at ``record_path`` when it holds ``run_identity``, else ``None`` (no record, an
+    unreadable one, or another run's: the run is done again and its record replaced). Records
+    are written last, so one that exists means the run's other files are complete."""
+    path = Path(record_path)
+    try:
+        record = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if isinstance(record, dict) and record.get(IDENTITY_KEY) == json.loads(json.dumps(run_identity)):
+        return record
+    return None
+
+
+def last_checkpoint(run_dir: str | os.PathLike, run_identity: dict) -> Path | None:
+    """The checkpoint to resume from, or ``None`` for a fresh start.
+
+    ``run_identity`` is recorded in ``run_dir/run.json`` beside the checkpoint; a checkpoint
+    recorded under another identity, or under none, is refused.
+    """
+    run_dir = Path(run_dir)
+    path = run_dir / "checkpoints" / "last.ckpt"
+    run_identity = json.loads(json.dumps(run_identity))
+    recorded = read_run_file(run_dir)
+    if path.is_file() and recorded != run_identity:
+        what = ("records no settings" if recorded is None
+                else f"is of another run ({differences(recorded, run_identity)})")
+        raise UserError(f"{run_dir} holds a checkpoint that {what}; use another output directory, "
+                        f"or delete {run_dir} to start this run afresh")
+    if recorded != run_identity:
+        atomic.write_json(run_dir / RUN_FILE, run_identity)
+    if not path.is_file():
+        return None
+    log.info("resuming from %s", path)
+    return path
+
+
+def read_run_file(run_dir: Path) -> dict | None:
+    """The identity recorded in ``run_dir/run.json``, ``None`` when there is none."""
+    path = run_dir / RUN_FILE
+    if not path.is_file():
+        return None
+    try:
+        recorded = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"{path} is not valid JSON ({exc}); delete {run_dir} to start the run afresh") from exc
+    if not isinstance(recorded, dict):
+        raise UserError(f"{path} must hold a JSON object (a run's settings); delete {run_dir} to start afresh")
+    return recorded
+
+
+def differences(recorded: dict, run_identity: dict, shown: int = 3) -> str:
+    """``"beta: 4 there, 0.5 now; ..."`` for the first ``shown`` settings that differ."""
+    def flat(d: dict, prefix: str = "") -> dict:  # {"config": {"lr": 1}} -> {"config.lr": 1}
+        out = {}
+        for key, value in d.items():
+            out.update(flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {prefix + key: value})
+        return out
+
+    there, now = flat(recorded), flat(run_identity)
+    keys = [k for k in {**there, **now} if k not in there or k not in now or there[k] != now[k]]
+
+    def show(d: dict, key: str) -> str:
+        return json.dumps(d[key]) if key in d else "unset"
+
+    parts = [f"{k}: {show(there, k)} there, {show(now, k)} now" for k in keys[:shown]]
+    return "; ".join(parts + ([f"{len(keys) - shown} more"] if len(keys) > shown else []))

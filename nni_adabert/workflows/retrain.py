@@ -1,0 +1,46 @@
+"""``nni-adabert retrain``: a fixed architecture trained from fresh weights, on the task it
+was searched on or on another one."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import pytorch_lightning as pl
+
+from .. import runs
+from ..config import RetrainConfig
+from ..teacher.knowledge import KnowledgeStore
+from ..training import is_main_process
+from .evaluate import evaluate_student, warn_if_no_better_than_majority
+from .export import ARCH_FILE, write_student
+from .student import fresh_student, student_info, train_student
+
+log = logging.getLogger(__name__)
+
+
+def run_retrain(arch: dict, source: dict, store: KnowledgeStore, out_dir: str | os.PathLike,
+                config: RetrainConfig = RetrainConfig(), *, embed_dim: int = 128, k_max: int = 8,
+                progress: bool = True, report_to_nni: bool = False) -> dict:
+    """Retrain the fixed child ``arch`` from fresh weights on ``store``'s task and export it
+    to ``out_dir``; returns its architecture document. ``source`` says where ``arch`` came
+    from (``{"from": ..., "searched_on": task or None}``); ``embed_dim`` and ``k_max`` are
+    those of the space it came from. Resumes, and is not redone, like :func:`search.run_search`."""
+    settings = {**source, "embed_dim": embed_dim, "k_max": k_max, **config.to_dict()}
+    run_identity = runs.identity(settings, store)
+    done = runs.finished(Path(out_dir) / ARCH_FILE, run_identity)
+    if done is not None:
+        log.info("retraining already finished in %s with these settings; not redoing it", out_dir)
+        return done
+    out_dir = Path(out_dir)
+    pl.seed_everything(config.seed, workers=True)  # the fresh weights too: the same run whatever ran before it
+    student = fresh_student(arch, store, embed_dim, k_max, config.dropout)
+    student = train_student(student, store, out_dir / "retrain", config, run_identity, progress, report_to_nni)
+    info = {**student_info(store), **evaluate_student(student, store), "retrain": settings,
+            runs.IDENTITY_KEY: run_identity}
+    if not is_main_process():
+        return info
+    warn_if_no_better_than_majority(info["dev_metrics"], store, "train it longer (--epochs) or with another --lr")
+    title = f"{source.get('searched_on') or source['from']} cell retrained on {store.meta['task']}"
+    return write_student(out_dir, student, info, title=title)

@@ -1,0 +1,89 @@
+"""``nni-adabert search``: search a student on a teacher-knowledge store and export it.
+
+The glue between the paper's pieces and NNI: :func:`run_search` builds the model space
+from the store (vocabulary, labels, the teacher's factorized embedding), runs
+``NasExperiment(space, Lightning(AdaBertDistillModule), AdaBertStrategy)``, optionally
+fine-tunes the argmax child, and exports it with its trained weights
+(:func:`export.write_student`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import pytorch_lightning as pl
+from nni.nas.evaluator.pytorch import Lightning, Trainer
+from nni.nas.experiment import NasExperiment
+
+from .. import runs
+from ..config import SearchConfig
+from ..model.space import AdaBertSpace, factorized_embedding
+from ..nas.distill import AdaBertDistillModule, val_metric_key
+from ..nas.strategy import AdaBertStrategy
+from ..teacher.finetune import teacher_word_embeddings
+from ..teacher.knowledge import KnowledgeStore
+from ..training import is_main_process, make_trainer
+from .evaluate import evaluate_student, warn_if_no_better_than_majority
+from .export import ARCH_FILE, write_student
+from .student import student_config, student_info, train_student
+
+log = logging.getLogger(__name__)
+
+
+def search_phase(config: SearchConfig) -> dict:
+    """The settings the search phase's checkpoints are written under: all but the fine-tuning's,
+    so a finished search resumes under another ``finetune_epochs`` and only the fine-tuning runs."""
+    return {k: v for k, v in config.to_dict().items() if k != "finetune_epochs"}
+
+
+def run_search(store: KnowledgeStore, out_dir: str | os.PathLike, config: SearchConfig = SearchConfig(),
+               progress: bool = True, report_to_nni: bool = False) -> dict:
+    """Search a student on ``store`` and export it to ``out_dir``; returns the architecture document.
+
+    The run checkpoints every epoch in ``out_dir/search`` and resumes from there; a
+    finished run with the same settings and store is returned as it is (:mod:`runs`).
+    """
+    out_dir = Path(out_dir)
+    run_dir = out_dir / "search"
+    run_identity = runs.identity(config.to_dict(), store)
+    done = runs.finished(out_dir / ARCH_FILE, run_identity)
+    if done is not None:
+        log.info("search already finished in %s with these settings; not redoing it", out_dir)
+        return done
+    resume = runs.last_checkpoint(run_dir, runs.identity(search_phase(config), store))  # refused: before any setup
+    pl.seed_everything(config.seed, workers=True)
+    embedding = factorized_embedding(teacher_word_embeddings(store.meta["teacher_dir"]), config.embed_dim)
+    space = AdaBertSpace(student_config(store, config.embed_dim, config.k_max, config.dropout), embedding)
+
+    train = store.loader("train", config.batch_size, shuffle=True, seed=config.seed, limit=config.train_limit,
+                         augmented_limit=config.augmented_limit)
+    dev = store.loader("dev", 256)
+    trainer = make_trainer(run_dir, config.epochs, progress=progress, trainer_cls=Trainer, seed=config.seed,
+                           devices=config.devices)
+    module = AdaBertDistillModule(store.meta["num_labels"], config, beta=config.beta, report_to_nni=report_to_nni,
+                                  main_metric=val_metric_key(store.spec.main_metric))
+    evaluator = Lightning(module, trainer, train_dataloaders=train, val_dataloaders=dev,
+                          fit_kwargs={"ckpt_path": str(resume) if resume else None, "weights_only": True})
+    strategy = AdaBertStrategy(config, seed=config.seed, grad_clip=config.grad_clip)
+    experiment = NasExperiment(space, evaluator, strategy)
+    experiment.config.experiment_working_directory = str((run_dir / "nni").resolve())
+    experiment.run()
+    experiment.stop()
+
+    arch = experiment.export_top_models(formatter="dict")[0]
+    student = space.freeze(arch).cpu().eval()
+    if config.finetune_epochs > 0:
+        student = train_student(student, store, out_dir / "finetune", config.finetune_config(), run_identity,
+                                progress, report_to_nni)
+    history = [{k: v for k, v in h.items() if k != "arch"} for h in strategy.oneshot_module.history]
+    info = {**student_info(store), **evaluate_student(student, store),
+            "search": {**config.to_dict(), "history": history}, runs.IDENTITY_KEY: run_identity}
+    if not is_main_process():
+        return info  # the other DDP processes: the first one warns and writes
+    # The paper keeps the supernet's weights; a rarely sampled child may come out uncalibrated.
+    if config.finetune_epochs == 0:
+        warn_if_no_better_than_majority(info["dev_metrics"], store,
+                                        "fine-tune it (--finetune-epochs 2) or retrain it (nni-adabert retrain)")
+    return write_student(out_dir, student, info, title=f"{store.meta['task']} searched cell")

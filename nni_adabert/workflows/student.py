@@ -1,0 +1,62 @@
+"""A student for a knowledge store: its config, fresh weights, where it came from, and the
+training of a fixed child (a retraining, or the fine-tuning after a search)."""
+
+from __future__ import annotations
+
+import os
+
+import pytorch_lightning as pl
+
+from ..config import RetrainConfig
+from ..data.encoding import vocab_fingerprint
+from ..model.space import AdaBertStudent, StudentConfig, factorized_embedding
+from ..nas.distill import AdaBertDistillModule, val_metric_key
+from ..teacher.finetune import load_tokenizer, read_teacher_info, teacher_word_embeddings
+from ..teacher.knowledge import KnowledgeStore
+from ..training import fit, make_trainer
+
+
+def student_config(store: KnowledgeStore, embed_dim: int = 128, k_max: int = 8, dropout: float = 0.1) -> StudentConfig:
+    meta = store.meta
+    return StudentConfig(vocab_size=meta["vocab_size"], num_labels=meta["num_labels"], is_pair=store.spec.is_pair,
+                         embed_dim=embed_dim, k_max=k_max, pad_token_id=meta["pad_token_id"], dropout=dropout)
+
+
+def fresh_student(arch: dict, store: KnowledgeStore, embed_dim: int = 128, k_max: int = 8,
+                  dropout: float = 0.1) -> AdaBertStudent:
+    """A newly initialised child of ``arch`` for ``store``'s task, embedding from its teacher."""
+    student = AdaBertStudent(student_config(store, embed_dim, k_max, dropout), arch)
+    student.load_embedding(factorized_embedding(teacher_word_embeddings(store.meta["teacher_dir"]), embed_dim))
+    return student
+
+
+def student_info(store: KnowledgeStore) -> dict:
+    """What an exported student records about where it came from."""
+    teacher_dir = store.meta["teacher_dir"]
+    tokenizer = load_tokenizer(teacher_dir)
+    teacher = read_teacher_info(teacher_dir) or {}
+    return {
+        "task": store.meta["task"],
+        "teacher": {"path": teacher_dir, "base_model": teacher.get("base_model"),
+                    "dev_metrics": teacher.get("dev_metrics"), "num_layers": store.num_teacher_layers},
+        "vocab": {"size": len(tokenizer), "fingerprint": vocab_fingerprint(tokenizer), "tokenizer": teacher_dir},
+        "knowledge_store": str(store.path),
+    }
+
+
+def train_student(student: AdaBertStudent, store: KnowledgeStore, run_dir: str | os.PathLike,
+                  config: RetrainConfig, run_identity: dict, progress: bool = True,
+                  report_to_nni: bool = False) -> AdaBertStudent:
+    """Train a fixed child with ``(1-γ)·L_CE + γ·L_KD`` on ``store`` (a fixed child has no L_E).
+    Checkpoints every epoch in ``run_dir`` and resumes (a checkpoint of the same
+    ``run_identity`` only: :func:`runs.last_checkpoint`)."""
+    pl.seed_everything(config.seed, workers=True)
+    module = AdaBertDistillModule(store.meta["num_labels"], config, report_to_nni=report_to_nni,
+                                  main_metric=val_metric_key(store.spec.main_metric))
+    module.set_model(student.train())  # Lightning keeps each module's mode: BatchNorm must learn
+    trainer = make_trainer(run_dir, config.epochs, progress=progress, seed=config.seed, devices=config.devices,
+                           gradient_clip_val=config.grad_clip or None)
+    train = store.loader("train", config.batch_size, shuffle=True, seed=config.seed, limit=config.train_limit,
+                         augmented_limit=config.augmented_limit)
+    fit(trainer, module, train, store.loader("dev", 256), run_dir, run_identity)
+    return student.cpu().eval()
