@@ -17,7 +17,7 @@ only the loss changing (``SearchConfig`` fields); each row adds one thing to the
   of the final-logit term: the library's defaults, the same run as the β = 4 search of the
   adaptiveness and efficiency benchmarks.
 
-Writes bench/results/ablation.{json,md}.
+Writes bench/results/ablation/<run>/result.{json,md} (``--name``; default: ablation/default).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 from common import (ROOT, add_scale_args, header, main_metric, percent, prepare, publish,  # noqa: E402
-                    reference_text, run_record, search, search_settings, student_row)
+                    reference_text, results_dir, run_record, search, search_settings, student_row)
 
 sys.path.insert(0, str(ROOT))
 
@@ -125,7 +125,7 @@ def main(argv=None) -> int:
                              **student_row(doc)})
                 print(f"{name} on {task}, seed {seed}: {doc['dev_metrics']}", flush=True)
     result = {**run_record("bench/ablation.py", argv, args, stores), "paper": PAPER, "runs": runs}
-    return publish(args.name, result, findings, markdown)
+    return publish(results_dir("ablation", args.name), result, findings, markdown)
 
 
 if __name__ == "__main__":

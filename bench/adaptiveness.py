@@ -12,7 +12,8 @@ columns: tasks; the cells are the task's main dev metric (SST-2: accuracy, MRPC:
 accuracy in a second table. Finished runs with the same settings are reused (runs/bench/search,
 runs/bench/retrain).
 
-Writes bench/results/adaptiveness.{json,md} and the searched cells (adaptiveness-cell-<TASK>.png).
+Writes bench/results/adaptiveness/<run>/ (``--name``; default: adaptiveness/default): result.json,
+result.md and the searched cells (cell-<TASK>.png).
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-from common import (RESULTS, ROOT, add_scale_args, header, main_metric, prepare, publish, reference_text,  # noqa: E402
-                    retrain, retrain_settings, run_record, search, search_settings, student_row)
+from common import (ROOT, add_scale_args, header, main_metric, prepare, publish, reference_text,  # noqa: E402
+                    results_dir, retrain, retrain_settings, run_record, search, search_settings, student_row)
 
 sys.path.insert(0, str(ROOT))
 
@@ -97,7 +98,7 @@ def markdown(result: dict, args) -> str:
         "|---|" + "---|" * len(tasks),
         *[f"| {name} | " + " | ".join(PAPER[name].get(t, "") for t in tasks) + " |" for name in PAPER],
         "",
-        *[f"![{t} cell]({args.name}-cell-{t}.png)" for t in result["searched"]],
+        *[f"![{t} cell](cell-{t}.png)" for t in result["searched"]],
     ]
     return "\n".join(lines) + "\n"
 
@@ -152,8 +153,9 @@ def main(argv=None) -> int:
             retrained.append({"structure": name, "source": source, **student_row(doc)})
             print(f"{name} on {task}: {doc['dev_metrics']}", flush=True)
 
+    out = results_dir("adaptiveness", args.name)
     for task, doc in searched.items():
-        shutil.copy(ROOT / doc["dir"] / "cell.png", RESULTS / f"{args.name}-cell-{task}.png")
+        shutil.copy(ROOT / doc["dir"] / "cell.png", out / f"cell-{task}.png")
     result = {
         **run_record("bench/adaptiveness.py", argv, args, stores), "paper": PAPER,
         "searched": {task: student_row(doc) for task, doc in searched.items()},
@@ -162,7 +164,7 @@ def main(argv=None) -> int:
                           "flops": cost.child_flops(space_cfg, arch, 128)} for seed, arch in randoms.items()},
         "retrained": retrained,
     }
-    return publish(args.name, result, findings, lambda r: markdown(r, args))
+    return publish(out, result, findings, lambda r: markdown(r, args))
 
 
 if __name__ == "__main__":

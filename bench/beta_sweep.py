@@ -9,8 +9,9 @@ each seed of ``--seeds``: params with and without the embedding, FLOPs, depth K 
 each exported student (mean ± std over the seeds).
 The β = 4 run is the same one the adaptiveness and ablation benchmarks use (shared run directory).
 
-Writes bench/results/beta-sweep.{json,md} and a dev-metric-vs-params plot per task
-(beta-sweep-<TASK>.png).
+Writes bench/results/beta-sweep/<run>/ (``--name``; default: beta-sweep/default; ``--name
+beta-calibration-SST-2``: beta-calibration/SST-2): result.json, result.md and a dev-metric-vs-params
+plot per task (tradeoff-<TASK>.png).
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-from common import (RESULTS, ROOT, add_scale_args, header, main_metric, percent, prepare, publish,  # noqa: E402
-                    reference_text, run_record, search, search_settings, student_row)
+from common import (ROOT, add_scale_args, header, main_metric, percent, prepare, publish,  # noqa: E402
+                    reference_text, results_dir, run_record, search, search_settings, student_row)
 
 sys.path.insert(0, str(ROOT))
 
@@ -80,7 +81,7 @@ def markdown(result: dict) -> str:
                        f"{percent(r, main_metric(r['task'])):.2f}",
                        ", ".join(v for k, v in r["architecture"].items() if k != "depth")] for r in result["rows"]]),
         "",
-        *[f"![{t}]({result['settings'].get('name') or NAME}-{t}.png)" for t in result["tasks"]],
+        *[f"![{t}](tradeoff-{t}.png)" for t in result["tasks"]],
         "",
         "## The paper's numbers (Table 5, dev; params in parentheses)",
         "",
@@ -108,6 +109,7 @@ def main(argv=None) -> int:
     argv, args, stores = prepare(parse_args, argv)
     from nni_adabert.plots import plot_tradeoff
 
+    out = results_dir(NAME, args.name)
     rows = []
     for task, store in stores.items():
         for seed in args.seeds:
@@ -121,10 +123,10 @@ def main(argv=None) -> int:
             points.setdefault((r["seed"], r["depth"], r["params"], r["dev_metrics"][metric]), []).append(r["beta"])
         plot_tradeoff([(f"β={','.join(f'{b:g}' for b in betas)} seed {seed}, K={k}", params, value)
                        for (seed, k, params, value), betas in points.items()],
-                      RESULTS / f"{args.name}-{task}.png", f"{task}: efficiency-loss weight β", metric)
+                      out / f"tradeoff-{task}.png", f"{task}: efficiency-loss weight β", metric)
     result = {**run_record("bench/beta_sweep.py", argv, args, stores), "betas": args.betas,
               "paper": {str(k): v for k, v in PAPER.items()}, "rows": rows}
-    return publish(args.name, result, findings, markdown)
+    return publish(out, result, findings, markdown)
 
 
 if __name__ == "__main__":

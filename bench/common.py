@@ -17,6 +17,11 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
+# The folders of bench/results: one per benchmark, one per run inside it (bench/results/README.md).
+BENCHMARKS = ("teacher", "search", "retrain", "compression", "adaptiveness", "ablation", "beta-sweep",
+              "beta-calibration", "search-step")
+DEFAULT_RUN = "default"
+RESULT_JSON, RESULT_MD = "result.json", "result.md"
 GLUE_DIR = os.environ.get("GLUE_DIR", str(ROOT.parent / "shared" / "data" / "glue"))
 
 
@@ -57,12 +62,32 @@ def run_cli(argv: list[str]) -> str:
     return command
 
 
-def write_results(name: str, result: dict, markdown: str) -> None:
+def results_dir(benchmark: str, name: str | None = None, root: Path = RESULTS) -> Path:
+    """``<root>/<benchmark>/<run>/`` (``root``: bench/results), created if missing: the folder of one
+    run's result files.
+
+    ``name`` is a script's ``--name``. A name that starts with a benchmark's name files the run under
+    that benchmark (``beta_sweep.py --name beta-calibration-SST-2`` -> ``beta-calibration/SST-2``,
+    ``search.py --name retrain-SST-2-x`` -> ``retrain/SST-2-x``; so the flat names of the results
+    from before this layout name the same folders); a name that is only a benchmark's (a script's
+    default) is that benchmark's ``default`` run; any other name is a run of ``benchmark``."""
+    run = name or benchmark
+    for known in sorted(BENCHMARKS, key=len, reverse=True):  # "search-step" before "search"
+        if run == known or run.startswith(known + "-"):
+            benchmark, run = known, run[len(known) + 1:] or DEFAULT_RUN
+            break
+    out = root / benchmark / run
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def write_results(out: Path, result: dict, markdown: str) -> None:
+    """Write a run's record into its folder ``out`` (:func:`results_dir`): result.json and result.md."""
     from nni_adabert import atomic
 
-    atomic.write_json(RESULTS / f"{name}.json", result)
-    atomic.write_text(RESULTS / f"{name}.md", markdown)
-    print(f"wrote {RESULTS / name}.json and .md")
+    atomic.write_json(out / RESULT_JSON, result)
+    atomic.write_text(out / RESULT_MD, markdown)
+    print(f"wrote {out / RESULT_JSON} and {RESULT_MD}")
 
 
 # --------------------------------------------------------------------------- the paper-table benchmarks
@@ -87,11 +112,12 @@ def run_record(script: str, argv: list[str], args, stores: dict) -> dict:
             "scale": scale_text(stores, args), "references": references(stores), "settings": vars(args)}
 
 
-def publish(name: str, result: dict, findings, markdown) -> int:
-    """Add ``findings(result)``, write ``result`` and ``markdown(result)`` as ``name``, print the table."""
+def publish(out: Path, result: dict, findings, markdown) -> int:
+    """Add ``findings(result)``, write ``result`` and ``markdown(result)`` into the run folder ``out``
+    (:func:`results_dir`), print the table."""
     result["findings"] = findings(result)
     text = markdown(result)
-    write_results(name, result, text)
+    write_results(out, result, text)
     print(text)
     return 0
 
@@ -218,8 +244,10 @@ def add_scale_args(p, tasks: list[str], name: str) -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0],
                    help="seeds of the runs (several: mean ± std where the benchmark repeats its runs)")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
-    p.add_argument("--name", default=name, help=f"base name of the result files in bench/results (default: "
-                                                f"{name}; give another to keep a run with other settings beside it)")
+    p.add_argument("--name", default=name, help=f"run name: results go to bench/results/{name}/<name>/ (default: "
+                                                f"{name}, i.e. bench/results/{name}/default/; give another to keep a "
+                                                "run with other settings beside it; a name that starts with another "
+                                                "benchmark's name, e.g. beta-calibration-SST-2, files the run there)")
 
 
 def per_task(items: list[str], option: str, cast=str) -> dict:

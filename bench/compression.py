@@ -11,7 +11,7 @@ speed, and nothing is downloaded) and (c) the student; warm-up pass, then the me
 ``--repeats`` passes, round-robin over the three models, ``--threads`` intra-op threads.
 All of it is ``nni_adabert.workflows.evaluate.compare_with_teacher``; this script records and formats.
 
-Writes bench/results/compression-<name>.{json,md}.
+Writes bench/results/compression/<name>/result.{json,md}.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
-from common import ROOT, command_line, cpu_model, machine, write_results  # noqa: E402
+from common import ROOT, command_line, cpu_model, machine, results_dir, write_results  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
 
@@ -46,7 +46,7 @@ def parse_args(argv=None):
     p.add_argument("--teacher", required=True, help="teacher run directory (bench/teacher_probes.sh)")
     p.add_argument("--student", required=True, help="exported student (directory or architecture JSON)")
     p.add_argument("--weights", default=None, help="student weights (default: the exported ones)")
-    p.add_argument("--name", required=True, help="results name: bench/results/compression-<name>.{json,md}")
+    p.add_argument("--name", required=True, help="run name: bench/results/compression/<name>/result.{json,md}")
     p.add_argument("--rows", type=int, default=None, help="time on the first N dev rows (default: all)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--repeats", type=int, default=3)
@@ -134,7 +134,7 @@ def main(argv=None) -> int:
                                   threads=args.threads)
     result = {"command": command_line(["bench/compression.py", *argv]), "cpu": cpu_model(), "machine": machine(),
               "torch": torch.__version__, "paper": PAPER.get(result["task"]), **result}
-    write_results(f"compression-{args.name}", result, markdown(result, args))
+    write_results(results_dir("compression", f"compression-{args.name}"), result, markdown(result, args))
     print(markdown(result, args))
     return 0
 

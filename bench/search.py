@@ -12,15 +12,16 @@ Options this script does not know (``--final-kd``, ``--dropout``, ``--weight-dec
 to ``nni-adabert search``/``retrain`` as they are.
 
 Needs the teacher run of ``bench/teacher_probes.sh TASK`` (or ``--teacher-run``). Runs in runs/bench/<NAME> and writes
-bench/results/<NAME>.{json,md}, the exported architecture JSON and the cell picture
-(NAME: ``search-<TASK>`` unless given).
+result.json, result.md, the exported architecture.json and the cell picture cell.png into
+bench/results/search/<RUN>/ (with ``--arch``: bench/results/retrain/<RUN>/), RUN being NAME without its
+``search-`` / ``retrain-`` prefix (NAME: ``search-<TASK>`` unless given; ``common.results_dir``).
 """
 
 import argparse
 import json
 import shutil
 
-from common import RESULTS, ROOT, machine, run_cli, write_results
+from common import ROOT, machine, results_dir, run_cli, write_results
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--task", default="SST-2")
@@ -50,10 +51,11 @@ table = out / "summary.md"
 commands.append(run_cli(["evaluate", "--teacher", str(teacher), "--arch", str(out), "--speed",
                          "--json", str(out / "summary.json"), "--markdown", str(table)]))
 
-shutil.copy(out / "cell.png", RESULTS / f"{name}-cell.png")
-shutil.copy(out / "architecture.json", RESULTS / f"{name}-architecture.json")
+results = results_dir("retrain" if args.arch else "search", name)
+shutil.copy(out / "cell.png", results / "cell.png")
+shutil.copy(out / "architecture.json", results / "architecture.json")
 result = {"commands": commands, "machine": machine(), **json.loads((out / "summary.json").read_text())}
 title = "retrained structure" if args.arch else "searched student"
-write_results(name, result, f"# {args.task}: {title} vs teacher\n\nCommands:\n\n"
+write_results(results, result, f"# {args.task}: {title} vs teacher\n\nCommands:\n\n"
               + "".join(f"    {c}\n" for c in commands) + f"\nMachine: {machine()}\n\n" + table.read_text()
-              + f"\nCell: ![cell]({name}-cell.png)\n")
+              + "\nCell: ![cell](cell.png)\n")

@@ -8,8 +8,10 @@ dropped. With ``--epoch-rows N`` each variant also runs one whole epoch over N r
 (N / batch steps), timed from the epoch's start to its end: a measured time per epoch,
 not an extrapolation. Ratios are reported, not absolute times (those depend on the machine).
 
-    python bench/search_step.py --out bench/results            # default, a few minutes on 2 CPU cores
-    python bench/search_step.py --out bench/results --device cuda --batch-size 64
+    python bench/search_step.py                                 # default, a few minutes on 2 CPU cores
+    python bench/search_step.py --device cuda --batch-size 64 --name cuda
+
+Writes result.json and result.md into bench/results/search-step/<name>/ (default: default).
 
 Variants:
   single       AdaBertStrategy, single-path, one joint weight+architecture step (default)
@@ -40,7 +42,7 @@ from nni.nas.evaluator.pytorch import DataLoader, Lightning, Trainer  # noqa: E4
 from nni.nas.experiment import NasExperiment  # noqa: E402
 from nni.nas.strategy import GumbelDARTS  # noqa: E402
 
-from common import command_line  # noqa: E402
+from common import RESULT_JSON, RESULT_MD, command_line, results_dir  # noqa: E402
 from nni_adabert.atomic import write_json, write_text  # noqa: E402
 from nni_adabert.nas.distill import AdaBertDistillModule  # noqa: E402
 from nni_adabert.model.space import AdaBertSpace, StudentConfig  # noqa: E402
@@ -144,7 +146,8 @@ def fit_variant(name: str, args, config: StudentConfig, rows, n_batches: int | N
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, default=Path("bench/results"))
+    p.add_argument("--out", type=Path, default=Path("bench/results"), help="results root (bench/results)")
+    p.add_argument("--name", default=None, help="run name: <out>/search-step/<name>/ (default: default)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seq-len", type=int, default=64)
     p.add_argument("--vocab", type=int, default=30522)
@@ -219,8 +222,8 @@ def main(argv=None) -> int:
                  "the warm-up to the epoch's end (data loading and Lightning hooks included): a measured epoch "
                  "of those rows, not extrapolated from the step times."),
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_json(args.out / "search_step.json", report)
+    out = results_dir("search-step", args.name and f"search-step-{args.name}", root=args.out)
+    write_json(out / RESULT_JSON, report)
     lines = [
         "# Search step time: AdaBertStrategy vs NNI GumbelDARTS",
         "",
@@ -245,7 +248,7 @@ def main(argv=None) -> int:
     lines += ["", "Ratios (mean step time; `_per_epoch`: measured epoch time):", ""]
     lines += [f"- `{k}`: {v:.2f}x" for k, v in ratios.items()]
     lines += ["", report["note"], ""]
-    write_text(args.out / "search_step.md", "\n".join(lines))
+    write_text(out / RESULT_MD, "\n".join(lines))
     print(json.dumps(ratios, indent=2))
     return 0
 
