@@ -32,6 +32,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from common import (ROOT, add_scale_args, header, main_metric, percent, prepare, publish,  # noqa: E402
                     reference_text, results_dir, run_record, search, search_settings, student_row)
+from nni_adabert.tables import format_table  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
 
@@ -63,8 +64,6 @@ def scores(result: dict, name: str, task: str, metric: str | None = None) -> lis
 
 
 def markdown(result: dict) -> str:
-    from nni_adabert.tables import format_table
-
     tasks = result["tasks"]
 
     def cell(name, task):

@@ -4,10 +4,10 @@
         --rows SST-2=4000 --threads 1
 
 Needs a teacher run per task (``bench/teacher_probes.sh``; ``--teacher-runs``). For each task it
-searches a structure (``search.run_search``, the full loss with β; see ``common.search_settings``),
+searches a structure (``workflows.search.run_search``, the full loss with β; see ``common.search_settings``),
 then retrains every structure — each task's searched one and ``space.random_arch`` with seeds
 ``--random-seeds`` — from fresh weights with KD from each task's cached teacher knowledge
-(``search.run_retrain``) on every task. Rows: structures (random: mean ± std over the seeds),
+(``workflows.retrain.run_retrain``) on every task. Rows: structures (random: mean ± std over the seeds),
 columns: tasks; the cells are the task's main dev metric (SST-2: accuracy, MRPC: F1), and
 accuracy in a second table. Finished runs with the same settings are reused (runs/bench/search,
 runs/bench/retrain).
@@ -30,6 +30,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from common import (ROOT, add_scale_args, header, main_metric, prepare, publish, reference_text,  # noqa: E402
                     results_dir, retrain, retrain_settings, run_record, search, search_settings, student_row)
+from nni_adabert.model import cost  # noqa: E402
+from nni_adabert.model.space import StudentConfig, random_arch  # noqa: E402
+from nni_adabert.tables import format_table, format_transfer_table  # noqa: E402
+from nni_adabert.workflows.student import student_config  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
 
@@ -50,8 +54,6 @@ def parse_args(argv=None):
 
 
 def markdown(result: dict, args) -> str:
-    from nni_adabert.tables import format_transfer_table, format_table
-
     tasks = result["tasks"]
     metrics = {t: main_metric(t) for t in tasks}
     tables = {}
@@ -135,21 +137,18 @@ def findings(result: dict) -> list[str]:
 
 def main(argv=None) -> int:
     argv, args, stores = prepare(parse_args, argv)
-    from nni_adabert.model import cost
-    from nni_adabert.workflows.student import student_config
-    from nni_adabert.model.space import random_arch
-
     searched = {task: search(store, search_settings(store, args)) for task, store in stores.items()}
-    structures = [(f"searched on {task}", doc["architecture"], {"from": doc["dir"], "searched_on": task})
-                  for task, doc in searched.items()]
+    structures = [(f"searched on {task}", doc["architecture"], {"from": doc["dir"], "searched_on": task},
+                   StudentConfig.from_dict(doc["student_config"])) for task, doc in searched.items()]
     space_cfg = student_config(stores[args.tasks[0]])
     randoms = {seed: random_arch(space_cfg, seed) for seed in args.random_seeds}
-    structures += [("random", arch, {"from": f"random:{seed}", "searched_on": None}) for seed, arch in randoms.items()]
+    structures += [("random", arch, {"from": f"random:{seed}", "searched_on": None}, space_cfg)
+                   for seed, arch in randoms.items()]
 
     retrained = []
-    for name, arch, source in structures:
+    for name, arch, source, space in structures:
         for task, store in stores.items():
-            doc = retrain(arch, source, store, retrain_settings(store, args))
+            doc = retrain(arch, source, store, retrain_settings(store, args), space)
             retrained.append({"structure": name, "source": source, **student_row(doc)})
             print(f"{name} on {task}: {doc['dev_metrics']}", flush=True)
 

@@ -26,6 +26,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from common import (ROOT, add_scale_args, header, main_metric, percent, prepare, publish,  # noqa: E402
                     reference_text, results_dir, run_record, search, search_settings, student_row)
+from nni_adabert.plots import plot_tradeoff  # noqa: E402
+from nni_adabert.tables import format_table  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
 
@@ -47,8 +49,6 @@ def parse_args(argv=None):
 
 def markdown(result: dict) -> str:
     import statistics
-
-    from nni_adabert.tables import format_table
 
     summary = []
     for task in result["tasks"]:
@@ -107,8 +107,6 @@ def findings(result: dict) -> list[str]:
 
 def main(argv=None) -> int:
     argv, args, stores = prepare(parse_args, argv)
-    from nni_adabert.plots import plot_tradeoff
-
     out = results_dir(NAME, args.name)
     rows = []
     for task, store in stores.items():

@@ -10,10 +10,20 @@ import os
 import platform
 import shlex
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
+
+from nni_adabert import atomic, runs
+from nni_adabert.cli import main
+from nni_adabert.config import RetrainConfig, SearchConfig
+from nni_adabert.data.tasks import TASKS, get_task
+from nni_adabert.model.space import StudentConfig
+from nni_adabert.teacher.finetune import read_teacher_info
+from nni_adabert.teacher.run import open_teacher_run
+from nni_adabert.workflows.evaluate import majority_class_metrics
+from nni_adabert.workflows.retrain import run_retrain
+from nni_adabert.workflows.search import run_search
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -53,8 +63,6 @@ def command_line(argv: list[str]) -> str:
 
 def run_cli(argv: list[str]) -> str:
     """Run ``nni-adabert argv`` in this process; fail loudly; return the command line."""
-    from nni_adabert.cli import main
-
     command = "nni-adabert " + shlex.join(argv)
     print(f"\n$ {command}\n", flush=True)
     if main(argv) != 0:
@@ -83,8 +91,6 @@ def results_dir(benchmark: str, name: str | None = None, root: Path = RESULTS) -
 
 def write_results(out: Path, result: dict, markdown: str) -> None:
     """Write a run's record into its folder ``out`` (:func:`results_dir`): result.json and result.md."""
-    from nni_adabert import atomic
-
     atomic.write_json(out / RESULT_JSON, result)
     atomic.write_text(out / RESULT_MD, markdown)
     print(f"wrote {out / RESULT_JSON} and {RESULT_MD}")
@@ -125,21 +131,7 @@ def publish(out: Path, result: dict, findings, markdown) -> int:
 def teacher_store(task: str, run: str | None = None):
     """The knowledge store of the teacher run ``runs/bench/<run>`` (default: ``teacher-<task>``,
     what ``bench/teacher_probes.sh TASK`` writes)."""
-    from nni_adabert.teacher.run import open_teacher_run
-
     return open_teacher_run(RUNS / (run or f"teacher-{task}"))
-
-
-def store_settings(store) -> dict:
-    """What names a run's teacher knowledge: nothing for the store of the task's default teacher
-    run (``runs/bench/teacher-<TASK>``; every earlier run was named without it), else the store, so
-    that a run on another teacher never finds (or resumes) one on the default teacher."""
-    default = RUNS / f"teacher-{store.meta['task']}" / "probes.json"
-    if default.is_file() and (ROOT / json.loads(default.read_text())["knowledge_store"]).resolve() == store.path:
-        return {}
-    # Relative to the checkout, as the runs named before store paths were absolute recorded it.
-    path = store.path.relative_to(ROOT) if store.path.is_relative_to(ROOT) else store.path
-    return {"knowledge_store": str(path)}
 
 
 def train_rows(store, originals: int | None, augmented: bool = True) -> dict:
@@ -152,22 +144,11 @@ def train_rows(store, originals: int | None, augmented: bool = True) -> dict:
     return {"train_limit": n, "augmented_limit": n * copies if augmented else 0}
 
 
-def changed_settings(config) -> dict:
-    """The ``SearchConfig`` fields that differ from their defaults: what names a run (a field
-    added to the library later, at its default, names no run anew; ``search.finished_run`` reads
-    a record without it as that default too)."""
-    from nni_adabert.config import SearchConfig
-
-    # Against the defaults the first runs were named with (β was 4 then), so that their names stay.
-    defaults = {**asdict(SearchConfig()), "beta": 4.0}
-    return {k: v for k, v in asdict(config).items() if v != defaults[k]}
-
-
-def run_dir(kind: str, task: str, settings: dict) -> Path:
-    """``runs/bench/<kind>/<task>-<hash of settings>``: one directory per distinct run, so the
-    benchmarks share a run whenever their settings agree (``run_search`` / ``run_retrain``
-    return a finished run with the same settings as it is)."""
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:10]
+def run_dir(kind: str, task: str, run_identity: dict) -> Path:
+    """``runs/bench/<kind>/<task>-<hash of the run's identity>``: one directory per distinct run
+    (:func:`nni_adabert.runs.identity`: its settings and knowledge store), so the benchmarks share a
+    run whenever they ask for the same one (``run_search`` / ``run_retrain`` return it finished)."""
+    digest = hashlib.sha256(json.dumps(run_identity, sort_keys=True, default=str).encode()).hexdigest()[:10]
     return RUNS / kind / f"{task}-{digest}"
 
 
@@ -184,24 +165,22 @@ def exclusive(out: Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def search(store, config) -> dict:
-    """``search.run_search`` into :func:`run_dir`; the exported document plus its ``dir``."""
-    from nni_adabert.workflows.search import run_search
-
-    out = run_dir("search", store.meta["task"], {**changed_settings(config), **store_settings(store)})
+def search(store, config: SearchConfig) -> dict:
+    """``run_search`` into :func:`run_dir`; the exported document plus its ``dir``."""
+    out = run_dir("search", store.meta["task"], runs.identity(config.to_dict(), store))
     with exclusive(out):
         return {**run_search(store, out, config, progress=False), "dir": str(out.relative_to(ROOT))}
 
 
-def retrain(arch: dict, source: dict, store, config) -> dict:
-    """``search.run_retrain`` of ``arch`` (fresh weights, KD from ``store``) into :func:`run_dir`."""
-    from nni_adabert.workflows.retrain import run_retrain
-
-    # β weighs L_E, which a fixed child does not have: it names no retraining.
-    settings = {k: v for k, v in changed_settings(config).items() if k != "beta"}
-    out = run_dir("retrain", store.meta["task"], {"arch": arch, **source, **settings, **store_settings(store)})
+def retrain(arch: dict, source: dict, store, config: RetrainConfig, space: StudentConfig) -> dict:
+    """``run_retrain`` of ``arch`` (fresh weights, KD from ``store``) into :func:`run_dir`;
+    ``space``: the config of the space ``arch`` comes from (its width and depth limit)."""
+    settings = {"arch": arch, **source, "embed_dim": space.embed_dim, "k_max": space.k_max, **config.to_dict()}
+    out = run_dir("retrain", store.meta["task"], runs.identity(settings, store))
     with exclusive(out):
-        return {**run_retrain(arch, source, store, out, config, progress=False), "dir": str(out.relative_to(ROOT))}
+        doc = run_retrain(arch, source, store, out, config, embed_dim=space.embed_dim, k_max=space.k_max,
+                          progress=False)
+        return {**doc, "dir": str(out.relative_to(ROOT))}
 
 
 def student_row(doc: dict) -> dict:
@@ -211,8 +190,6 @@ def student_row(doc: dict) -> dict:
 
 
 def main_metric(task: str) -> str:
-    from nni_adabert.data.tasks import get_task
-
     return get_task(task).main_metric
 
 
@@ -253,8 +230,6 @@ def add_scale_args(p, tasks: list[str], name: str) -> None:
 def per_task(items: list[str], option: str, cast=str) -> dict:
     """``["TASK=VALUE", ...]`` as ``{TASK: cast(VALUE)}``; exits naming ``option`` on a malformed
     item or an unknown task."""
-    from nni_adabert.data.tasks import TASKS
-
     out = {}
     for item in items:
         task, sep, value = item.partition("=")
@@ -271,23 +246,19 @@ def rows_per_task(args) -> dict[str, int]:
     return per_task(args.rows, "--rows", int)
 
 
-def search_settings(store, args, augmented: bool = True, **overrides):
+def search_settings(store, args, augmented: bool = True, **overrides) -> SearchConfig:
     """The benchmarks' search recipe on ``store`` (``SearchConfig``), from :func:`add_scale_args`."""
-    from nni_adabert.config import SearchConfig
-
     settings = dict(epochs=args.epochs, warmup_epochs=args.warmup_epochs, finetune_epochs=args.finetune_epochs,
                     arc_lr=args.arc_lr, beta=args.beta, seed=args.seeds[0],
                     **train_rows(store, rows_per_task(args).get(store.meta["task"]), augmented))
     return SearchConfig(**{**settings, **overrides})
 
 
-def retrain_settings(store, args, augmented: bool = True, **overrides):
+def retrain_settings(store, args, augmented: bool = True, **overrides) -> RetrainConfig:
     """The benchmarks' recipe for retraining a fixed child from fresh weights on ``store``."""
-    from nni_adabert.config import SearchConfig
-
     settings = dict(epochs=args.retrain_epochs, seed=args.seeds[0],
                     **train_rows(store, rows_per_task(args).get(store.meta["task"]), augmented))
-    return SearchConfig(**{**settings, **overrides})
+    return RetrainConfig(**{**settings, **overrides})
 
 
 def scale_text(stores: dict, args) -> str:
@@ -305,9 +276,6 @@ def scale_text(stores: dict, args) -> str:
 
 def references(stores: dict) -> dict:
     """Per task: the teacher's dev metrics, its best layer probe, and the majority-class baseline on dev."""
-    from nni_adabert.workflows.evaluate import majority_class_metrics
-    from nni_adabert.teacher.finetune import read_teacher_info
-
     out = {}
     for task, store in stores.items():
         out[task] = {"teacher_run": Path(store.meta["teacher_dir"]).parent.name,

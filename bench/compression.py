@@ -26,6 +26,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 
 from common import ROOT, command_line, cpu_model, machine, results_dir, write_results  # noqa: E402
+from nni_adabert.teacher.run import open_teacher_run  # noqa: E402
+from nni_adabert.workflows.evaluate import compare_with_teacher  # noqa: E402
+from nni_adabert.workflows.speed import bert_base  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
 
@@ -122,10 +125,6 @@ def markdown(result: dict, args) -> str:
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
-    from nni_adabert.teacher.run import open_teacher_run
-    from nni_adabert.workflows.speed import bert_base
-    from nni_adabert.workflows.evaluate import compare_with_teacher
-
     torch.set_num_threads(args.threads)
     store = open_teacher_run(args.teacher)
     result = compare_with_teacher(store, args.student, args.weights, speed=True, seq_len=args.seq_len,

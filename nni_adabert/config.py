@@ -17,15 +17,22 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
 from .errors import UserError
-from .nas.losses import DEFAULT_BETA
+from .tables import format_table
 
-__all__ = ["TrainingConfig", "ArchitectureConfig", "SearchConfig", "RetrainConfig",
-           "setting", "add_options", "from_options"]
+# β, the weight of L_E. The paper's 4 belongs to its L_E scale. With ours (a mean over edges, in
+# [0, 1]) β = 4 collapsed short searches to pooling/skip/zero cells, while β = 0.5 kept β = 0's
+# dev accuracy with cells 5x smaller and searched structures that beat random ones
+# (bench/results/beta-calibration/SST-2, adaptiveness/beta0.5*).
+DEFAULT_BETA = 0.5
+
+__all__ = ["DEFAULT_BETA", "TrainingConfig", "ArchitectureConfig", "SearchConfig", "RetrainConfig",
+           "setting", "add_options", "from_options", "options_table"]
 
 
 def setting(default: Any, help: str, *, minimum: float | None = None, maximum: float | None = None,
@@ -219,3 +226,35 @@ def from_options(config_cls: type[Settings], options: argparse.Namespace | dict,
     values = vars(options) if isinstance(options, argparse.Namespace) else dict(options)
     names = {f.name for f in fields(config_cls)}
     return config_cls(**{**{k: v for k, v in values.items() if k in names}, **overrides})
+
+
+def options_table(config_cls: type[Settings]) -> str:
+    """The options :func:`add_options` makes for ``config_cls``, as a Markdown table (the CLI
+    reference in docs/cli.md is generated with it, so it cannot drift from the code)."""
+    rows = []
+    for f in fields(config_cls):
+        kind, _ = _value_type(config_cls, f.name)
+        default = _default(f)
+        if kind is bool:
+            flag, shown = ("--no-" if default else "--") + f.name.replace("_", "-"), "on" if default else "off"
+        else:
+            flag = "--" + f.name.replace("_", "-")
+            shown = "none" if default is None else f"{default:g}" if isinstance(default, float) else str(default)
+        rows.append([f"`{flag}`", shown, f.metadata.get("help", "").replace("|", "/")])
+    return format_table(["option", "default", "meaning"], rows)
+
+
+def _write_docs(path: str) -> None:
+    """Rewrite the blocks between ``<!-- options:<command> -->`` and ``<!-- /options -->`` in ``path``."""
+    text = open(path, encoding="utf-8").read()
+    for command, config_cls in (("search", SearchConfig), ("retrain", RetrainConfig)):
+        start, end = f"<!-- options:{command} -->\n", "<!-- /options -->"
+        head, found, rest = text.partition(start)
+        if not found:
+            raise SystemExit(f"{path}: no {start.strip()} block")
+        text = head + start + options_table(config_cls) + "\n" + end + rest.partition(end)[2]
+    open(path, "w", encoding="utf-8").write(text)
+
+
+if __name__ == "__main__":  # python -m nni_adabert.config docs/cli.md
+    _write_docs(sys.argv[1])

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from nni_adabert.errors import UserError
-from nni_adabert.workflows.export import ARCH_FILE, CELL_FILE, WEIGHTS_FILE, load_student, read_architecture, write_student
+from nni_adabert.workflows.export import (ARCH_FILE, CELL_FILE, WEIGHTS_FILE, load_student, read_architecture,
+                                          write_student)
 from nni_adabert.model.space import AdaBertStudent, StudentConfig, random_arch
 
 CONFIG = StudentConfig(vocab_size=50, num_labels=2, is_pair=True, embed_dim=16, k_max=4)

@@ -5,7 +5,9 @@ import math
 import pytest
 import torch
 
-from nni_adabert.nas.losses import DEFAULT_BETA, adabert_loss, attentive_weights, ce_loss, distillation_loss, efficiency_loss, final_kd_loss, kd_targets, layer_mapping, probe_kd_loss, soft_cross_entropy, total_loss
+from nni_adabert.nas.losses import (DEFAULT_BETA, adabert_loss, attentive_weights, ce_loss, distillation_loss,
+                                    efficiency_loss, final_kd_loss, kd_targets, layer_mapping, probe_kd_loss,
+                                    soft_cross_entropy, total_loss)
 from nni_adabert.data.encoding import IGNORE_LABEL
 
 

@@ -20,6 +20,7 @@ from nni_adabert.data.glue import load_task
 from nni_adabert.errors import UserError
 from nni_adabert.data.tasks import get_task
 from nni_adabert.teacher.probes import ProbeConfig
+from nni_adabert import runs as run_identity
 from nni_adabert.runs import last_checkpoint
 
 
@@ -84,7 +85,7 @@ def test_checkpoint_of_other_settings_is_refused_not_resumed(runs, tmp_path, cap
     capsys.readouterr()
     assert main(search_argv(runs, out, epochs=4)) == 2
     error = capsys.readouterr().err
-    assert f"{out / 'search'} holds a checkpoint of another run (epochs: 3 there, 4 now)" in error
+    assert f"{out / 'search'} holds a checkpoint that is of another run (epochs: 3 there, 4 now)" in error
     assert error.count("\n") == 1   # one line, no traceback
     assert (out / "architecture.json").read_bytes() == before
 
@@ -107,7 +108,7 @@ def test_retrain_killed_mid_run_resumes_only_with_its_settings(runs, tmp_path, c
 
     capsys.readouterr()
     assert main(argv[:-1] + ["--lr", "0.005", "--no-progress"]) == 2
-    assert "retrain_lr: 0.001 there, 0.005 now" in capsys.readouterr().err
+    assert "lr: 0.001 there, 0.005 now" in capsys.readouterr().err
     assert not (tmp_path / "retrained" / "architecture.json").exists()
 
     caplog.clear()
@@ -200,13 +201,32 @@ def test_last_checkpoint_records_and_checks_the_run_identity(tmp_path, caplog):
     with pytest.raises(UserError, match=r"a: unset there, 1 now; b: unset there, 2 now; c: unset there, 3 now; 1 more"):
         last_checkpoint(run_dir, {**other, "a": 1, "b": 2, "c": 3, "d": 4})
 
-    # A checkpoint from before run.json existed is resumed, with a warning, and adopted.
+    # A checkpoint that records no identity (nni-adabert 0.1 wrote none) is refused, not guessed at.
     (run_dir / "run.json").unlink()
-    with caplog.at_level(logging.WARNING, logger="nni_adabert"):
-        assert last_checkpoint(run_dir, identity) == checkpoint
-    assert "records no settings" in caplog.text
-    assert json.loads((run_dir / "run.json").read_text()) == identity
+    with pytest.raises(UserError, match=r"holds a checkpoint that records no settings; .*delete .*run"):
+        last_checkpoint(run_dir, identity)
+    assert not (run_dir / "run.json").exists()
+    (run_dir / "run.json").write_text(json.dumps(identity))
+    assert last_checkpoint(run_dir, identity) == checkpoint
 
     (run_dir / "run.json").write_text("{not json")
     with pytest.raises(UserError, match=r"run.json is not valid JSON .*delete .*run to start the run afresh"):
         last_checkpoint(run_dir, identity)
+
+
+def test_a_finished_run_is_its_record_with_the_same_identity(tmp_path):
+    """One rule decides "already done" for searches, retrainings and teachers: the record holds
+    the run's identity (settings and store, as JSON reads them back)."""
+    store = type("Store", (), {"path": tmp_path / "store"})()
+    identity = run_identity.identity({"epochs": 3, "tau": (1.0, 0.1)}, store)
+    assert identity == {"knowledge_store": str(tmp_path / "store"), "epochs": 3, "tau": [1.0, 0.1]}
+    record = tmp_path / "architecture.json"
+    assert run_identity.finished(record, identity) is None                       # nothing written yet
+    record.write_text(json.dumps({"task": "SST-2", run_identity.IDENTITY_KEY: identity}))
+    assert run_identity.finished(record, identity)["task"] == "SST-2"
+    assert run_identity.finished(record, {**identity, "epochs": 4}) is None      # other settings: redo
+    record.write_text(json.dumps({"task": "SST-2", "search": {"epochs": 3}}))  # 0.1 wrote no identity
+    assert run_identity.finished(record, identity) is None
+    record.write_text("{truncated")
+    assert run_identity.finished(record, identity) is None
+

@@ -10,7 +10,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from nni_adabert.model.cost import child_flops, child_params, normalized_op_costs, op_flops, op_params
 from nni_adabert.errors import UserError
 from nni_adabert.model.ops import OP_NAMES, OPS, ReLUConvBN, build_op
-from nni_adabert.model.space import AdaBertSpace, AdaBertStudent, StudentConfig, edge_labels, factorized_embedding, random_arch, validate_arch
+from nni_adabert.model.space import (AdaBertSpace, AdaBertStudent, StudentConfig, edge_labels, factorized_embedding,
+                                     random_arch, validate_arch)
 
 D = 8
 

@@ -37,22 +37,21 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-import nni
 import torch
 import torch.nn as nn
 from nni.mutable import Sample, ensure_frozen
-from nni.nas.nn.pytorch import LayerChoice, ModelSpace, MutableModule
+from nni.nas.nn.pytorch import LayerChoice, ModelSpace
 
 from ..data.encoding import masked_mean
 from ..errors import UserError
+from .depth import DEPTH_LABEL, DepthChoice
 from .ops import OP_NAMES, OPS, Zero, build_op
 
 __all__ = [
-    "DEPTH_LABEL", "StudentConfig", "AdaBertOutput", "AdaBertSpace", "AdaBertStudent",
+    "StudentConfig", "AdaBertOutput", "AdaBertSpace", "AdaBertStudent",
     "DepthChoice", "Cell", "Embedder", "edge_labels", "factorized_embedding", "validate_arch", "random_arch",
 ]
 
-DEPTH_LABEL = "depth"
 
 
 # --------------------------------------------------------------------------- config
@@ -354,59 +353,6 @@ def _run_cells(cells: Sequence[Cell], probes: Sequence[nn.Module], dropout: nn.M
         if with_probes:
             probe_logits.append(probes[k](dropout(p)))
     return pooled, probe_logits
-
-
-# --------------------------------------------------------------------------- depth choice
-
-
-class _FixedDepth(nn.Module):
-    def __init__(self, depth: int):
-        super().__init__()
-        self.depth = depth
-
-    def forward(self, candidates: List[torch.Tensor]) -> torch.Tensor:
-        return candidates[self.depth - 1]
-
-
-class DepthChoice(MutableModule):
-    """The layer count K as ``nni.choice(label, [1..k_max])``.
-
-    Protocol used by :class:`AdaBertSpace` (supernet versions override it):
-
-    - ``cells_needed``: how many cells the forward must run (``None`` = all ``k_max``);
-    - ``forward(candidates)``: ``candidates`` are the pooled outputs ``[B, D]`` of cells
-      1..n; returns the classifier input ``[B, D]``;
-    - ``depth_terms(n)``: the ``(k, weight)`` pairs of :class:`AdaBertOutput`.
-
-    Un-mutated (NNI dry run) it behaves as the default depth.
-    """
-
-    def __init__(self, k_max: int, label: str = DEPTH_LABEL):
-        super().__init__()
-        self.k_max = k_max
-        self.choice = self.add_mutable(nni.choice(label, list(range(1, k_max + 1))))
-        self._dry_run_depth: int = ensure_frozen(self.choice)
-
-    @property
-    def label(self) -> str:
-        return self.choice.label
-
-    @property
-    def cells_needed(self) -> Optional[int]:
-        return self._dry_run_depth
-
-    def forward(self, candidates: List[torch.Tensor]) -> torch.Tensor:
-        return candidates[self._dry_run_depth - 1]
-
-    def depth_terms(self, n_run: int) -> List[Tuple[int, Optional[torch.Tensor]]]:
-        return [(self._dry_run_depth, None)]
-
-    def freeze(self, sample: Sample) -> nn.Module:
-        self.validate(sample)
-        return _FixedDepth(int(self.choice.freeze(sample)))
-
-    def extra_repr(self) -> str:
-        return f"k_max={self.k_max}, label={self.label!r}"
 
 
 # --------------------------------------------------------------------------- space and child

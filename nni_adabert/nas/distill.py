@@ -25,10 +25,10 @@ import torch
 import torchmetrics
 from nni.nas.evaluator.pytorch import LightningModule
 
-from ..config import TrainingConfig
+from ..config import DEFAULT_BETA, TrainingConfig
 from ..data.encoding import IGNORE_LABEL
 from ..training import check_finite, weight_decay_groups
-from .losses import DEFAULT_BETA, adabert_loss
+from .losses import adabert_loss
 from .nni_trial import remember_nni_trial, report_to_nni_trial
 from .supermodules import efficiency_loss
 
@@ -62,7 +62,7 @@ class AdaBertDistillModule(LightningModule):
             step from ``lr`` to ``final_lr`` over the whole run (paper: SGD 2e-2 -> 5e-4), weight
             decay on weight matrices and kernels only.
         beta: weight of the efficiency loss ``L_E``, which only a differentiable supernet has
-            (paper: 4; our default is calibrated to our L_E: :data:`losses.DEFAULT_BETA`).
+            (paper: 4; our default is calibrated to our L_E: :data:`config.DEFAULT_BETA`).
         report_to_nni: inside an NNI trial, report the dev metrics after every epoch with
             ``nni.report_intermediate_result``, ``"default"`` being ``main_metric``. The final
             result is the trial's to report (after export, with params, FLOPs and speedup:

@@ -17,6 +17,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
+from ..config import DEFAULT_BETA
 from ..data.encoding import IGNORE_LABEL
 
 __all__ = [
@@ -26,11 +27,6 @@ __all__ = [
 ]
 
 
-# β, the weight of L_E. The paper's 4 belongs to its L_E scale. With ours (a mean over edges, in
-# [0, 1]) β = 4 collapsed short searches to pooling/skip/zero cells, while β = 0.5 kept β = 0's
-# dev accuracy with cells 5x smaller and searched structures that beat random ones
-# (bench/results/beta-calibration/SST-2, adaptiveness/beta0.5*).
-DEFAULT_BETA = 0.5
 
 
 def layer_mapping(student_depth: int, teacher_layers: int) -> List[int]:
@@ -167,7 +163,7 @@ def efficiency_loss(op_weights: torch.Tensor, depth_weights: torch.Tensor, op_co
         op_weights: ``[E, O]`` relaxed (Gumbel-softmax) op choice per edge label.
         depth_weights: ``[K_max]`` relaxed depth choice over ``K = 1..K_max``;
             ``E[K] = sum_k k * y_k``.
-        op_cost: ``[O]`` normalized op costs (:func:`cost.normalized_op_costs`).
+        op_cost: ``[O]`` normalized op costs (:func:`model.cost.normalized_op_costs`).
 
     Returns:
         scalar, differentiable in both ``op_weights`` and ``depth_weights``.
@@ -207,7 +203,7 @@ def adabert_loss(logits: torch.Tensor, probe_logits: Sequence[torch.Tensor],
     Args:
         logits: ``[B, C]``; probe_logits: K_run x ``[B, C]``; depth_terms: see
             :func:`distillation_loss`; teacher_logits: ``[B, J, C]``; labels: ``[B]``;
-            efficiency: ``L_E`` (``AdaBertSpace.efficiency_loss()``) or ``None``.
+            efficiency: ``L_E`` (:func:`nas.supermodules.efficiency_loss`) or ``None``.
         probe_kd: ``L_KD`` includes the attentive probe distillation over all cells
             (:func:`distillation_loss`; the paper's method, the default).
         final_kd: ``L_KD`` includes the final logits against the teacher's last layer

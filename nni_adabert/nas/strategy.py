@@ -58,7 +58,7 @@ from nni.nas.oneshot.pytorch.strategy import OneShotStrategy, no_default_hook
 
 from ..config import ArchitectureConfig
 from ..model import cost
-from ..model.space import DEPTH_LABEL
+from ..model.depth import DEPTH_LABEL
 from ..training import epoch_seed
 from .supermodules import (STRAIGHT_THROUGH_TYPES, GumbelDraw, StraightThroughBase, StraightThroughDepthChoice,
                            StraightThroughLayerChoice, argmax_draw, gumbel_straight_through)

@@ -21,7 +21,7 @@ from nni.nas.nn.pytorch import LayerChoice
 from nni.nas.oneshot.pytorch.supermodule.base import BaseSuperNetModule
 
 from ..model import cost
-from ..model.space import AdaBertSpace, DepthChoice
+from ..model.depth import DepthChoice
 from . import losses
 
 __all__ = [
@@ -149,7 +149,7 @@ class StraightThroughLayerChoice(LayerChoice, StraightThroughBase):
 
 
 class StraightThroughDepthChoice(DepthChoice, StraightThroughBase):
-    """The depth of the supernet (see :class:`model.space.DepthChoice` for the protocol).
+    """The depth of the supernet (see :class:`model.depth.DepthChoice` for the protocol).
 
     Single-path: ``cells_needed = K`` so only cells 1..K run; returns ``gate_K * pooled_K``
     and KD term ``[(K, gate_K)]``. Full: all cells run; ``sum_k gate_k pooled_k`` and one
@@ -271,9 +271,9 @@ def _op_costs(op_names: Tuple[str, ...], dim: int) -> torch.Tensor:
 
 def efficiency_loss(space: nn.Module) -> Optional[torch.Tensor]:
     """``L_E`` (:func:`losses.efficiency_loss`) of the relaxed choices ``space`` used in its last
-    forward; ``None`` when ``space`` is not a differentiable :class:`AdaBertSpace` supernet (a raw
+    forward; ``None`` when ``space`` is not a differentiable ``AdaBertSpace`` supernet (a raw
     space or a frozen child: nothing to penalize)."""
-    if not isinstance(space, AdaBertSpace):
+    if not isinstance(getattr(space, "depth", None), DepthChoice):  # a frozen child's depth is a number
         return None
     config = space.config
     op_weights = [relaxed_weights(space.cells[0].edges[label]) for label in config.edge_labels]

@@ -20,9 +20,11 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from .. import atomic
@@ -88,7 +90,7 @@ class _Logits(nn.Module):
 
 
 def input_names(is_pair: bool) -> list[str]:
-    """The graph's inputs, named like the keys of :func:`data.pad_batch`."""
+    """The graph's inputs, named like the keys of :func:`data.encoding.pad_batch`."""
     names = ["input_ids_a", "attention_mask_a"]
     return names + ["input_ids_b", "attention_mask_b"] if is_pair else names
 
@@ -118,7 +120,7 @@ def export_onnx(student: AdaBertStudent, path: str | os.PathLike, check_batches:
                 metadata: dict | None = None, atol: float = ATOL) -> dict:
     """Fold ``student``'s BatchNorms, export it to ONNX at ``path`` and check it.
 
-    ``check_batches``: dicts as :func:`data.pad_batch` makes them (``input_ids_a`` ``[B, L]``,
+    ``check_batches``: dicts as :func:`data.encoding.pad_batch` makes them (``input_ids_a`` ``[B, L]``,
     ``attention_mask_a``, and ``_b`` for pairs). The file is written only when the folded
     student and then the ONNX graph give the eager student's logits within ``atol`` on
     every batch; else :class:`UserError` and nothing at ``path``. ``metadata`` (strings)
@@ -173,15 +175,12 @@ def _onnx_program(folded: AdaBertStudent):
 class OnnxStudent:
     """A deployed student run by ONNX Runtime on CPU with ``threads`` intra-op threads.
 
-    ``student(batch) -> logits [B, C]`` for a ``batch`` from :func:`data.pad_batch`
+    ``student(batch) -> logits [B, C]`` for a ``batch`` from :func:`data.encoding.pad_batch`
     (``input_ids_a``/``attention_mask_a`` ``[B, La]``, and ``_b`` ``[B, Lb]`` for pairs;
     the shorter text is padded here, since the graph has one length axis).
     """
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None):
-        import onnxruntime as ort
-        from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
-
         self.path = Path(path)
         if not self.path.is_file():
             raise UserError(f"deployed model {self.path} does not exist "
@@ -207,7 +206,7 @@ class OnnxStudent:
 
     @property
     def id_keys(self) -> tuple[str, ...]:
-        """The id columns a batch needs (for :func:`data.pad_batch`)."""
+        """The id columns a batch needs (for :func:`data.encoding.pad_batch`)."""
         return tuple(n for n in self.input_names if n.startswith("input_ids"))
 
     def __call__(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:

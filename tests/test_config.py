@@ -1,0 +1,116 @@
+"""Settings defined once (nni_adabert.config): every field reaches the CLI and the NNI trials
+with the same name and default, and comes back as the same config."""
+
+import argparse
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+
+from nni_adabert import config as config_module
+from nni_adabert import trial
+from nni_adabert.cli import build_parser
+from nni_adabert.config import (ArchitectureConfig, RetrainConfig, SearchConfig, TrainingConfig, add_options,
+                                from_options, options_table)
+from nni_adabert.errors import UserError
+
+COMMANDS = {"search": SearchConfig, "retrain": RetrainConfig}
+
+
+def subparser(command: str) -> argparse.ArgumentParser:
+    actions = build_parser()._subparsers._group_actions[0]
+    return actions.choices[command]
+
+
+def options(parser: argparse.ArgumentParser) -> dict:
+    """``{dest: action}`` of every option of ``parser``."""
+    return {a.dest: a for a in parser._actions if a.option_strings and a.dest != "help"}
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_setting_is_an_option_of_the_cli_and_the_trial_with_the_same_default(command):
+    config_cls = COMMANDS[command]
+    cli, nni_trial = options(subparser(command)), options(trial.build_parser(command))
+    for f in fields(config_cls):
+        default = config_cls().__getattribute__(f.name)
+        for where, found in (("cli", cli), ("trial", nni_trial)):
+            assert f.name in found, f"{config_cls.__name__}.{f.name} is not an option of the {command} {where}"
+            assert found[f.name].default == default, (where, f.name)
+        # One name everywhere: --arc-lr for arc_lr, --no-probe-kd for a flag that is on by default.
+        flag = ("--no-" if default is True else "--") + f.name.replace("_", "-")
+        assert flag in cli[f.name].option_strings and flag in nni_trial[f.name].option_strings
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_parsed_defaults_give_the_default_config_and_flags_reach_it(command):
+    config_cls = COMMANDS[command]
+    head = [command, "--teacher", "t", "--output-dir", "o"] + (["--arch", "a"] if command == "retrain" else [])
+    assert from_options(config_cls, build_parser().parse_args(head)) == config_cls()
+    assert from_options(config_cls, trial.build_parser(command).parse_args([])) == config_cls()
+    changed = from_options(config_cls, build_parser().parse_args(
+        head + ["--lr", "0.05", "--min-lr", "0.001", "--no-probe-kd", "--final-kd", "--optimizer", "sgd"]))
+    assert (changed.lr, changed.min_lr, changed.probe_kd, changed.final_kd, changed.optimizer) == \
+        (0.05, 0.001, False, True, "sgd")
+
+
+def test_the_tuner_sets_any_setting_by_its_field_name():
+    args = trial.trial_settings("search", [], {"arc_lr": "0.01", "probe-kd": "false", "final_kd": True,
+                                               "tau_end": 0.2, "full": "1"})
+    config = from_options(SearchConfig, args)
+    assert (config.arc_lr, config.probe_kd, config.final_kd, config.tau_end, config.full) == \
+        (0.01, False, True, 0.2, True)
+    with pytest.raises(UserError, match="trial parameter 'final_kd': 'maybe' is not true or false"):
+        trial.trial_settings("search", [], {"final_kd": "maybe"})
+    with pytest.raises(UserError, match="unknown trial parameter 'arc_learning_rate'"):
+        trial.trial_settings("search", [], {"arc_learning_rate": 0.01})
+
+
+def test_configs_split_by_what_they_configure():
+    names = lambda cls: {f.name for f in fields(cls)}  # noqa: E731
+    # A search is training plus architecture optimisation plus its own few; a retraining has no
+    # search-only setting (β, the space, the architecture's optimizer).
+    assert names(SearchConfig) == names(TrainingConfig) | names(ArchitectureConfig) | {
+        "beta", "embed_dim", "k_max", "finetune_epochs"}
+    assert names(RetrainConfig) == names(TrainingConfig)
+    assert RetrainConfig().optimizer == "adamw" and SearchConfig().optimizer == "sgd"
+    # The fine-tuning after a search is a retraining of the search's data and loss, with a
+    # retraining's optimizer.
+    finetune = SearchConfig(finetune_epochs=2, gamma=0.5, lr=0.3, train_limit=7).finetune_config()
+    assert finetune == RetrainConfig(epochs=2, gamma=0.5, train_limit=7)
+    assert RetrainConfig(lr=0.004).final_lr == pytest.approx(4e-5) and SearchConfig().final_lr == 5e-4
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(epochs=0), "search setting epochs must be an integer >= 1, got 0"),
+    (dict(gamma=1.5), r"search setting gamma \(the KD weight\) must be in \[0, 1\], got 1.5"),
+    (dict(dropout=1.0), r"search setting dropout must be in \[0, 1\), got 1.0"),
+    (dict(lr=0.0), "search setting lr must be a finite number > 0, got 0.0"),
+    (dict(grad_clip=float("nan")), "search setting grad_clip must be a finite number >= 0, got nan"),
+    (dict(optimizer="adam"), "search setting optimizer must be one of 'sgd', 'adamw', got 'adam'"),
+    (dict(full="yes"), "search setting full must be true or false, got 'yes'"),
+    (dict(tau_start=0.1, tau_end=0.5), r"tau_start \(0.1\) must be >= tau_end \(0.5\)"),
+    (dict(probe_kd=False), "probe_kd and final_kd are both off"),
+])
+def test_bad_settings_are_one_clear_line(bad, message):
+    with pytest.raises(UserError, match=message):
+        SearchConfig(**bad)
+
+
+def test_add_options_only_some_fields():
+    parser = argparse.ArgumentParser()
+    add_options(parser, SearchConfig, only=("embed_dim", "k_max"))
+    assert set(options(parser)) == {"embed_dim", "k_max"}
+    assert vars(parser.parse_args(["--k-max", "3"])) == {"embed_dim": 128, "k_max": 3}
+
+
+def test_the_cli_reference_lists_the_options_the_code_generates(tmp_path):
+    """docs/cli.md's settings tables are generated (python -m nni_adabert.config docs/cli.md): a
+    setting added or changed without regenerating them fails here."""
+    doc = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
+    copy = tmp_path / "cli.md"
+    copy.write_text(doc.read_text(encoding="utf-8"), encoding="utf-8")
+    config_module._write_docs(str(copy))
+    assert copy.read_text(encoding="utf-8") == doc.read_text(encoding="utf-8"), \
+        "docs/cli.md is stale: run `python -m nni_adabert.config docs/cli.md`"
+    for config_cls in (SearchConfig, RetrainConfig):
+        assert options_table(config_cls) in doc.read_text(encoding="utf-8")
