@@ -1,4 +1,4 @@
-"""Shared fixtures: the real GLUE files beside the checkout, offline Hugging Face."""
+"""Shared fixtures: real GLUE data (the slices committed under tests/data/), offline Hugging Face."""
 
 import os
 from pathlib import Path
@@ -10,7 +10,14 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parents[1]
-GLUE_DIR = Path(os.environ.get("GLUE_DIR", REPO.parent / "shared" / "data" / "glue"))
+DATA_DIR = REPO / "tests" / "data"
+# Small real slices of GLUE committed with the tests (tests/data/SOURCE.md): a clone tests itself.
+GLUE_SLICE_DIR = DATA_DIR / "glue"
+# What the tests read: the committed slices, or the GLUE files GLUE_DIR names.
+GLUE_DIR = Path(os.environ.get("GLUE_DIR", GLUE_SLICE_DIR))
+# The full data sets, where this machine has them (the benchmarks' default, bench/common.py).
+FULL_GLUE_DIR = Path(os.environ.get("GLUE_DIR", REPO.parent / "shared" / "data" / "glue"))
+FULL_TREC_DIR = Path(os.environ.get("TREC_DIR", REPO.parent / "shared" / "data" / "trec"))
 
 
 @pytest.fixture(scope="module")
@@ -26,9 +33,18 @@ def one_thread():
 
 @pytest.fixture(scope="session")
 def glue_dir() -> Path:
+    """The GLUE files the tests read: the committed slices unless GLUE_DIR names others."""
     if not (GLUE_DIR / "SST-2" / "train.tsv").is_file():
-        pytest.fail(f"real GLUE data not found at {GLUE_DIR}; set GLUE_DIR")
+        pytest.fail(f"GLUE_DIR={GLUE_DIR} has no SST-2/train.tsv; unset GLUE_DIR to test on the committed slices")
     return GLUE_DIR
+
+
+@pytest.fixture(scope="session")
+def full_glue_dir() -> Path:
+    """The full GLUE files the slices were cut from; the test is skipped where they are not here."""
+    if not (FULL_GLUE_DIR / "SST-2" / "train.tsv").is_file() or FULL_GLUE_DIR.resolve() == GLUE_SLICE_DIR:
+        pytest.skip(f"full GLUE data not at {FULL_GLUE_DIR} (set GLUE_DIR)")
+    return FULL_GLUE_DIR
 
 
 @pytest.fixture(scope="session")

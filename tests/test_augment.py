@@ -13,10 +13,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from nni_adabert.teacher.augment import AugmentConfig, Augmenter  # noqa: E402
 from nni_adabert.errors import UserError  # noqa: E402
 
-from conftest import GLUE_DIR  # noqa: E402
-
-GLUE = str(GLUE_DIR)
-
 
 def read_tsv(path, n):
     with open(path, encoding="utf-8-sig", newline="") as f:
@@ -25,13 +21,13 @@ def read_tsv(path, n):
 
 
 @pytest.fixture(scope="module")
-def sst2():
-    return [r["sentence"] for r in read_tsv(os.path.join(GLUE, "SST-2", "train.tsv"), 20)]
+def sst2(glue_dir):
+    return [r["sentence"] for r in read_tsv(glue_dir / "SST-2" / "train.tsv", 20)]
 
 
 @pytest.fixture(scope="module")
-def mrpc():
-    rows = read_tsv(os.path.join(GLUE, "MRPC", "train.tsv"), 10)
+def mrpc(glue_dir):
+    rows = read_tsv(glue_dir / "MRPC" / "train.tsv", 10)
     return [r["#1 String"] for r in rows], [r["#2 String"] for r in rows]
 
 

@@ -1,9 +1,12 @@
-"""Tasks and data: the real GLUE files, the bundled sample, tokenization, bad input."""
+"""Tasks and data: the committed slices of real data, the bundled sample, tokenization, bad input."""
 
+import csv
+import importlib.util
 import logging
+import random
 
 import pytest
-from conftest import write_tsv
+from conftest import DATA_DIR, FULL_TREC_DIR, GLUE_SLICE_DIR, write_tsv
 
 from nni_adabert.data.glue import BUNDLED_DIR, load_task, read_glue_tsv
 from nni_adabert.data.encoding import pad_batch, tokenize
@@ -12,21 +15,69 @@ from nni_adabert.data.tasks import TASKS, get_task
 from nni_adabert.teacher.finetune import load_tokenizer
 
 
-def test_real_files_row_counts(glue_dir):
-    sst2 = load_task("SST-2", glue_dir)
-    assert (len(sst2["train"]), len(sst2["dev"])) == (67_349, 872)
-    mrpc = load_task("mrpc", glue_dir / "MRPC")  # the task folder itself works too
-    assert (len(mrpc["train"]), len(mrpc["dev"])) == (3_668, 408)
-    # Quotes inside sentences are text, not CSV quoting.
+def bundled_train_rows() -> list[int]:
+    """The rows of GLUE's SST-2 train.tsv in the bundled train.tsv, in its order: the first 8,000
+    of random.Random(0).shuffle over all 67,349 (the bundled SOURCE.md)."""
+    rows = list(range(67_349))
+    random.Random(0).shuffle(rows)
+    return rows[:8_000]
+
+
+def test_committed_slices_row_counts():
+    sst2 = load_task("SST-2", GLUE_SLICE_DIR)
+    assert (len(sst2["train"]), len(sst2["dev"])) == (200, 100)
+    mrpc = load_task("mrpc", GLUE_SLICE_DIR / "MRPC")  # the task folder itself works too
+    assert (len(mrpc["train"]), len(mrpc["dev"])) == (200, 100)
+    # Quotes inside sentences are text, not CSV quoting (which would merge two of these rows).
     assert mrpc["train"][0]["text_a"].startswith('Amrozi accused his brother , whom he called " the witness "')
-    assert sorted(set(sst2["dev"]["label"])) == [0, 1]
+    with open(GLUE_SLICE_DIR / "MRPC" / "train.tsv", encoding="utf-8-sig", newline="") as f:
+        assert len(list(csv.reader(f, delimiter="\t"))) == 1 + 199
+    assert sorted(set(sst2["dev"]["label"])) == [0, 1] == sorted(set(mrpc["dev"]["label"]))
 
 
-def test_bundled_sample_is_real_sst2(glue_dir):
-    bundled, real = load_task("SST-2"), load_task("SST-2", glue_dir)
+def test_committed_slices_are_the_first_rows_of_the_full_files(full_glue_dir):
+    sst2 = load_task("SST-2", full_glue_dir)
+    assert (len(sst2["train"]), len(sst2["dev"])) == (67_349, 872)
+    mrpc = load_task("MRPC", full_glue_dir)
+    assert (len(mrpc["train"]), len(mrpc["dev"])) == (3_668, 408)
+    for name in ("SST-2/train.tsv", "SST-2/dev.tsv", "MRPC/train.tsv", "MRPC/dev.tsv"):
+        part = (GLUE_SLICE_DIR / name).read_bytes()
+        assert (full_glue_dir / name).read_bytes().startswith(part) and part.endswith(b"\n"), name
+    # The bundled sample is real SST-2, all of it (test_bundled_sample_is_real_sst2 checks the slice's rows).
+    bundled = load_task("SST-2")
+    assert bundled["dev"]["text_a"] == sst2["dev"]["text_a"]
+    picked = sst2["train"].select(bundled_train_rows())
+    assert bundled["train"]["text_a"] == picked["text_a"] and bundled["train"]["label"] == picked["label"]
+
+
+def test_make_slices_writes_the_committed_slices(full_glue_dir, tmp_path):
+    if not (FULL_TREC_DIR / "TREC_10.label").is_file():
+        pytest.skip(f"full TREC data not at {FULL_TREC_DIR} (set TREC_DIR)")
+    spec = importlib.util.spec_from_file_location("make_slices", DATA_DIR / "make_slices.py")
+    make_slices = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_slices)
+    make_slices.make_slices(full_glue_dir, FULL_TREC_DIR, tmp_path)
+    written = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
+    assert len(written) == 6
+    assert all((tmp_path / p).read_bytes() == (DATA_DIR / p).read_bytes() for p in written)
+
+
+def test_trec_slices_hold_every_coarse_class():
+    for name, lines in (("train.label", 200), ("test.label", 103)):
+        text = (DATA_DIR / "trec" / name).read_text(encoding="ascii").splitlines()
+        assert len(text) == lines
+        assert {line.split(":", 1)[0] for line in text} == {"ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM"}
+
+
+def test_bundled_sample_is_real_sst2():
+    bundled, real = load_task("SST-2"), load_task("SST-2", GLUE_SLICE_DIR)
     assert (len(bundled["train"]), len(bundled["dev"])) == (8_000, 872)
-    assert bundled["dev"]["text_a"] == real["dev"]["text_a"]
-    assert set(bundled["train"]["text_a"]) <= set(real["train"]["text_a"])
+    assert bundled["dev"]["text_a"][:100] == real["dev"]["text_a"]  # all of GLUE's dev, in order
+    # Train: those of the drawn rows that are among the slice's first 200 are those very rows.
+    drawn = {at: row for at, row in enumerate(bundled_train_rows()) if row < len(real["train"])}
+    assert len(drawn) == 35
+    picked, source = bundled["train"].select(list(drawn)), real["train"].select(list(drawn.values()))
+    assert picked["text_a"] == source["text_a"] and picked["label"] == source["label"]
     assert (BUNDLED_DIR / "SST-2" / "SOURCE.md").is_file()
 
 
