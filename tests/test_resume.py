@@ -13,7 +13,7 @@ import time
 import pytest
 import torch
 
-from nni_adabert.teacher.finetune import knowledge
+from nni_adabert.teacher import knowledge
 from nni_adabert.teacher.augment import AugmentConfig, Augmenter
 from nni_adabert.cli import main
 from nni_adabert.data.glue import load_task
