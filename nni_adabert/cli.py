@@ -93,6 +93,11 @@ def print_student(doc: dict, out_dir: Path) -> None:
           f"({doc['params_without_embedding']:,} without the embedding), "
           f"{doc['flops']:,} FLOPs at {doc['flops_seq_len']} tokens")
     print(f"  dev: {metrics}")
+    budget = (doc.get("search") or {}).get("max_params")
+    if budget:
+        counted = "params_without_embedding" if doc["search"].get("budget_excludes_embedding") else "params"
+        print(f"  budget: {budget:,} params{' without the embedding' if counted != 'params' else ''}; "
+              f"the student has {doc[counted]:,}")
     arch = ", ".join(f"{k}={v}" for k, v in doc["architecture"].items())
     print(f"  cell: {arch}")
     print(f"  wrote {out_dir / 'architecture.json'}, {out_dir / 'student.safetensors'}, {out_dir / 'cell.png'}")

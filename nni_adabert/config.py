@@ -153,6 +153,11 @@ class ArchitectureConfig(Settings):
     full: bool = setting(False, "run every candidate op and depth (full straight-through) instead of single-path")
     alternate: bool = setting(False, "alternate architecture and weight steps (NNI DARTS style) instead of one "
                                      "joint step")
+    max_params: int | None = setting(None, "parameter budget of the exported student: the search is pulled to it "
+                                           "(|E[params]/budget - 1|, in place of β·L_E) and the exported child "
+                                           "is the most probable one within it", minimum=1)
+    budget_excludes_embedding: bool = setting(False, "--max-params counts the student without its embedding")
+    budget_weight: float = setting(1.0, "weight of the budget penalty (with --max-params)", minimum=0)
 
     def __post_init__(self) -> None:
         super().__post_init__()

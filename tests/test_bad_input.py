@@ -149,6 +149,8 @@ CASES = {
                                r"grad_clip must be a finite number >= 0, got -1.0"),
     "dropout out of range": (lambda r, s, t: retrain(s, r, t) + ["--dropout", "1.5"],
                              r"dropout must be in \[0, 1\), got 1.5"),
+    "budget below the smallest student": (lambda r, s, t: search(r, t, "--max-params", "1000"),
+                                          r"max_params 1,000 is below the smallest student of this space \("),
     "negative weight decay": (lambda r, s, t: search(r, t, "--weight-decay", "-0.1"),
                               r"weight_decay must be a finite number >= 0, got -0.1"),
     "output path under a file": (lambda r, s, t: retrain(s, r, t)[:-5] + ["--output-dir", str(t / "file" / "out")],

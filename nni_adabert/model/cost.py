@@ -122,20 +122,21 @@ def child_flops(config: Any, arch: Mapping[str, Any], seq_len: int, include_prob
 
 
 def expected_child_params(config: Any, op_probs: torch.Tensor, depth_probs: torch.Tensor,
-                          include_embedding: bool = True) -> float:
-    """Expected deployed size under independent op / depth distributions.
+                          include_embedding: bool = True) -> torch.Tensor:
+    """Expected deployed size under independent op / depth distributions, differentiable in them
+    (``E[K * cell] = E[K] * E[cell]``: the depth and the ops are drawn independently).
 
     Args:
         op_probs: ``[E, O]`` probabilities per edge (rows in ``config.edge_labels`` order).
         depth_probs: ``[K_max]`` probabilities of depth 1..K_max.
     """
     d = config.embed_dim
-    per_op = torch.tensor([float(op_params(n, d)) for n in config.op_names], dtype=torch.float64)
-    cell = float((op_probs.detach().double().cpu() * per_op).sum()) + (d + 1)
-    k = torch.arange(1, depth_probs.numel() + 1, dtype=torch.float64)
-    expected_k = float((depth_probs.detach().double().cpu() * k).sum())
+    per_op = torch.tensor([float(op_params(n, d)) for n in config.op_names], dtype=op_probs.dtype,
+                          device=op_probs.device)
+    cell = (op_probs * per_op).sum() + (d + 1)
+    k = torch.arange(1, depth_probs.numel() + 1, dtype=depth_probs.dtype, device=depth_probs.device)
     head = d * config.num_labels + config.num_labels
-    return expected_k * cell + head + (embedding_params(config) if include_embedding else 0)
+    return (depth_probs * k).sum() * cell + head + (embedding_params(config) if include_embedding else 0)
 
 
 def _check_known(name: str) -> None:

@@ -60,6 +60,7 @@ from ..config import ArchitectureConfig
 from ..model import cost
 from ..model.depth import DEPTH_LABEL
 from ..training import epoch_seed
+from . import budget
 from .supermodules import (STRAIGHT_THROUGH_TYPES, GumbelDraw, StraightThroughBase, StraightThroughDepthChoice,
                            StraightThroughLayerChoice, argmax_draw, gumbel_straight_through)
 
@@ -125,14 +126,44 @@ class AdaBertLightningModule(BaseOneShotLightningModule):
         return sample
 
     def use_argmax(self) -> Sample:
-        """Set every module to the argmax choice (constant gates). Returns that architecture."""
+        """Set every module to the exported choice (constant gates): the argmax, or with a budget
+        the most probable child within it (:meth:`export`). Returns that architecture."""
+        arch = self.export()
         draws: Dict[str, GumbelDraw] = {}
         for module in self.straight_through_modules():
             label = str(module.label)
             if label not in draws:
-                draws[label] = argmax_draw(module._arch_alpha.detach())
+                draws[label] = argmax_draw(module._arch_alpha.detach(), module.values.index(arch[label]))
             module.draw = draws[label]
-        return self.export()
+        return arch
+
+    def export(self) -> Sample:
+        """The architecture to export: every choice's argmax, or with ``max_params`` the most
+        probable child within the budget (:func:`budget.derive_within_budget`)."""
+        if self.config.max_params is None:
+            return super().export()
+        probs = self.export_probs()
+        space = self.model.config
+        return budget.derive_within_budget(space, {label: probs[label] for label in space.edge_labels},
+                                           probs[DEPTH_LABEL], self.config.max_params,
+                                           not self.config.budget_excludes_embedding)
+
+    def expected_params(self) -> torch.Tensor:
+        """``E[params]`` of the child under the current distributions (differentiable in the logits),
+        counted as ``max_params`` counts it."""
+        space = self.model.config
+        alphas = {str(m.label): m._arch_alpha for m in self.straight_through_modules()}
+        op_probs = torch.stack([torch.softmax(alphas[label], -1) for label in space.edge_labels])
+        return cost.expected_child_params(space, op_probs, torch.softmax(alphas[DEPTH_LABEL], -1),
+                                          not self.config.budget_excludes_embedding)
+
+    def _with_budget(self, loss: torch.Tensor) -> torch.Tensor:
+        """``loss`` plus the budget penalty when a budget is set."""
+        if self.config.max_params is None:
+            return loss
+        penalty = budget.budget_penalty(self.expected_params(), self.config.max_params)
+        self.log("train_budget", penalty.detach())
+        return loss + self.config.budget_weight * penalty
 
     def arch_parameters(self) -> List[nn.Parameter]:
         params: Dict[int, nn.Parameter] = {}
@@ -188,12 +219,14 @@ class AdaBertLightningModule(BaseOneShotLightningModule):
             self.resample()
             arc_optim.zero_grad()
             loss, _ = self._step_loss(batch, 2 * batch_idx)
-            self.manual_backward(loss)
+            self.manual_backward(self._with_budget(loss))
             arc_optim.step()
 
         self.resample()
         arc_optim.zero_grad()
         loss, out = self._step_loss(batch, 2 * batch_idx + 1 if self.config.alternate else batch_idx)
+        if arch_on and not self.config.alternate:
+            loss = self._with_budget(loss)
         # zero weight grads -> backward (reaches weights AND architecture logits) -> weight step
         self.advance_optimization(loss, batch_idx, self.grad_clip)
         if arch_on and not self.config.alternate:
@@ -245,7 +278,7 @@ class AdaBertLightningModule(BaseOneShotLightningModule):
             "params": float(cost.child_params(config, arch)),
             "params_without_embedding": float(cost.child_params(config, arch, include_embedding=False)),
             "flops": float(cost.child_flops(config, arch, config.max_positions)),
-            "expected_params": cost.expected_child_params(config, op_probs, depth_probs),
+            "expected_params": float(cost.expected_child_params(config, op_probs, depth_probs)),
         }
 
     # ------------------------------------------------------------------ checkpoints

@@ -20,6 +20,7 @@ from nni.nas.experiment import NasExperiment
 from .. import runs
 from ..config import SearchConfig
 from ..model.space import AdaBertSpace, factorized_embedding
+from ..nas.budget import check_budget
 from ..nas.distill import AdaBertDistillModule, val_metric_key
 from ..nas.strategy import AdaBertStrategy
 from ..teacher.finetune import teacher_word_embeddings
@@ -52,17 +53,22 @@ def run_search(store: KnowledgeStore, out_dir: str | os.PathLike, config: Search
     if done is not None:
         log.info("search already finished in %s with these settings; not redoing it", out_dir)
         return done
+    space_config = student_config(store, config.embed_dim, config.k_max, config.dropout)
+    if config.max_params is not None:  # before anything is written: a budget no child meets is the user's to fix
+        check_budget(space_config, config.max_params, not config.budget_excludes_embedding)
     resume = runs.last_checkpoint(run_dir, runs.identity(search_phase(config), store))  # refused: before any setup
     pl.seed_everything(config.seed, workers=True)
     embedding = factorized_embedding(teacher_word_embeddings(store.meta["teacher_dir"]), config.embed_dim)
-    space = AdaBertSpace(student_config(store, config.embed_dim, config.k_max, config.dropout), embedding)
+    space = AdaBertSpace(space_config, embedding)
 
     train = store.loader("train", config.batch_size, shuffle=True, seed=config.seed, limit=config.train_limit,
                          augmented_limit=config.augmented_limit)
     dev = store.loader("dev", 256)
     trainer = make_trainer(run_dir, config.epochs, progress=progress, trainer_cls=Trainer, seed=config.seed,
                            devices=config.devices)
-    module = AdaBertDistillModule(store.meta["num_labels"], config, beta=config.beta, report_to_nni=report_to_nni,
+    # A budget takes the place of the paper's L_E (which rewards every parameter removed).
+    beta = 0.0 if config.max_params is not None else config.beta
+    module = AdaBertDistillModule(store.meta["num_labels"], config, beta=beta, report_to_nni=report_to_nni,
                                   main_metric=val_metric_key(store.spec.main_metric))
     evaluator = Lightning(module, trainer, train_dataloaders=train, val_dataloaders=dev,
                           fit_kwargs={"ckpt_path": str(resume) if resume else None, "weights_only": True})

@@ -1,0 +1,118 @@
+"""A parameter budget for the search (nni_adabert.nas.budget): its penalty moves the op and
+depth logits, a search converges to it, the exported child meets it, and a budget no child can
+meet is refused before training."""
+
+import itertools
+import json
+import math
+
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from nni_adabert.cli import main
+from nni_adabert.config import ArchitectureConfig, SearchConfig
+from nni_adabert.errors import UserError
+from nni_adabert.model.cost import child_params, embedding_params
+from nni_adabert.model.depth import DEPTH_LABEL
+from nni_adabert.model.space import StudentConfig
+from nni_adabert.nas.budget import budget_penalty, check_budget, derive_within_budget, smallest_child
+from nni_adabert.teacher.run import open_teacher_run
+from nni_adabert.workflows.export import ARCH_FILE
+from nni_adabert.workflows.student import student_config
+from test_strategy import arch_params, loaders, supernet, tiny_config
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def random_probs(cfg, seed):
+    g = torch.Generator().manual_seed(seed)
+    ops = {label: dict(zip(cfg.op_names, torch.softmax(torch.randn(len(cfg.op_names), generator=g), -1).tolist()))
+           for label in cfg.edge_labels}
+    depth = dict(zip(range(1, cfg.k_max + 1), torch.softmax(torch.randn(cfg.k_max, generator=g), -1).tolist()))
+    return ops, depth
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_derivation_is_the_most_probable_child_within_the_budget(seed):
+    """Against every child of a small space (2 edges x 8 ops x 3 depths)."""
+    cfg = StudentConfig(vocab_size=30, num_labels=2, embed_dim=8, k_max=3, num_nodes=1, max_positions=10)
+    ops, depth = random_probs(cfg, seed)
+    children = [{**dict(zip(cfg.edge_labels, choice)), DEPTH_LABEL: k}
+                for choice in itertools.product(cfg.op_names, repeat=len(cfg.edge_labels))
+                for k in range(1, cfg.k_max + 1)]
+
+    def score(arch):
+        return sum(math.log(ops[e][arch[e]]) for e in cfg.edge_labels) + math.log(depth[arch[DEPTH_LABEL]])
+
+    sizes = sorted({child_params(cfg, a) for a in children})
+    for budget in (sizes[0], sizes[len(sizes) // 3], sizes[len(sizes) // 2], sizes[-1]):
+        derived = derive_within_budget(cfg, ops, depth, budget)
+        assert child_params(cfg, derived) <= budget
+        best = max((a for a in children if child_params(cfg, a) <= budget), key=score)
+        assert score(derived) == pytest.approx(score(best))
+    # Without the embedding in the budget the same sizes shift by the embedding's parameters.
+    derived = derive_within_budget(cfg, ops, depth, sizes[1] - embedding_params(cfg), include_embedding=False)
+    assert child_params(cfg, derived, include_embedding=False) <= sizes[1] - embedding_params(cfg)
+
+
+def test_a_budget_no_child_meets_is_one_clear_error():
+    cfg = tiny_config()
+    smallest = smallest_child(cfg)
+    check_budget(cfg, smallest)
+    with pytest.raises(UserError, match=r"max_params 100 is below the smallest student of this space "
+                                         rf"\({smallest:,} params; the embedding alone has "):
+        check_budget(cfg, 100)
+    check_budget(cfg, smallest_child(cfg, include_embedding=False), include_embedding=False)
+
+
+def test_budget_penalty_sends_gradient_to_op_and_depth_logits():
+    cfg = tiny_config()
+    space, module = supernet(cfg, seed=0, max_params=smallest_child(cfg) + 400)
+    penalty = budget_penalty(module.expected_params(), module.config.max_params)
+    assert penalty.item() > 0
+    penalty.backward()
+    grads = {name: p.grad for name, p in arch_params(space).items()}
+    assert len(grads) == len(cfg.edge_labels) + 1
+    assert all(g is not None and g.abs().sum() > 0 for g in grads.values())
+    assert budget_penalty(torch.tensor(150.0), 100).item() == pytest.approx(0.5)
+    assert budget_penalty(torch.tensor(50.0), 100).item() == pytest.approx(0.5)
+
+
+def test_a_search_converges_to_its_budget_and_exports_a_child_within_it(tmp_path):
+    pl.seed_everything(0, verbose=False)
+    cfg = tiny_config(k_max=4)
+    # Half-way between the smallest and the largest child: neither end of the space.
+    largest = child_params(cfg, {**{e: "std_conv_7" for e in cfg.edge_labels}, DEPTH_LABEL: cfg.k_max})
+    budget = (smallest_child(cfg) + largest) // 2
+    space, module = supernet(cfg, seed=0, arc_lr=0.05, max_params=budget, budget_weight=4.0)
+    start = module.expected_params().item()
+    train, dev = loaders()
+    pl.Trainer(max_epochs=4, enable_progress_bar=False, enable_model_summary=False, logger=False,
+               enable_checkpointing=False, default_root_dir=tmp_path).fit(module, train, dev)
+    end = module.expected_params().item()
+    assert abs(end / budget - 1) < 0.15 and abs(end / budget - 1) < abs(start / budget - 1)
+    arch = module.export()
+    assert child_params(cfg, arch) <= budget
+    assert module.history[-1]["params"] == child_params(cfg, arch)   # validation ran the exported child
+
+
+def test_budget_settings_are_search_settings():
+    assert ArchitectureConfig(max_params=10).max_params == 10
+    with pytest.raises(UserError, match="max_params must be an integer >= 1, got 0"):
+        SearchConfig(max_params=0)
+
+
+def test_search_command_exports_a_student_within_its_budget(runs, tmp_path, capsys):
+    """On the real SST-2 slice: `search --max-params` (the embedding counted) exports a child within
+    the budget and says so; the budget is recorded with the search's settings."""
+    store = open_teacher_run(runs / "SST-2")
+    space = student_config(store)
+    budget = smallest_child(space) + 150_000   # room for about three 3-wide convolutions in all
+    out = tmp_path / "student"
+    assert main(["search", "--teacher", str(runs / "SST-2"), "--output-dir", str(out), "--epochs", "2",
+                 "--batch-size", "16", "--arc-lr", "0.05", "--max-params", str(budget), "--no-progress"]) == 0
+    doc = json.loads((out / ARCH_FILE).read_text())
+    assert doc["params"] <= budget and doc["search"]["max_params"] == budget
+    assert doc["params"] == child_params(StudentConfig.from_dict(doc["student_config"]), doc["architecture"])
+    assert f"budget: {budget:,} params; the student has {doc['params']:,}" in capsys.readouterr().out
