@@ -1,6 +1,5 @@
-"""The benchmarks' run naming (bench/common.py): a run on another teacher gets its own directory."""
+"""The benchmarks' run naming and options (bench/common.py)."""
 
-import json
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -10,36 +9,26 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import common  # noqa: E402
 
-
-def fake_store(path: str, task: str = "MRPC"):
-    """A store as ``open_knowledge`` returns it: its path absolute, here inside the checkout."""
-    return SimpleNamespace(path=common.ROOT / path, meta={"task": task})
+from nni_adabert import runs  # noqa: E402
+from nni_adabert.config import SearchConfig  # noqa: E402
 
 
-DEFAULT_STORE = "runs/bench/cache/MRPC-default"
+def fake_store(path, task: str = "MRPC"):
+    """A store as ``open_knowledge`` returns it: its path absolute."""
+    return SimpleNamespace(path=Path(path), meta={"task": task})
 
 
-@pytest.mark.parametrize("recorded", [DEFAULT_STORE, str(common.ROOT / DEFAULT_STORE)])
-def test_runs_on_the_default_teacher_keep_their_names_others_get_their_own(tmp_path, monkeypatch, recorded):
-    # probes.json records the store relative to the checkout (runs from before store paths were
-    # absolute) or absolute (since): the default teacher's store is recognized either way.
+def test_a_run_is_named_by_its_identity_so_another_teacher_gets_its_own(tmp_path, monkeypatch):
+    """Benchmarks share a run exactly when the library would call it the same run
+    (``nni_adabert.runs.identity``: settings and knowledge store)."""
     monkeypatch.setattr(common, "RUNS", tmp_path)
-    (tmp_path / "teacher-MRPC").mkdir()
-    (tmp_path / "teacher-MRPC" / "probes.json").write_text(json.dumps({"knowledge_store": recorded}))
-    default, other = fake_store(DEFAULT_STORE), fake_store("runs/bench/cache/MRPC-5ep")
-    assert common.store_settings(default) == {}
-    # Named by its path inside the checkout, as before: the name does not depend on where the checkout is.
-    assert common.store_settings(other) == {"knowledge_store": "runs/bench/cache/MRPC-5ep"}
-    settings = {"beta": 0.5}
-    dirs = {common.run_dir("search", "MRPC", {**settings, **common.store_settings(s)}) for s in (default, other)}
-    assert len(dirs) == 2
-    # The default teacher's run is named exactly as before the option existed.
-    assert common.run_dir("search", "MRPC", settings) in dirs
-    # No default teacher run at all: every store names its runs.
-    assert common.store_settings(fake_store("cache/SST-2-x", task="SST-2")) == {"knowledge_store": "cache/SST-2-x"}
-    # A store outside the checkout: its absolute path.
-    outside = SimpleNamespace(path=tmp_path / "elsewhere", meta={"task": "MRPC"})
-    assert common.store_settings(outside) == {"knowledge_store": str(tmp_path / "elsewhere")}
+    default, other = fake_store(tmp_path / "cache" / "MRPC-default"), fake_store(tmp_path / "cache" / "MRPC-5ep")
+    config = SearchConfig(beta=0.5)
+    name = lambda store, cfg: common.run_dir("search", "MRPC", runs.identity(cfg.to_dict(), store))  # noqa: E731
+    assert name(default, config) == name(default, SearchConfig(beta=0.5))           # the same run: one directory
+    assert name(default, config) != name(other, config)                              # another teacher's store
+    assert name(default, config) != name(default, SearchConfig(beta=0.6))           # other settings
+    assert name(default, config).parent == tmp_path / "search" and name(default, config).name.startswith("MRPC-")
 
 
 def test_per_task_options():

@@ -48,7 +48,7 @@ def test_finetune_saves_hf_checkpoint_and_is_not_redone(tmp_path, sst2, minilm_d
     assert not torch.equal(before, after)
 
     # Same settings: the finished run is reused, nothing is trained again.
-    monkeypatch.setattr("nni_adabert.teacher.fit", lambda *a, **k: pytest.fail("fine-tuned twice"))
+    monkeypatch.setattr("nni_adabert.teacher.finetune.fit", lambda *a, **k: pytest.fail("fine-tuned twice"))
     assert finetune_teacher(spec, sst2, None, tmp_path, TeacherConfig(epochs=1, batch_size=16),
                             progress=False) == info
 
