@@ -17,6 +17,7 @@ from ..training import fit, make_trainer
 
 
 def student_config(store: KnowledgeStore, embed_dim: int = 128, k_max: int = 8, dropout: float = 0.1) -> StudentConfig:
+    """The space's config for ``store``'s task: its teacher's vocabulary, its labels, single text or pair."""
     meta = store.meta
     return StudentConfig(vocab_size=meta["vocab_size"], num_labels=meta["num_labels"], is_pair=store.spec.is_pair,
                          embed_dim=embed_dim, k_max=k_max, pad_token_id=meta["pad_token_id"], dropout=dropout)
