@@ -158,6 +158,8 @@ class ArchitectureConfig(Settings):
                                            "is the most probable one within it", minimum=1)
     budget_excludes_embedding: bool = setting(False, "--max-params counts the student without its embedding")
     budget_weight: float = setting(1.0, "weight of the budget penalty (with --max-params)", minimum=0)
+    budget_tolerance: float = setting(0.15, "the exported child has at least (1 - tolerance) x --max-params "
+                                            "parameters when the space has such a child", minimum=0, maximum=1)
 
     def __post_init__(self) -> None:
         super().__post_init__()

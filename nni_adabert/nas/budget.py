@@ -55,13 +55,16 @@ def check_budget(config, max_params: int, include_embedding: bool = True) -> Non
 
 
 def derive_within_budget(config, op_probs: Mapping[str, Mapping[str, float]], depth_probs: Mapping[int, float],
-                         max_params: int, include_embedding: bool = True) -> Dict[str, object]:
+                         max_params: int, include_embedding: bool = True, min_params: int = 0) -> Dict[str, object]:
     """The child of highest probability (sum of log-probabilities over the edges and the depth)
-    whose :func:`cost.child_params` is at most ``max_params``.
+    whose :func:`cost.child_params` is at most ``max_params`` and, when the space has such a
+    child, at least ``min_params`` (else the most probable child within ``max_params``).
 
     ``op_probs``: ``{edge label: {op: probability}}``; ``depth_probs``: ``{K: probability}``
     (what :meth:`AdaBertLightningModule.export_probs` gives). Exact: for every depth K, a dynamic
     programme over the edges keeps, for each total of op parameters, the best choice so far.
+    The lower bound matters: distributions that meet the budget in expectation can still be
+    flat enough that their single most probable child is parameter-free.
     """
     check_budget(config, max_params, include_embedding)
     per_cell, once = _fixed_params(config, include_embedding)
@@ -81,15 +84,21 @@ def derive_within_budget(config, op_probs: Mapping[str, Mapping[str, float]], de
                 if key not in step or candidate[0] > step[key][0]:
                     step[key] = candidate
         best = step
-    chosen: Optional[tuple[float, Dict[str, object]]] = None
-    for depth in range(1, config.k_max + 1):
-        room = (max_params - once) // depth - per_cell   # op parameters one cell may have
-        fitting = [v for total, v in best.items() if total <= room]
-        if not fitting:
-            continue
-        score, ops = max(fitting, key=lambda v: v[0])
-        score += log(depth_probs[depth])
-        if chosen is None or score > chosen[0]:
-            chosen = (score, {**dict(zip(config.edge_labels, ops)), DEPTH_LABEL: depth})
-    assert chosen is not None  # check_budget: one parameter-free cell fits
-    return chosen[1]
+    def most_probable(low: int) -> Optional[Dict[str, object]]:
+        chosen: Optional[tuple[float, Dict[str, object]]] = None
+        for depth in range(1, config.k_max + 1):
+            room = (max_params - once) // depth - per_cell          # op parameters one cell may have
+            floor = -(-(low - once) // depth) - per_cell             # ... and must have (ceiling division)
+            fitting = [v for total, v in best.items() if floor <= total <= room]
+            if not fitting:
+                continue
+            score, ops = max(fitting, key=lambda v: v[0])
+            score += log(depth_probs[depth])
+            if chosen is None or score > chosen[0]:
+                chosen = (score, {**dict(zip(config.edge_labels, ops)), DEPTH_LABEL: depth})
+        return None if chosen is None else chosen[1]
+
+    arch = most_probable(min_params) if min_params > 0 else None
+    arch = arch if arch is not None else most_probable(0)
+    assert arch is not None  # check_budget: one parameter-free cell fits
+    return arch

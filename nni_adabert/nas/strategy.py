@@ -139,14 +139,15 @@ class AdaBertLightningModule(BaseOneShotLightningModule):
 
     def export(self) -> Sample:
         """The architecture to export: every choice's argmax, or with ``max_params`` the most
-        probable child within the budget (:func:`budget.derive_within_budget`)."""
+        probable child within the budget and its tolerance (:func:`budget.derive_within_budget`)."""
         if self.config.max_params is None:
             return super().export()
         probs = self.export_probs()
         space = self.model.config
+        config = self.config
         return budget.derive_within_budget(space, {label: probs[label] for label in space.edge_labels},
-                                           probs[DEPTH_LABEL], self.config.max_params,
-                                           not self.config.budget_excludes_embedding)
+                                           probs[DEPTH_LABEL], config.max_params, not config.budget_excludes_embedding,
+                                           min_params=int(config.max_params * (1 - config.budget_tolerance)))
 
     def expected_params(self) -> torch.Tensor:
         """``E[params]`` of the child under the current distributions (differentiable in the logits),
