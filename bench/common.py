@@ -175,7 +175,7 @@ def search(store, config: SearchConfig) -> dict:
 def retrain(arch: dict, source: dict, store, config: RetrainConfig, space: StudentConfig) -> dict:
     """``run_retrain`` of ``arch`` (fresh weights, KD from ``store``) into :func:`run_dir`;
     ``space``: the config of the space ``arch`` comes from (its width and depth limit)."""
-    settings = {"arch": arch, **source, "embed_dim": space.embed_dim, "k_max": space.k_max, **config.to_dict()}
+    settings = {"arch": dict(arch), **source, "embed_dim": space.embed_dim, "k_max": space.k_max, **config.to_dict()}
     out = run_dir("retrain", store.meta["task"], runs.identity(settings, store))
     with exclusive(out):
         doc = run_retrain(arch, source, store, out, config, embed_dim=space.embed_dim, k_max=space.k_max,

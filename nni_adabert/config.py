@@ -179,6 +179,12 @@ class SearchConfig(ArchitectureConfig, TrainingConfig):
     finetune_epochs: int = setting(0, "epochs that train the derived child alone after the search "
                                       "(as nni-adabert retrain does, from its searched weights)", minimum=0)
 
+    @property
+    def efficiency_beta(self) -> float:
+        """The weight of the paper's L_E in the loss: ``beta``, or 0 with a budget (``max_params``),
+        whose penalty takes its place (:mod:`nas.budget`)."""
+        return 0.0 if self.max_params is not None else self.beta
+
     def finetune_config(self) -> "RetrainConfig":
         """The fine-tuning after the search: a retraining's optimizer, this search's data and loss."""
         shared = {f.name: getattr(self, f.name) for f in fields(TrainingConfig)
@@ -247,7 +253,7 @@ def options_table(config_cls: type[Settings]) -> str:
         else:
             flag = "--" + f.name.replace("_", "-")
             shown = "none" if default is None else f"{default:g}" if isinstance(default, float) else str(default)
-        rows.append([f"`{flag}`", shown, f.metadata.get("help", "").replace("|", "/")])
+        rows.append([f"`{flag}`", shown, f.metadata.get("help", "").replace("|", "\\|")])
     return format_table(["option", "default", "meaning"], rows)
 
 

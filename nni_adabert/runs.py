@@ -12,7 +12,8 @@ A run's *identity* is JSON data: the settings it was started with and the inputs
   matches returns that record instead of training again (:func:`finished`).
 
 Identities compare as they read back from JSON (tuples are lists). Run directories of
-nni-adabert 0.1 record no identity: they are refused or redone, never guessed at.
+nni-adabert 0.1 recorded other identities (other setting names, no ``run_identity`` in exports):
+their checkpoints are refused and their exports redone, never guessed at.
 """
 
 from __future__ import annotations

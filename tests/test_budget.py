@@ -108,6 +108,9 @@ def test_a_search_converges_to_its_budget_and_exports_a_child_within_it(tmp_path
 
 def test_budget_settings_are_search_settings():
     assert ArchitectureConfig(max_params=10).max_params == 10
+    # The budget takes L_E's place: the loss's β is 0 under a budget, the given β otherwise.
+    assert SearchConfig(max_params=10, beta=2.0).efficiency_beta == 0.0
+    assert SearchConfig(beta=2.0).efficiency_beta == 2.0
     with pytest.raises(UserError, match="max_params must be an integer >= 1, got 0"):
         SearchConfig(max_params=0)
 

@@ -117,7 +117,7 @@ def test_retrain_killed_mid_run_resumes_only_with_its_settings(runs, tmp_path, c
     assert json.loads((tmp_path / "retrained" / "architecture.json").read_text())["retrain"]["epochs"] == 3
 
 
-def test_finished_retrain_is_not_redone(runs, tmp_path, caplog):
+def test_finished_retrain_is_not_redone(runs, tmp_path, caplog, capsys):
     caplog.set_level(logging.INFO, logger="nni_adabert")
     assert main(search_argv(runs, tmp_path / "student", epochs=1)) == 0
     argv = ["retrain", "--arch", str(tmp_path / "student"), "--teacher", str(runs / "MRPC"),
@@ -135,6 +135,19 @@ def test_finished_retrain_is_not_redone(runs, tmp_path, caplog):
     with pytest.raises(SystemExit) as exit_:
         main(argv + ["--beta", "4"])
     assert exit_.value.code == 2
+
+    # Another architecture under the same path (a search run again there) is another retraining:
+    # not "already finished", and its checkpoints are another run's.
+    source = tmp_path / "student" / "architecture.json"
+    searched = json.loads(source.read_text())
+    before = searched["architecture"]["edge_2_0"]
+    other_op = next(op for op in searched["student_config"]["op_names"] if op != before)
+    searched["architecture"]["edge_2_0"] = other_op
+    source.write_text(json.dumps(searched))
+    capsys.readouterr()
+    assert main(argv) == 2
+    assert f'arch.edge_2_0: "{before}" there, "{other_op}" now' in capsys.readouterr().err
+    assert (tmp_path / "moved" / "architecture.json").stat().st_mtime_ns == stamp
 
 
 def test_interrupted_knowledge_build_resumes_from_its_stages(runs, tmp_path, monkeypatch):

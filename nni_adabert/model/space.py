@@ -15,12 +15,12 @@ How the choices are declared, and why:
 - one ``LayerChoice`` per edge, labelled ``edge_{j}_{i}`` (node j from node i). All
   ``K_max`` cells create a LayerChoice with that label, so NNI sees ONE choice per edge
   (the shared alpha_c) while each cell keeps its own candidate weights;
-- the layer count is ``nni.choice('depth', [1..K_max])`` held by :class:`DepthChoice`,
+- the layer count is ``nni.choice('depth', [1..K_max])`` held by :class:`depth.DepthChoice`,
   which selects the pooled output of cell K. A ``Categorical`` gives the plain arch
   entry ``"depth": 3`` (an ``InputChoice`` would give ``[2]``) and lets a frozen or
   single-path model run only its first K cells (``cells_needed``). NNI's built-in
   DARTS/GumbelDARTS don't know this module, so the space hands them an adapter
-  through NNI's ``extra_oneshot_hooks`` protocol (:class:`DifferentiableDepthChoice`:
+  through NNI's ``extra_oneshot_hooks`` protocol (:class:`nas.supermodules.DifferentiableDepthChoice`:
   a softmax-weighted sum over the K_max cell outputs, exactly what NNI does for an
   ``InputChoice``).
 

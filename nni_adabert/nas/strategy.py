@@ -314,6 +314,9 @@ class AdaBertStrategy(OneShotStrategy):
         log_every_n_steps: how often choice probabilities are logged.
         **overrides: fields of ``config`` to change, e.g. ``AdaBertStrategy(seed=0, arc_lr=3e-3)``.
 
+    With ``config.max_params`` the strategy adds the budget penalty itself; give the evaluator's
+    module ``beta=0`` (``SearchConfig.efficiency_beta``), or it adds the paper's L_E as well.
+
     The weight optimizer and learning-rate schedule are the evaluator's (see
     :class:`distill.AdaBertDistillModule`: SGD momentum 0.9, cosine 2e-2 -> 5e-4).
     Architecture logits start at zero (uniform distributions).

@@ -27,7 +27,8 @@ def run_retrain(arch: dict, source: dict, store: KnowledgeStore, out_dir: str | 
     to ``out_dir``; returns its architecture document. ``source`` says where ``arch`` came
     from (``{"from": ..., "searched_on": task or None}``); ``embed_dim`` and ``k_max`` are
     those of the space it came from. Resumes, and is not redone, like :func:`search.run_search`."""
-    settings = {**source, "embed_dim": embed_dim, "k_max": k_max, **config.to_dict()}
+    # The architecture itself, not only where it came from: a file searched anew names another run.
+    settings = {"arch": dict(arch), **source, "embed_dim": embed_dim, "k_max": k_max, **config.to_dict()}
     run_identity = runs.identity(settings, store)
     done = runs.finished(Path(out_dir) / ARCH_FILE, run_identity)
     if done is not None:

@@ -66,9 +66,8 @@ def run_search(store: KnowledgeStore, out_dir: str | os.PathLike, config: Search
     dev = store.loader("dev", 256)
     trainer = make_trainer(run_dir, config.epochs, progress=progress, trainer_cls=Trainer, seed=config.seed,
                            devices=config.devices)
-    # A budget takes the place of the paper's L_E (which rewards every parameter removed).
-    beta = 0.0 if config.max_params is not None else config.beta
-    module = AdaBertDistillModule(store.meta["num_labels"], config, beta=beta, report_to_nni=report_to_nni,
+    module = AdaBertDistillModule(store.meta["num_labels"], config, beta=config.efficiency_beta,
+                                  report_to_nni=report_to_nni,
                                   main_metric=val_metric_key(store.spec.main_metric))
     evaluator = Lightning(module, trainer, train_dataloaders=train, val_dataloaders=dev,
                           fit_kwargs={"ckpt_path": str(resume) if resume else None, "weights_only": True})

@@ -12,9 +12,8 @@ import time
 from typing import Callable, Mapping
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
-
 from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
 from transformers import BertConfig, BertForSequenceClassification
 
 from ..data.encoding import pad_batch, pad_batches
