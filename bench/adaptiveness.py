@@ -21,12 +21,10 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import sys
 from collections import defaultdict
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
 
 from common import (ROOT, add_scale_args, header, main_metric, prepare, publish, reference_text,  # noqa: E402
                     results_dir, retrain, retrain_settings, run_record, search, search_settings, student_row)
@@ -35,7 +33,6 @@ from nni_adabert.model.space import StudentConfig, random_arch  # noqa: E402
 from nni_adabert.tables import format_table, format_transfer_table  # noqa: E402
 from nni_adabert.workflows.student import student_config  # noqa: E402
 
-sys.path.insert(0, str(ROOT))
 
 # Paper Table 3 (dev set; "Random": mean ± std over 5 random structures), the SST-2 and MRPC columns.
 PAPER = {

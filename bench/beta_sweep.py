@@ -18,20 +18,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-
-from common import (ROOT, add_scale_args, header, main_metric, percent, prepare, publish,  # noqa: E402
+from common import (add_scale_args, header, main_metric, percent, prepare, publish,  # noqa: E402
                     reference_text, results_dir, run_record, search, search_settings, student_row)
 from nni_adabert.plots import plot_tradeoff  # noqa: E402
-from nni_adabert.tables import format_table  # noqa: E402
-
-sys.path.insert(0, str(ROOT))
-
-from nni_adabert.tables import format_mean_std  # noqa: E402
+from nni_adabert.tables import format_mean_std, format_table  # noqa: E402
 
 NAME = "beta-sweep"
 

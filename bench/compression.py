@@ -25,12 +25,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
-from common import ROOT, command_line, cpu_model, machine, results_dir, write_results  # noqa: E402
+from common import command_line, cpu_model, machine, results_dir, write_results  # noqa: E402
 from nni_adabert.teacher.run import open_teacher_run  # noqa: E402
 from nni_adabert.workflows.evaluate import compare_with_teacher  # noqa: E402
 from nni_adabert.workflows.speed import bert_base  # noqa: E402
 
-sys.path.insert(0, str(ROOT))
 
 # Paper (Chen et al., IJCAI 2020), Table 1 (accuracy from the GLUE test server; BERT12 is
 # Devlin et al.'s BERT-base, BERT12-T the authors' own fine-tuning) and Table 2 (AdaBERT's
