@@ -55,10 +55,10 @@ def test_parsed_defaults_give_the_default_config_and_flags_reach_it(command):
 
 def test_the_tuner_sets_any_setting_by_its_field_name():
     args = trial.trial_settings("search", [], {"arc_lr": "0.01", "probe-kd": "false", "final_kd": True,
-                                               "tau_end": 0.2, "full": "1"})
+                                               "tau_end": 0.2, "full": "1", "max_params": "5000000"})
     config = from_options(SearchConfig, args)
-    assert (config.arc_lr, config.probe_kd, config.final_kd, config.tau_end, config.full) == \
-        (0.01, False, True, 0.2, True)
+    assert (config.arc_lr, config.probe_kd, config.final_kd, config.tau_end, config.full, config.max_params) == \
+        (0.01, False, True, 0.2, True, 5_000_000)
     with pytest.raises(UserError, match="trial parameter 'final_kd': 'maybe' is not true or false"):
         trial.trial_settings("search", [], {"final_kd": "maybe"})
     with pytest.raises(UserError, match="unknown trial parameter 'arc_learning_rate'"):
