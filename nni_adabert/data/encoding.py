@@ -110,8 +110,7 @@ def pad_batches(rows: list[dict], keys: tuple[str, ...], batch_size: int) -> lis
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int) -> torch.Tensor:
-    """Mean of ``x`` over the real tokens along ``dim``; ``mask`` (1 = token) broadcasts
-    against ``x``. E.g. ``x`` ``[B, L, H]`` with ``mask`` ``[B, L, 1]`` and ``dim=1`` -> ``[B, H]``,
-    or ``x`` ``[B, D, L]`` with ``mask`` ``[B, 1, L]`` and ``dim=-1`` -> ``[B, D]``."""
-    mask = mask.to(x.dtype)
-    return (x * mask).sum(dim) / mask.sum(dim).clamp_min(1.0)
+    """Mean over the real tokens along ``dim`` of ``x``, which is zero on padding (multiply by the
+    mask first where it is not); ``mask`` (1 = token) broadcasts against ``x``. E.g. ``x``
+    ``[B, D, L]`` with ``mask`` ``[B, 1, L]`` and ``dim=-1`` -> ``[B, D]``."""
+    return x.sum(dim) / mask.to(x.dtype).sum(dim).clamp_min(1.0)

@@ -31,7 +31,7 @@ from .ops import OPS, conv_spec
 
 __all__ = [
     "op_params", "op_flops", "op_cost_table", "normalized_op_costs", "embedding_params",
-    "cell_params", "child_params", "child_flops", "expected_child_params",
+    "attention_params", "head_params", "cell_params", "child_params", "child_flops", "expected_child_params",
 ]
 
 
@@ -87,17 +87,26 @@ def embedding_params(config: Any) -> int:
     return config.vocab_size * d + pos + 2 * d
 
 
+def attention_params(config: Any) -> int:
+    """A cell's node-attention scorer ``Linear(D, 1)``."""
+    return config.embed_dim + 1
+
+
+def head_params(config: Any) -> int:
+    """The classifier ``Linear(D, C)`` (and each student probe, which has its shape)."""
+    return config.embed_dim * config.num_labels + config.num_labels
+
+
 def cell_params(config: Any, arch: Mapping[str, Any]) -> int:
-    """One cell: the chosen op of every edge + the node-attention scorer ``Linear(D, 1)``."""
-    d = config.embed_dim
-    return sum(op_params(arch[label], d) for label in config.edge_labels) + (d + 1)
+    """One cell: the chosen op of every edge + the node-attention scorer."""
+    return sum(op_params(arch[label], config.embed_dim) for label in config.edge_labels) + attention_params(config)
 
 
 def child_params(config: Any, arch: Mapping[str, Any], include_embedding: bool = True,
                  include_probes: bool = False) -> int:
     """Parameters of the child ``arch`` (deployed size by default: probes excluded)."""
     depth = int(arch["depth"])
-    head = config.embed_dim * config.num_labels + config.num_labels
+    head = head_params(config)
     total = depth * cell_params(config, arch) + head
     if include_embedding:
         total += embedding_params(config)
@@ -133,10 +142,9 @@ def expected_child_params(config: Any, op_probs: torch.Tensor, depth_probs: torc
     d = config.embed_dim
     per_op = torch.tensor([float(op_params(n, d)) for n in config.op_names], dtype=op_probs.dtype,
                           device=op_probs.device)
-    cell = (op_probs * per_op).sum() + (d + 1)
+    cell = (op_probs * per_op).sum() + attention_params(config)
     k = torch.arange(1, depth_probs.numel() + 1, dtype=depth_probs.dtype, device=depth_probs.device)
-    head = d * config.num_labels + config.num_labels
-    return (depth_probs * k).sum() * cell + head + (embedding_params(config) if include_embedding else 0)
+    return (depth_probs * k).sum() * cell + head_params(config) + (embedding_params(config) if include_embedding else 0)
 
 
 def _check_known(name: str) -> None:

@@ -27,8 +27,8 @@ __all__ = ["budget_penalty", "derive_within_budget", "smallest_child", "check_bu
 
 def _fixed_params(config, include_embedding: bool) -> tuple[int, int]:
     """``(per cell besides its ops, once besides the cells)``: node attention; head and embedding."""
-    head = config.embed_dim * config.num_labels + config.num_labels
-    return config.embed_dim + 1, head + (cost.embedding_params(config) if include_embedding else 0)
+    once = cost.head_params(config) + (cost.embedding_params(config) if include_embedding else 0)
+    return cost.attention_params(config), once
 
 
 def budget_penalty(expected: torch.Tensor, budget: float) -> torch.Tensor:

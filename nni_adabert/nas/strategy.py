@@ -149,14 +149,15 @@ class AdaBertLightningModule(BaseOneShotLightningModule):
                                            probs[DEPTH_LABEL], config.max_params, not config.budget_excludes_embedding,
                                            min_params=int(config.max_params * (1 - config.budget_tolerance)))
 
-    def expected_params(self) -> torch.Tensor:
+    def expected_params(self, include_embedding: Optional[bool] = None) -> torch.Tensor:
         """``E[params]`` of the child under the current distributions (differentiable in the logits),
-        counted as ``max_params`` counts it."""
+        counted as ``max_params`` counts it unless ``include_embedding`` says otherwise."""
         space = self.model.config
         alphas = {str(m.label): m._arch_alpha for m in self.straight_through_modules()}
         op_probs = torch.stack([torch.softmax(alphas[label], -1) for label in space.edge_labels])
-        return cost.expected_child_params(space, op_probs, torch.softmax(alphas[DEPTH_LABEL], -1),
-                                          not self.config.budget_excludes_embedding)
+        if include_embedding is None:
+            include_embedding = not self.config.budget_excludes_embedding
+        return cost.expected_child_params(space, op_probs, torch.softmax(alphas[DEPTH_LABEL], -1), include_embedding)
 
     def _with_budget(self, loss: torch.Tensor) -> torch.Tensor:
         """``loss`` plus the budget penalty when a budget is set."""
@@ -271,15 +272,12 @@ class AdaBertLightningModule(BaseOneShotLightningModule):
         config = getattr(self.model, "config", None)
         if config is None:
             return {"depth": float(arch.get(DEPTH_LABEL, 0))}
-        probs = self.export_probs()
-        op_probs = torch.tensor([[probs[label][op] for op in config.op_names] for label in config.edge_labels])
-        depth_probs = torch.tensor([probs[DEPTH_LABEL][k] for k in range(1, config.k_max + 1)])
         return {
             "depth": float(arch[DEPTH_LABEL]),
             "params": float(cost.child_params(config, arch)),
             "params_without_embedding": float(cost.child_params(config, arch, include_embedding=False)),
             "flops": float(cost.child_flops(config, arch, config.max_positions)),
-            "expected_params": float(cost.expected_child_params(config, op_probs, depth_probs)),
+            "expected_params": float(self.expected_params(include_embedding=True)),
         }
 
     # ------------------------------------------------------------------ checkpoints

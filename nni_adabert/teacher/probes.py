@@ -38,8 +38,8 @@ def teacher_features(model, ds: datasets.Dataset, batch_size: int = 128, progres
         batch = pad_batch([cols[i] for i in idx], ("input_ids", "token_type_ids"))
         batch = {k: v.to(device) for k, v in batch.items()}
         out = model(**batch, output_hidden_states=True)
-        mask = batch["attention_mask"].unsqueeze(-1)  # [B, L, 1]
-        layers = torch.stack([masked_mean(h, mask, dim=1) for h in out.hidden_states[1:-1]], 1)
+        mask = batch["attention_mask"].unsqueeze(-1).to(out.logits.dtype)  # [B, L, 1]
+        layers = torch.stack([masked_mean(h * mask, mask, dim=1) for h in out.hidden_states[1:-1]], 1)
         for row, i in enumerate(idx):
             pooled[i], logits[i] = layers[row].float().cpu(), out.logits[row].float().cpu()
     if not order:
