@@ -207,8 +207,17 @@ class RetrainConfig(TrainingConfig):
 # --------------------------------------------------------------------------- options
 
 
-def _default(f) -> Any:
-    return f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
+def _option(config_cls: type[Settings], f) -> tuple[str, type, Any]:
+    """``(flag, value type, default)`` of the field ``f``: ``--arc-lr`` for ``arc_lr``, and
+    ``--no-<name>`` for a flag that is on by default."""
+    kind, _ = _value_type(config_cls, f.name)
+    default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
+    prefix = "--no-" if kind is bool and default else "--"
+    return prefix + f.name.replace("_", "-"), kind, default
+
+
+def _shown(default: Any) -> str:
+    return "none" if default is None else f"{default:g}" if isinstance(default, float) else str(default)
 
 
 def add_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup, config_cls: type[Settings],
@@ -218,19 +227,13 @@ def add_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup, confi
     for f in fields(config_cls):
         if only is not None and f.name not in only:
             continue
-        kind, _ = _value_type(config_cls, f.name)
-        default, flag = _default(f), "--" + f.name.replace("_", "-")
+        flag, kind, default = _option(config_cls, f)
         help_text = f.metadata.get("help", "")
         if kind is bool:
-            if default:
-                parser.add_argument("--no-" + f.name.replace("_", "-"), dest=f.name, action="store_false",
-                                    help=help_text)
-            else:
-                parser.add_argument(flag, dest=f.name, action="store_true", help=help_text)
-            continue
-        shown = "none" if default is None else f"{default:g}" if isinstance(default, float) else default
-        parser.add_argument(flag, dest=f.name, type=kind, default=default, choices=f.metadata.get("choices"),
-                            help=f"{help_text} (default {shown})")
+            parser.add_argument(flag, dest=f.name, action="store_false" if default else "store_true", help=help_text)
+        else:
+            parser.add_argument(flag, dest=f.name, type=kind, default=default, choices=f.metadata.get("choices"),
+                                help=f"{help_text} (default {_shown(default)})")
 
 
 def from_options(config_cls: type[Settings], options: argparse.Namespace | dict, **overrides) -> Settings:
@@ -246,13 +249,8 @@ def options_table(config_cls: type[Settings]) -> str:
     reference in docs/cli.md is generated with it, so it cannot drift from the code)."""
     rows = []
     for f in fields(config_cls):
-        kind, _ = _value_type(config_cls, f.name)
-        default = _default(f)
-        if kind is bool:
-            flag, shown = ("--no-" if default else "--") + f.name.replace("_", "-"), "on" if default else "off"
-        else:
-            flag = "--" + f.name.replace("_", "-")
-            shown = "none" if default is None else f"{default:g}" if isinstance(default, float) else str(default)
+        flag, kind, default = _option(config_cls, f)
+        shown = ("on" if default else "off") if kind is bool else _shown(default)
         rows.append([f"`{flag}`", shown, f.metadata.get("help", "").replace("|", "\\|")])
     return format_table(["option", "default", "meaning"], rows)
 
