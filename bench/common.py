@@ -22,7 +22,7 @@ from nni_adabert.model.space import StudentConfig
 from nni_adabert.teacher.finetune import read_teacher_info
 from nni_adabert.teacher.run import open_teacher_run
 from nni_adabert.workflows.evaluate import majority_class_metrics
-from nni_adabert.workflows.retrain import run_retrain
+from nni_adabert.workflows.retrain import retrain_run_settings, run_retrain
 from nni_adabert.workflows.search import run_search
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -175,7 +175,7 @@ def search(store, config: SearchConfig) -> dict:
 def retrain(arch: dict, source: dict, store, config: RetrainConfig, space: StudentConfig) -> dict:
     """``run_retrain`` of ``arch`` (fresh weights, KD from ``store``) into :func:`run_dir`;
     ``space``: the config of the space ``arch`` comes from (its width and depth limit)."""
-    settings = {"arch": dict(arch), **source, "embed_dim": space.embed_dim, "k_max": space.k_max, **config.to_dict()}
+    settings = retrain_run_settings(arch, source, config, space.embed_dim, space.k_max)
     out = run_dir("retrain", store.meta["task"], runs.identity(settings, store))
     with exclusive(out):
         doc = run_retrain(arch, source, store, out, config, embed_dim=space.embed_dim, k_max=space.k_max,

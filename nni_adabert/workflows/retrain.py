@@ -20,6 +20,12 @@ from .student import fresh_student, student_info, train_student
 log = logging.getLogger(__name__)
 
 
+def retrain_run_settings(arch: dict, source: dict, config: RetrainConfig, embed_dim: int, k_max: int) -> dict:
+    """What names a retraining (its identity with the store, :func:`runs.identity`). The architecture
+    itself, not only where it came from: a file searched anew names another run."""
+    return {"arch": dict(arch), **source, "embed_dim": embed_dim, "k_max": k_max, **config.to_dict()}
+
+
 def run_retrain(arch: dict, source: dict, store: KnowledgeStore, out_dir: str | os.PathLike,
                 config: RetrainConfig = RetrainConfig(), *, embed_dim: int = 128, k_max: int = 8,
                 progress: bool = True, report_to_nni: bool = False) -> dict:
@@ -27,8 +33,7 @@ def run_retrain(arch: dict, source: dict, store: KnowledgeStore, out_dir: str | 
     to ``out_dir``; returns its architecture document. ``source`` says where ``arch`` came
     from (``{"from": ..., "searched_on": task or None}``); ``embed_dim`` and ``k_max`` are
     those of the space it came from. Resumes, and is not redone, like :func:`search.run_search`."""
-    # The architecture itself, not only where it came from: a file searched anew names another run.
-    settings = {"arch": dict(arch), **source, "embed_dim": embed_dim, "k_max": k_max, **config.to_dict()}
+    settings = retrain_run_settings(arch, source, config, embed_dim, k_max)
     run_identity = runs.identity(settings, store)
     done = runs.finished(Path(out_dir) / ARCH_FILE, run_identity)
     if done is not None:
