@@ -24,12 +24,13 @@ from nni_adabert.teacher.run import open_teacher_run
 from nni_adabert.workflows.evaluate import majority_class_metrics
 from nni_adabert.workflows.retrain import retrain_run_settings, run_retrain
 from nni_adabert.workflows.search import run_search
+from nni_adabert.workflows.speed import cpu_model
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 # The folders of bench/results: one per benchmark, one per run inside it (bench/results/README.md).
 BENCHMARKS = ("teacher", "search", "retrain", "compression", "adaptiveness", "ablation", "beta-sweep",
-              "beta-calibration", "search-step")
+              "beta-calibration", "search-step", "latency", "pipeline")
 DEFAULT_RUN = "default"
 RESULT_JSON, RESULT_MD = "result.json", "result.md"
 GLUE_DIR = os.environ.get("GLUE_DIR", str(ROOT.parent / "shared" / "data" / "glue"))
@@ -38,17 +39,6 @@ GLUE_DIR = os.environ.get("GLUE_DIR", str(ROOT.parent / "shared" / "data" / "glu
 def machine() -> str:
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU only"
     return f"{platform.machine()}, {os.cpu_count()} cores, {device}, torch {torch.__version__}, {platform.platform()}"
-
-
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (``platform.processor()`` where there is none)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def command_line(argv: list[str]) -> str:

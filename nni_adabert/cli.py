@@ -17,6 +17,7 @@ from .config import RetrainConfig, SearchConfig, add_options, from_options
 from .data.tasks import TASKS
 from .errors import UserError, as_user_error
 from .logs import configure_logging
+from .model.depth import DEPTH_LABEL
 from .tables import format_table
 from .teacher.augment import AugmentConfig
 from .teacher.finetune import TeacherConfig
@@ -28,6 +29,8 @@ from .workflows.evaluate import compare_with_teacher
 from .workflows.export import load_exported
 from .workflows.retrain import run_retrain
 from .workflows.search import run_search
+from .workflows.speed import REFERENCES, latency_table
+from .workflows.student import student_config
 
 log = logging.getLogger("nni_adabert")
 
@@ -98,6 +101,11 @@ def print_student(doc: dict, out_dir: Path) -> None:
         counted = "params_without_embedding" if doc["search"].get("budget_excludes_embedding") else "params"
         print(f"  budget: {budget:,} params{' without the embedding' if counted != 'params' else ''}; "
               f"the student has {doc[counted]:,}")
+    predicted = doc.get("predicted_speedup")
+    if predicted:
+        print(f"  speed budget: at least {doc['search']['min_speedup']:g}x {predicted['over']}; the student is "
+              f"predicted {predicted['speedup']:.1f}x (this machine's latency table, "
+              f"{predicted['latency_table']['threads']} thread(s), batch {predicted['latency_table']['batch_size']})")
     arch = ", ".join(f"{k}={v}" for k, v in doc["architecture"].items())
     print(f"  cell: {arch}")
     print(f"  wrote {out_dir / 'architecture.json'}, {out_dir / 'student.safetensors'}, {out_dir / 'cell.png'}")
@@ -108,6 +116,25 @@ def cmd_search(args) -> None:
     store = open_teacher_run(args.teacher)
     doc = run_search(store, args.output_dir, from_options(SearchConfig, args), progress=not args.no_progress)
     print_student(doc, Path(args.output_dir))
+
+
+def cmd_latency(args) -> None:
+    """This machine's latency table of the space (measured once, then cached): what --min-speedup reads."""
+    store = open_teacher_run(args.teacher)
+    config = from_options(SearchConfig, args)
+    space_config = student_config(store, config.embed_dim, config.k_max, config.dropout)
+    table = latency_table(store, space_config, config.speedup_over, config.latency_batch_size,
+                          config.latency_threads, echo=print)
+    scale = 1000 / table.reference_seconds  # per mille of the reference's time: readable whatever the machine
+    rows = [[name, f"{seconds * scale:.2f}"] for name, seconds in table.op_seconds.items()]
+    rows += [["(each cell besides its edges)", f"{table.cell_seconds * scale:.2f}"],
+             ["(embedding, pooling, classifier)", f"{table.once_seconds * scale:.2f}"]]
+    print(format_table(["op (one edge)", f"time, per mille of {REFERENCES[config.speedup_over]}"], rows))
+    fastest = {**{label: "zero" for label in space_config.edge_labels}, DEPTH_LABEL: 1}
+    print(f"{REFERENCES[config.speedup_over]}: {table.reference_seconds:.3f} s per pass over "
+          f"{len(table.setting['lengths'])} dev batches of {table.setting['batch_size']} "
+          f"({table.setting['threads']} thread(s)); the fastest student of this space is predicted "
+          f"{table.speedup(space_config, fastest):.0f}x faster")
 
 
 def cmd_retrain(args) -> None:
@@ -160,8 +187,7 @@ def cmd_deploy(args) -> None:
 
 DEMO_STEPS = [
     ["teacher", "--epochs", "1", "--aug-copies", "1", "--output-dir", "{out}"],
-    ["search", "--teacher", "{out}", "--epochs", "3", "--warmup-epochs", "1", "--arc-lr", "3e-3",
-     "--finetune-epochs", "2", "--output-dir", "{out}/student"],
+    ["search", "--teacher", "{out}", "--finetune-epochs", "2", "--output-dir", "{out}/student"],
     ["evaluate", "--teacher", "{out}", "--arch", "{out}/student", "--speed",
      "--json", "{out}/summary.json", "--markdown", "{out}/summary.md"],
 ]
@@ -228,6 +254,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("search", help="search a student (AdaBERT) and export it")
     add_training_args(p, SearchConfig)
     p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("latency", help="measure (once) and show this machine's per-op latency table, "
+                                        "which search --min-speedup reads")
+    p.add_argument("--teacher", required=True, help="output directory of `nni-adabert teacher` (its dev rows "
+                                                   "give the lengths)")
+    add_options(p.add_argument_group("latency settings"), SearchConfig,
+                only=("speedup_over", "latency_threads", "latency_batch_size", "embed_dim", "k_max"))
+    p.set_defaults(func=cmd_latency)
 
     p = sub.add_parser("retrain", help="retrain an exported architecture from fresh weights (any task)")
     add_training_args(p, RetrainConfig)

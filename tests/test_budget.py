@@ -1,7 +1,8 @@
-"""A parameter budget for the search (nni_adabert.nas.budget): its penalty moves the op and
-depth logits, a search converges to it, the exported child meets it, and a budget no child can
-meet is refused before training."""
+"""Budgets for the search (nni_adabert.nas.budget): parameters and measured speed. Their penalty
+moves the op and depth logits, a search converges to them, the exported child meets them, and a
+budget no child can meet is refused before training."""
 
+import dataclasses
 import itertools
 import json
 import math
@@ -13,16 +14,28 @@ import torch
 from nni_adabert.cli import main
 from nni_adabert.config import ArchitectureConfig, SearchConfig
 from nni_adabert.errors import UserError
+from nni_adabert.model import cost
 from nni_adabert.model.cost import child_params, embedding_params
 from nni_adabert.model.depth import DEPTH_LABEL
 from nni_adabert.model.space import StudentConfig
-from nni_adabert.nas.budget import budget_penalty, check_budget, derive_within_budget, smallest_child
+from nni_adabert.model.latency import LatencyTable
+from nni_adabert.nas.budget import check_budgets, derive_within_budget, params_budget, speed_budget
 from nni_adabert.teacher.run import open_teacher_run
 from nni_adabert.workflows.export import ARCH_FILE
 from nni_adabert.workflows.student import student_config
 from test_strategy import arch_params, loaders, supernet, tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def smallest_child(cfg, include_embedding=True):
+    return int(params_budget(cfg, 1, include_embedding).smallest(cfg))
+
+
+def derive(cfg, ops, depth, max_params, include_embedding=True, min_params=0):
+    """The most probable child within ``[min_params, max_params]`` parameters."""
+    budget = params_budget(cfg, max_params, include_embedding)
+    return derive_within_budget(cfg, ops, depth, [dataclasses.replace(budget, minimum=min_params)])
 
 
 def random_probs(cfg, seed):
@@ -47,45 +60,109 @@ def test_derivation_is_the_most_probable_child_within_the_budget(seed):
 
     sizes = sorted({child_params(cfg, a) for a in children})
     for budget in (sizes[0], sizes[len(sizes) // 3], sizes[len(sizes) // 2], sizes[-1]):
-        derived = derive_within_budget(cfg, ops, depth, budget)
+        derived = derive(cfg, ops, depth, budget)
         assert child_params(cfg, derived) <= budget
         best = max((a for a in children if child_params(cfg, a) <= budget), key=score)
         assert score(derived) == pytest.approx(score(best))
     # With a lower bound: the most probable child in the band, when the band holds one.
     for low, high in ((sizes[len(sizes) // 3], sizes[len(sizes) // 2]), (sizes[-2], sizes[-1])):
-        derived = derive_within_budget(cfg, ops, depth, high, min_params=low)
+        derived = derive(cfg, ops, depth, high, min_params=low)
         assert low <= child_params(cfg, derived) <= high
         best = max((a for a in children if low <= child_params(cfg, a) <= high), key=score)
         assert score(derived) == pytest.approx(score(best))
     # A band no child falls in: the most probable child under the budget.
     gap = next(a + 1 for a, b in zip(sizes, sizes[1:]) if b - a > 1)
-    assert derive_within_budget(cfg, ops, depth, gap, min_params=gap) == derive_within_budget(cfg, ops, depth, gap)
+    assert derive(cfg, ops, depth, gap, min_params=gap) == derive(cfg, ops, depth, gap)
     # Without the embedding in the budget the same sizes shift by the embedding's parameters.
-    derived = derive_within_budget(cfg, ops, depth, sizes[1] - embedding_params(cfg), include_embedding=False)
+    derived = derive(cfg, ops, depth, sizes[1] - embedding_params(cfg), include_embedding=False)
     assert child_params(cfg, derived, include_embedding=False) <= sizes[1] - embedding_params(cfg)
 
 
 def test_a_budget_no_child_meets_is_one_clear_error():
     cfg = tiny_config()
     smallest = smallest_child(cfg)
-    check_budget(cfg, smallest)
+    check_budgets(cfg, [params_budget(cfg, smallest)])
     with pytest.raises(UserError, match=r"max_params 100 is below the smallest student of this space "
                                          rf"\({smallest:,} params; the embedding alone has "):
-        check_budget(cfg, 100)
-    check_budget(cfg, smallest_child(cfg, include_embedding=False), include_embedding=False)
+        check_budgets(cfg, [params_budget(cfg, 100)])
+    check_budgets(cfg, [params_budget(cfg, smallest_child(cfg, include_embedding=False), include_embedding=False)])
+    table = toy_latency_table(cfg)
+    fastest = table.reference_seconds / table.child_seconds(cfg, {**{e: "zero" for e in cfg.edge_labels},
+                                                                  DEPTH_LABEL: 1})
+    check_budgets(cfg, [speed_budget(table, fastest)])
+    with pytest.raises(UserError, match=r"min_speedup: no student of this space is that fast on this machine "
+                                         r"\(the fastest one is predicted to take 2.00x the time allowed\)"):
+        check_budgets(cfg, [speed_budget(table, 2 * fastest)])
+
+
+def toy_latency_table(cfg, reference_seconds=100.0):
+    """A latency table whose op times are their parameters plus a small cost (no measurement)."""
+    ops = {n: (cost.op_params(n, cfg.embed_dim) + 5.0) / 1000 if n != "zero" else 0.0 for n in cfg.op_names}
+    return LatencyTable(ops, cell_seconds=0.01, once_seconds=0.02, reference="test",
+                        reference_seconds=reference_seconds)
 
 
 def test_budget_penalty_sends_gradient_to_op_and_depth_logits():
     cfg = tiny_config()
-    space, module = supernet(cfg, seed=0, max_params=smallest_child(cfg) + 400)
-    penalty = budget_penalty(module.expected_params(), module.config.max_params)
-    assert penalty.item() > 0
-    penalty.backward()
-    grads = {name: p.grad for name, p in arch_params(space).items()}
-    assert len(grads) == len(cfg.edge_labels) + 1
-    assert all(g is not None and g.abs().sum() > 0 for g in grads.values())
-    assert budget_penalty(torch.tensor(150.0), 100).item() == pytest.approx(0.5)
-    assert budget_penalty(torch.tensor(50.0), 100).item() == pytest.approx(0.5)
+    table = toy_latency_table(cfg)
+    for kw in ({"max_params": smallest_child(cfg) + 400}, {"min_speedup": 500.0}):
+        space, module = supernet(cfg, seed=0, latency=table, **kw)
+        (b,) = module.budgets()
+        penalty = b.penalty(b.expected(cfg, *module._distributions()))
+        assert penalty.item() > 0
+        penalty.backward()
+        grads = {name: p.grad for name, p in arch_params(space).items()}
+        assert len(grads) == len(cfg.edge_labels) + 1
+        assert all(g is not None and g.abs().sum() > 0 for g in grads.values()), kw
+    b = params_budget(cfg, 100)
+    assert b.penalty(torch.tensor(150.0)).item() == pytest.approx(0.5)
+    assert b.penalty(torch.tensor(50.0)).item() == pytest.approx(0.5)
+
+
+def test_expected_cost_is_the_mean_over_children():
+    """E[cost] under the distributions equals the probability-weighted cost of every child."""
+    cfg = StudentConfig(vocab_size=30, num_labels=2, embed_dim=8, k_max=3, num_nodes=1, max_positions=10)
+    ops, depth = random_probs(cfg, 0)
+    op_probs = torch.tensor([[ops[e][n] for n in cfg.op_names] for e in cfg.edge_labels], dtype=torch.float64)
+    depth_probs = torch.tensor([depth[k] for k in range(1, cfg.k_max + 1)], dtype=torch.float64)
+    for b in (params_budget(cfg, 10**6), speed_budget(toy_latency_table(cfg), 10.0)):
+        mean = 0.0
+        for choice in itertools.product(cfg.op_names, repeat=len(cfg.edge_labels)):
+            for k in range(1, cfg.k_max + 1):
+                arch = {**dict(zip(cfg.edge_labels, choice)), DEPTH_LABEL: k}
+                p = depth[k] * math.prod(ops[e][o] for e, o in zip(cfg.edge_labels, choice))
+                mean += p * b.child(cfg, arch)
+        assert b.expected(cfg, op_probs, depth_probs).item() == pytest.approx(mean, rel=1e-6)  # float32 probabilities
+
+
+def test_derivation_meets_a_speed_budget_and_both_budgets_at_once():
+    """Against every child of a small space: the most probable child within the speed band, and
+    within the speed and parameter budgets together."""
+    cfg = StudentConfig(vocab_size=30, num_labels=2, embed_dim=8, k_max=3, num_nodes=1, max_positions=10)
+    table = toy_latency_table(cfg)
+    ops, depth = random_probs(cfg, 1)
+    children = [{**dict(zip(cfg.edge_labels, choice)), DEPTH_LABEL: k}
+                for choice in itertools.product(cfg.op_names, repeat=len(cfg.edge_labels))
+                for k in range(1, cfg.k_max + 1)]
+
+    def score(arch):
+        return sum(math.log(ops[e][arch[e]]) for e in cfg.edge_labels) + math.log(depth[arch[DEPTH_LABEL]])
+
+    times = sorted(table.child_seconds(cfg, a) for a in children)
+    for target in (times[len(times) // 4], times[len(times) // 2]):
+        speed = speed_budget(table, table.reference_seconds / target, tolerance=0.15)
+        derived = derive_within_budget(cfg, ops, depth, [speed])
+        assert 0.85 * target - 1e-9 <= table.child_seconds(cfg, derived) <= target + 1e-9
+        assert table.speedup(cfg, derived) >= table.reference_seconds / target - 1e-9
+        best = max((a for a in children if 0.85 * target <= table.child_seconds(cfg, a) <= target), key=score)
+        assert score(derived) == pytest.approx(score(best))
+        size = params_budget(cfg, sorted(child_params(cfg, a) for a in children)[len(children) // 3])
+        both = derive_within_budget(cfg, ops, depth, [speed, size])
+        fits = [a for a in children if 0.85 * target <= table.child_seconds(cfg, a) <= target
+                and child_params(cfg, a) <= size.maximum]
+        if fits:
+            assert score(both) == pytest.approx(score(max(fits, key=score)))
+        assert child_params(cfg, both) <= size.maximum and table.child_seconds(cfg, both) <= target + 1e-9
 
 
 def test_a_search_converges_to_its_budget_and_exports_a_child_within_it(tmp_path):

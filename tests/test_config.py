@@ -47,10 +47,14 @@ def test_parsed_defaults_give_the_default_config_and_flags_reach_it(command):
     head = [command, "--teacher", "t", "--output-dir", "o"] + (["--arch", "a"] if command == "retrain" else [])
     assert from_options(config_cls, build_parser().parse_args(head)) == config_cls()
     assert from_options(config_cls, trial.build_parser(command).parse_args([])) == config_cls()
+    final_kd = config_cls().final_kd   # on for a retraining, off for a search: its flag switches it
     changed = from_options(config_cls, build_parser().parse_args(
-        head + ["--lr", "0.05", "--min-lr", "0.001", "--no-probe-kd", "--final-kd", "--optimizer", "sgd"]))
-    assert (changed.lr, changed.min_lr, changed.probe_kd, changed.final_kd, changed.optimizer) == \
-        (0.05, 0.001, False, True, "sgd")
+        head + ["--lr", "0.05", "--min-lr", "0.001", "--no-final-kd" if final_kd else "--final-kd",
+                "--optimizer", "sgd", "--train-limit", "none"]))
+    assert (changed.lr, changed.min_lr, changed.final_kd, changed.optimizer) == (0.05, 0.001, not final_kd, "sgd")
+    base_kd = ["--no-probe-kd"] + ([] if final_kd else ["--final-kd"])   # the final-logit term alone
+    assert not from_options(config_cls, build_parser().parse_args(head + base_kd)).probe_kd
+    assert changed.train_limit is None   # `none` sets an optional setting to None
 
 
 def test_the_tuner_sets_any_setting_by_its_field_name():
@@ -76,7 +80,7 @@ def test_configs_split_by_what_they_configure():
     # The fine-tuning after a search is a retraining of the search's data and loss, with a
     # retraining's optimizer.
     finetune = SearchConfig(finetune_epochs=2, gamma=0.5, lr=0.3, train_limit=7).finetune_config()
-    assert finetune == RetrainConfig(epochs=2, gamma=0.5, train_limit=7)
+    assert finetune == RetrainConfig(epochs=2, gamma=0.5, train_limit=7, augmented_limit=20000, final_kd=False)
     assert RetrainConfig(lr=0.004).final_lr == pytest.approx(4e-5) and SearchConfig().final_lr == 5e-4
 
 

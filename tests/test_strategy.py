@@ -427,7 +427,7 @@ def test_search_config_switches_reach_the_loss_and_the_rows():
     base = AdaBertDistillModule(C, RetrainConfig(probe_kd=False, final_kd=True)).hparams
     assert (base.probe_kd, base.final_kd, base.optimizer) == (False, True, "adamw")
     with pytest.raises(UserError, match="probe_kd and final_kd are both off"):
-        RetrainConfig(probe_kd=False)
+        RetrainConfig(probe_kd=False, final_kd=False)
 
     def search_config(args):
         return from_options(SearchConfig, args)
@@ -437,7 +437,12 @@ def test_search_config_switches_reach_the_loss_and_the_rows():
     config = search_config(args)
     assert (config.train_limit, config.augmented_limit, config.probe_kd, config.final_kd) == (3, 0, False, True)
     default = search_config(build_parser().parse_args(["search", "--teacher", "t", "--output-dir", "o"]))
-    assert (default.augmented_limit, default.probe_kd, default.final_kd) == (None, True, False)
+    # A search reads 20,000 + 20,000 rows unless told otherwise (`none`: all of them).
+    assert (default.train_limit, default.augmented_limit, default.probe_kd, default.final_kd) == \
+        (20000, 20000, True, False)
+    every_row = search_config(build_parser().parse_args(["search", "--teacher", "t", "--output-dir", "o",
+                                                         "--train-limit", "none", "--augmented-limit", "None"]))
+    assert (every_row.train_limit, every_row.augmented_limit) == (None, None)
     with pytest.raises(UserError, match="augmented_limit must be an integer >= 0"):
         SearchConfig(augmented_limit=-1)
     with pytest.raises(UserError, match=r"dropout must be in \[0, 1\), got 1.0"):

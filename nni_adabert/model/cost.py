@@ -31,7 +31,8 @@ from .ops import OPS, conv_spec
 
 __all__ = [
     "op_params", "op_flops", "op_cost_table", "normalized_op_costs", "embedding_params",
-    "attention_params", "head_params", "cell_params", "child_params", "child_flops", "expected_child_params",
+    "attention_params", "head_params", "cell_params", "child_params", "child_flops", "expected_additive_cost",
+    "expected_child_params",
 ]
 
 
@@ -130,21 +131,30 @@ def child_flops(config: Any, arch: Mapping[str, Any], seq_len: int, include_prob
     return total
 
 
-def expected_child_params(config: Any, op_probs: torch.Tensor, depth_probs: torch.Tensor,
-                          include_embedding: bool = True) -> torch.Tensor:
-    """Expected deployed size under independent op / depth distributions, differentiable in them
-    (``E[K * cell] = E[K] * E[cell]``: the depth and the ops are drawn independently).
+def expected_additive_cost(op_cost: Sequence[float], per_cell: float, once: float, op_probs: torch.Tensor,
+                           depth_probs: torch.Tensor) -> torch.Tensor:
+    """``E[once + K * (per_cell + sum over edges of op_cost[op])]`` under independent op / depth
+    distributions, differentiable in them (``E[K * cell] = E[K] * E[cell]``: the depth and the ops
+    are drawn independently). Every additive cost of a child has this form: its parameters
+    (:func:`expected_child_params`), its measured time (:class:`latency.LatencyTable`).
 
     Args:
+        op_cost: ``[O]`` cost of one edge per op, in ``config.op_names`` order.
         op_probs: ``[E, O]`` probabilities per edge (rows in ``config.edge_labels`` order).
         depth_probs: ``[K_max]`` probabilities of depth 1..K_max.
     """
-    d = config.embed_dim
-    per_op = torch.tensor([float(op_params(n, d)) for n in config.op_names], dtype=op_probs.dtype,
-                          device=op_probs.device)
-    cell = (op_probs * per_op).sum() + attention_params(config)
+    per_op = torch.tensor([float(c) for c in op_cost], dtype=op_probs.dtype, device=op_probs.device)
+    cell = (op_probs * per_op).sum() + per_cell
     k = torch.arange(1, depth_probs.numel() + 1, dtype=depth_probs.dtype, device=depth_probs.device)
-    return (depth_probs * k).sum() * cell + head_params(config) + (embedding_params(config) if include_embedding else 0)
+    return (depth_probs * k).sum() * cell + once
+
+
+def expected_child_params(config: Any, op_probs: torch.Tensor, depth_probs: torch.Tensor,
+                          include_embedding: bool = True) -> torch.Tensor:
+    """Expected deployed size under independent op / depth distributions (:func:`expected_additive_cost`)."""
+    once = head_params(config) + (embedding_params(config) if include_embedding else 0)
+    return expected_additive_cost([op_params(n, config.embed_dim) for n in config.op_names], attention_params(config),
+                                  once, op_probs, depth_probs)
 
 
 def _check_known(name: str) -> None:

@@ -1,104 +1,171 @@
-"""A parameter budget for the search: the size the user asks for, not "as small as possible".
+"""Budgets for the search: the cost the user asks for, not "as small as possible".
 
-- :func:`budget_penalty`: ``|E[params] / budget - 1|`` (``E[params]``: the student's expected
-  size under the architecture distributions, :func:`cost.expected_child_params`, differentiable
-  in the logits), the TuNAS-style absolute-value
-  penalty: it pulls the distributions towards the budget from both sides, so a search under a
-  budget has no reason to shrink past it (the paper's L_E rewards every parameter removed);
-- :func:`derive_within_budget`: the most probable child whose size is within the budget
-  (an exact search: sizes add up over edges, so a small dynamic programme over the edges, for
-  every depth), so the exported student always meets it;
-- :func:`check_budget`: a budget no child of the space can meet is an error before training.
+A :class:`Budget` is one additive cost of a child, ``once + K * (per_cell + sum over edges of
+op_cost[op])``, and the range the exported child must keep it in:
+
+- :func:`params_budget` (``--max-params``): parameters, with or without the embedding;
+- :func:`speed_budget` (``--min-speedup``): seconds from a measured :class:`LatencyTable`, at
+  most the reference's time divided by the speedup asked for.
+
+What the search does with them:
+
+- :meth:`Budget.penalty`: ``|E[cost] / maximum - 1|`` (``E[cost]``: under the architecture
+  distributions, differentiable in the logits), the TuNAS-style absolute-value penalty: it pulls
+  the distributions towards the budget from both sides, so a search under a budget has no
+  reason to shrink past it (the paper's L_E rewards every parameter removed);
+- :func:`derive_within_budget`: the most probable child within every budget (an exact search:
+  costs add up over edges, so a small dynamic programme over the edges, for every depth), so
+  the exported student always meets them;
+- :func:`check_budgets`: a budget no child of the space can meet is an error before training.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Dict, Mapping, Optional, Sequence
+from dataclasses import dataclass
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import torch
 
 from ..errors import UserError
 from ..model import cost
 from ..model.depth import DEPTH_LABEL
+from ..model.latency import LatencyTable
 
-__all__ = ["budget_penalty", "derive_within_budget", "smallest_child", "check_budget"]
+__all__ = ["Budget", "params_budget", "speed_budget", "budgets_of", "check_budgets", "derive_within_budget"]
+
+SECONDS_RESOLUTION = 4000  # a time budget's dynamic programme tells costs apart to 1/4000 of the budget
 
 
-def _fixed_params(config, include_embedding: bool) -> tuple[int, int]:
-    """``(per cell besides its ops, once besides the cells)``: node attention; head and embedding."""
+@dataclass(frozen=True)
+class Budget:
+    """One additive cost of a child and the range ``[minimum, maximum]`` the export keeps it in.
+
+    ``setting`` names the option it comes from (for messages); ``unit`` is the resolution of the
+    derivation's dynamic programme (1 for parameter counts: exact)."""
+
+    setting: str
+    op_cost: Mapping[str, float]
+    per_cell: float
+    once: float
+    maximum: float
+    minimum: float = 0.0
+    unit: float = 1.0
+
+    def child(self, config, arch: Mapping[str, Any]) -> float:
+        """The cost of the child ``arch``."""
+        ops = sum(self.op_cost[arch[label]] for label in config.edge_labels)
+        return self.once + int(arch[DEPTH_LABEL]) * (self.per_cell + ops)
+
+    def smallest(self, config) -> float:
+        """The cost of the cheapest child: one cell of the cheapest op on every edge."""
+        return self.once + self.per_cell + min(self.op_cost[n] for n in config.op_names) * len(config.edge_labels)
+
+    def expected(self, config, op_probs: torch.Tensor, depth_probs: torch.Tensor) -> torch.Tensor:
+        """``E[cost]`` under op probabilities ``[E, O]`` and depth probabilities ``[K_max]``."""
+        per_op = [self.op_cost[n] for n in config.op_names]
+        return cost.expected_additive_cost(per_op, self.per_cell, self.once, op_probs, depth_probs)
+
+    def penalty(self, expected: torch.Tensor) -> torch.Tensor:
+        """``|expected / maximum - 1|``: 0 at the budget, 1 at twice (or at none of) it."""
+        return (expected / float(self.maximum) - 1).abs()
+
+
+def params_budget(config, max_params: int, include_embedding: bool = True, tolerance: float = 0.0) -> Budget:
+    """Deployed parameters (:func:`cost.child_params`) at most ``max_params`` and, when the space
+    has such a child, at least ``(1 - tolerance) * max_params``."""
     once = cost.head_params(config) + (cost.embedding_params(config) if include_embedding else 0)
-    return cost.attention_params(config), once
+    return Budget("max_params", {n: cost.op_params(n, config.embed_dim) for n in config.op_names},
+                  cost.attention_params(config), once, max_params, math.ceil(max_params * (1 - tolerance)) if tolerance
+                  else 0)
 
 
-def budget_penalty(expected: torch.Tensor, budget: float) -> torch.Tensor:
-    """``|expected / budget - 1|``: 0 at the budget, 1 at twice (or at none of) it."""
-    return (expected / float(budget) - 1).abs()
+def speed_budget(table: LatencyTable, min_speedup: float, tolerance: float = 0.0) -> Budget:
+    """Predicted seconds (:meth:`LatencyTable.child_seconds`) at most the reference's divided by
+    ``min_speedup`` and, when the space has such a child, at least ``1 - tolerance`` of that."""
+    maximum = table.reference_seconds / min_speedup
+    return Budget("min_speedup", dict(table.op_seconds), table.cell_seconds, table.once_seconds, maximum,
+                  maximum * (1 - tolerance), unit=maximum / SECONDS_RESOLUTION)
 
 
-def smallest_child(config, include_embedding: bool = True) -> int:
-    """The size of the smallest child of the space: one cell of parameter-free ops."""
-    per_cell, once = _fixed_params(config, include_embedding)
-    return min(cost.op_params(n, config.embed_dim) for n in config.op_names) * len(config.edge_labels) \
-        + per_cell + once
+def budgets_of(space_config, config, latency: Optional[LatencyTable] = None) -> list[Budget]:
+    """The budgets an :class:`config.ArchitectureConfig` sets on the space ``space_config``:
+    ``max_params`` and ``min_speedup`` (which needs the machine's ``latency`` table)."""
+    budgets = []
+    if config.max_params is not None:
+        budgets.append(params_budget(space_config, config.max_params, not config.budget_excludes_embedding,
+                                     config.budget_tolerance))
+    if config.min_speedup is not None:
+        if latency is None:
+            raise ValueError("min_speedup needs the machine's latency table (workflows.speed.latency_table)")
+        budgets.append(speed_budget(latency, config.min_speedup, config.budget_tolerance))
+    return budgets
 
 
-def check_budget(config, max_params: int, include_embedding: bool = True) -> None:
-    """A :class:`UserError` naming the smallest possible child when no child fits ``max_params``."""
-    smallest = smallest_child(config, include_embedding)
-    if max_params < smallest:
-        embedding = cost.embedding_params(config)
-        what = (f"the embedding alone has {embedding:,} (exclude it from the budget with "
-                f"--budget-excludes-embedding)" if include_embedding else "without the embedding")
-        raise UserError(f"search setting max_params {max_params:,} is below the smallest student of this space "
-                        f"({smallest:,} params; {what}); raise it")
+def check_budgets(config, budgets: Sequence[Budget]) -> None:
+    """A :class:`UserError` naming the setting and the cheapest possible child when no child fits a budget."""
+    for budget in budgets:
+        smallest = budget.smallest(config)
+        if budget.maximum >= smallest:
+            continue
+        if budget.setting == "max_params":
+            embedding = cost.embedding_params(config)
+            what = (f"the embedding alone has {embedding:,} (exclude it from the budget with "
+                    f"--budget-excludes-embedding)" if budget.once > embedding else "without the embedding")
+            raise UserError(f"search setting max_params {int(budget.maximum):,} is below the smallest student of "
+                            f"this space ({int(smallest):,} params; {what}); raise it")
+        raise UserError(f"search setting {budget.setting}: no student of this space is that fast on this machine "
+                        f"(the fastest one is predicted to take {smallest / budget.maximum:.2f}x the time allowed); "
+                        f"lower it")
 
 
 def derive_within_budget(config, op_probs: Mapping[str, Mapping[str, float]], depth_probs: Mapping[int, float],
-                         max_params: int, include_embedding: bool = True, min_params: int = 0) -> Dict[str, object]:
+                         budgets: Sequence[Budget]) -> Dict[str, object]:
     """The child of highest probability (sum of log-probabilities over the edges and the depth)
-    whose :func:`cost.child_params` is at most ``max_params`` and, when the space has such a
-    child, at least ``min_params`` (else the most probable child within ``max_params``).
+    whose cost is within ``[minimum, maximum]`` of every budget when the space has such a child,
+    else the most probable child within every ``maximum``.
 
     ``op_probs``: ``{edge label: {op: probability}}``; ``depth_probs``: ``{K: probability}``
-    (what :meth:`AdaBertLightningModule.export_probs` gives). Exact: for every depth K, a dynamic
-    programme over the edges keeps, for each total of op parameters, the best choice so far.
+    (what :meth:`AdaBertLightningModule.export_probs` gives). For every depth K, a dynamic
+    programme over the edges keeps, for each cell cost (in each budget's ``unit``), the best
+    choice so far; the bounds are then checked on the exact costs.
     The lower bound matters: distributions that meet the budget in expectation can still be
     flat enough that their single most probable child is parameter-free.
     """
-    check_budget(config, max_params, include_embedding)
-    per_cell, once = _fixed_params(config, include_embedding)
-    sizes = {n: cost.op_params(n, config.embed_dim) for n in config.op_names}
+    check_budgets(config, budgets)
 
     def log(p: float) -> float:
         return math.log(p) if p > 0 else -math.inf
 
-    # best[total op params of one cell] = (log-probability, ops chosen so far)
-    best: Dict[int, tuple[float, Sequence[str]]] = {0: (0.0, ())}
+    # best[cell cost per budget, in units] = (log-probability, ops chosen so far)
+    best: Dict[Tuple[int, ...], Tuple[float, Sequence[str]]] = {(0,) * len(budgets): (0.0, ())}
     for label in config.edge_labels:
-        step: Dict[int, tuple[float, Sequence[str]]] = {}
+        step: Dict[Tuple[int, ...], Tuple[float, Sequence[str]]] = {}
         for total, (score, ops) in best.items():
             for op in config.op_names:
                 candidate = (score + log(op_probs[label][op]), (*ops, op))
-                key = total + sizes[op]
+                key = tuple(t + round(b.op_cost[op] / b.unit) for t, b in zip(total, budgets))
                 if key not in step or candidate[0] > step[key][0]:
                     step[key] = candidate
         best = step
-    def most_probable(low: int) -> Optional[Dict[str, object]]:
-        chosen: Optional[tuple[float, Dict[str, object]]] = None
+    cells = sorted(best.values(), key=lambda v: -v[0])  # most probable first
+
+    def most_probable(with_minimum: bool) -> Optional[Dict[str, object]]:
+        chosen: Optional[Tuple[float, Dict[str, object]]] = None
         for depth in range(1, config.k_max + 1):
-            room = (max_params - once) // depth - per_cell          # op parameters one cell may have
-            floor = -(-(low - once) // depth) - per_cell             # ... and must have (ceiling division)
-            fitting = [v for total, v in best.items() if floor <= total <= room]
-            if not fitting:
-                continue
-            score, ops = max(fitting, key=lambda v: v[0])
-            score += log(depth_probs[depth])
-            if chosen is None or score > chosen[0]:
-                chosen = (score, {**dict(zip(config.edge_labels, ops)), DEPTH_LABEL: depth})
+            for score, ops in cells:
+                arch = {**dict(zip(config.edge_labels, ops)), DEPTH_LABEL: depth}
+                costs = [b.child(config, arch) for b in budgets]
+                if all((b.minimum if with_minimum else 0) <= c <= b.maximum for b, c in zip(budgets, costs)):
+                    score += log(depth_probs[depth])
+                    if chosen is None or score > chosen[0]:
+                        chosen = (score, arch)
+                    break  # the most probable cell that fits at this depth
         return None if chosen is None else chosen[1]
 
-    arch = most_probable(min_params) if min_params > 0 else None
-    arch = arch if arch is not None else most_probable(0)
-    assert arch is not None  # check_budget: one parameter-free cell fits
+    arch = most_probable(with_minimum=True) if any(b.minimum > 0 for b in budgets) else None
+    arch = arch if arch is not None else most_probable(with_minimum=False)
+    if arch is None:
+        raise UserError("search settings " + " and ".join(b.setting for b in budgets) +
+                        ": no student of this space meets them all at once; relax one")
     return arch

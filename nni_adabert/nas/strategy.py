@@ -59,6 +59,7 @@ from nni.nas.oneshot.pytorch.strategy import OneShotStrategy, no_default_hook
 from ..config import ArchitectureConfig
 from ..model import cost
 from ..model.depth import DEPTH_LABEL
+from ..model.latency import LatencyTable
 from ..training import epoch_seed
 from . import budget
 from .supermodules import (STRAIGHT_THROUGH_TYPES, GumbelDraw, StraightThroughBase, StraightThroughDepthChoice,
@@ -81,12 +82,15 @@ class AdaBertLightningModule(BaseOneShotLightningModule):
         grad_clip: max norm of the weight gradients (``None``: no clipping); the weights'
             optimizer is the evaluator's, stepped here by hand.
         log_every_n_steps: how often the choice probabilities are logged.
+        latency: the measured :class:`LatencyTable` of this machine, which ``config.min_speedup`` needs.
     """
 
     def __init__(self, training_module: LightningModule, config: ArchitectureConfig = ArchitectureConfig(), *,
-                 seed: Optional[int] = None, grad_clip: Optional[float] = None, log_every_n_steps: int = 10):
+                 seed: Optional[int] = None, grad_clip: Optional[float] = None, log_every_n_steps: int = 10,
+                 latency: Optional[LatencyTable] = None):
         super().__init__(training_module)
         self.config = config
+        self.latency = latency
         self.tau = config.tau_start
         self.grad_clip = grad_clip or None
         self.log_every_n_steps = max(int(log_every_n_steps), 1)
@@ -137,35 +141,46 @@ class AdaBertLightningModule(BaseOneShotLightningModule):
             module.draw = draws[label]
         return arch
 
+    def budgets(self) -> List[budget.Budget]:
+        """The budgets of :attr:`config` on this space (:func:`budget.budgets_of`)."""
+        return budget.budgets_of(self.model.config, self.config, self.latency)
+
     def export(self) -> Sample:
-        """The architecture to export: every choice's argmax, or with ``max_params`` the most
-        probable child within the budget and its tolerance (:func:`budget.derive_within_budget`)."""
-        if self.config.max_params is None:
+        """The architecture to export: every choice's argmax, or with budgets the most probable
+        child within them and their tolerance (:func:`budget.derive_within_budget`)."""
+        budgets = self.budgets()
+        if not budgets:
             return super().export()
         probs = self.export_probs()
         space = self.model.config
-        config = self.config
         return budget.derive_within_budget(space, {label: probs[label] for label in space.edge_labels},
-                                           probs[DEPTH_LABEL], config.max_params, not config.budget_excludes_embedding,
-                                           min_params=int(config.max_params * (1 - config.budget_tolerance)))
+                                           probs[DEPTH_LABEL], budgets)
+
+    def _distributions(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``([E, O] op probabilities, [K_max] depth probabilities)``, differentiable in the logits."""
+        space = self.model.config
+        alphas = {str(m.label): m._arch_alpha for m in self.straight_through_modules()}
+        op_probs = torch.stack([torch.softmax(alphas[label], -1) for label in space.edge_labels])
+        return op_probs, torch.softmax(alphas[DEPTH_LABEL], -1)
 
     def expected_params(self, include_embedding: Optional[bool] = None) -> torch.Tensor:
         """``E[params]`` of the child under the current distributions (differentiable in the logits),
         counted as ``max_params`` counts it unless ``include_embedding`` says otherwise."""
-        space = self.model.config
-        alphas = {str(m.label): m._arch_alpha for m in self.straight_through_modules()}
-        op_probs = torch.stack([torch.softmax(alphas[label], -1) for label in space.edge_labels])
         if include_embedding is None:
             include_embedding = not self.config.budget_excludes_embedding
-        return cost.expected_child_params(space, op_probs, torch.softmax(alphas[DEPTH_LABEL], -1), include_embedding)
+        return cost.expected_child_params(self.model.config, *self._distributions(), include_embedding)
 
     def _with_budget(self, loss: torch.Tensor) -> torch.Tensor:
-        """``loss`` plus the budget penalty when a budget is set."""
-        if self.config.max_params is None:
+        """``loss`` plus each budget's penalty, weighted by ``budget_weight``."""
+        budgets = self.budgets()
+        if not budgets:
             return loss
-        penalty = budget.budget_penalty(self.expected_params(), self.config.max_params)
-        self.log("train_budget", penalty.detach())
-        return loss + self.config.budget_weight * penalty
+        distributions = self._distributions()
+        for b in budgets:
+            penalty = b.penalty(b.expected(self.model.config, *distributions))
+            self.log(f"train_budget_{b.setting}", penalty.detach())
+            loss = loss + self.config.budget_weight * penalty
+        return loss
 
     def arch_parameters(self) -> List[nn.Parameter]:
         params: Dict[int, nn.Parameter] = {}
@@ -278,6 +293,7 @@ class AdaBertLightningModule(BaseOneShotLightningModule):
             "params_without_embedding": float(cost.child_params(config, arch, include_embedding=False)),
             "flops": float(cost.child_flops(config, arch, config.max_positions)),
             "expected_params": float(self.expected_params(include_embedding=True)),
+            **({"predicted_speedup": self.latency.speedup(config, arch)} if self.latency is not None else {}),
         }
 
     # ------------------------------------------------------------------ checkpoints
@@ -310,10 +326,12 @@ class AdaBertStrategy(OneShotStrategy):
         seed: seed of the Gumbel noise.
         grad_clip: max norm of the weight gradients.
         log_every_n_steps: how often choice probabilities are logged.
+        latency: the machine's :class:`LatencyTable`, needed by ``config.min_speedup``.
         **overrides: fields of ``config`` to change, e.g. ``AdaBertStrategy(seed=0, arc_lr=3e-3)``.
 
-    With ``config.max_params`` the strategy adds the budget penalty itself; give the evaluator's
-    module ``beta=0`` (``SearchConfig.efficiency_beta``), or it adds the paper's L_E as well.
+    With a budget (``config.max_params``, ``config.min_speedup``) the strategy adds the budget
+    penalties itself; give the evaluator's module ``beta=0`` (``SearchConfig.efficiency_beta``), or
+    it adds the paper's L_E as well.
 
     The weight optimizer and learning-rate schedule are the evaluator's (see
     :class:`distill.AdaBertDistillModule`: SGD momentum 0.9, cosine 2e-2 -> 5e-4).
@@ -321,7 +339,8 @@ class AdaBertStrategy(OneShotStrategy):
     """
 
     def __init__(self, config: Optional[ArchitectureConfig] = None, *, seed: Optional[int] = None,
-                 grad_clip: Optional[float] = None, log_every_n_steps: int = 10, **overrides: Any):
+                 grad_clip: Optional[float] = None, log_every_n_steps: int = 10,
+                 latency: Optional[LatencyTable] = None, **overrides: Any):
         config = config if config is not None else ArchitectureConfig()
         arch_fields = {f.name for f in fields(ArchitectureConfig)}
         self.config = replace(config, **{k: v for k, v in overrides.items() if k in arch_fields})
@@ -329,6 +348,10 @@ class AdaBertStrategy(OneShotStrategy):
         self.seed = seed
         self.grad_clip = grad_clip
         self.log_every_n_steps = log_every_n_steps
+        if self.config.min_speedup is not None and latency is None:
+            raise ValueError("min_speedup needs the machine's latency table: AdaBertStrategy(latency=...) "
+                             "(workflows.speed.latency_table measures and caches it)")
+        self.latency = latency
         self._arch_parameters: Dict[str, nn.Parameter] = {}
 
     def default_mutation_hooks(self) -> list:
@@ -354,4 +377,4 @@ class AdaBertStrategy(OneShotStrategy):
 
     def configure_oneshot_module(self, training_module: LightningModule) -> AdaBertLightningModule:
         return AdaBertLightningModule(training_module, self.config, seed=self.seed, grad_clip=self.grad_clip,
-                                      log_every_n_steps=self.log_every_n_steps)
+                                      log_every_n_steps=self.log_every_n_steps, latency=self.latency)

@@ -20,7 +20,7 @@ from nni.nas.experiment import NasExperiment
 from .. import runs
 from ..config import SearchConfig
 from ..model.space import AdaBertSpace, factorized_embedding
-from ..nas.budget import check_budget
+from ..nas.budget import budgets_of, check_budgets
 from ..nas.distill import AdaBertDistillModule, val_metric_key
 from ..nas.strategy import AdaBertStrategy
 from ..teacher.finetune import teacher_word_embeddings
@@ -28,6 +28,7 @@ from ..teacher.knowledge import KnowledgeStore
 from ..training import is_main_process, make_trainer
 from .evaluate import evaluate_student, warn_if_no_better_than_majority
 from .export import ARCH_FILE, write_student
+from .speed import latency_table
 from .student import student_config, student_info, train_student
 
 log = logging.getLogger(__name__)
@@ -54,8 +55,15 @@ def run_search(store: KnowledgeStore, out_dir: str | os.PathLike, config: Search
         log.info("search already finished in %s with these settings; not redoing it", out_dir)
         return done
     space_config = student_config(store, config.embed_dim, config.k_max, config.dropout)
-    if config.max_params is not None:  # before anything is written: a budget no child meets is the user's to fix
-        check_budget(space_config, config.max_params, not config.budget_excludes_embedding)
+    latency = None
+    if config.min_speedup is not None:
+        latency = latency_table(store, space_config, config.speedup_over, config.latency_batch_size,
+                                config.latency_threads, echo=log.info)
+    # Before anything is written: a budget no child meets is the user's to fix.
+    check_budgets(space_config, budgets_of(space_config, config, latency))
+    if config.warmup_epochs >= config.epochs:
+        log.warning("search: --warmup-epochs %d covers all %d epochs, so the architecture never moves; raise "
+                    "--epochs or lower --warmup-epochs", config.warmup_epochs, config.epochs)
     resume = runs.last_checkpoint(run_dir, runs.identity(search_phase(config), store))  # refused: before any setup
     pl.seed_everything(config.seed, workers=True)
     embedding = factorized_embedding(teacher_word_embeddings(store.meta["teacher_dir"]), config.embed_dim)
@@ -71,7 +79,7 @@ def run_search(store: KnowledgeStore, out_dir: str | os.PathLike, config: Search
                                   main_metric=val_metric_key(store.spec.main_metric))
     evaluator = Lightning(module, trainer, train_dataloaders=train, val_dataloaders=dev,
                           fit_kwargs={"ckpt_path": str(resume) if resume else None, "weights_only": True})
-    strategy = AdaBertStrategy(config, seed=config.seed, grad_clip=config.grad_clip)
+    strategy = AdaBertStrategy(config, seed=config.seed, grad_clip=config.grad_clip, latency=latency)
     experiment = NasExperiment(space, evaluator, strategy)
     experiment.config.experiment_working_directory = str((run_dir / "nni").resolve())
     experiment.run()
@@ -83,7 +91,9 @@ def run_search(store: KnowledgeStore, out_dir: str | os.PathLike, config: Search
         student = train_student(student, store, out_dir / "finetune", config.finetune_config(), run_identity,
                                 progress, report_to_nni)
     history = [{k: v for k, v in h.items() if k != "arch"} for h in strategy.oneshot_module.history]
-    info = {**student_info(store), **evaluate_student(student, store),
+    predicted = {"predicted_speedup": {"over": config.speedup_over, "speedup": latency.speedup(space_config, arch),
+                                       "latency_table": latency.setting}} if latency is not None else {}
+    info = {**student_info(store), **evaluate_student(student, store), **predicted,
             "search": {**config.to_dict(), "history": history}, runs.IDENTITY_KEY: run_identity}
     if not is_main_process():
         return info  # the other DDP processes: the first one warns and writes

@@ -1,23 +1,36 @@
-"""Inference speed of teacher and student, measured side by side in one process.
+"""Inference speed of teacher and student, measured side by side in one process, and the
+latency table the speed budget of the search reads.
 
 Speed is reported as a ratio (teacher time / student time) on the same examples,
 the same batch size, the same thread count, after warm-up, as the median of
 repeats: absolute times from a shared machine mean little.
+
+:func:`latency_table` measures a space's :class:`model.latency.LatencyTable` on this machine
+over a store's first dev batches, once: it is cached as JSON beside the knowledge stores,
+keyed by everything that changes it (CPU, torch, threads, batch, lengths, space, reference).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import platform
 import statistics
 import time
+from pathlib import Path
 from typing import Callable, Mapping
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
-from transformers import BertConfig, BertForSequenceClassification
+from transformers import AutoConfig, BertConfig, BertForSequenceClassification
 
+from .. import atomic
 from ..data.encoding import pad_batch, pad_batches
-from ..model.space import AdaBertStudent
+from ..errors import UserError
+from ..model.latency import LatencyTable, measure_latency
+from ..model.space import AdaBertStudent, StudentConfig
 from ..teacher.knowledge import KnowledgeStore
 from .deploy import OnnxStudent
 
@@ -140,3 +153,73 @@ def dev_examples(store: KnowledgeStore, limit: int | None = None) -> list[dict]:
 def pad_to(row: dict, length: int) -> dict:
     """``row``'s teacher input repeated to exactly ``length`` tokens (FLOPs at a fixed length)."""
     return {"input_ids": (row["input_ids"] * length)[:length], "token_type_ids": [0] * length}
+
+
+# --------------------------------------------------------------------------- the latency table
+
+LATENCY_ROWS = 512  # dev rows the latency table is timed on: 4 batches of 128
+REFERENCES = {"bert-base": "the BERT-base architecture", "teacher": "the teacher's architecture"}
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (``platform.processor()`` where there is none)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def batch_lengths(store: KnowledgeStore, batch_size: int, rows: int = LATENCY_ROWS) -> tuple[list[int], list[int]]:
+    """``(student lengths, reference lengths)`` of the first ``rows`` dev rows in batches of
+    ``batch_size``: each batch's padded length for the student (both texts of a pair padded to
+    one) and for a BERT-style model (the packed ``[CLS] a [SEP] b [SEP]``)."""
+    examples = dev_examples(store, rows)
+    student, reference = [], []
+    for start in range(0, len(examples), batch_size):
+        batch = examples[start:start + batch_size]
+        student.append(max(max(len(r["input_ids_a"]), len(r.get("input_ids_b") or ())) for r in batch))
+        reference.append(max(len(r["input_ids"]) for r in batch))
+    return student, reference
+
+
+def reference_config(store: KnowledgeStore, speedup_over: str):
+    """The Hugging Face config of the speed reference: ``bert-base`` (``BertConfig()`` defaults) or
+    ``teacher`` (the store's teacher's config); its weights do not change its speed."""
+    if speedup_over == "bert-base":
+        return BertConfig(num_labels=store.meta["num_labels"])
+    if speedup_over == "teacher":
+        return AutoConfig.from_pretrained(store.meta["teacher_dir"])
+    raise UserError(f"search setting speedup_over must be one of {sorted(REFERENCES)}, got {speedup_over!r}")
+
+
+def latency_table(store: KnowledgeStore, space_config: StudentConfig, speedup_over: str = "bert-base",
+                  batch_size: int = 128, threads: int = 1, cache_dir: str | os.PathLike | None = None,
+                  echo: Callable[[str], None] | None = None) -> LatencyTable:
+    """This machine's :class:`LatencyTable` of the space ``space_config``, timed on ``store``'s
+    first dev batches with ``threads`` threads; measured once (about a minute on a 2-core CPU),
+    then read from ``cache_dir`` (default: ``latency/`` beside the store)."""
+    lengths, reference_lengths = batch_lengths(store, batch_size)
+    ref_config = reference_config(store, speedup_over)
+    space = {k: v for k, v in space_config.to_dict().items() if k not in ("vocab_size", "dropout", "k_max")}
+    key = {"cpu": cpu_model(), "machine": platform.machine(), "torch": torch.__version__, "threads": threads,
+           "batch_size": batch_size, "lengths": lengths, "reference_lengths": reference_lengths,
+           "reference": speedup_over, "reference_config": ref_config.to_dict(), "space": space}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    path = Path(cache_dir if cache_dir is not None else Path(store.path).parent / "latency") / f"{digest}.json"
+    if path.exists():
+        try:
+            return LatencyTable.from_dict(json.loads(path.read_text()))
+        except (ValueError, KeyError, TypeError) as exc:  # a damaged cache file: measure again
+            if echo:
+                echo(f"latency table {path} is unreadable ({exc}); measuring it again")
+    if echo:
+        echo(f"measuring the latency table of this machine ({threads} thread(s), batch {batch_size}, "
+             f"{len(lengths)} dev batches, against {REFERENCES[speedup_over]}); cached in {path}")
+    table = measure_latency(space_config, lengths, reference_lengths, ref_config, speedup_over, batch_size,
+                            threads=threads)
+    table.setting.update(cpu=key["cpu"], machine=key["machine"])
+    atomic.write_json(path, table.to_dict())
+    return table

@@ -1,0 +1,168 @@
+"""A measured latency model of the space: what a child costs in seconds on this machine.
+
+Parameters and FLOPs (:mod:`cost`) do not say how fast a child runs: a pooling op has no FLOPs
+worth counting but still reads and writes every element, a dilated convolution has the FLOPs
+of a plain one but not its speed. So the speed budget of the search (``--min-speedup``) reads
+a :class:`LatencyTable` measured once on the machine that will run the student
+(:func:`measure_latency`; ``workflows.speed.latency_table`` caches it):
+
+- ``op_seconds[o]``: one edge running op ``o`` (the frozen child skips ``zero`` edges: 0);
+- ``cell_seconds``: one cell besides its edges (the node attention, the sums);
+- ``once_seconds``: the rest (embedding, pooling, classifier);
+- ``reference_seconds``: the reference model (the BERT-base architecture or the teacher's)
+  over the same examples, built from its config with 1 and 2 layers and extrapolated to all
+  of them (its layers are identical, so its time is linear in their number).
+
+A child's time is additive like its size: ``once + K * (cell + sum over edges of op)``, so the
+expected time under the architecture distributions is differentiable like
+:func:`cost.expected_child_params`, and the budgeted derivation (:mod:`nas.budget`) handles
+both alike. All times are of one pass over the same timing batches (batch 128 by default,
+real dev lengths), so only ratios mean anything.
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Dict, List, Mapping, Sequence
+
+import torch
+from transformers import AutoModelForSequenceClassification, PretrainedConfig
+
+from .depth import DEPTH_LABEL
+from .ops import build_op
+from .space import AdaBertStudent, StudentConfig
+
+__all__ = ["LatencyTable", "measure_latency", "time_median"]
+
+FORMAT_VERSION = 1
+
+
+@dataclass
+class LatencyTable:
+    """Seconds of one pass over the timing batches (see the module docstring).
+
+    ``setting`` records what was measured where: machine, torch version, threads, batch size,
+    the batches' lengths, the width and op list, the reference model.
+    """
+
+    op_seconds: Dict[str, float]
+    cell_seconds: float
+    once_seconds: float
+    reference: str
+    reference_seconds: float
+    setting: Dict[str, Any] = field(default_factory=dict)
+    version: int = FORMAT_VERSION
+
+    def child_seconds(self, config: StudentConfig, arch: Mapping[str, Any]) -> float:
+        """Predicted seconds of the child ``arch``."""
+        cell = self.cell_seconds + sum(self.op_seconds[arch[label]] for label in config.edge_labels)
+        return self.once_seconds + int(arch[DEPTH_LABEL]) * cell
+
+    def speedup(self, config: StudentConfig, arch: Mapping[str, Any]) -> float:
+        """Predicted speedup of the child ``arch`` over the reference."""
+        return self.reference_seconds / self.child_seconds(config, arch)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "LatencyTable":
+        return cls(**{k: d[k] for k in ("op_seconds", "cell_seconds", "once_seconds", "reference",
+                                         "reference_seconds", "setting", "version")})
+
+
+def time_median(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> float:
+    """Median seconds of ``fn()`` over ``repeats`` timed calls after ``warmup`` untimed ones."""
+    with torch.inference_mode():
+        for _ in range(warmup):
+            fn()
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _student_batches(config: StudentConfig, batch_size: int, lengths: Sequence[int]) -> List[Dict[str, torch.Tensor]]:
+    """Random token ids of each length (speed does not depend on which ids)."""
+    g = torch.Generator().manual_seed(0)
+    batches = []
+    for length in lengths:
+        ids = torch.randint(1, config.vocab_size, (batch_size, length), generator=g)
+        batch = {"input_ids_a": ids, "attention_mask_a": torch.ones_like(ids)}
+        if config.is_pair:
+            batch.update(input_ids_b=ids.clone(), attention_mask_b=torch.ones_like(ids))
+        batches.append(batch)
+    return batches
+
+
+def _zero_child(config: StudentConfig, depth: int) -> AdaBertStudent:
+    return AdaBertStudent(config, {**{label: "zero" for label in config.edge_labels}, DEPTH_LABEL: depth}).eval()
+
+
+def _reference_seconds(reference_config: PretrainedConfig, batch_size: int, lengths: Sequence[int],
+                       repeats: int) -> float:
+    """Seconds of the reference model over batches of ``lengths``: 1- and 2-layer copies timed,
+    then ``t1 + (layers - 1) * (t2 - t1)``."""
+    def timed(layers: int) -> float:
+        cfg = copy.deepcopy(reference_config)
+        cfg.num_hidden_layers = layers
+        torch.manual_seed(0)
+        model = AutoModelForSequenceClassification.from_config(cfg).eval()
+        g = torch.Generator().manual_seed(0)
+        batches = [{"input_ids": torch.randint(1, cfg.vocab_size, (batch_size, n), generator=g),
+                    "token_type_ids": torch.zeros(batch_size, n, dtype=torch.long)} for n in lengths]
+        return time_median(lambda: [model(**b) for b in batches], repeats)
+
+    one, two = timed(1), timed(2)
+    return one + (reference_config.num_hidden_layers - 1) * max(two - one, 0.0)
+
+
+def measure_latency(config: StudentConfig, lengths: Sequence[int], reference_lengths: Sequence[int],
+                    reference_config: PretrainedConfig, reference: str, batch_size: int = 128,
+                    repeats: int = 5, threads: int | None = 1) -> LatencyTable:
+    """Measure a :class:`LatencyTable` for the space ``config`` on this machine.
+
+    Args:
+        lengths: the student's padded length of each timing batch (both texts of a pair are
+            padded to one length).
+        reference_lengths: the reference model's packed length of the same batches.
+        reference_config: a Hugging Face config of the reference (its weights do not matter).
+        threads: intra-op threads during the measurement (restored after); ``None``: as set.
+    """
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        student_batches = _student_batches(config, batch_size, lengths)
+        g = torch.Generator().manual_seed(0)
+        inputs = [(torch.randn(batch_size, config.embed_dim, n, generator=g), torch.ones(batch_size, 1, n))
+                  for n in lengths]
+        op_seconds: Dict[str, float] = {}
+        for name in config.op_names:
+            if name == "zero":
+                op_seconds[name] = 0.0  # the frozen child skips zero edges
+                continue
+            op = build_op(name, config.embed_dim).eval()
+            op_seconds[name] = time_median(lambda: [op(x, m) for x, m in inputs], repeats)
+
+        def child_time(depth: int) -> float:
+            child = _zero_child(config, depth)
+            return time_median(lambda: [child(**b, return_probes=False) for b in student_batches], repeats)
+
+        one, two = child_time(1), child_time(2)
+        cell_seconds = max(two - one, 0.0)
+        once_seconds = max(one - cell_seconds, 0.0)
+        reference_seconds = _reference_seconds(reference_config, batch_size, reference_lengths, repeats)
+        setting = {"batch_size": batch_size, "lengths": list(lengths), "reference_lengths": list(reference_lengths),
+                   "threads": torch.get_num_threads(), "repeats": repeats, "embed_dim": config.embed_dim,
+                   "op_names": list(config.op_names), "is_pair": config.is_pair, "num_labels": config.num_labels,
+                   "num_nodes": config.num_nodes, "torch": torch.__version__}
+    finally:
+        torch.set_num_threads(previous)
+    return LatencyTable(op_seconds, cell_seconds, once_seconds, reference, reference_seconds, setting)
+

@@ -1,0 +1,89 @@
+"""The measured latency table (nni_adabert.model.latency, workflows.speed.latency_table) and the
+speed budget of the search (`search --min-speedup`), on the real SST-2 slice."""
+
+import json
+
+import pytest
+from transformers import BertConfig
+
+from nni_adabert.cli import main
+from nni_adabert.model.depth import DEPTH_LABEL
+from nni_adabert.model.latency import LatencyTable, measure_latency
+from nni_adabert.teacher.run import open_teacher_run
+from nni_adabert.workflows import speed
+from nni_adabert.workflows.export import ARCH_FILE
+from nni_adabert.workflows.student import student_config
+from test_strategy import tiny_config
+
+TINY_BERT = BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
+                       intermediate_size=64, max_position_embeddings=16)
+
+
+def child(cfg, op, depth):
+    return {**{label: op for label in cfg.edge_labels}, DEPTH_LABEL: depth}
+
+
+def test_measured_table_orders_children_and_round_trips():
+    cfg = tiny_config(embed_dim=64, max_positions=16)
+    table = measure_latency(cfg, [12, 16], [14, 16], TINY_BERT, "tiny", batch_size=32, repeats=3, threads=1)
+    assert table.op_seconds["zero"] == 0.0       # the frozen child skips zero edges
+    assert all(table.op_seconds[n] > 0 for n in cfg.op_names if n not in ("zero", "skip"))
+    assert table.reference_seconds > 0 and table.cell_seconds >= 0 and table.once_seconds >= 0
+    assert table.setting["threads"] == 1 and table.setting["lengths"] == [12, 16]
+    # Three cells of 7-wide convolutions on every edge are slower than one cell of zero edges.
+    assert table.child_seconds(cfg, child(cfg, "std_conv_7", 3)) > 3 * table.child_seconds(cfg, child(cfg, "zero", 1))
+    assert table.speedup(cfg, child(cfg, "zero", 1)) > table.speedup(cfg, child(cfg, "std_conv_7", 3))
+    assert LatencyTable.from_dict(json.loads(json.dumps(table.to_dict()))) == table
+
+
+def test_latency_table_is_measured_once_and_cached(runs, tmp_path, monkeypatch):
+    store = open_teacher_run(runs / "SST-2")
+    space = student_config(store)
+    first = speed.latency_table(store, space, "teacher", batch_size=64, cache_dir=tmp_path)
+    (cached,) = tmp_path.glob("*.json")
+    assert first.reference == "teacher" and first.setting["batch_size"] == 64
+
+    def no_measurement(*args, **kwargs):
+        raise AssertionError("measured again")
+
+    monkeypatch.setattr(speed, "measure_latency", no_measurement)
+    assert speed.latency_table(store, space, "teacher", batch_size=64, cache_dir=tmp_path) == first
+    # Another batch size is another table; a damaged file is measured again, not trusted.
+    with pytest.raises(AssertionError, match="measured again"):
+        speed.latency_table(store, space, "teacher", batch_size=32, cache_dir=tmp_path)
+    cached.write_text("{not json")
+    with pytest.raises(AssertionError, match="measured again"):
+        speed.latency_table(store, space, "teacher", batch_size=64, cache_dir=tmp_path)
+
+
+def test_search_command_meets_a_speed_budget(runs, tmp_path, capsys):
+    """`search --min-speedup` (over the teacher's architecture) exports a child predicted at least
+    that fast, within the tolerance, says so, and records it; one no child meets exits 2 at once."""
+    teacher = runs / "SST-2"
+    store = open_teacher_run(teacher)
+    space = student_config(store)
+    table = speed.latency_table(store, space, "teacher")   # what the search reads (cached beside the store)
+    fastest = table.speedup(space, child(space, "zero", 1))
+    asked = round(fastest / 4, 1)
+    out = tmp_path / "student"
+    assert main(["search", "--teacher", str(teacher), "--output-dir", str(out), "--epochs", "2", "--batch-size", "16",
+                 "--arc-lr", "0.05", "--min-speedup", str(asked), "--speedup-over", "teacher", "--no-progress"]) == 0
+    doc = json.loads((out / ARCH_FILE).read_text())
+    predicted = doc["predicted_speedup"]["speedup"]
+    assert predicted == pytest.approx(table.speedup(space, doc["architecture"]))
+    assert asked <= predicted <= asked / (1 - 0.15) and doc["search"]["min_speedup"] == asked
+    assert f"speed budget: at least {asked:g}x teacher; the student is predicted {predicted:.1f}x" \
+        in capsys.readouterr().out
+
+    refused = tmp_path / "refused"
+    assert main(["search", "--teacher", str(teacher), "--output-dir", str(refused), "--epochs", "1",
+                 "--min-speedup", str(round(fastest * 3)), "--speedup-over", "teacher", "--no-progress"]) == 2
+    assert "search setting min_speedup: no student of this space is that fast" in capsys.readouterr().err
+    assert not refused.exists()
+
+
+def test_latency_command_shows_the_table(runs, capsys):
+    assert main(["latency", "--teacher", str(runs / "SST-2"), "--speedup-over", "teacher"]) == 0
+    out = capsys.readouterr().out
+    assert "| std_conv_7" in out and "per mille of the teacher's architecture" in out
+    assert "the fastest student of this space is predicted" in out
