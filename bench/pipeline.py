@@ -1,0 +1,134 @@
+"""The default pipeline on a full GLUE task: teacher -> search -> retrain -> speed, as a new user runs it.
+
+    .venv/bin/python bench/pipeline.py --task SST-2 --max-params 6400000 --seeds 0 1 --name SST-2-default
+
+Each step is the ``nni-adabert`` command with its defaults and nothing else but the budget
+(``--max-params`` or ``--min-speedup``) and the seed: ``teacher``, then per seed ``search``
+and ``retrain`` (the seed of both), then the speed of every retrained student against the
+teacher and the BERT-base architecture at batch 128, 1 thread, in one process
+(``workflows.evaluate.compare_with_teacher``, as ``bench/compression.py``). The commands resume
+and skip finished steps, so the script can be started again after a stop.
+
+Runs in ``--runs-dir`` (default runs/bench/pipeline/<name>); writes
+bench/results/pipeline/<name>/result.{json,md} and each seed's architecture.json and cell picture.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch  # noqa: E402
+
+from common import GLUE_DIR, ROOT, command_line, cpu_model, machine, results_dir, run_cli, write_results  # noqa: E402
+from nni_adabert.teacher.run import open_teacher_run  # noqa: E402
+from nni_adabert.workflows.evaluate import compare_with_teacher  # noqa: E402
+from nni_adabert.workflows.speed import bert_base  # noqa: E402
+
+REFERENCE = "BERT-base arch"
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--task", default="SST-2")
+    p.add_argument("--data", default=GLUE_DIR, help="GLUE folder (default: ../shared/data/glue or $GLUE_DIR)")
+    p.add_argument("--max-params", type=int, default=None, help="the search's parameter budget")
+    p.add_argument("--min-speedup", type=float, default=None, help="the search's speed budget")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--name", required=True, help="run name: bench/results/pipeline/<name>/")
+    p.add_argument("--runs-dir", default=None, help="where the runs go (default: runs/bench/pipeline/<name>)")
+    p.add_argument("--cache-dir", default=None, help="knowledge stores (default: <runs-dir>/cache)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads of the speed measurement")
+    return p.parse_args(argv)
+
+
+def timed(argv: list[str]) -> dict:
+    start = time.perf_counter()
+    command = run_cli(argv)
+    return {"command": command, "minutes": round((time.perf_counter() - start) / 60, 1)}
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    runs = Path(args.runs_dir) if args.runs_dir else ROOT / "runs" / "bench" / "pipeline" / args.name
+    cache = args.cache_dir or str(runs / "cache")
+    budget = (["--max-params", str(args.max_params)] if args.max_params else []) + \
+             (["--min-speedup", str(args.min_speedup)] if args.min_speedup else [])
+    teacher = runs / "teacher"
+    steps = {"teacher": timed(["teacher", "--task", args.task, "--data", args.data, "--output-dir", str(teacher),
+                               "--cache-dir", cache, "--no-progress"])}
+    out = results_dir("pipeline", f"pipeline-{args.name}")
+    seeds = []
+    for seed in args.seeds:
+        searched, retrained = runs / f"search-seed{seed}", runs / f"retrain-seed{seed}"
+        search = timed(["search", "--teacher", str(teacher), "--output-dir", str(searched), *budget,
+                        "--seed", str(seed), "--no-progress"])
+        retrain = timed(["retrain", "--teacher", str(teacher), "--arch", str(searched), "--output-dir",
+                         str(retrained), "--seed", str(seed), "--no-progress"])
+        doc = json.loads((retrained / "architecture.json").read_text())
+        shutil.copy(searched / "cell.png", out / f"cell-seed{seed}.png")
+        shutil.copy(retrained / "architecture.json", out / f"architecture-seed{seed}.json")
+        seeds.append({"seed": seed, "search": search, "retrain": retrain, "architecture": doc["architecture"],
+                      "searched": json.loads((searched / "architecture.json").read_text())["dev_metrics"],
+                      "dir": str(retrained)})
+    torch.set_num_threads(args.threads)
+    store = open_teacher_run(teacher)
+    metric = store.spec.main_metric
+    for entry in seeds:
+        compared = compare_with_teacher(store, entry["dir"], speed=True, references={REFERENCE: bert_base(
+            store.spec.num_labels)}, threads=args.threads)
+        student = compared["student"]
+        entry.update(dev=student["dev_metrics"], params=student["params"],
+                     params_without_embedding=student["params_without_embedding"], depth=student["depth"],
+                     speedup_over_bert_base=student["speedup_over"][REFERENCE],
+                     speedup_over_teacher=student["speedup_over"]["teacher"])
+        teacher_metrics = compared["teacher"]["dev_metrics"]
+    mean = statistics.mean(100 * e["dev"][metric] for e in seeds)
+    result = {"command": command_line(["bench/pipeline.py", *argv]), "cpu": cpu_model(), "machine": machine(),
+              "torch": torch.__version__, "task": args.task, "metric": metric, "budget": budget,
+              "teacher": {"dev": teacher_metrics, **steps["teacher"]}, "seeds": seeds,
+              "mean": mean, "gap": 100 * teacher_metrics[metric] - mean}
+    text = markdown(result)
+    write_results(out, result, text)
+    print(text)
+    return 0
+
+
+def markdown(result: dict) -> str:
+    metric, teacher = result["metric"], result["teacher"]
+    lines = [f"# {result['task']}: the default pipeline", "", f"Command: `{result['command']}`", "",
+             f"Machine: {result['cpu']} ({result['machine']}).", "", "Steps (each as a user types it; minutes of "
+             "wall time on this machine, 0 when a finished step was found and not redone):", ""]
+    lines += [f"    {teacher['command']}    # {teacher['minutes']} min"]
+    for e in result["seeds"]:
+        lines += [f"    {e['search']['command']}    # {e['search']['minutes']} min",
+                  f"    {e['retrain']['command']}    # {e['retrain']['minutes']} min"]
+    lines += ["", f"Teacher dev {metric}: {100 * teacher['dev'][metric]:.2f}", "",
+              "| seed | K | params | params without embedding | searched (before retraining) | retrained | "
+              "behind the teacher | speedup over BERT-base arch | speedup over teacher |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for e in result["seeds"]:
+        lines.append(f"| {e['seed']} | {e['depth']} | {e['params']:,} | {e['params_without_embedding']:,} "
+                     f"| {100 * e['searched'][metric]:.2f} | {100 * e['dev'][metric]:.2f} "
+                     f"| {100 * (teacher['dev'][metric] - e['dev'][metric]):.2f} "
+                     f"| {e['speedup_over_bert_base']:.1f}x | {e['speedup_over_teacher']:.1f}x |")
+    lines += ["", f"Mean of {len(result['seeds'])} seed(s): {result['mean']:.2f}, {result['gap']:.2f} behind the "
+                  "teacher. Speed: the store's dev rows at batch 128, 1 thread, median of 3 passes, in one process "
+                  "with the teacher and the BERT-base architecture (random weights: they do not change its speed).",
+              ""]
+    lines += [f"Cell, seed {e['seed']}: ![cell](cell-seed{e['seed']}.png)" for e in result["seeds"]]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
