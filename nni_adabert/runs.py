@@ -21,6 +21,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +73,12 @@ def last_checkpoint(run_dir: str | os.PathLike, run_identity: dict) -> Path | No
     if recorded != run_identity:
         atomic.write_json(run_dir / RUN_FILE, run_identity)
     if not path.is_file():
+        return None
+    if not zipfile.is_zipfile(path):  # e.g. truncated by a full disk before checkpoints were written atomically
+        aside = path.with_name(f"{path.name}.unreadable-{time.strftime('%Y%m%d-%H%M%S')}")
+        os.replace(path, aside)
+        log.warning("checkpoint %s cannot be read (not a complete checkpoint); set it aside as %s and started "
+                    "this run afresh", path, aside.name)
         return None
     log.info("resuming from %s", path)
     return path

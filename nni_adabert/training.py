@@ -1,8 +1,9 @@
 """What every training command shares: device choice, a Trainer that checkpoints
 each epoch and resumes, seeding, and the check that stops a diverged run.
 
-Checkpoints are Lightning's own, written by us into the run's directory; they
-are resumed with ``weights_only=True`` so that loading never executes code.
+Checkpoints are Lightning's own, written by us into the run's directory under a temporary
+name and renamed (:class:`AtomicCheckpointIO`); they are resumed with ``weights_only=True``
+so that loading never executes code.
 
 A resumed run must continue exactly as the uninterrupted one would have: every
 epoch's randomness (data order, dropout, Gumbel noise) is a function of the seed
@@ -11,6 +12,7 @@ and the epoch number alone, never of how many epochs this process has run.
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 import os
@@ -23,9 +25,11 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
 from pytorch_lightning.loggers import TensorBoardLogger
+from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.utilities import rank_zero_only
 from torch.utils.data import Sampler
 
+from . import atomic
 from .errors import UserError
 from .runs import last_checkpoint
 
@@ -101,11 +105,23 @@ def is_main_process() -> bool:
     return getattr(rank_zero_only, "rank", 0) == 0
 
 
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, but the file is written beside its destination under a
+    temporary name and renamed (:func:`atomic.write_bytes`): Lightning's own goes through the
+    system's temp directory and copies across file systems, so a full disk left a truncated
+    ``last.ckpt`` that the next run could not resume from."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        atomic.write_bytes(path, buffer.getbuffer())
+
+
 def make_trainer(run_dir: str | os.PathLike, max_epochs: int, *, progress: bool = True,
                  name: str = "logs", trainer_cls: type = pl.Trainer, seed: int | None = None,
                  devices: int = 1, **kwargs) -> pl.Trainer:
     """A Trainer that saves ``run_dir/checkpoints/last.ckpt`` after every epoch
-    (atomically: Lightning writes to a temporary file and renames) and logs to
+    (atomically: :class:`AtomicCheckpointIO`) and logs to
     TensorBoard under ``run_dir/<name>``. With ``seed``, every epoch reseeds the global
     generators from ``(seed, epoch)`` (:class:`SeedEachEpoch`). ``devices`` > 1 trains on that
     many GPUs (or CPU processes) with DDP; every process draws the same Gumbel sample, since
@@ -130,6 +146,7 @@ def make_trainer(run_dir: str | os.PathLike, max_epochs: int, *, progress: bool 
         default_root_dir=run_dir,
         logger=TensorBoardLogger(run_dir, name=name, version=""),
         callbacks=callbacks,
+        plugins=[AtomicCheckpointIO()],
         enable_progress_bar=progress,
         enable_model_summary=False,
         num_sanity_val_steps=0,

@@ -2,6 +2,7 @@
 with the same command ends with what an uninterrupted run exports; a finished run is
 not redone; an interrupted knowledge build picks up its finished stages."""
 
+import errno
 import json
 import logging
 import os
@@ -207,7 +208,7 @@ def test_last_checkpoint_records_and_checks_the_run_identity(tmp_path, caplog):
 
     checkpoint = run_dir / "checkpoints" / "last.ckpt"
     checkpoint.parent.mkdir()
-    checkpoint.write_bytes(b"weights")
+    torch.save({"epoch": 0}, checkpoint)
     assert last_checkpoint(run_dir, other) == checkpoint
     with pytest.raises(UserError, match=r"epochs: 4 there, 3 now; config.lr: 0.1 there, 0.2 now\)"):
         last_checkpoint(run_dir, {**identity, "config": {"lr": 0.2}})
@@ -243,3 +244,43 @@ def test_a_finished_run_is_its_record_with_the_same_identity(tmp_path):
     record.write_text("{truncated")
     assert run_identity.finished(record, identity) is None
 
+
+
+def test_unreadable_checkpoint_is_set_aside_and_the_run_starts_afresh(tmp_path, caplog):
+    """A truncated last.ckpt (a full disk before checkpoints were written atomically) is renamed
+    out of the way with a warning, not resumed from (which crashed) and not deleted."""
+    run_dir, identity = tmp_path / "run", {"epochs": 3}
+    assert last_checkpoint(run_dir, identity) is None
+    checkpoint = run_dir / "checkpoints" / "last.ckpt"
+    checkpoint.parent.mkdir()
+    torch.save({"epoch": 0, "weights": torch.zeros(1000)}, checkpoint)
+    whole = checkpoint.read_bytes()
+    checkpoint.write_bytes(whole[: len(whole) // 2])
+    with caplog.at_level(logging.WARNING, logger="nni_adabert"):
+        assert last_checkpoint(run_dir, identity) is None
+    (aside,) = checkpoint.parent.glob("last.ckpt.unreadable-*")
+    assert aside.read_bytes() == whole[: len(whole) // 2] and not checkpoint.exists()
+    assert f"checkpoint {checkpoint} cannot be read" in caplog.text and "started this run afresh" in caplog.text
+
+
+def test_checkpoints_are_written_beside_their_destination_and_renamed(tmp_path, monkeypatch):
+    """The trainers' checkpoint writer: a failed write leaves the previous checkpoint as it was,
+    no temporary file behind, and one clear error naming the checkpoint."""
+    from nni_adabert import atomic
+    from nni_adabert.training import AtomicCheckpointIO, make_trainer
+
+    assert isinstance(make_trainer(tmp_path / "run", 1, progress=False).strategy.checkpoint_io, AtomicCheckpointIO)
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"epoch": 1}, path)
+    assert torch.load(path, weights_only=True) == {"epoch": 1}
+    before = path.read_bytes()
+
+    def full_disk(src, dst):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(atomic.os, "replace", full_disk)
+    with pytest.raises(UserError, match=rf"no space left on the device while writing {path}"):
+        io.save_checkpoint({"epoch": 2}, path)
+    assert path.read_bytes() == before
+    assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]
