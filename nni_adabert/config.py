@@ -251,8 +251,8 @@ def _shown(default: Any) -> str:
 
 def _none_or(kind: type):
     """The argparse type of an optional setting: ``none`` gives ``None``, anything else ``kind``."""
-    def parse(text: str):
-        return None if text.strip().lower() == "none" else kind(text)
+    def parse(value):  # a string from the command line, or a tuner's value as it is
+        return None if isinstance(value, str) and value.strip().lower() == "none" else kind(value)
     parse.__name__ = kind.__name__  # argparse names the type in its error message
     return parse
 
