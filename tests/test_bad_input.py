@@ -138,6 +138,13 @@ CASES = {
                      "missing edge 'edge_4_3'"),
     "architecture file missing": (lambda r, s, t: retrain(t / "nowhere.json", r, t), "does not exist"),
     "vocabulary differs from the store": (lambda r, s, t: retrain(copy_student(s, t, set_vocab), r, t), "vocabulary"),
+    "student of another task's teacher": (lambda r, s, t: evaluate(s, r, t)[:3] + ["--teacher", str(r / "MRPC")],
+                                           r"is not a student of the teacher run's task \(task: SST-2 for the "
+                                           r"student, MRPC for the teacher run; input: single text for the student, "
+                                           r"pair for the teacher run\)"),
+    "deployed with another task's teacher": (lambda r, s, t: ["deploy", "--arch", str(copy_student(s, t)),
+                                                              "--teacher", str(r / "MRPC")],
+                                             r"task: SST-2 for the student, MRPC for the teacher run"),
     "tampered weights": (lambda r, s, t: evaluate(copy_student(s, t, weights=lambda b: b[:-8] + b"\x00" * 8), r, t),
                          r"student.safetensors does not match the checksum in .*architecture.json"),
     "truncated weights": (lambda r, s, t: evaluate(copy_student(s, t, weights=lambda b: b[: len(b) // 2]), r, t),

@@ -33,7 +33,7 @@ from ..errors import UserError
 from ..model.ops import MaskedMaxPool, ReLUConvBN
 from ..model.space import AdaBertStudent
 from ..teacher.knowledge import KnowledgeStore, open_knowledge
-from .export import ArchitectureFile, load_student
+from .export import ArchitectureFile, check_fits, load_student
 
 FORMAT = "nni-adabert/deployed-student"
 ONNX_FILE = "student.onnx"
@@ -255,6 +255,7 @@ def deploy(arch_file: ArchitectureFile, store=None, output: str | os.PathLike | 
     (default: :func:`recorded_store`); writes ``output`` (default ``student.onnx`` beside
     the architecture JSON). Returns :func:`export_onnx`'s report and ``output``."""
     store = store if store is not None else recorded_store(arch_file)
+    check_fits(arch_file, store)
     student = load_student(arch_file)
     output = Path(output) if output else arch_file.path.parent / ONNX_FILE
     metadata = {"task": arch_file.doc.get("task"), "architecture": json.dumps(student.arch),

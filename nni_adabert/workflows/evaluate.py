@@ -16,7 +16,7 @@ from ..nas.distill import model_inputs
 from ..teacher.finetune import load_finetuned_teacher
 from ..teacher.knowledge import KnowledgeStore
 from .deploy import open_deployed
-from .export import load_exported, load_student
+from .export import check_fits, load_exported, load_student
 from .speed import dev_examples, measure_speeds, pad_to, teacher_flops, transformer_params
 
 log = logging.getLogger(__name__)
@@ -84,6 +84,7 @@ def compare_with_teacher(store: KnowledgeStore, arch, weights=None, speed: bool 
     metrics and, with ``speed``, is timed too (ONNX Runtime, the same thread count).
     """
     arch_file = load_exported(arch, store)
+    check_fits(arch_file, store)
     student = load_student(arch_file, weights)
     if deployed:  # opened first: a missing or broken file fails before the slow parts
         deployed = open_deployed(None if deployed is True else deployed, arch_file, threads)

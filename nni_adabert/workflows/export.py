@@ -131,3 +131,21 @@ def load_exported(path: str | os.PathLike, store: KnowledgeStore | None = None) 
     """Read an exported student (JSON + weights), checking its vocabulary against ``store``'s teacher."""
     vocab = vocab_fingerprint(load_tokenizer(store.meta["teacher_dir"])) if store is not None else None
     return read_architecture(path, vocab=vocab)
+
+
+def check_fits(arch_file: ArchitectureFile, store: KnowledgeStore) -> None:
+    """A student evaluated or deployed on ``store``'s dev rows must be one of its task: the same
+    number of labels, single text or pair, and vocabulary size. Otherwise one :class:`UserError`
+    naming both (a retraining is how a structure moves to another task)."""
+    config, meta = arch_file.config, store.meta
+    task = arch_file.doc.get("task")
+    differences = [f"{what}: {ours} for the student, {theirs} for the teacher run"
+                   for what, ours, theirs in (("task", task, meta["task"]),
+                                              ("labels", config.num_labels, meta["num_labels"]),
+                                              ("input", "pair" if config.is_pair else "single text",
+                                               "pair" if store.spec.is_pair else "single text"),
+                                              ("vocabulary size", config.vocab_size, meta["vocab_size"]))
+                   if ours != theirs and ours is not None]
+    if differences:
+        raise UserError(f"{arch_file.path} is not a student of the teacher run's task ({'; '.join(differences)}): "
+                        f"use the teacher run it was trained with, or retrain it on this task (nni-adabert retrain)")
