@@ -1,7 +1,8 @@
-"""The one exception type for mistakes a user can fix.
+"""The one exception type for mistakes a user can fix, and the one for a run stopped by a signal.
 
-The CLI prints its message (no traceback) and exits with code 2; library callers
-can catch it like any ``ValueError``.
+The CLI prints a :class:`UserError`'s message (no traceback) and exits with code 2; library
+callers can catch it like any ``ValueError``. :class:`RunStopped` ends a run that a signal
+stopped, with the status a shell expects (128 + the signal's number).
 """
 
 from __future__ import annotations
@@ -14,6 +15,16 @@ class UserError(ValueError):
     where, and what was expected."""
 
     exit_code = 2
+
+
+class RunStopped(BaseException):
+    """SIGTERM or SIGINT arrived: the run stops where it is (its last checkpoint stays). A
+    ``BaseException``, so that no ``except Exception`` on the way swallows it, and not a
+    ``KeyboardInterrupt``, which Lightning turns into exit status 1."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = int(signum)
 
 
 def from_os_error(exc: OSError) -> UserError | None:

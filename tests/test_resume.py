@@ -284,3 +284,27 @@ def test_checkpoints_are_written_beside_their_destination_and_renamed(tmp_path, 
         io.save_checkpoint({"epoch": 2}, path)
     assert path.read_bytes() == before
     assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_stops_a_run_with_its_status_and_one_line(runs, tmp_path, caplog, signum):
+    """SIGTERM (Lightning used to end the run with status 0) and SIGINT (status 1 and a traceback)
+    end a run with 128 + the signal's number and one line; the same command then resumes it."""
+    out = tmp_path / "stopped"
+    checkpoint = out / "search" / "checkpoints" / "last.ckpt"
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    child = subprocess.Popen([sys.executable, "-m", "nni_adabert.cli", *search_argv(runs, out)], env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    while not checkpoint.is_file():
+        assert child.poll() is None, child.stderr.read()
+        time.sleep(0.02)
+    child.send_signal(signum)
+    _, err = child.communicate(timeout=300)
+    name = signal.Signals(signum).name
+    assert child.returncode == 128 + signum, err
+    assert err.strip().splitlines()[-1] == (f"nni-adabert search: stopped by {name}; run the same command again "
+                                            "to resume from the last finished epoch")
+    assert "Traceback" not in err and not (out / "architecture.json").exists()
+    caplog.set_level(logging.INFO, logger="nni_adabert")
+    assert main(search_argv(runs, out)) == 0
+    assert f"resuming from {checkpoint}" in caplog.text and (out / "architecture.json").is_file()
