@@ -18,7 +18,8 @@ from typing import Any, Iterator
 from .errors import UserError, from_os_error
 
 
-def _ensure_dir(directory: Path) -> None:
+def ensure_dir(directory: Path) -> None:
+    """Create ``directory`` (and its parents), or a :class:`UserError` saying why it cannot be."""
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -47,7 +48,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     temporary path replaces ``path`` in one step.
     """
     path = Path(path)
-    _ensure_dir(path.parent)
+    ensure_dir(path.parent)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{path.name}-", dir=path.parent)) / path.name
     try:
         yield tmp

@@ -9,7 +9,9 @@ A run's *identity* is JSON data: the settings it was started with and the inputs
   (:func:`last_checkpoint`);
 - **not redo**: a finished run's record (an exported ``architecture.json``, a fine-tuned
   teacher's info) holds its identity under :data:`IDENTITY_KEY`; a command whose identity
-  matches returns that record instead of training again (:func:`finished`).
+  matches returns that record instead of training again (:func:`finished`);
+- **one at a time**: a run holds its output directory's lock while it works (:func:`locked`);
+  a second command on the same directory is refused at once, saying who holds it.
 
 Identities compare as they read back from JSON (tuples are lists). Run directories of
 nni-adabert 0.1 recorded other identities (other setting names, no ``run_identity`` in exports):
@@ -18,13 +20,17 @@ their checkpoints are refused and their exports redone, never guessed at.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
+import socket
+import sys
 import time
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from . import atomic
 from .errors import UserError
@@ -33,6 +39,7 @@ log = logging.getLogger(__name__)
 
 RUN_FILE = "run.json"
 IDENTITY_KEY = "run_identity"
+LOCK_FILE = ".nni-adabert.lock"
 
 
 def identity(settings: dict, store: Any = None) -> dict:
@@ -114,3 +121,49 @@ def differences(recorded: dict, run_identity: dict, shown: int = 3) -> str:
 
     parts = [f"{k}: {show(there, k)} there, {show(now, k)} now" for k in keys[:shown]]
     return "; ".join(parts + ([f"{len(keys) - shown} more"] if len(keys) > shown else []))
+
+
+@contextlib.contextmanager
+def locked(out_dir: str | os.PathLike) -> Iterator[None]:
+    """Hold ``out_dir``'s lock (an exclusive ``flock`` on ``out_dir/.nni-adabert.lock``, which
+    says who holds it) while the block runs. Another holder: a :class:`UserError` at once, naming
+    it. The kernel releases the lock of a process that died, so a lock file left by a killed run
+    is taken over (with a message). The lock file goes when the block ends, and so does
+    ``out_dir`` if this call created it and nothing was written. The DDP workers Lightning starts
+    (``LOCAL_RANK`` > 0) run under their first process's lock."""
+    out_dir = Path(out_dir)
+    if int(os.environ.get("LOCAL_RANK", "0")) > 0:
+        yield
+        return
+    created = not out_dir.exists()
+    atomic.ensure_dir(out_dir)
+    path = out_dir / LOCK_FILE
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 4096).decode("utf-8", "replace").strip() or "another process"
+            os.close(fd)
+            raise UserError(f"{out_dir} is in use by another nni-adabert run ({holder}); wait for it to end or use "
+                            f"another output directory") from None
+        try:
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)  # the holder we waited for removed the file: lock the one there now
+    left = os.read(fd, 4096).decode("utf-8", "replace").strip()
+    if left:
+        log.warning("%s: took over the lock of a run that is no longer running (%s)", out_dir, left)
+    me = (f"pid {os.getpid()} on host {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}: "
+          f"{' '.join(Path(sys.argv[0]).name.split()[:1] + sys.argv[1:])}")
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, me.encode("utf-8"), 0)
+    try:
+        yield
+    finally:
+        os.unlink(path)
+        os.close(fd)
+        if created and not any(out_dir.iterdir()):
+            out_dir.rmdir()

@@ -308,3 +308,34 @@ def test_a_signal_stops_a_run_with_its_status_and_one_line(runs, tmp_path, caplo
     caplog.set_level(logging.INFO, logger="nni_adabert")
     assert main(search_argv(runs, out)) == 0
     assert f"resuming from {checkpoint}" in caplog.text and (out / "architecture.json").is_file()
+
+
+def test_a_run_directory_holds_one_run_at_a_time(runs, tmp_path, capsys, caplog):
+    """A second command on a directory another run is using is refused at once, naming the holder;
+    a lock left by a killed run is taken over; the lock goes with the run."""
+    from nni_adabert.runs import LOCK_FILE, locked
+
+    out = tmp_path / "student"
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    first = subprocess.Popen([sys.executable, "-m", "nni_adabert.cli", *search_argv(runs, out)], env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    while not (out / "search" / "run.json").is_file():
+        assert first.poll() is None, first.stderr.read()
+        time.sleep(0.02)
+    capsys.readouterr()
+    assert main(search_argv(runs, out, epochs=1)) == 2
+    err = capsys.readouterr().err
+    assert f"{out} is in use by another nni-adabert run (pid {first.pid} on host " in err
+    assert "search --teacher" in err and err.count("\n") == 1
+    assert first.wait(timeout=300) == 0 and not (out / LOCK_FILE).exists()
+    assert json.loads((out / "architecture.json").read_text())["search"]["epochs"] == 3   # the first run's, whole
+
+    # A lock file left behind by a run killed with SIGKILL holds no lock: the next run takes it over.
+    (out / LOCK_FILE).write_text("pid 999999 on host elsewhere since 2026-01-01 00:00:00: search")
+    with caplog.at_level(logging.WARNING, logger="nni_adabert"), locked(out):
+        assert str(os.getpid()) in (out / LOCK_FILE).read_text()
+    assert "took over the lock of a run that is no longer running (pid 999999 on host elsewhere" in caplog.text
+    # A directory the lock created and nothing else wrote to is gone again afterwards.
+    with locked(tmp_path / "fresh"):
+        pass
+    assert not (tmp_path / "fresh").exists()

@@ -12,7 +12,7 @@ import json
 import os
 from pathlib import Path
 
-from .. import atomic
+from .. import atomic, runs
 from ..data.glue import describe_source, load_task
 from ..data.tasks import get_task
 from ..errors import UserError
@@ -30,7 +30,15 @@ def build_teacher_run(task: str, out_dir: str | os.PathLike, data: str | None = 
                       dev_limit: int | None = None, progress: bool = True, echo=lambda *_: None) -> KnowledgeStore:
     """Fine-tune the teacher, train its probes, build its knowledge store and write
     the run's records; each step reuses what an earlier identical run left.
-    ``echo`` receives the lines a person wants to see. Returns the knowledge store."""
+    ``echo`` receives the lines a person wants to see. Returns the knowledge store. Holds
+    ``out_dir``'s lock while it works (:func:`runs.locked`)."""
+    with runs.locked(out_dir):
+        return _build(task, Path(out_dir), data, model, teacher_config, augment, cache_dir, train_limit, dev_limit,
+                      progress, echo)
+
+
+def _build(task, out_dir: Path, data, model, teacher_config, augment, cache_dir, train_limit, dev_limit, progress,
+           echo) -> KnowledgeStore:
     spec, out = get_task(task), Path(out_dir)
     cache_dir = Path(cache_dir) if cache_dir else DEFAULT_CACHE_DIR
     teacher_config = teacher_config or TeacherConfig()

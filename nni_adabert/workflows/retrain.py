@@ -32,7 +32,14 @@ def run_retrain(arch: dict, source: dict, store: KnowledgeStore, out_dir: str | 
     """Retrain the fixed child ``arch`` from fresh weights on ``store``'s task and export it
     to ``out_dir``; returns its architecture document. ``source`` says where ``arch`` came
     from (``{"from": ..., "searched_on": task or None}``); ``embed_dim`` and ``k_max`` are
-    those of the space it came from. Resumes, and is not redone, like :func:`search.run_search`."""
+    those of the space it came from. Resumes, is not redone, and holds ``out_dir``'s lock like
+    :func:`search.run_search`."""
+    with runs.locked(out_dir):
+        return _retrain(arch, source, store, Path(out_dir), config, embed_dim, k_max, progress, report_to_nni)
+
+
+def _retrain(arch: dict, source: dict, store: KnowledgeStore, out_dir: Path, config: RetrainConfig, embed_dim: int,
+             k_max: int, progress: bool, report_to_nni: bool) -> dict:
     settings = retrain_run_settings(arch, source, config, embed_dim, k_max)
     run_identity = runs.identity(settings, store)
     done = runs.finished(Path(out_dir) / ARCH_FILE, run_identity)

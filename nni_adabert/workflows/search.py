@@ -45,9 +45,14 @@ def run_search(store: KnowledgeStore, out_dir: str | os.PathLike, config: Search
     """Search a student on ``store`` and export it to ``out_dir``; returns the architecture document.
 
     The run checkpoints every epoch in ``out_dir/search`` and resumes from there; a
-    finished run with the same settings and store is returned as it is (:mod:`runs`).
+    finished run with the same settings and store is returned as it is; it holds ``out_dir``'s
+    lock while it works (:mod:`runs`).
     """
-    out_dir = Path(out_dir)
+    with runs.locked(out_dir):
+        return _search(store, Path(out_dir), config, progress, report_to_nni)
+
+
+def _search(store: KnowledgeStore, out_dir: Path, config: SearchConfig, progress: bool, report_to_nni: bool) -> dict:
     run_dir = out_dir / "search"
     run_identity = runs.identity(config.to_dict(), store)
     done = runs.finished(out_dir / ARCH_FILE, run_identity)
