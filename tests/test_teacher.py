@@ -132,3 +132,28 @@ def test_knowledge_cache_hit_and_rebuild(tmp_path, sst2, teacher_copy, monkeypat
     changed = build_knowledge(spec, sst2, teacher_copy, None, tmp_path, progress=False)
     assert changed.path != first.path
     assert changed.data["dev"]["teacher_logits"] != first.data["dev"]["teacher_logits"]
+
+
+def test_a_shared_store_is_read_with_the_runs_own_teacher(runs, tmp_path):
+    """Two teacher runs with identical inputs share one store, whose meta names the first run's
+    teacher. With that directory gone, the second run still searches and evaluates: a store is
+    read with the teacher of the run it was opened through."""
+    from nni_adabert.cli import main
+    from nni_adabert.teacher.run import open_teacher_run
+
+    original = open_teacher_run(runs / "SST-2")
+    store = tmp_path / "store"
+    shutil.copytree(original.path, store)
+    meta = json.loads((store / "meta.json").read_text())
+    meta["teacher_dir"] = str(tmp_path / "moved-away" / "teacher")
+    (store / "meta.json").write_text(json.dumps(meta))
+    second = tmp_path / "second"
+    shutil.copytree(runs / "SST-2", second, ignore=shutil.ignore_patterns("teacher_train"))
+    record = json.loads((second / "probes.json").read_text())
+    (second / "probes.json").write_text(json.dumps({**record, "knowledge_store": str(store)}))
+
+    assert open_teacher_run(second).meta["teacher_dir"] == str((second / "teacher").resolve())
+    out = tmp_path / "student"
+    assert main(["search", "--teacher", str(second), "--output-dir", str(out), "--epochs", "1", "--batch-size", "32",
+                 "--no-progress"]) == 0
+    assert main(["evaluate", "--teacher", str(second), "--arch", str(out)]) == 0

@@ -71,9 +71,16 @@ def _build(task, out_dir: Path, data, model, teacher_config, augment, cache_dir,
 
 
 def open_teacher_run(run_dir: str | os.PathLike) -> KnowledgeStore:
-    """The knowledge store that ``nni-adabert teacher --output-dir run_dir`` built."""
+    """The knowledge store that ``nni-adabert teacher --output-dir run_dir`` built, read with this
+    run's own teacher. (A store is shared by every run with identical inputs, so the teacher its
+    meta names may be another run's, which can be moved or deleted; their weights are the same:
+    the store's fingerprint includes them.)"""
     record = Path(run_dir) / "probes.json"
     if not record.is_file():
         raise UserError(f"{run_dir} is not a teacher run: {record.name} is missing "
                         f"(run `nni-adabert teacher --output-dir {run_dir}` first)")
-    return open_knowledge(json.loads(record.read_text())["knowledge_store"])
+    store = open_knowledge(json.loads(record.read_text())["knowledge_store"])
+    own = Path(run_dir).resolve() / "teacher"
+    if (own / "config.json").is_file():
+        store.meta = {**store.meta, "teacher_dir": str(own)}
+    return store
