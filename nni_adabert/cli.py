@@ -73,6 +73,8 @@ def cache_dir(args) -> Path:
 
 def cmd_teacher(args) -> None:
     """Fine-tune the teacher, train its layer probes, cache its knowledge."""
+    if args.train_limit is not None and args.train_limit < 1:
+        raise UserError(f"teacher setting train_limit must be an integer >= 1, got {args.train_limit}")
     build_teacher_run(args.task, args.output_dir, args.data, args.model,
                       TeacherConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed),
                       augment_config(args), cache_dir(args), train_limit=args.train_limit,

@@ -28,6 +28,7 @@ from transformers import (AutoConfig, AutoModel, AutoModelForSequenceClassificat
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from .. import atomic, runs
+from ..config import Settings, setting
 from ..data.encoding import dataset_fingerprint, pad_batch, tokenize
 from ..data.metrics import compute_metrics
 from ..data.tasks import TaskSpec, get_task
@@ -81,13 +82,17 @@ def load_tokenizer(name_or_dir: str | os.PathLike | None):
 
 
 @dataclass
-class TeacherConfig:
-    epochs: int = 3
-    batch_size: int = 32
-    lr: float = 5e-5
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.1
-    seed: int = 42
+class TeacherConfig(Settings):
+    """``nni-adabert teacher``: AdamW with linear warm-up and decay; each setting is checked."""
+
+    kind = "teacher"
+
+    epochs: int = setting(3, "fine-tuning epochs", minimum=1)
+    batch_size: int = setting(32, "examples per step", minimum=1)
+    lr: float = setting(5e-5, "peak learning rate", positive=True)
+    weight_decay: float = setting(0.01, "AdamW weight decay", minimum=0)
+    warmup_ratio: float = setting(0.1, "share of the steps that warm the learning rate up", minimum=0, maximum=1)
+    seed: int = setting(42, "seed of the classifier's initialisation and the data order", minimum=0)
 
 
 class TeacherModule(pl.LightningModule):
