@@ -106,6 +106,8 @@ CASES = {
                       r"missing column\(s\) \['sentence'\]"),
     "unknown label": (lambda r, s, t: teacher(sst2_data(t, [["fine", "7"]]), t),
                       r"label '7' is not a SST-2 label; expected one of \['0', '1'\]"),
+    "duplicated column": (lambda r, s, t: teacher(sst2_data(t, train_bytes=b"sentence\tlabel\tlabel\nhi\t1\t1\n"), t),
+                          r"the header names column\(s\) \['label'\] more than once"),
     "empty data file": (lambda r, s, t: teacher(sst2_data(t, train_bytes=b"sentence\tlabel\n"), t),
                         "has a header but no rows"),
     "non-UTF-8 bytes": (lambda r, s, t: teacher(sst2_data(t, train_bytes=b"sentence\tlabel\nh\xe9llo\t1\n"), t),

@@ -163,3 +163,12 @@ def test_missing_data(tmp_path):
         load_task("SST-2", tmp_path)
     with pytest.raises(UserError, match="no bundled sample for MRPC"):
         load_task("MRPC")
+
+
+def test_tsv_rows_end_at_newlines_only(tmp_path):
+    """U+2028, U+0085 and a lone carriage return are characters of a sentence, not line ends;
+    CRLF line ends and blank lines at the end of the file are fine."""
+    path = tmp_path / "train.tsv"
+    path.write_bytes("sentence\tlabel\r\nfine\u2028day\t1\r\nbad\u0085 one\r x\t0\nok\t1\n\n\n".encode("utf-8"))
+    columns = read_glue_tsv(path, get_task("SST-2"))
+    assert columns == {"text_a": ["fine\u2028day", "bad\u0085 one\r x", "ok"], "label": [1, 0, 1]}
