@@ -32,6 +32,8 @@ import zipfile
 from pathlib import Path
 from typing import Any, Iterator
 
+import torch
+
 from . import atomic
 from .errors import UserError
 
@@ -81,7 +83,7 @@ def last_checkpoint(run_dir: str | os.PathLike, run_identity: dict) -> Path | No
         atomic.write_json(run_dir / RUN_FILE, run_identity)
     if not path.is_file():
         return None
-    if not zipfile.is_zipfile(path):  # e.g. truncated by a full disk before checkpoints were written atomically
+    if not _is_checkpoint(path):  # truncated by a full disk (before writes were atomic), or not ours
         aside = path.with_name(f"{path.name}.unreadable-{time.strftime('%Y%m%d-%H%M%S')}")
         os.replace(path, aside)
         log.warning("checkpoint %s cannot be read (not a complete checkpoint); set it aside as %s and started "
@@ -89,6 +91,18 @@ def last_checkpoint(run_dir: str | os.PathLike, run_identity: dict) -> Path | No
         return None
     log.info("resuming from %s", path)
     return path
+
+
+def _is_checkpoint(path: Path) -> bool:
+    """A complete Lightning checkpoint: a zip that loads with ``weights_only`` (memory-mapped, so
+    cheap) into a dict with the weights and the epoch."""
+    if not zipfile.is_zipfile(path):
+        return False
+    try:
+        saved = torch.load(path, weights_only=True, mmap=True, map_location="cpu")
+    except Exception:  # any unpickling or format error: it is not a checkpoint we can resume
+        return False
+    return isinstance(saved, dict) and "state_dict" in saved and "epoch" in saved
 
 
 def read_run_file(run_dir: Path) -> dict | None:

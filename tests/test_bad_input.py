@@ -91,6 +91,23 @@ def break_store(runs, tmp):
     return run
 
 
+def pickled_model(tmp):
+    """A BERT checkpoint directory whose weights are a pickle (pytorch_model.bin)."""
+    model = tmp / "pickled"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    (model / "pytorch_model.bin").write_bytes(b"not loaded")
+    return model
+
+
+def damage_record(runs, tmp, text):
+    """A copy of the SST-2 teacher run whose probes.json holds ``text``."""
+    run = tmp / "run"
+    shutil.copytree(runs / "SST-2", run, ignore=shutil.ignore_patterns("teacher_train"))
+    (run / "probes.json").write_text(text)
+    return run
+
+
 def foreign_model(tmp):
     model = tmp / "gpt"
     model.mkdir()
@@ -118,6 +135,8 @@ CASES = {
     # teacher checkpoints
     "teacher not BERT-family": (lambda r, s, t: teacher(None, t, "--model", str(foreign_model(t))),
                                 "is a 'gpt2' model, not a BERT-family encoder"),
+    "teacher weights pickled": (lambda r, s, t: teacher(None, t, "--model", str(pickled_model(t))),
+                                r"holds its weights as pytorch_model.bin \(a pickle\), which we do not load"),
     "teacher directory missing": (lambda r, s, t: teacher(None, t, "--model", str(t / "no-model")),
                                   r"model directory .*no-model does not exist"),
     "bad teacher setting": (lambda r, s, t: teacher(None, t, "--aug-copies", "-1"),
@@ -134,6 +153,10 @@ CASES = {
     # teacher runs and knowledge stores
     "not a teacher run": (lambda r, s, t: search(r, t)[:2] + [str(t), "--output-dir", str(t / "out")],
                           "is not a teacher run: probes.json is missing"),
+    "probes.json a list": (lambda r, s, t: ["search", "--teacher", str(damage_record(r, t, "[1, 2]")),
+                                            "--output-dir", str(t / "out")], r"probes.json is damaged"),
+    "probes.json not JSON": (lambda r, s, t: ["search", "--teacher", str(damage_record(r, t, "{oops")),
+                                              "--output-dir", str(t / "out")], r"probes.json is damaged"),
     "knowledge store missing": (lambda r, s, t: ["search", "--teacher", str(break_store(r, t)),
                                                  "--output-dir", str(t / "out")],
                                 "is not a teacher-knowledge store: meta.json is missing"),

@@ -208,7 +208,7 @@ def test_last_checkpoint_records_and_checks_the_run_identity(tmp_path, caplog):
 
     checkpoint = run_dir / "checkpoints" / "last.ckpt"
     checkpoint.parent.mkdir()
-    torch.save({"epoch": 0}, checkpoint)
+    torch.save({"epoch": 0, "state_dict": {}}, checkpoint)
     assert last_checkpoint(run_dir, other) == checkpoint
     with pytest.raises(UserError, match=r"epochs: 4 there, 3 now; config.lr: 0.1 there, 0.2 now\)"):
         last_checkpoint(run_dir, {**identity, "config": {"lr": 0.2}})
@@ -261,6 +261,10 @@ def test_unreadable_checkpoint_is_set_aside_and_the_run_starts_afresh(tmp_path, 
     (aside,) = checkpoint.parent.glob("last.ckpt.unreadable-*")
     assert aside.read_bytes() == whole[: len(whole) // 2] and not checkpoint.exists()
     assert f"checkpoint {checkpoint} cannot be read" in caplog.text and "started this run afresh" in caplog.text
+    # A file that is a zip but not a checkpoint of ours (another program's, a list) is set aside too.
+    torch.save([1, 2, 3], checkpoint)
+    assert last_checkpoint(run_dir, identity) is None and not checkpoint.exists()
+    assert len(list(checkpoint.parent.glob("last.ckpt.unreadable-*"))) >= 1
 
 
 def test_checkpoints_are_written_beside_their_destination_and_renamed(tmp_path, monkeypatch):

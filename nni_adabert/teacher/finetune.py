@@ -60,6 +60,11 @@ def load_teacher_config(name_or_dir: str | os.PathLike | None):
             raise UserError(f"model directory {path} does not exist")
         if not (local / "config.json").is_file():
             raise UserError(f"{path} is not a Hugging Face checkpoint: config.json is missing")
+        pickled = sorted(p.name for p in local.glob("*.bin")) + sorted(p.name for p in local.glob("*.pt"))
+        if pickled and not any(local.glob("*.safetensors")):
+            # Pickled weights can run code when loaded: we read safetensors only.
+            raise UserError(f"{path} holds its weights as {pickled[0]} (a pickle), which we do not load; save the "
+                            f"model with save_pretrained(..., safe_serialization=True) to get model.safetensors")
     try:
         config = AutoConfig.from_pretrained(path)
     except (OSError, ValueError) as exc:

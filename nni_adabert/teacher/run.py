@@ -79,7 +79,14 @@ def open_teacher_run(run_dir: str | os.PathLike) -> KnowledgeStore:
     if not record.is_file():
         raise UserError(f"{run_dir} is not a teacher run: {record.name} is missing "
                         f"(run `nni-adabert teacher --output-dir {run_dir}` first)")
-    store = open_knowledge(json.loads(record.read_text())["knowledge_store"])
+    try:
+        location = json.loads(record.read_text(encoding="utf-8"))["knowledge_store"]
+        if not isinstance(location, str):
+            raise TypeError
+    except (ValueError, KeyError, TypeError):
+        raise UserError(f"{record} is damaged: expected a JSON object whose knowledge_store names the store "
+                        f"(run `nni-adabert teacher --output-dir {run_dir}` again)") from None
+    store = open_knowledge(location)
     own = Path(run_dir).resolve() / "teacher"
     if (own / "config.json").is_file():
         store.meta = {**store.meta, "teacher_dir": str(own)}
