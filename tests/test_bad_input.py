@@ -2,6 +2,7 @@
 line (what, where, what was expected; no traceback) and leaves no output behind."""
 
 import errno
+import hashlib
 import json
 import os
 import re
@@ -9,6 +10,7 @@ import shutil
 
 import pytest
 from conftest import write_tsv
+from safetensors.torch import load_file, save_file
 
 from nni_adabert import atomic
 from nni_adabert.cli import main
@@ -75,6 +77,18 @@ def evaluate(arch, runs, tmp):
 def search(runs, tmp, *extra):
     return ["search", "--teacher", str(runs / "SST-2"), "--output-dir", str(tmp / "out"), "--no-progress",
             *extra]
+
+
+def half_student(student, tmp):
+    """A copy of the student whose classifier weights are float16 (its checksum updated)."""
+    dest = copy_student(student, tmp)
+    state = load_file(str(dest / WEIGHTS_FILE))
+    state["classifier.weight"] = state["classifier.weight"].half()
+    save_file(state, str(dest / WEIGHTS_FILE))
+    doc = json.loads((dest / ARCH_FILE).read_text())
+    doc["weights_sha256"] = hashlib.sha256((dest / WEIGHTS_FILE).read_bytes()).hexdigest()
+    (dest / ARCH_FILE).write_text(json.dumps(doc))
+    return dest
 
 
 def set_vocab(doc):
@@ -179,6 +193,16 @@ CASES = {
     "deployed with another task's teacher": (lambda r, s, t: ["deploy", "--arch", str(copy_student(s, t)),
                                                               "--teacher", str(r / "MRPC")],
                                              r"task: SST-2 for the student, MRPC for the teacher run"),
+    "vocabulary of 10^9 in the JSON": (lambda r, s, t: evaluate(copy_student(
+        s, t, lambda d: d["student_config"].update(vocab_size=10**9)), r, t),
+        r"vocabulary size: 1000000000 for the student, 30522 for the teacher run"),
+    "width 8192 in the JSON": (lambda r, s, t: evaluate(copy_student(
+        s, t, lambda d: d["student_config"].update(embed_dim=8192)), r, t),
+        r"student_config gives embed.word.weight the shape \[30522, 8192\], but .* holds \[30522, 128\]"),
+    "key twice in the JSON": (lambda r, s, t: evaluate(copy_student(
+        s, t, (s / ARCH_FILE).read_text().replace("{", '{"format": "x", ', 1)), r, t), r"key 'format' appears twice"),
+    "float16 weights": (lambda r, s, t: evaluate(half_student(s, t), r, t),
+                        r"do not match the architecture .*wrong dtype: \['classifier.weight'\]"),
     "tampered weights": (lambda r, s, t: evaluate(copy_student(s, t, weights=lambda b: b[:-8] + b"\x00" * 8), r, t),
                          r"student.safetensors does not match the checksum in .*architecture.json"),
     "truncated weights": (lambda r, s, t: evaluate(copy_student(s, t, weights=lambda b: b[: len(b) // 2]), r, t),

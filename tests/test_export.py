@@ -106,3 +106,20 @@ def test_weights_of_another_architecture_rejected(exported, tmp_path_factory):
     write_student(other_dir, other, {"task": "MRPC"})
     with pytest.raises(UserError, match="do not match the architecture"):
         load_student(read_architecture(out_dir), weights=other_dir / WEIGHTS_FILE)
+
+
+def test_weights_without_a_checksum_load_with_a_warning(exported, tmp_path, caplog):
+    """Weights the JSON has no checksum for (another file given, or none recorded) still load,
+    checked against the architecture, and the log says that no checksum was checked."""
+    out_dir, student = exported
+    other = tmp_path / "copy.safetensors"
+    other.write_bytes((out_dir / WEIGHTS_FILE).read_bytes())
+    with caplog.at_level("WARNING", logger="nni_adabert"):
+        load_student(read_architecture(out_dir), weights=other)
+    assert f"{other}: no checksum to check it against (not the file the architecture was exported with)" \
+        in caplog.text
+    edit_json(out_dir, lambda d: d.pop("weights_sha256"))
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="nni_adabert"):
+        load_student(read_architecture(out_dir))
+    assert "records none" in caplog.text

@@ -10,11 +10,12 @@ never a guess. Nothing here unpickles: weights are safetensors, architectures JS
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from .. import atomic
@@ -24,6 +25,8 @@ from ..model.space import AdaBertStudent, StudentConfig, validate_arch
 from ..plots import plot_cell
 from ..teacher.finetune import load_tokenizer
 from ..teacher.knowledge import KnowledgeStore
+
+log = logging.getLogger(__name__)
 
 FORMAT = "nni-adabert/architecture"
 VERSION = 1
@@ -64,6 +67,19 @@ def write_student(out_dir: str | os.PathLike, student: AdaBertStudent, info: dic
     return doc
 
 
+class _DuplicateKey(Exception):
+    pass
+
+
+def _unique_keys(pairs: list) -> dict:
+    """``json.loads``' object hook: a key given twice is an error (the json module keeps the last)."""
+    keys = [k for k, _ in pairs]
+    for key in keys:
+        if keys.count(key) > 1:
+            raise _DuplicateKey(key)
+    return dict(pairs)
+
+
 def read_architecture(path: str | os.PathLike, vocab: str | None = None) -> ArchitectureFile:
     """Read and validate an architecture JSON (a file, or a directory holding one).
 
@@ -76,9 +92,11 @@ def read_architecture(path: str | os.PathLike, vocab: str | None = None) -> Arch
     if not path.is_file():
         raise UserError(f"architecture file {path} does not exist")
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
+        doc = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=_unique_keys)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise UserError(f"{path} is not a JSON file: {exc}") from None
+    except _DuplicateKey as exc:
+        raise UserError(f"{path}: key {exc.args[0]!r} appears twice in one object; each key once") from None
     if not isinstance(doc, dict):
         raise UserError(f"{path}: expected a JSON object, got {type(doc).__name__}")
     if doc.get("format") != FORMAT:
@@ -107,21 +125,39 @@ def load_student(arch_file: ArchitectureFile, weights: str | os.PathLike | None 
     if not weights.is_file():
         raise UserError(f"weights file {weights} does not exist")
     recorded = arch_file.doc.get("weights_sha256")
-    if weights == arch_file.weights_path and recorded and atomic.hash_file(weights).hexdigest() != recorded:
-        raise UserError(f"{weights} does not match the checksum in {arch_file.path}: "
-                        "the file was changed or truncated after export")
+    if weights == arch_file.weights_path and recorded:
+        if atomic.hash_file(weights).hexdigest() != recorded:
+            raise UserError(f"{weights} does not match the checksum in {arch_file.path}: "
+                            "the file was changed or truncated after export")
+    else:
+        log.warning("%s: no checksum to check it against (%s); its tensors are checked against the "
+                    "architecture only", weights, "not the file the architecture was exported with"
+                    if recorded else f"{arch_file.path} records none")
     try:
-        state = load_file(str(weights))
+        with safe_open(str(weights), framework="pt") as f:   # the header only: shapes without the data
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
     except (SafetensorError, OSError, ValueError) as exc:
         raise UserError(f"{weights} is not a readable safetensors file: {exc}") from None
-    student = AdaBertStudent(arch_file.config, arch_file.arch)
+    # Before anything is built: sizes in the JSON that the weights do not have (a vocabulary of 10^9
+    # would allocate hundreds of GB) are refused.
+    config = arch_file.config
+    for key, size in (("embed.word.weight", (config.vocab_size, config.embed_dim)),
+                      ("classifier.weight", (config.num_labels, config.embed_dim))):
+        if shapes.get(key) != size:
+            raise UserError(f"{arch_file.path}: its student_config gives {key} the shape {list(size)}, but {weights} "
+                            f"holds {list(shapes[key]) if key in shapes else 'no such tensor'}")
+    state = load_file(str(weights))
+    student = AdaBertStudent(config, arch_file.arch)
     expected = student.state_dict()
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-    wrong = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
-    if missing or unexpected or wrong:
+    common = set(expected) & set(state)
+    wrong = sorted(k for k in common if expected[k].shape != state[k].shape)
+    # load_state_dict would cast a float16 or int64 tensor silently
+    wrong_type = sorted(k for k in common if expected[k].dtype != state[k].dtype)
+    if missing or unexpected or wrong or wrong_type:
         details = "; ".join(f"{what}: {keys[:3]}{' ...' if len(keys) > 3 else ''}"
                             for what, keys in (("missing", missing), ("unexpected", unexpected),
-                                               ("wrong shape", wrong)) if keys)
+                                               ("wrong shape", wrong), ("wrong dtype", wrong_type)) if keys)
         raise UserError(f"weights {weights} do not match the architecture in {arch_file.path} ({details})")
     student.load_state_dict(state)
     return student.eval()
