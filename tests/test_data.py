@@ -1,6 +1,7 @@
 """Tasks and data: the committed slices of real data, the bundled sample, tokenization, bad input."""
 
 import csv
+import errno
 import importlib.util
 import logging
 import random
@@ -172,3 +173,30 @@ def test_tsv_rows_end_at_newlines_only(tmp_path):
     path.write_bytes("sentence\tlabel\r\nfine\u2028day\t1\r\nbad\u0085 one\r x\t0\nok\t1\n\n\n".encode("utf-8"))
     columns = read_glue_tsv(path, get_task("SST-2"))
     assert columns == {"text_a": ["fine\u2028day", "bad\u0085 one\r x", "ok"], "label": [1, 0, 1]}
+
+
+def test_a_failed_tokenization_leaves_no_temporary_cache_file(tmp_path, minilm_dir, monkeypatch):
+    """A full disk while datasets writes the tokenized cache: the error goes up, and the temporary
+    file datasets had started is gone (it stayed behind, with "nothing half-written" said)."""
+    import datasets
+    from datasets.arrow_writer import ArrowWriter
+    from transformers import AutoTokenizer
+
+    write_batch = ArrowWriter.write_batch
+
+    def full_disk(self, *args, **kwargs):
+        if getattr(self, "_batches_written", 0) >= 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self._batches_written = 1
+        return write_batch(self, *args, **kwargs)
+
+    def finalize(self, *args, **kwargs):   # on a full disk, closing the file fails too
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ArrowWriter, "write_batch", full_disk)
+    monkeypatch.setattr(ArrowWriter, "finalize", finalize)
+    tokenizer = AutoTokenizer.from_pretrained(str(minilm_dir))
+    ds = datasets.Dataset.from_dict({"text_a": [f"sentence {i}" for i in range(2500)], "label": [0] * 2500})
+    with pytest.raises(OSError):
+        tokenize(ds, tokenizer, get_task("SST-2"), cache_dir=tmp_path)
+    assert [p.name for p in (tmp_path / "tokenized").iterdir()] == []

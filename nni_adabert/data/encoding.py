@@ -74,8 +74,15 @@ def tokenize(ds: datasets.Dataset, tokenizer, spec: TaskSpec, max_length: int = 
                              .encode()).hexdigest()[:16]
         cache_file = Path(cache_dir) / "tokenized" / f"{key}.arrow"
         cache_file.parent.mkdir(parents=True, exist_ok=True)
-    ds = ds.map(encode, batched=True, batch_size=1000, desc="tokenizing", load_from_cache_file=cache_file is not None,
-                cache_file_name=str(cache_file) if cache_file else None)
+    before = set(cache_file.parent.glob("tmp*")) if cache_file else set()
+    try:
+        ds = ds.map(encode, batched=True, batch_size=1000, desc="tokenizing",
+                    load_from_cache_file=cache_file is not None, cache_file_name=str(cache_file) if cache_file else None)
+    except BaseException:
+        # datasets writes the cache under a temporary name beside it and leaves that file behind on failure
+        for tmp in set(cache_file.parent.glob("tmp*")) - before if cache_file else ():
+            tmp.unlink(missing_ok=True)
+        raise
     n = sum(ds["truncated"])
     if n:
         log.warning("%d of %d examples are longer than %d tokens and were truncated", n, len(ds), max_length)
