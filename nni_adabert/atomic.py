@@ -18,6 +18,15 @@ from typing import Any, Iterator
 from .errors import UserError, from_os_error
 
 
+def _umask() -> int:
+    mask = os.umask(0)  # the only way to read it; set back at once (at import, before any thread starts)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _umask()
+
+
 def ensure_dir(directory: Path) -> None:
     """Create ``directory`` (and its parents), or a :class:`UserError` saying why it cannot be."""
     try:
@@ -52,6 +61,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{path.name}-", dir=path.parent)) / path.name
     try:
         yield tmp
+        _default_modes(tmp)
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
         os.replace(tmp, path)
@@ -61,6 +71,14 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise from_os_error(exc) or exc from exc
     finally:
         shutil.rmtree(tmp.parent, ignore_errors=True)
+
+
+def _default_modes(path: Path) -> None:
+    """Give ``path`` (and what is under it) the modes a plain ``open`` would: some writers (the
+    safetensors files of ``save_pretrained``) create files readable by their owner only."""
+    for p in [path, *path.rglob("*")] if path.is_dir() else [path]:
+        if p.exists() and not p.is_symlink():
+            p.chmod((0o777 if p.is_dir() else 0o666) & ~_UMASK)
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:

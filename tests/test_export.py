@@ -123,3 +123,14 @@ def test_weights_without_a_checksum_load_with_a_warning(exported, tmp_path, capl
     with caplog.at_level("WARNING", logger="nni_adabert"):
         load_student(read_architecture(out_dir))
     assert "records none" in caplog.text
+
+
+def test_exported_files_get_the_usual_modes(exported):
+    """Weights are as readable as every other file we write (safetensors made them owner-only)."""
+    import os
+
+    out_dir, _ = exported
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in (WEIGHTS_FILE, ARCH_FILE, CELL_FILE):
+        assert (out_dir / name).stat().st_mode & 0o777 == 0o666 & ~umask, name

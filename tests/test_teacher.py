@@ -157,3 +157,18 @@ def test_a_shared_store_is_read_with_the_runs_own_teacher(runs, tmp_path):
     assert main(["search", "--teacher", str(second), "--output-dir", str(out), "--epochs", "1", "--batch-size", "32",
                  "--no-progress"]) == 0
     assert main(["evaluate", "--teacher", str(second), "--arch", str(out)]) == 0
+
+
+def test_a_teacher_run_started_again_says_it_reused_the_teacher(runs, glue_dir, capsys):
+    from conftest import glue_slice
+    from nni_adabert.cli import main
+
+    data = runs / "glue"
+    argv = ["teacher", "--task", "SST-2", "--data", str(data), "--epochs", "1", "--batch-size", "16",
+            "--aug-copies", "1", "--output-dir", str(runs / "SST-2"), "--cache-dir", str(runs / "cache"),
+            "--no-progress"]
+    glue_slice(glue_dir, data, "SST-2", 64, 32)   # as the fixture made it
+    capsys.readouterr()
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert f"reused the fine-tuned teacher in {runs / 'SST-2' / 'teacher'}" in out and "saved the" not in out

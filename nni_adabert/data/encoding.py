@@ -77,7 +77,8 @@ def tokenize(ds: datasets.Dataset, tokenizer, spec: TaskSpec, max_length: int = 
     before = set(cache_file.parent.glob("tmp*")) if cache_file else set()
     try:
         ds = ds.map(encode, batched=True, batch_size=1000, desc="tokenizing",
-                    load_from_cache_file=cache_file is not None, cache_file_name=str(cache_file) if cache_file else None)
+                    load_from_cache_file=cache_file is not None,
+                    cache_file_name=str(cache_file) if cache_file else None)
     except BaseException:
         # datasets writes the cache under a temporary name beside it and leaves that file behind on failure
         for tmp in set(cache_file.parent.glob("tmp*")) - before if cache_file else ():

@@ -165,7 +165,7 @@ def finetune_teacher(spec: TaskSpec, data: datasets.DatasetDict, model: str | No
     """Fine-tune ``model`` on ``data`` and save it to ``output_dir/teacher``.
 
     Returns the teacher's info (task, base model, dev metrics). A finished run
-    with the same settings is not redone; an interrupted one resumes from its
+    with the same settings is not redone (its info then says ``"reused": True``); an interrupted one resumes from its
     last epoch checkpoint in ``output_dir/teacher_train``.
     """
     output_dir = Path(output_dir)
@@ -179,7 +179,7 @@ def finetune_teacher(spec: TaskSpec, data: datasets.DatasetDict, model: str | No
     done = runs.finished(final_dir / TEACHER_INFO, settings)
     if done is not None:
         log.info("teacher already fine-tuned in %s; reusing it", final_dir)
-        return done
+        return {**done, "reused": True}
 
     pl.seed_everything(config.seed, workers=True)
     train_tok, dev_tok = (tokenize(ds, tokenizer, spec, cache_dir=cache_dir) for ds in (train, data["dev"]))

@@ -50,7 +50,8 @@ def _build(task, out_dir: Path, data, model, teacher_config, augment, cache_dir,
     info = finetune_teacher(spec, splits, model, out, teacher_config, progress=progress, cache_dir=cache_dir)
     metrics = ", ".join(f"{k} {100 * v:.2f}" for k, v in info["dev_metrics"].items())
     echo(f"teacher ({info['base_model']}, {info['num_layers']} layers) dev: {metrics}")
-    echo(f"saved the fine-tuned teacher to {out / 'teacher'}")
+    echo(f"{'reused the fine-tuned teacher in' if info.pop('reused', False) else 'saved the fine-tuned teacher to'} "
+         f"{out / 'teacher'}")
 
     store = build_knowledge(spec, splits, out / "teacher", augment, cache_dir, ProbeConfig(seed=teacher_config.seed),
                             progress=progress)
