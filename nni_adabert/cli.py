@@ -8,17 +8,14 @@ fix (``UserError``) print one line and exit with code 2, without a traceback.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
-import signal
 import sys
-import threading
 from pathlib import Path
 
 from .atomic import check_writable, write_json, write_text
 from .config import RetrainConfig, SearchConfig, add_options, from_options
 from .data.tasks import TASKS
-from .errors import RunStopped, UserError, as_user_error
+from .errors import RunStopped, UserError, as_user_error, stop_on_signals, stopped_message
 from .logs import configure_logging
 from .model.depth import DEPTH_LABEL
 from .tables import format_table
@@ -311,26 +308,6 @@ def check_outputs(args) -> None:
             check_writable(Path(getattr(args, name)).parent)
 
 
-@contextlib.contextmanager
-def stop_on_signals(signums=(signal.SIGTERM, signal.SIGINT)):
-    """Turn these signals into :class:`RunStopped` while the block runs (the handlers before it
-    are restored after). Lightning then keeps its SIGTERM notice but no longer ends the run with
-    status 0 (its ``SIGTERMException`` is a ``SystemExit``), nor SIGINT with 1 and a traceback."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def stop(signum, frame):
-        raise RunStopped(signum)
-
-    before = {signum: signal.signal(signum, stop) for signum in signums}
-    try:
-        yield
-    finally:
-        for signum, handler in before.items():
-            signal.signal(signum, handler)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.verbose)
@@ -339,8 +316,7 @@ def main(argv: list[str] | None = None) -> int:
             check_outputs(args)
             args.func(args)
     except RunStopped as stopped:
-        print(f"nni-adabert {args.command}: stopped by {signal.Signals(stopped.signum).name}; run the same "
-              f"command again to resume from the last finished epoch", file=sys.stderr)
+        print(stopped_message(args.command, stopped), file=sys.stderr)
         return 128 + stopped.signum
     except (UserError, OSError) as exc:
         error = as_user_error(exc)

@@ -7,7 +7,10 @@ stopped, with the status a shell expects (128 + the signal's number).
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import signal
+import threading
 
 
 class UserError(ValueError):
@@ -47,3 +50,29 @@ def as_user_error(exc: Exception) -> UserError | None:
     if isinstance(exc, UserError):
         return exc
     return from_os_error(exc) if isinstance(exc, OSError) else None
+
+
+@contextlib.contextmanager
+def stop_on_signals(signums=(signal.SIGTERM, signal.SIGINT)):
+    """Turn these signals into :class:`RunStopped` while the block runs (the handlers before it
+    are restored after). Lightning then keeps its SIGTERM notice but no longer ends the run with
+    status 0 (its ``SIGTERMException`` is a ``SystemExit``), nor SIGINT with 1 and a traceback."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise RunStopped(signum)
+
+    before = {signum: signal.signal(signum, stop) for signum in signums}
+    try:
+        yield
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
+
+
+def stopped_message(command: str, stopped: RunStopped) -> str:
+    """The one line a front end prints for a run a signal stopped."""
+    return (f"nni-adabert {command}: stopped by {signal.Signals(stopped.signum).name}; run the same command again "
+            f"to resume from the last finished epoch")

@@ -45,7 +45,7 @@ from filelock import FileLock
 from .atomic import write_json
 from .config import RetrainConfig, SearchConfig, add_options, from_options
 from .data.tasks import get_task
-from .errors import UserError, as_user_error
+from .errors import RunStopped, UserError, as_user_error, stop_on_signals, stopped_message
 from .logs import configure_logging
 from .model.space import random_arch
 from .nas.nni_trial import report_to_nni_trial
@@ -253,6 +253,15 @@ def retrain_trial(args: argparse.Namespace) -> dict:
 def main(kind: str, argv: list[str] | None = None) -> int:
     """Run one ``kind`` trial ("search" or "retrain"); returns the exit code."""
     configure_logging()
+    try:
+        with stop_on_signals():
+            return _run(kind, argv)
+    except RunStopped as stopped:
+        print(stopped_message(f"{kind} trial", stopped), file=sys.stderr, flush=True)
+        return 128 + stopped.signum
+
+
+def _run(kind: str, argv: list[str] | None) -> int:
     try:
         tuned = nni.get_next_parameter()
         args = trial_settings(kind, sys.argv[1:] if argv is None else argv, tuned)

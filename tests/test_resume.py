@@ -311,7 +311,12 @@ def test_a_signal_stops_a_run_with_its_status_and_one_line(runs, tmp_path, caplo
     assert "Traceback" not in err and not (out / "architecture.json").exists()
     caplog.set_level(logging.INFO, logger="nni_adabert")
     assert main(search_argv(runs, out)) == 0
-    assert f"resuming from {checkpoint}" in caplog.text and (out / "architecture.json").is_file()
+    assert f"resuming from {checkpoint}" in caplog.text
+    whole = tmp_path / "whole"   # the same search, never stopped, exports the same student
+    assert main(search_argv(runs, whole)) == 0
+    expected, resumed = (json.loads((d / "architecture.json").read_text()) for d in (whole, out))
+    assert (resumed["architecture"], resumed["weights_sha256"]) == (expected["architecture"],
+                                                                      expected["weights_sha256"])
 
 
 def test_a_run_directory_holds_one_run_at_a_time(runs, tmp_path, capsys, caplog):
