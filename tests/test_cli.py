@@ -112,9 +112,11 @@ def test_demo_steps_parse_with_every_demo_option(tmp_path):
 
     steps = demo_steps(tmp_path / "demo", no_progress=True, cache_dir=str(tmp_path / "cache"))
     parsed = [build_parser().parse_args(argv) for argv in steps]
-    assert [p.command for p in parsed] == ["teacher", "search", "evaluate"]
-    assert parsed[0].cache_dir == str(tmp_path / "cache") and parsed[0].no_progress and parsed[1].no_progress
-    assert parsed[1].teacher == parsed[2].teacher == str(tmp_path / "demo")
+    assert [p.command for p in parsed] == ["teacher", "search", "retrain", "evaluate"]
+    assert parsed[0].cache_dir == str(tmp_path / "cache") and all(p.no_progress for p in parsed[:3])
+    assert parsed[1].teacher == parsed[2].teacher == parsed[3].teacher == str(tmp_path / "demo")
+    assert parsed[1].max_params == 6_400_000   # the search has a budget: no parameter-free cell
+    assert parsed[2].arch == parsed[1].output_dir and parsed[3].arch == parsed[2].output_dir
 
 
 def test_a_student_no_better_than_the_majority_class_is_flagged(runs, caplog):

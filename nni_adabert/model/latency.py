@@ -6,7 +6,8 @@ of a plain one but not its speed. So the speed budget of the search (``--min-spe
 a :class:`LatencyTable` measured once on the machine that will run the student
 (:func:`measure_latency`; ``workflows.speed.latency_table`` caches it):
 
-- ``op_seconds[o]``: one edge running op ``o`` (the frozen child skips ``zero`` edges: 0);
+- ``op_seconds[o]``: one edge running op ``o`` (the frozen child skips ``zero`` edges: 0), timed in
+  a 2-cell child with ``o`` on every edge, less the same child with ``zero`` edges;
 - ``cell_seconds``: one cell besides its edges (the node attention, the sums);
 - ``once_seconds``: the rest (embedding, pooling, classifier);
 - ``reference_seconds``: the reference model (the BERT-base architecture or the teacher's)
@@ -32,7 +33,6 @@ import torch
 from transformers import AutoModelForSequenceClassification, PretrainedConfig
 
 from .depth import DEPTH_LABEL
-from .ops import build_op
 from .space import AdaBertStudent, StudentConfig
 
 __all__ = ["LatencyTable", "measure_latency", "time_median"]
@@ -100,8 +100,9 @@ def _student_batches(config: StudentConfig, batch_size: int, lengths: Sequence[i
     return batches
 
 
-def _zero_child(config: StudentConfig, depth: int) -> AdaBertStudent:
-    return AdaBertStudent(config, {**{label: "zero" for label in config.edge_labels}, DEPTH_LABEL: depth}).eval()
+def _uniform_child(config: StudentConfig, op: str, depth: int) -> AdaBertStudent:
+    """``depth`` cells with ``op`` on every edge."""
+    return AdaBertStudent(config, {**{label: op for label in config.edge_labels}, DEPTH_LABEL: depth}).eval()
 
 
 def _reference_seconds(reference_config: PretrainedConfig, batch_size: int, lengths: Sequence[int],
@@ -138,25 +139,20 @@ def measure_latency(config: StudentConfig, lengths: Sequence[int], reference_len
     if threads is not None:
         torch.set_num_threads(threads)
     try:
-        student_batches = _student_batches(config, batch_size, lengths)
-        g = torch.Generator().manual_seed(0)
-        inputs = [(torch.randn(batch_size, config.embed_dim, n, generator=g), torch.ones(batch_size, 1, n))
-                  for n in lengths]
-        op_seconds: Dict[str, float] = {}
-        for name in config.op_names:
-            if name == "zero":
-                op_seconds[name] = 0.0  # the frozen child skips zero edges
-                continue
-            op = build_op(name, config.embed_dim).eval()
-            op_seconds[name] = time_median(lambda: [op(x, m) for x, m in inputs], repeats)
+        batches = _student_batches(config, batch_size, lengths)
 
-        def child_time(depth: int) -> float:
-            child = _zero_child(config, depth)
-            return time_median(lambda: [child(**b, return_probes=False) for b in student_batches], repeats)
+        def child_time(op: str, depth: int) -> float:
+            child = _uniform_child(config, op, depth)
+            return time_median(lambda: [child(**b, return_probes=False) for b in batches], repeats)
 
-        one, two = child_time(1), child_time(2)
+        # Ops are timed inside children, not alone: the layout of a cell's inputs (the embedding's is
+        # transposed) changes an op's speed several-fold, and a child's ops see those inputs.
+        one, two = child_time("zero", 1), child_time("zero", 2)
         cell_seconds = max(two - one, 0.0)
         once_seconds = max(one - cell_seconds, 0.0)
+        edges = 2 * len(config.edge_labels)   # every edge of a 2-cell child
+        op_seconds = {op: 0.0 if op == "zero" else max(child_time(op, 2) - two, 0.0) / edges
+                      for op in config.op_names}   # the frozen child skips zero edges
         reference_seconds = _reference_seconds(reference_config, batch_size, reference_lengths, repeats)
         setting = {"batch_size": batch_size, "lengths": list(lengths), "reference_lengths": list(reference_lengths),
                    "threads": torch.get_num_threads(), "repeats": repeats, "embed_dim": config.embed_dim,
