@@ -177,11 +177,11 @@ def check_fits(arch_file: ArchitectureFile, store: KnowledgeStore) -> None:
     task = arch_file.doc.get("task")
     differences = [f"{what}: {ours} for the student, {theirs} for the teacher run"
                    for what, ours, theirs in (("task", task, meta["task"]),
-                                              ("labels", config.num_labels, meta["num_labels"]),
+                                              ("labels", config.num_labels, store.spec.num_labels),
                                               ("input", "pair" if config.is_pair else "single text",
                                                "pair" if store.spec.is_pair else "single text"),
-                                              ("vocabulary size", config.vocab_size, meta["vocab_size"]))
-                   if ours != theirs and ours is not None]
+                                              ("vocabulary size", config.vocab_size, meta.get("vocab_size")))
+                   if ours != theirs and None not in (ours, theirs)]
     if differences:
         raise UserError(f"{arch_file.path} is not a student of the teacher run's task ({'; '.join(differences)}): "
                         f"use the teacher run it was trained with, or retrain it on this task (nni-adabert retrain)")
