@@ -50,7 +50,7 @@ def test_finetune_saves_hf_checkpoint_and_is_not_redone(tmp_path, sst2, minilm_d
     # Same settings: the finished run is reused, nothing is trained again.
     monkeypatch.setattr("nni_adabert.teacher.finetune.fit", lambda *a, **k: pytest.fail("fine-tuned twice"))
     assert finetune_teacher(spec, sst2, None, tmp_path, TeacherConfig(epochs=1, batch_size=16),
-                            progress=False) == info
+                            progress=False) == {**info, "reused": True}
 
 
 @pytest.mark.parametrize("make, message", [
