@@ -35,7 +35,7 @@ from transformers import AutoModelForSequenceClassification, PretrainedConfig
 from .depth import DEPTH_LABEL
 from .space import AdaBertStudent, StudentConfig
 
-__all__ = ["LatencyTable", "measure_latency", "time_median"]
+__all__ = ["LatencyTable", "measure_latency", "time_runs"]
 
 FORMAT_VERSION = 1
 
@@ -74,17 +74,31 @@ class LatencyTable:
                                          "reference_seconds", "setting", "version")})
 
 
-def time_median(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> float:
-    """Median seconds of ``fn()`` over ``repeats`` timed calls after ``warmup`` untimed ones."""
+def time_runs(runs: Mapping[str, tuple[Callable, list]], repeats: int, warmup: int = 1) -> dict[str, list[float]]:
+    """The one timing loop: ``{name: (fn, batches)}`` -> ``{name: [seconds per pass over its batches]}``.
+
+    ``warmup`` untimed passes each, then ``repeats`` timed passes, round-robin over the
+    runs (run 1, run 2, ..., run 1, run 2, ...) so that a change in the machine's load
+    during the measurement hits every run alike.
+    """
     with torch.inference_mode():
         for _ in range(warmup):
-            fn()
-        times = []
+            for fn, batches in runs.values():
+                for b in batches:
+                    fn(b)
+        times: dict[str, list[float]] = {name: [] for name in runs}
         for _ in range(repeats):
-            start = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+            for name, (fn, batches) in runs.items():
+                start = time.perf_counter()
+                for b in batches:
+                    fn(b)
+                times[name].append(time.perf_counter() - start)
+    return times
+
+
+def _median_seconds(fn: Callable, batches: list, repeats: int) -> float:
+    """Median seconds of one pass of ``fn`` over ``batches`` (:func:`time_runs`)."""
+    return statistics.median(time_runs({"run": (fn, batches)}, repeats)["run"])
 
 
 def _student_batches(config: StudentConfig, batch_size: int, lengths: Sequence[int]) -> List[Dict[str, torch.Tensor]]:
@@ -117,7 +131,7 @@ def _reference_seconds(reference_config: PretrainedConfig, batch_size: int, leng
         g = torch.Generator().manual_seed(0)
         batches = [{"input_ids": torch.randint(1, cfg.vocab_size, (batch_size, n), generator=g),
                     "token_type_ids": torch.zeros(batch_size, n, dtype=torch.long)} for n in lengths]
-        return time_median(lambda: [model(**b) for b in batches], repeats)
+        return _median_seconds(lambda b: model(**b), batches, repeats)
 
     one, two = timed(1), timed(2)
     return one + (reference_config.num_hidden_layers - 1) * max(two - one, 0.0)
@@ -143,7 +157,7 @@ def measure_latency(config: StudentConfig, lengths: Sequence[int], reference_len
 
         def child_time(op: str, depth: int) -> float:
             child = _uniform_child(config, op, depth)
-            return time_median(lambda: [child(**b, return_probes=False) for b in batches], repeats)
+            return _median_seconds(lambda b: child(**b, return_probes=False), batches, repeats)
 
         # Ops are timed inside children, not alone: the layout of a cell's inputs (the embedding's is
         # transposed) changes an op's speed several-fold, and a child's ops see those inputs.

@@ -17,7 +17,6 @@ import json
 import os
 import platform
 import statistics
-import time
 from pathlib import Path
 from typing import Callable, Mapping
 
@@ -29,32 +28,10 @@ from transformers import AutoConfig, BertConfig, BertForSequenceClassification
 from .. import atomic
 from ..data.encoding import pad_batch, pad_batches
 from ..errors import UserError
-from ..model.latency import LatencyTable, measure_latency
+from ..model.latency import LatencyTable, measure_latency, time_runs
 from ..model.space import AdaBertStudent, StudentConfig
 from ..teacher.knowledge import KnowledgeStore
 from .deploy import OnnxStudent
-
-
-def time_runs(runs: Mapping[str, tuple[Callable, list]], repeats: int, warmup: int = 1) -> dict[str, list[float]]:
-    """The one timing loop: ``{name: (fn, batches)}`` -> ``{name: [seconds per pass over its batches]}``.
-
-    ``warmup`` untimed passes each, then ``repeats`` timed passes, round-robin over the
-    runs (run 1, run 2, ..., run 1, run 2, ...) so that a change in the machine's load
-    during the measurement hits every run alike.
-    """
-    with torch.inference_mode():
-        for _ in range(warmup):
-            for fn, batches in runs.values():
-                for b in batches:
-                    fn(b)
-        times: dict[str, list[float]] = {name: [] for name in runs}
-        for _ in range(repeats):
-            for name, (fn, batches) in runs.items():
-                start = time.perf_counter()
-                for b in batches:
-                    fn(b)
-                times[name].append(time.perf_counter() - start)
-    return times
 
 
 def _runner(model, rows: list[dict], batch_size: int) -> tuple[Callable, list]:
