@@ -31,7 +31,8 @@ from .ops import OPS, conv_spec
 
 __all__ = [
     "op_params", "op_flops", "op_cost_table", "normalized_op_costs", "embedding_params",
-    "attention_params", "head_params", "cell_params", "child_params", "child_flops", "expected_additive_cost",
+    "attention_params", "head_params", "cell_params", "child_params", "child_flops", "additive_cost",
+    "expected_additive_cost",
     "expected_child_params",
 ]
 
@@ -131,11 +132,18 @@ def child_flops(config: Any, arch: Mapping[str, Any], seq_len: int, include_prob
     return total
 
 
+def additive_cost(config: Any, arch: Mapping[str, Any], op_cost: Mapping[str, float], per_cell: float,
+                  once: float) -> float:
+    """``once + K * (per_cell + sum over edges of op_cost[op])`` of the child ``arch``: the form of
+    every additive cost of a child (its parameters for a budget, its measured time)."""
+    return once + int(arch["depth"]) * (per_cell + sum(op_cost[arch[label]] for label in config.edge_labels))
+
+
 def expected_additive_cost(op_cost: Sequence[float], per_cell: float, once: float, op_probs: torch.Tensor,
                            depth_probs: torch.Tensor) -> torch.Tensor:
     """``E[once + K * (per_cell + sum over edges of op_cost[op])]`` under independent op / depth
     distributions, differentiable in them (``E[K * cell] = E[K] * E[cell]``: the depth and the ops
-    are drawn independently). Every additive cost of a child has this form: its parameters
+    are drawn independently) of :func:`additive_cost`: a child's parameters
     (:func:`expected_child_params`), its measured time (:class:`latency.LatencyTable`).
 
     Args:

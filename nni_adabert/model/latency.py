@@ -32,6 +32,7 @@ from typing import Any, Callable, Dict, List, Mapping, Sequence
 import torch
 from transformers import AutoModelForSequenceClassification, PretrainedConfig
 
+from . import cost
 from .depth import DEPTH_LABEL
 from .space import AdaBertStudent, StudentConfig
 
@@ -58,8 +59,7 @@ class LatencyTable:
 
     def child_seconds(self, config: StudentConfig, arch: Mapping[str, Any]) -> float:
         """Predicted seconds of the child ``arch``."""
-        cell = self.cell_seconds + sum(self.op_seconds[arch[label]] for label in config.edge_labels)
-        return self.once_seconds + int(arch[DEPTH_LABEL]) * cell
+        return cost.additive_cost(config, arch, self.op_seconds, self.cell_seconds, self.once_seconds)
 
     def speedup(self, config: StudentConfig, arch: Mapping[str, Any]) -> float:
         """Predicted speedup of the child ``arch`` over the reference."""

@@ -54,8 +54,7 @@ class Budget:
 
     def child(self, config, arch: Mapping[str, Any]) -> float:
         """The cost of the child ``arch``."""
-        ops = sum(self.op_cost[arch[label]] for label in config.edge_labels)
-        return self.once + int(arch[DEPTH_LABEL]) * (self.per_cell + ops)
+        return cost.additive_cost(config, arch, self.op_cost, self.per_cell, self.once)
 
     def smallest(self, config) -> float:
         """The cost of the cheapest child: one cell of the cheapest op on every edge."""
