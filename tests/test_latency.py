@@ -52,6 +52,10 @@ def test_latency_table_is_measured_once_and_cached(runs, tmp_path, monkeypatch):
     # Another batch size is another table; a damaged file is measured again, not trusted.
     with pytest.raises(AssertionError, match="measured again"):
         speed.latency_table(store, space, "teacher", batch_size=32, cache_dir=tmp_path)
+    # A table measured by another version of the method is measured again too.
+    cached.write_text(json.dumps({**first.to_dict(), "version": first.version - 1}))
+    with pytest.raises(AssertionError, match="measured again"):
+        speed.latency_table(store, space, "teacher", batch_size=64, cache_dir=tmp_path)
     cached.write_text("{not json")
     with pytest.raises(AssertionError, match="measured again"):
         speed.latency_table(store, space, "teacher", batch_size=64, cache_dir=tmp_path)

@@ -176,7 +176,7 @@ def latency_table(store: KnowledgeStore, space_config: StudentConfig, speedup_ov
                   batch_size: int = 128, threads: int = 1, cache_dir: str | os.PathLike | None = None,
                   echo: Callable[[str], None] | None = None) -> LatencyTable:
     """This machine's :class:`LatencyTable` of the space ``space_config``, timed on ``store``'s
-    first dev batches with ``threads`` threads; measured once (about a minute on a 2-core CPU),
+    first dev batches with ``threads`` threads; measured once (one to two minutes on a 2-core CPU),
     then read from ``cache_dir`` (default: ``latency/`` beside the store)."""
     lengths, reference_lengths = batch_lengths(store, batch_size)
     ref_config = reference_config(store, speedup_over)
@@ -189,9 +189,9 @@ def latency_table(store: KnowledgeStore, space_config: StudentConfig, speedup_ov
     if path.exists():
         try:
             return LatencyTable.from_dict(json.loads(path.read_text()))
-        except (ValueError, KeyError, TypeError) as exc:  # a damaged cache file: measure again
+        except (ValueError, KeyError, TypeError) as exc:  # damaged, or measured another way: measure again
             if echo:
-                echo(f"latency table {path} is unreadable ({exc}); measuring it again")
+                echo(f"latency table {path} cannot be used ({exc}); measuring it again")
     if echo:
         echo(f"measuring the latency table of this machine ({threads} thread(s), batch {batch_size}, "
              f"{len(lengths)} dev batches, against {REFERENCES[speedup_over]}); cached in {path}")
