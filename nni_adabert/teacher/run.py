@@ -37,9 +37,9 @@ def build_teacher_run(task: str, out_dir: str | os.PathLike, data: str | None = 
                       progress, echo)
 
 
-def _build(task, out_dir: Path, data, model, teacher_config, augment, cache_dir, train_limit, dev_limit, progress,
+def _build(task, out: Path, data, model, teacher_config, augment, cache_dir, train_limit, dev_limit, progress,
            echo) -> KnowledgeStore:
-    spec, out = get_task(task), Path(out_dir)
+    spec = get_task(task)
     cache_dir = Path(cache_dir) if cache_dir else DEFAULT_CACHE_DIR
     teacher_config = teacher_config or TeacherConfig()
     splits = load_task(spec, data)

@@ -42,11 +42,10 @@ def _retrain(arch: dict, source: dict, store: KnowledgeStore, out_dir: Path, con
              k_max: int, progress: bool, report_to_nni: bool) -> dict:
     settings = retrain_run_settings(arch, source, config, embed_dim, k_max)
     run_identity = runs.identity(settings, store)
-    done = runs.finished(Path(out_dir) / ARCH_FILE, run_identity)
+    done = runs.finished(out_dir / ARCH_FILE, run_identity)
     if done is not None:
         log.info("retraining already finished in %s with these settings; not redoing it", out_dir)
         return done
-    out_dir = Path(out_dir)
     pl.seed_everything(config.seed, workers=True)  # the fresh weights too: the same run whatever ran before it
     student = fresh_student(arch, store, embed_dim, k_max, config.dropout)
     student = train_student(student, store, out_dir / "retrain", config, run_identity, progress, report_to_nni)
