@@ -62,11 +62,11 @@ def write_tsv(path: Path, header: list[str], rows: list[list[str]]) -> Path:
 
 def glue_slice(src: Path, dst: Path, task: str, n_train: int, n_dev: int) -> Path:
     """Copy the first rows of a real GLUE task into a GLUE-layout directory."""
-    from nni_adabert.data.glue import read_glue_tsv
+    from nni_adabert.data.glue import GLUE_FILES, read_glue_tsv
     from nni_adabert.data.tasks import get_task
 
     spec = get_task(task)
-    for name, n in (("train.tsv", n_train), (spec.tsv_dev_file, n_dev)):
+    for name, n in (("train.tsv", n_train), (GLUE_FILES[spec.name].tsv_dev_file, n_dev)):
         lines = (src / spec.name / name).read_text(encoding="utf-8-sig").splitlines()
         (dst / spec.name).mkdir(parents=True, exist_ok=True)
         (dst / spec.name / name).write_text("\n".join(lines[: n + 1]) + "\n", encoding="utf-8")

@@ -9,7 +9,7 @@ import random
 import pytest
 from conftest import DATA_DIR, FULL_TREC_DIR, GLUE_SLICE_DIR, write_tsv
 
-from nni_adabert.data.glue import BUNDLED_DIR, load_task, read_glue_tsv
+from nni_adabert.data.glue import BUNDLED_DIR, GLUE_FILES, load_task, read_glue_tsv
 from nni_adabert.data.encoding import pad_batch, tokenize
 from nni_adabert.errors import UserError
 from nni_adabert.data.tasks import TASKS, get_task
@@ -85,10 +85,11 @@ def test_bundled_sample_is_real_sst2():
 def test_task_registry():
     assert set(TASKS) == {"SST-2", "MRPC", "QQP", "MNLI", "QNLI", "RTE"}
     assert get_task("sst2") is get_task("SST-2") is get_task("sst_2")
-    assert get_task("MNLI").num_labels == 3 and get_task("MNLI").tsv_dev_file == "dev_matched.tsv"
+    assert get_task("MNLI").num_labels == 3 and GLUE_FILES["MNLI"].tsv_dev_file == "dev_matched.tsv"
     assert get_task("MRPC").metrics == ("f1", "accuracy") and get_task("QQP").is_pair
     assert not get_task("SST-2").is_pair
-    with pytest.raises(UserError, match="unknown task 'COLA'.*SST-2, MRPC"):
+    assert set(GLUE_FILES) == set(TASKS)
+    with pytest.raises(UserError, match="unknown task 'COLA'.*SST-2, MRPC.*or a task file"):
         get_task("COLA")
 
 

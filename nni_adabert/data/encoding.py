@@ -40,6 +40,16 @@ def vocab_fingerprint(tokenizer) -> str:
     return hashlib.sha256(json.dumps(vocab).encode()).hexdigest()[:16]
 
 
+def student_ids(tokenizer, texts_a: list[str], texts_b: list[str] | None = None,
+                max_length: int = MAX_LENGTH) -> dict[str, list[list[int]]]:
+    """The student's input: ``input_ids_a`` (and ``input_ids_b``), each text tokenized on its own
+    and truncated to ``max_length`` tokens."""
+    out = {"input_ids_a": tokenizer(texts_a, truncation=True, max_length=max_length)["input_ids"]}
+    if texts_b is not None:
+        out["input_ids_b"] = tokenizer(texts_b, truncation=True, max_length=max_length)["input_ids"]
+    return out
+
+
 def tokenize(ds: datasets.Dataset, tokenizer, spec: TaskSpec, max_length: int = MAX_LENGTH,
              cache_dir: str | os.PathLike | None = None) -> datasets.Dataset:
     """Add the token ids both models read.
@@ -59,10 +69,8 @@ def tokenize(ds: datasets.Dataset, tokenizer, spec: TaskSpec, max_length: int = 
     def encode(batch):
         a, b = batch["text_a"], batch["text_b"] if pair else None
         teacher = tokenizer(a, b, truncation=True, max_length=max_length, return_token_type_ids=True)
-        out = {"input_ids": teacher["input_ids"], "token_type_ids": teacher["token_type_ids"]}
-        out["input_ids_a"] = tokenizer(a, truncation=True, max_length=max_length)["input_ids"]
-        if pair:
-            out["input_ids_b"] = tokenizer(b, truncation=True, max_length=max_length)["input_ids"]
+        out = {"input_ids": teacher["input_ids"], "token_type_ids": teacher["token_type_ids"],
+               **student_ids(tokenizer, a, b, max_length)}
         # Count truncations with the untruncated lengths of the packed input.
         full = tokenizer(a, b, truncation=False)["input_ids"]
         out["truncated"] = [len(ids) > max_length for ids in full]

@@ -14,6 +14,7 @@ columns ``text_a`` (str), ``text_b`` (str, pair tasks only) and ``label`` (int).
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
@@ -22,6 +23,33 @@ from ..errors import UserError
 from .tasks import TaskSpec, get_task
 
 BUNDLED_DIR = Path(__file__).resolve().parents[1] / "resources" / "glue"
+
+
+@dataclass(frozen=True)
+class GlueFiles:
+    """Where a GLUE task's fields are in each source."""
+
+    hub_config: str                 # config of the hub dataset "nyu-mll/glue"
+    hub_text_fields: tuple[str, ...]
+    hub_dev_split: str
+    tsv_text_columns: tuple[str, ...]
+    tsv_label_column: str
+    tsv_dev_file: str
+
+
+GLUE_FILES: dict[str, GlueFiles] = {
+    "SST-2": GlueFiles("sst2", ("sentence",), "validation", ("sentence",), "label", "dev.tsv"),
+    "MRPC": GlueFiles("mrpc", ("sentence1", "sentence2"), "validation", ("#1 String", "#2 String"), "Quality",
+                      "dev.tsv"),
+    "QQP": GlueFiles("qqp", ("question1", "question2"), "validation", ("question1", "question2"), "is_duplicate",
+                     "dev.tsv"),
+    "MNLI": GlueFiles("mnli", ("premise", "hypothesis"), "validation_matched", ("sentence1", "sentence2"),
+                      "gold_label", "dev_matched.tsv"),
+    "QNLI": GlueFiles("qnli", ("question", "sentence"), "validation", ("question", "sentence"), "label", "dev.tsv"),
+    "RTE": GlueFiles("rte", ("sentence1", "sentence2"), "validation", ("sentence1", "sentence2"), "label",
+                     "dev.tsv"),
+}
+"""Each GLUE task's columns and files, by its :class:`TaskSpec` name."""
 
 
 # --------------------------------------------------------------------------- reading
@@ -69,7 +97,8 @@ def read_glue_tsv(path: Path, spec: TaskSpec) -> dict[str, list]:
     repeated = sorted({c for c in header if header.count(c) > 1})
     if repeated:
         raise UserError(f"{path}: the header names column(s) {repeated} more than once; each column once")
-    wanted = (*spec.tsv_text_columns, spec.tsv_label_column)
+    files = GLUE_FILES[spec.name]
+    wanted = (*files.tsv_text_columns, files.tsv_label_column)
     missing = [c for c in wanted if c not in header]
     if missing:
         raise UserError(f"{path}: missing column(s) {missing} for task {spec.name}; "
@@ -118,15 +147,16 @@ def load_task(task: str | TaskSpec, source: str | os.PathLike | None = None) -> 
     task_dir = resolve_task_dir(spec, source)
     return datasets.DatasetDict({
         split: datasets.Dataset.from_dict(read_glue_tsv(task_dir / name, spec), features=_features(spec))
-        for split, name in (("train", "train.tsv"), ("dev", spec.tsv_dev_file))
+        for split, name in (("train", "train.tsv"), ("dev", GLUE_FILES[spec.name].tsv_dev_file))
     })
 
 
 def _load_from_hub(spec: TaskSpec) -> datasets.DatasetDict:
-    raw = datasets.load_dataset("nyu-mll/glue", spec.hub_config)
-    renames = dict(zip(spec.hub_text_fields, ("text_a", "text_b")))
+    files = GLUE_FILES[spec.name]
+    raw = datasets.load_dataset("nyu-mll/glue", files.hub_config)
+    renames = dict(zip(files.hub_text_fields, ("text_a", "text_b")))
     out = {}
-    for split, hub_split in (("train", "train"), ("dev", spec.hub_dev_split)):
+    for split, hub_split in (("train", "train"), ("dev", files.hub_dev_split)):
         ds = raw[hub_split].rename_columns(renames)
         out[split] = ds.select_columns(list(_features(spec))).cast(_features(spec))
     return datasets.DatasetDict(out)
