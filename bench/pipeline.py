@@ -30,6 +30,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 
 from common import GLUE_DIR, ROOT, command_line, cpu_model, machine, results_dir, run_cli, write_results  # noqa: E402
+from nni_adabert.data.custom import TASK_FILE_SUFFIXES  # noqa: E402
 from nni_adabert.teacher.run import open_teacher_run  # noqa: E402
 from nni_adabert.workflows.evaluate import compare_with_teacher  # noqa: E402
 from nni_adabert.workflows.speed import bert_base  # noqa: E402
@@ -39,8 +40,9 @@ REFERENCE = "BERT-base arch"
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--task", default="SST-2")
-    p.add_argument("--data", default=GLUE_DIR, help="GLUE folder (default: ../shared/data/glue or $GLUE_DIR)")
+    p.add_argument("--task", default="SST-2", help="a GLUE task, or a task file of your own data (bench/trec.py)")
+    p.add_argument("--data", default=GLUE_DIR, help="GLUE folder (default: ../shared/data/glue or $GLUE_DIR); "
+                   "not passed with a task file, which names its own data")
     p.add_argument("--max-params", type=int, default=None, help="the search's parameter budget")
     p.add_argument("--min-speedup", type=float, default=None, help="the search's speed budget")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
@@ -65,7 +67,8 @@ def main(argv=None) -> int:
     budget = (["--max-params", str(args.max_params)] if args.max_params else []) + \
              (["--min-speedup", str(args.min_speedup)] if args.min_speedup else [])
     teacher = runs / "teacher"
-    steps = {"teacher": timed(["teacher", "--task", args.task, "--data", args.data, "--output-dir", str(teacher),
+    data = [] if Path(args.task).suffix in TASK_FILE_SUFFIXES else ["--data", args.data]
+    steps = {"teacher": timed(["teacher", "--task", args.task, *data, "--output-dir", str(teacher),
                                "--cache-dir", cache, "--no-progress"])}
     out = results_dir("pipeline", f"pipeline-{args.name}")
     seeds = []
@@ -95,7 +98,7 @@ def main(argv=None) -> int:
         teacher_metrics = compared["teacher"]["dev_metrics"]
     mean = statistics.mean(100 * e["dev"][metric] for e in seeds)
     result = {"command": command_line(["bench/pipeline.py", *argv]), "cpu": cpu_model(), "machine": machine(),
-              "torch": torch.__version__, "task": args.task, "metric": metric, "budget": budget,
+              "torch": torch.__version__, "task": store.meta["task"], "metric": metric, "budget": budget,
               "teacher": {"dev": teacher_metrics, **steps["teacher"]}, "seeds": seeds,
               "mean": mean, "gap": 100 * teacher_metrics[metric] - mean}
     text = markdown(result)

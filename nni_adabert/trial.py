@@ -44,7 +44,7 @@ from filelock import FileLock
 
 from .atomic import write_json
 from .config import RetrainConfig, SearchConfig, add_options, from_options
-from .data.tasks import get_task
+from .data.custom import TaskConfig, add_task_options, task_from_options
 from .errors import RunStopped, UserError, as_user_error, stop_on_signals, stopped_message
 from .logs import configure_logging
 from .model.space import random_arch
@@ -76,8 +76,7 @@ def build_parser(kind: str) -> argparse.ArgumentParser:
     CLI's (:func:`config.add_options`)."""
     p = argparse.ArgumentParser(prog=f"{kind}_trial.py", description=f"AdaBERT {kind} as an NNI trial. "
                                 "Settings from the tuner (nni.get_next_parameter()) override these.")
-    p.add_argument("--task", default="SST-2", help="GLUE task (default SST-2)")
-    p.add_argument("--data", default=None, help="GLUE data directory, 'hub', or omit for the bundled SST-2 sample")
+    add_task_options(p.add_argument_group("data (a GLUE task, or your own: see docs/data.md)"))
     p.add_argument("--teacher", default=None, help="teacher run directory (default runs/nni/teacher-<task>); "
                    "built there first when it has no probes.json")
     p.add_argument("--cache-dir", default=None, help="teacher-knowledge stores (default $NNI_ADABERT_CACHE "
@@ -150,24 +149,25 @@ def output_dir(args: argparse.Namespace, kind: str) -> Path:
 
 def teacher_store(args: argparse.Namespace) -> KnowledgeStore:
     """The knowledge store of the trial's teacher run, built first when missing."""
-    spec = get_task(args.task)
-    run = Path(args.teacher or Path("runs") / "nni" / f"teacher-{spec.name}")
+    task = task_from_options(args)
+    name = task.task_name if isinstance(task, TaskConfig) else task
+    run = Path(args.teacher or Path("runs") / "nni" / f"teacher-{name}")
     run.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(run) + ".lock"):
         if not (run / "probes.json").is_file():
-            print(f"teacher run {run} has no probes.json: building it ({spec.name}, "
+            print(f"teacher run {run} has no probes.json: building it ({name}, "
                   f"{args.teacher_epochs} epoch(s), train limit {args.teacher_train_limit})", flush=True)
-            build_teacher_run(spec.name, run, data=args.data, model=args.teacher_model,
+            build_teacher_run(task, run, data=args.data, model=args.teacher_model,
                               teacher_config=TeacherConfig(epochs=args.teacher_epochs, lr=args.teacher_lr,
                                                            batch_size=args.teacher_batch_size, seed=42),
                               augment=AugmentConfig(copies=args.aug_copies) if args.aug_copies > 0 else None,
                               cache_dir=args.cache_dir, train_limit=args.teacher_train_limit,
                               dev_limit=args.teacher_dev_limit, progress=args.progress)
         store = open_teacher_run(run)
-    if store.meta["task"] != spec.name:
-        raise UserError(f"teacher run {run} is for {store.meta['task']}, not {spec.name}; "
+    if store.meta["task"] != name:
+        raise UserError(f"teacher run {run} is for {store.meta['task']}, not {name}; "
                         f"pass another --teacher (or parameter 'teacher')")
-    print(f"teacher knowledge for {spec.name}: {store.path} ({len(store.data['train']):,} train / "
+    print(f"teacher knowledge for {name}: {store.path} ({len(store.data['train']):,} train / "
           f"{len(store.data['dev']):,} dev rows)", flush=True)
     return store
 
@@ -216,7 +216,7 @@ def search_trial(args: argparse.Namespace) -> dict:
     student = load_student(read_architecture(out / ARCH_FILE))
     if args.export_to:
         try:
-            dest = Path(str(args.export_to).format(**vars(args)))
+            dest = Path(str(args.export_to).format(**{**vars(args), "task": store.meta["task"]}))
         except (KeyError, ValueError, IndexError) as exc:
             raise UserError(f"--export-to {args.export_to!r}: {exc!r} is not a setting to fill in") from None
         dest.mkdir(parents=True, exist_ok=True)

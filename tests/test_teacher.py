@@ -172,3 +172,40 @@ def test_a_teacher_run_started_again_says_it_reused_the_teacher(runs, glue_dir, 
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert f"reused the fine-tuned teacher in {runs / 'SST-2' / 'teacher'}" in out and "saved the" not in out
+
+
+def test_a_fine_tuned_teacher_is_taken_as_it_is_with_its_classes_matched(runs, tmp_path, capsys):
+    """`teacher --model DIR --epochs 0`: no fine-tuning; a checkpoint whose classes are in another
+    order (and named otherwise) gives the same teacher once they are matched by name or --label-map."""
+    from nni_adabert.cli import main
+
+    original = json.loads((runs / "SST-2" / "probes.json").read_text())["teacher"]["dev_metrics"]
+    swapped = tmp_path / "swapped"
+    shutil.copytree(runs / "SST-2" / "teacher", swapped)
+    weights = load_file(str(swapped / "model.safetensors"))
+    for key in ("classifier.weight", "classifier.bias"):
+        weights[key] = weights[key].flip(0).contiguous()
+    save_file(weights, str(swapped / "model.safetensors"))
+    config = json.loads((swapped / "config.json").read_text())
+    config.update(id2label={"0": "POSITIVE", "1": "NEGATIVE"}, label2id={"POSITIVE": 0, "NEGATIVE": 1})
+    (swapped / "config.json").write_text(json.dumps(config))
+
+    def teacher(*extra):
+        return main(["teacher", "--task", "SST-2", "--data", str(runs / "glue"), "--model", str(swapped),
+                     "--epochs", "0", "--aug-copies", "0", "--output-dir", str(tmp_path / "run"),
+                     "--cache-dir", str(tmp_path / "cache"), "--no-progress", *extra])
+
+    capsys.readouterr()
+    assert teacher() == 2
+    assert "labels ['NEGATIVE', 'POSITIVE'] are not the task's ['0', '1']; say which is which with --label-map" \
+        in capsys.readouterr().err
+    assert teacher("--label-map", "NEGATIVE=0,POSITIVE=2") == 2
+    assert teacher("--label-map", "NEGATIVE=0,POSITIVE=1") == 0
+    printed = capsys.readouterr().out
+    info = json.loads((tmp_path / "run" / "probes.json").read_text())["teacher"]
+    assert info["dev_metrics"] == pytest.approx(original)   # the same classifier, its classes put back in order
+    assert "(always the majority class: accuracy" in printed
+    assert not (tmp_path / "run" / "teacher_train" / "checkpoints").exists()   # nothing was trained
+    with pytest.raises(UserError, match="the bundled MiniLM is not one"):
+        finetune_teacher(get_task("SST-2"), load_task("SST-2", runs / "glue"), None, tmp_path / "x",
+                         TeacherConfig(epochs=0))

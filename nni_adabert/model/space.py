@@ -464,6 +464,21 @@ class AdaBertStudent(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         self.classifier = nn.Linear(d, config.num_labels)
 
+    @classmethod
+    def from_pretrained(cls, directory) -> "AdaBertStudent":
+        """The student saved in ``directory`` by :meth:`save_pretrained` (or exported by
+        ``nni-adabert search`` / ``retrain``), in eval mode."""
+        # model/pretrained.py (the file format) builds this class, so it is imported when called
+        from .pretrained import from_pretrained
+        return from_pretrained(directory)
+
+    def save_pretrained(self, directory, tokenizer=None, info: Optional[Dict[str, Any]] = None) -> dict:
+        """Write ``architecture.json``, ``student.safetensors`` and the ``tokenizer``'s files into
+        ``directory`` (:func:`model.pretrained.save_pretrained`); returns the JSON document."""
+        # imported when called, as in from_pretrained
+        from .pretrained import save_pretrained
+        return save_pretrained(self, directory, info, tokenizer)
+
     def load_embedding(self, embedding: torch.Tensor) -> None:
         """Copy ``[V, D]`` initial word embeddings (e.g. from :func:`factorized_embedding`)."""
         _load_embedding(self.embed, embedding)

@@ -39,8 +39,9 @@ SGD_MOMENTUM = 0.9  # the paper's
 
 
 def val_metric_key(metric: str) -> str:
-    """The key this module logs a task metric under: ``accuracy`` -> ``val_acc``, ``f1`` -> ``val_f1``."""
-    return {"accuracy": "val_acc", "f1": "val_f1"}[metric]
+    """The key this module logs a task metric under: ``accuracy`` -> ``val_acc``, ``f1`` -> ``val_f1``,
+    ``macro_f1`` -> ``val_macro_f1``."""
+    return {"accuracy": "val_acc", "f1": "val_f1", "macro_f1": "val_macro_f1"}[metric]
 
 
 def model_inputs(batch: Dict[str, Any]) -> Dict[str, Any]:
@@ -52,7 +53,7 @@ class AdaBertDistillModule(LightningModule):
     """Loss ``(1-gamma) L_CE + gamma L_KD + beta L_E`` and dev metrics, for NNI's ``Lightning`` evaluator.
 
     Args:
-        num_labels: number of classes (dev F1 of class 1 is logged too when it is 2).
+        num_labels: number of classes (dev F1 of class 1 is logged too when it is 2 and ``task`` is not given).
         config: :class:`config.TrainingConfig` (a :class:`config.SearchConfig` or
             :class:`config.RetrainConfig`): the loss weight ``gamma``, the KD temperature, the terms
             of ``L_KD`` (``probe_kd``: every teacher layer into the student's cell probes with
@@ -67,27 +68,34 @@ class AdaBertDistillModule(LightningModule):
             ``nni.report_intermediate_result``, ``"default"`` being ``main_metric``. The final
             result is the trial's to report (after export, with params, FLOPs and speedup:
             see :mod:`nni_adabert.trial`), since one trial may fit several times.
-        main_metric: the logged dev metric that is NNI's ``"default"``: ``val_acc`` or
-            ``val_f1`` (:func:`val_metric_key` maps a task's main metric to it).
+        main_metric: the logged dev metric that is NNI's ``"default"``: ``val_acc``, ``val_f1`` or
+            ``val_macro_f1`` (:func:`val_metric_key` maps a task's main metric to it).
+        task: the task's :meth:`data.tasks.TaskSpec.to_dict`: its metrics are logged (the F1 of its
+            positive class, macro-F1) besides accuracy.
 
     Logged: ``train_loss``, ``train_ce``, ``train_kd``, ``train_eff`` per step;
-    ``val_acc`` (and ``val_f1``), ``val_ce`` per epoch. The last dev metrics are also in
+    ``val_acc`` (and ``val_f1``, ``val_macro_f1``), ``val_ce`` per epoch. The last dev metrics are also in
     :attr:`last_val_metrics`.
     """
 
     def __init__(self, num_labels: int, config: TrainingConfig = TrainingConfig(), *, beta: float = DEFAULT_BETA,
-                 report_to_nni: bool = False, main_metric: str = "val_acc"):
+                 report_to_nni: bool = False, main_metric: str = "val_acc", task: Optional[dict] = None):
         super().__init__()
         self.config = config
         self.beta = beta
         # Plain values, recorded in checkpoints (which load with weights_only=True) and logs.
         self.save_hyperparameters({"num_labels": num_labels, **config.to_dict(), "beta": beta,
-                                   "report_to_nni": report_to_nni, "main_metric": main_metric})
+                                   "report_to_nni": report_to_nni, "main_metric": main_metric, "task": task})
         if report_to_nni:
             remember_nni_trial()  # before a NAS engine swaps the trial's channel for its own
         self.num_labels = num_labels
+        metrics = task["metrics"] if task else (["accuracy", "f1"] if num_labels == 2 else ["accuracy"])
+        # F1 of the positive class: the task's, or class 1 of a binary task without one.
+        self.positive_class = task["labels"].index(task["positive_label"]) if task and "f1" in metrics else 1
         self.val_acc = torchmetrics.Accuracy(task="multiclass", num_classes=num_labels)
-        self.val_f1 = torchmetrics.F1Score(task="binary") if num_labels == 2 else None
+        self.val_f1 = torchmetrics.F1Score(task="binary") if "f1" in metrics else None
+        self.val_macro_f1 = (torchmetrics.F1Score(task="multiclass", num_classes=num_labels, average="macro")
+                             if "macro_f1" in metrics else None)
         self.val_ce = torchmetrics.MeanMetric()
         self.last_val_metrics: Dict[str, float] = {}
 
@@ -123,7 +131,9 @@ class AdaBertDistillModule(LightningModule):
         preds = logits.argmax(dim=-1)
         self.val_acc.update(preds, labels)
         if self.val_f1 is not None:
-            self.val_f1.update(preds, labels)
+            self.val_f1.update((preds == self.positive_class).long(), (labels == self.positive_class).long())
+        if self.val_macro_f1 is not None:
+            self.val_macro_f1.update(preds, labels)
         self.val_ce.update(torch.nn.functional.cross_entropy(logits.float(), labels, reduction="none"))
 
     def on_validation_epoch_end(self) -> None:
@@ -132,7 +142,9 @@ class AdaBertDistillModule(LightningModule):
         metrics = {"val_acc": self.val_acc.compute(), "val_ce": self.val_ce.compute()}
         if self.val_f1 is not None:
             metrics["val_f1"] = self.val_f1.compute()
-        for m in (self.val_acc, self.val_f1, self.val_ce):
+        if self.val_macro_f1 is not None:
+            metrics["val_macro_f1"] = self.val_macro_f1.compute()
+        for m in (self.val_acc, self.val_f1, self.val_macro_f1, self.val_ce):
             if m is not None:
                 m.reset()
         self.log_dict(metrics, prog_bar=True)

@@ -31,8 +31,9 @@ from .. import atomic, runs
 from ..config import Settings, setting
 from ..data.encoding import dataset_fingerprint, pad_batch, tokenize
 from ..data.metrics import compute_metrics
-from ..data.tasks import TaskSpec, get_task
+from ..data.tasks import TaskSpec, spec_identity
 from ..errors import UserError
+from ..logs import quiet_loggers
 from ..training import check_finite, epoch_seed, fit, make_trainer, pick_device, weight_decay_groups
 
 log = logging.getLogger(__name__)
@@ -92,7 +93,8 @@ class TeacherConfig(Settings):
 
     kind = "teacher"
 
-    epochs: int = setting(3, "fine-tuning epochs", minimum=1)
+    epochs: int = setting(3, "fine-tuning epochs (0: --model is already fine-tuned on the task and is taken as it "
+                             "is, its labels matched to the task's)", minimum=0)
     batch_size: int = setting(32, "examples per step", minimum=1)
     lr: float = setting(5e-5, "peak learning rate", positive=True)
     weight_decay: float = setting(0.01, "AdamW weight decay", minimum=0)
@@ -103,11 +105,14 @@ class TeacherConfig(Settings):
 class TeacherModule(pl.LightningModule):
     """``AutoModelForSequenceClassification`` with AdamW and linear warm-up/decay."""
 
-    def __init__(self, model_path: str, num_labels: int, task: str, lr: float, weight_decay: float,
-                 warmup_ratio: float):
+    def __init__(self, model_path: str, task: dict, lr: float, weight_decay: float, warmup_ratio: float):
         super().__init__()
-        self.save_hyperparameters()
-        self.model = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=num_labels)
+        self.save_hyperparameters()  # task: TaskSpec.to_dict(), plain values for the checkpoint
+        self.spec = TaskSpec.from_dict(task)
+        # A base checkpoint has no classification head yet: transformers' load report says so.
+        with quiet_loggers("transformers.modeling_utils"):
+            self.model = AutoModelForSequenceClassification.from_pretrained(model_path,
+                                                                            num_labels=self.spec.num_labels)
         self.model.train()  # from_pretrained returns eval mode, which would switch dropout off
         self.dev_metrics: dict[str, float] = {}
         self._preds, self._labels = [], []
@@ -127,8 +132,7 @@ class TeacherModule(pl.LightningModule):
         self._labels.append(batch["labels"])
 
     def on_validation_epoch_end(self):
-        self.dev_metrics = compute_metrics(get_task(self.hparams.task), torch.cat(self._preds),
-                                           torch.cat(self._labels))
+        self.dev_metrics = compute_metrics(self.spec, torch.cat(self._preds), torch.cat(self._labels))
         self._preds, self._labels = [], []
         for name, value in self.dev_metrics.items():
             self.log(f"dev_{name}", value, prog_bar=True)
@@ -159,10 +163,55 @@ class EpochLengthGroupedSampler(LengthGroupedSampler):
         self.generator = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
 
 
+def parse_label_map(text: str | None) -> dict[str, str] | None:
+    """``--label-map NEGATIVE=0,POSITIVE=1``: the teacher's label name -> the task's label."""
+    if not text:
+        return None
+    pairs = [item.partition("=") for item in text.split(",")]
+    if any(not sep or not a.strip() or not b.strip() for a, sep, b in pairs):
+        raise UserError(f"--label-map {text!r}: expected TEACHER_LABEL=TASK_LABEL pairs separated by commas")
+    return {a.strip(): b.strip() for a, _, b in pairs}
+
+
+def match_labels(hf_config, spec: TaskSpec, label_map: dict[str, str] | None, model: str) -> list[int]:
+    """For each of the task's classes, in its order, the class id of a fine-tuned checkpoint whose
+    ``id2label`` names the same label (or that ``label_map`` maps to it)."""
+    teacher = {str(name): int(i) for i, name in hf_config.id2label.items()}
+    if len(teacher) != spec.num_labels:
+        raise UserError(f"{model} classifies into {len(teacher)} labels {sorted(teacher)}, task {spec.name} into "
+                        f"{spec.num_labels} {list(spec.labels)}")
+    if label_map:
+        unknown = sorted(set(label_map) - set(teacher)) + sorted(set(label_map.values()) - set(spec.labels))
+        if unknown or sorted(label_map.values()) != sorted(spec.labels) or sorted(label_map) != sorted(teacher):
+            raise UserError(f"--label-map must map each of {model}'s labels {sorted(teacher)} to one of the task's "
+                            f"labels {list(spec.labels)}, each once (unknown: {unknown})")
+        by_task = {task: teacher[name] for name, task in label_map.items()}
+    else:
+        by_task = {name.lower(): i for name, i in teacher.items()}
+        if set(by_task) != {label.lower() for label in spec.labels}:
+            example = ",".join(f"{name}={task}" for name, task in zip(teacher, spec.labels))
+            raise UserError(f"{model}'s labels {sorted(teacher)} are not the task's {list(spec.labels)}; say which "
+                            f"is which with --label-map, e.g. {example}")
+        by_task = {label: by_task[label.lower()] for label in spec.labels}
+    return [by_task[label] for label in spec.labels]
+
+
+def reorder_classes(model: torch.nn.Module, order: list[int]) -> None:
+    """Make class ``k`` of ``model``'s output the class ``order[k]`` of before: the rows of its last
+    linear layer with one output per class (``classifier``, ``classifier.out_proj``, ...)."""
+    head = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m.out_features == len(order)][-1]
+    with torch.no_grad():
+        head.weight.copy_(head.weight[order].clone())
+        if head.bias is not None:
+            head.bias.copy_(head.bias[order].clone())
+
+
 def finetune_teacher(spec: TaskSpec, data: datasets.DatasetDict, model: str | None, output_dir: str | os.PathLike,
                      config: TeacherConfig = TeacherConfig(), progress: bool = True,
-                     cache_dir: str | os.PathLike | None = None) -> dict:
-    """Fine-tune ``model`` on ``data`` and save it to ``output_dir/teacher``.
+                     cache_dir: str | os.PathLike | None = None, label_map: dict[str, str] | None = None) -> dict:
+    """Fine-tune ``model`` on ``data`` and save it to ``output_dir/teacher``; with ``config.epochs``
+    0, take ``model`` as a classifier already fine-tuned on the task, its classes put in the
+    task's order (:func:`match_labels`; ``label_map``: its label names -> the task's).
 
     Returns the teacher's info (task, base model, dev metrics). A finished run
     with the same settings is not redone (its info then says ``"reused": True``); an interrupted one resumes from its
@@ -174,8 +223,15 @@ def finetune_teacher(spec: TaskSpec, data: datasets.DatasetDict, model: str | No
     hf_config = load_teacher_config(base)
     tokenizer = load_tokenizer(base)
     train = data["train"]
-    settings = {"task": spec.name, "base_model": str(model or DEFAULT_TEACHER), "config": asdict(config),
+    settings = {**spec_identity(spec), "base_model": str(model or DEFAULT_TEACHER), "config": asdict(config),
                 "train_fingerprint": dataset_fingerprint(train), "dev_fingerprint": dataset_fingerprint(data["dev"])}
+    order = None
+    if config.epochs == 0:
+        if model is None:
+            raise UserError("teacher setting epochs 0 takes --model as a fine-tuned classifier; the bundled MiniLM is "
+                            "not one: pass --model, or fine-tune it (--epochs 1 or more)")
+        order = match_labels(hf_config, spec, label_map, str(model))
+        settings["label_order"] = order
     done = runs.finished(final_dir / TEACHER_INFO, settings)
     if done is not None:
         log.info("teacher already fine-tuned in %s; reusing it", final_dir)
@@ -189,10 +245,13 @@ def finetune_teacher(spec: TaskSpec, data: datasets.DatasetDict, model: str | No
     train_loader = DataLoader(train_tok.select_columns(columns), batch_size=config.batch_size, sampler=sampler,
                               collate_fn=teacher_collate, generator=torch.Generator().manual_seed(config.seed))
     dev_loader = DataLoader(dev_tok.select_columns(columns), batch_size=128, collate_fn=teacher_collate)
-    module = TeacherModule(base, spec.num_labels, spec.name, config.lr, config.weight_decay, config.warmup_ratio)
-    trainer = make_trainer(run_dir, config.epochs, progress=progress, seed=config.seed)
-    fit(trainer, module, train_loader, dev_loader, run_dir, identity=settings)
-    if not module.dev_metrics:  # resumed a run whose training had finished: evaluate once more
+    module = TeacherModule(base, spec.to_dict(), config.lr, config.weight_decay, config.warmup_ratio)
+    trainer = make_trainer(run_dir, max(config.epochs, 1), progress=progress, seed=config.seed)
+    if order is not None:
+        reorder_classes(module.model, order)
+    else:
+        fit(trainer, module, train_loader, dev_loader, run_dir, identity=settings)
+    if not module.dev_metrics:  # taken as it is, or resumed after its training had finished: evaluate
         trainer.validate(module, dev_loader, verbose=False)
 
     info = {"task": spec.name, "base_model": settings["base_model"], "model_type": hf_config.model_type,

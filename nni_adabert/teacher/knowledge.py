@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from .. import atomic
 from ..data.encoding import IGNORE_LABEL, MAX_LENGTH, dataset_fingerprint, pad_batch, tokenize
-from ..data.tasks import TaskSpec, get_task
+from ..data.tasks import TaskSpec, get_task, spec_identity
 from ..errors import UserError
 from ..training import EpochShuffleSampler
 from .augment import AugmentConfig, Augmenter
@@ -53,7 +53,8 @@ class KnowledgeStore:
 
     @property
     def spec(self) -> TaskSpec:
-        return get_task(self.meta["task"])
+        """The task; stores of GLUE tasks built before specs were recorded name it only."""
+        return TaskSpec.from_dict(self.meta["spec"]) if "spec" in self.meta else get_task(self.meta["task"])
 
     @property
     def num_teacher_layers(self) -> int:
@@ -111,7 +112,7 @@ def weights_fingerprint(model_dir: str | os.PathLike) -> str:
 def knowledge_fingerprint(spec: TaskSpec, data: datasets.DatasetDict, teacher_dir, augment: AugmentConfig | None,
                           probes: ProbeConfig, max_length: int = MAX_LENGTH) -> tuple[str, dict]:
     inputs = {
-        "format": FORMAT_VERSION, "task": spec.name, "max_length": max_length,
+        "format": FORMAT_VERSION, **spec_identity(spec), "max_length": max_length,
         "teacher": weights_fingerprint(teacher_dir),
         "train": dataset_fingerprint(data["train"]), "dev": dataset_fingerprint(data["dev"]),
         "augment": asdict(augment) if augment else None, "probes": asdict(probes),
@@ -175,6 +176,7 @@ def build_knowledge(spec: TaskSpec, data: datasets.DatasetDict, teacher_dir: str
                                   "dev": _rows(dev, student_cols, dev["label"], dev_logits)})
     meta = {
         "format": FORMAT_VERSION, "fingerprint": fingerprint, "inputs": inputs, "task": spec.name,
+        "spec": spec.to_dict(),
         "teacher_dir": str(Path(resolve_model(teacher_dir)).resolve()),
         "num_teacher_layers": int(dev_logits.shape[1]), "num_labels": spec.num_labels,
         "vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id,

@@ -23,7 +23,7 @@ from ..model.space import AdaBertSpace, factorized_embedding
 from ..nas.budget import budgets_of, check_budgets
 from ..nas.distill import AdaBertDistillModule, val_metric_key
 from ..nas.strategy import AdaBertStrategy
-from ..teacher.finetune import teacher_word_embeddings
+from ..teacher.finetune import load_tokenizer, teacher_word_embeddings
 from ..teacher.knowledge import KnowledgeStore
 from ..training import is_main_process, make_trainer
 from .evaluate import evaluate_student, warn_if_no_better_than_majority
@@ -81,7 +81,7 @@ def _search(store: KnowledgeStore, out_dir: Path, config: SearchConfig, progress
                            devices=config.devices)
     module = AdaBertDistillModule(store.meta["num_labels"], config, beta=config.efficiency_beta,
                                   report_to_nni=report_to_nni,
-                                  main_metric=val_metric_key(store.spec.main_metric))
+                                  main_metric=val_metric_key(store.spec.main_metric), task=store.spec.to_dict())
     evaluator = Lightning(module, trainer, train_dataloaders=train, val_dataloaders=dev,
                           fit_kwargs={"ckpt_path": str(resume) if resume else None, "weights_only": True})
     strategy = AdaBertStrategy(config, seed=config.seed, grad_clip=config.grad_clip, latency=latency)
@@ -106,4 +106,5 @@ def _search(store: KnowledgeStore, out_dir: Path, config: SearchConfig, progress
     if config.finetune_epochs == 0:
         warn_if_no_better_than_majority(info["dev_metrics"], store,
                                         "fine-tune it (--finetune-epochs 2) or retrain it (nni-adabert retrain)")
-    return write_student(out_dir, student, info, title=f"{store.meta['task']} searched cell")
+    return write_student(out_dir, student, info, title=f"{store.meta['task']} searched cell",
+                         tokenizer=load_tokenizer(store.meta["teacher_dir"]))

@@ -38,6 +38,7 @@ def student_info(store: KnowledgeStore) -> dict:
     teacher = read_teacher_info(teacher_dir) or {}
     return {
         "task": store.meta["task"],
+        "task_spec": store.spec.to_dict(),  # the label names, in class-id order
         "teacher": {"path": teacher_dir, "base_model": teacher.get("base_model"),
                     "dev_metrics": teacher.get("dev_metrics"), "num_layers": store.num_teacher_layers},
         "vocab": {"size": len(tokenizer), "fingerprint": vocab_fingerprint(tokenizer), "tokenizer": teacher_dir},
@@ -53,7 +54,7 @@ def train_student(student: AdaBertStudent, store: KnowledgeStore, run_dir: str |
     ``run_identity`` only: :func:`runs.last_checkpoint`)."""
     pl.seed_everything(config.seed, workers=True)
     module = AdaBertDistillModule(store.meta["num_labels"], config, report_to_nni=report_to_nni,
-                                  main_metric=val_metric_key(store.spec.main_metric))
+                                  main_metric=val_metric_key(store.spec.main_metric), task=store.spec.to_dict())
     module.set_model(student.train())  # Lightning keeps each module's mode: BatchNorm must learn
     trainer = make_trainer(run_dir, config.epochs, progress=progress, seed=config.seed, devices=config.devices,
                            gradient_clip_val=config.grad_clip or None)
