@@ -164,7 +164,8 @@ def arch_dir(small, rows, tmp_path, minilm_dir):
                                                  "teacher_dir": str(minilm_dir)}))
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "probes.json").write_text(json.dumps({"knowledge_store": str(store)}))
-    write_student(tmp_path / "student", small, {"task": "MRPC", "knowledge_store": str(store)})
+    write_student(tmp_path / "student", small, {"task": "MRPC", "knowledge_store": str(store)},
+                  tokenizer=load_tokenizer(minilm_dir))
     return tmp_path / "student"
 
 
@@ -201,3 +202,30 @@ def test_cli_evaluate_with_broken_deployed_model_exits_2(arch_dir, tmp_path, cap
 def test_deployed_model_of_other_weights_rejected(arch_dir, exported):
     with pytest.raises(UserError, match="was exported from other weights"):
         open_deployed(exported[0], read_architecture(arch_dir / ARCH_FILE))
+
+
+def test_int8_graph_is_written_evaluated_and_predicts(runs, tmp_path, capsys):
+    """`deploy --int8`: ONNX Runtime's dynamic quantization beside the fp32 graph; `evaluate
+    --deployed` reports both, `predict --onnx` runs either."""
+    arch_dir = tmp_path / "student"
+    assert main(["search", "--teacher", str(runs / "MRPC"), "--output-dir", str(arch_dir), "--epochs", "1",
+                 "--warmup-epochs", "0", "--batch-size", "16", "--k-max", "2", "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["deploy", "--arch", str(arch_dir), "--int8"]) == 0
+    printed = capsys.readouterr().out
+    int8 = arch_dir / "student.int8.onnx"
+    assert int8.is_file() and int8.stat().st_size < (arch_dir / ONNX_FILE).stat().st_size
+    agreement = float(printed.split("the same class as the eager student on ")[1].split("%")[0])
+    assert 50 <= agreement <= 100
+    result = tmp_path / "result.json"
+    assert main(["evaluate", "--arch", str(arch_dir), "--teacher", str(runs / "MRPC"), "--deployed", "--speed",
+                 "--json", str(result)]) == 0
+    doc = json.loads(result.read_text())
+    assert doc["deployed_int8"]["path"] == str(int8) and set(doc["deployed_int8"]["dev_metrics"]) == {"f1", "accuracy"}
+    assert doc["deployed_int8"]["seconds"] > 0 and "deployed int8" in capsys.readouterr().out
+    pairs = ["--text", "He left.", "--text-pair", "He went away.", "--text", "A cat.", "--text-pair", "Stocks fell."]
+    for onnx in (str(int8), None):
+        assert main(["predict", "--student", str(arch_dir), *pairs, *(["--onnx", onnx] if onnx else [])]) == 0
+        out = capsys.readouterr()
+        assert [json.loads(line)["label"] in ("0", "1") for line in out.out.splitlines()] == [True, True]
+        assert ("ONNX Runtime" in out.err) == bool(onnx)

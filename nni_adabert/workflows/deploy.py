@@ -14,22 +14,24 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
-import logging
 import os
 import warnings
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
+from onnxruntime.quantization import QuantType, quantize_dynamic
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from .. import atomic
 from ..data.encoding import pad_batches
 from ..errors import UserError
+from ..logs import quiet_loggers
 from ..model.ops import MaskedMaxPool, ReLUConvBN
 from ..model.space import AdaBertStudent
 from ..teacher.knowledge import KnowledgeStore, open_knowledge
@@ -37,6 +39,7 @@ from .export import ArchitectureFile, check_fits, load_student
 
 FORMAT = "nni-adabert/deployed-student"
 ONNX_FILE = "student.onnx"
+INT8_SUFFIX = ".int8.onnx"  # student.onnx -> student.int8.onnx: the dynamically quantized graph
 ATOL = 1e-4  # largest |logit difference| to the eager student that an export may show
 
 
@@ -103,17 +106,9 @@ def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
 def _quiet_export():
     # The exporter logs every optimizer pass and warns about torchvision ops and deprecations:
     # nothing about our graph (a real failure raises).
-    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnx_ir", "onnxscript")]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for logger, level in zip(loggers, levels):
-            logger.setLevel(level)
+    with quiet_loggers("torch.onnx", "onnx_ir", "onnxscript"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
 
 
 def export_onnx(student: AdaBertStudent, path: str | os.PathLike, check_batches: list[dict],
@@ -150,6 +145,36 @@ def export_onnx(student: AdaBertStudent, path: str | os.PathLike, check_batches:
         check("onnx", "the ONNX graph", OnnxStudent(tmp, threads=torch.get_num_threads()))
     report["bytes"] = Path(path).stat().st_size
     return report
+
+
+def int8_path(fp32_path: str | os.PathLike) -> Path:
+    """Where the int8 graph of the fp32 graph at ``fp32_path`` goes: ``student.int8.onnx``."""
+    fp32_path = Path(fp32_path)
+    return fp32_path.with_name(fp32_path.name.removesuffix(".onnx") + INT8_SUFFIX)
+
+
+def quantize_int8(student: AdaBertStudent, fp32_path: str | os.PathLike, check_batches: list[dict]) -> dict:
+    """ONNX Runtime's dynamic int8 quantization of the deployed graph at ``fp32_path`` (weights as
+    int8, activations quantized on the fly), written to :func:`int8_path`. Quantization changes the
+    logits, so the check reports how far and how often the predicted class changes, and refuses
+    only a graph that gives no finite logits."""
+    output = int8_path(fp32_path)
+    model = onnx.load(str(fp32_path))
+    # The exporter's intermediate shapes carry its example's batch size; the quantizer's shape
+    # inference would take them for fixed ones.
+    del model.graph.value_info[:]
+    with atomic.atomic_path(output) as tmp:
+        with quiet_loggers(""):  # the quantizer's advice to pre-process, on the root logger, on every call
+            quantize_dynamic(model, str(tmp), weight_type=QuantType.QInt8)
+        quantized = OnnxStudent(tmp, threads=torch.get_num_threads())
+        with torch.inference_mode():
+            pairs = [(quantized(b), student(**b, return_probes=False).logits) for b in check_batches]
+        if not all(torch.isfinite(q).all() for q, _ in pairs):
+            raise UserError(f"the int8 graph gives non-finite logits on dev examples; {output} was not written")
+    return {"int8_output": str(output), "int8_bytes": output.stat().st_size,
+            "int8_max_abs_diff": max(_max_diff(q, e) for q, e in pairs),
+            "int8_label_agreement": sum(int((q.argmax(-1) == e.argmax(-1)).sum()) for q, e in pairs)
+            / sum(len(q) for q, _ in pairs)}
 
 
 def _onnx_program(folded: AdaBertStudent):
@@ -250,14 +275,20 @@ def recorded_store(arch_file: ArchitectureFile) -> KnowledgeStore:
                         "pass the teacher run with --teacher") from None
 
 
-def deploy(arch_file: ArchitectureFile, store=None, output: str | os.PathLike | None = None) -> dict:
+def deploy(arch_file: ArchitectureFile, store=None, output: str | os.PathLike | None = None,
+           int8: bool = False) -> dict:
     """Fold, export and check the exported student of ``arch_file`` on dev rows of ``store``
     (default: :func:`recorded_store`); writes ``output`` (default ``student.onnx`` beside
-    the architecture JSON). Returns :func:`export_onnx`'s report and ``output``."""
+    the architecture JSON) and with ``int8`` its quantized graph (:func:`quantize_int8`).
+    Returns :func:`export_onnx`'s report (and :func:`quantize_int8`'s) and ``output``."""
     store = store if store is not None else recorded_store(arch_file)
     check_fits(arch_file, store)
     student = load_student(arch_file)
     output = Path(output) if output else arch_file.path.parent / ONNX_FILE
     metadata = {"task": arch_file.doc.get("task"), "architecture": json.dumps(student.arch),
                 "weights_sha256": arch_file.doc.get("weights_sha256", "")}
-    return {"output": str(output), **export_onnx(student, output, dev_batches(store), metadata)}
+    batches = dev_batches(store)
+    report = {"output": str(output), **export_onnx(student, output, batches, metadata)}
+    if int8:
+        report.update(quantize_int8(student, output, batches))
+    return report

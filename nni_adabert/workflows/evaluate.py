@@ -10,12 +10,13 @@ from typing import Mapping
 import torch
 
 from ..data.metrics import compute_metrics
+from ..data.metrics import majority_class_metrics as majority_metrics
 from ..model import cost
 from ..model.space import AdaBertStudent
 from ..nas.distill import model_inputs
 from ..teacher.finetune import load_finetuned_teacher
 from ..teacher.knowledge import KnowledgeStore
-from .deploy import open_deployed
+from .deploy import int8_path, open_deployed
 from .export import check_fits, load_exported, load_student
 from .speed import dev_examples, measure_speeds, pad_to, teacher_flops, transformer_params
 
@@ -35,8 +36,7 @@ def dev_metrics(logits_fn, store: KnowledgeStore) -> dict:
 
 def majority_class_metrics(store: KnowledgeStore) -> dict:
     """Dev metrics of always predicting the most frequent dev label: what a child must beat."""
-    labels = torch.tensor(store.data["dev"]["label"])
-    return compute_metrics(store.spec, torch.full_like(labels, int(torch.bincount(labels).argmax())), labels)
+    return majority_metrics(store.spec, torch.tensor(store.data["dev"]["label"]))
 
 
 def warn_if_no_better_than_majority(metrics: dict, store: KnowledgeStore, advice: str) -> bool:
@@ -81,13 +81,17 @@ def compare_with_teacher(store: KnowledgeStore, arch, weights=None, speed: bool 
     With ``speed`` every model gets ``seconds`` and ``speedup_over`` (vs each other model), and the
     student keeps ``speedup`` (vs the teacher). ``deployed``: this student's ONNX export
     (``nni-adabert deploy``; ``True``: the one beside the architecture JSON), which gets dev
-    metrics and, with ``speed``, is timed too (ONNX Runtime, the same thread count).
+    metrics and, with ``speed``, is timed too (ONNX Runtime, the same thread count); so is its int8
+    graph (``deploy --int8``: ``student.int8.onnx`` beside it) when there is one, as ``deployed_int8``.
     """
     arch_file = load_exported(arch, store)
     check_fits(arch_file, store)
     student = load_student(arch_file, weights)
+    graphs = {}
     if deployed:  # opened first: a missing or broken file fails before the slow parts
-        deployed = open_deployed(None if deployed is True else deployed, arch_file, threads)
+        graphs["deployed"] = open_deployed(None if deployed is True else deployed, arch_file, threads)
+        if int8_path(graphs["deployed"].path).is_file():
+            graphs["deployed_int8"] = open_deployed(int8_path(graphs["deployed"].path), arch_file, threads)
     student_result = evaluate_student(student, store, seq_len)
     teacher = load_finetuned_teacher(store.meta["teacher_dir"], store.spec).cpu()
     dev = store.data["dev"]
@@ -105,10 +109,9 @@ def compare_with_teacher(store: KnowledgeStore, arch, weights=None, speed: bool 
     references = dict(references or {})
     result = {"task": store.meta["task"], "architecture": str(arch_file.path), "teacher": teacher_result,
               "student": student_result}
-    timed_models = {"teacher": teacher, "student": student, **references}
-    if deployed:
-        timed_models["deployed"] = deployed
-        result["deployed"] = {"path": str(deployed.path), "dev_metrics": dev_metrics(deployed, store)}
+    timed_models = {"teacher": teacher, "student": student, **references, **graphs}
+    for name, graph in graphs.items():
+        result[name] = {"path": str(graph.path), "dev_metrics": dev_metrics(graph, store)}
     if references:
         result["references"] = {name: sized(model) for name, model in references.items()}
     if speed:
@@ -119,7 +122,7 @@ def compare_with_teacher(store: KnowledgeStore, arch, weights=None, speed: bool 
                            "speedup": seconds["teacher"] / seconds["student"]}
         for name, entry in (("teacher", teacher_result), ("student", student_result),
                             *((n, result["references"][n]) for n in references),
-                            *((("deployed", result["deployed"]),) if deployed else ())):
+                            *((n, result[n]) for n in graphs)):
             entry["seconds"] = seconds[name]
             entry["speedup_over"] = timing["speedup_over"][name]
         student_result["speedup"] = result["speed"]["speedup"]
