@@ -8,25 +8,31 @@ fix (``UserError``) print one line and exit with code 2, without a traceback.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
 
+import torch
+
+from . import __version__
 from .atomic import check_writable, write_json, write_text
 from .config import RetrainConfig, SearchConfig, add_options, from_options
+from .data.custom import add_task_options, task_from_options
 from .data.tasks import TASKS
 from .errors import RunStopped, UserError, as_user_error, stop_on_signals, stopped_message
 from .logs import configure_logging
 from .model.depth import DEPTH_LABEL
 from .tables import format_table
 from .teacher.augment import AugmentConfig
-from .teacher.finetune import TeacherConfig
+from .teacher.finetune import TeacherConfig, parse_label_map
 from .teacher.knowledge import DEFAULT_CACHE_DIR
 from .teacher.run import build_teacher_run, open_teacher_run
 from .training import is_main_process
 from .workflows.deploy import deploy
 from .workflows.evaluate import compare_with_teacher
 from .workflows.export import load_exported
+from .workflows.predict import Predictor, predict_inputs, read_inputs
 from .workflows.retrain import run_retrain
 from .workflows.search import run_search
 from .workflows.speed import REFERENCES, latency_table
@@ -39,20 +45,30 @@ log = logging.getLogger("nni_adabert")
 
 
 def add_data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--task", default="SST-2", help="GLUE task: SST-2, MRPC, QQP, MNLI, QNLI, RTE (default SST-2)")
-    p.add_argument("--data", default=None,
-                   help="GLUE data: a directory of GLUE TSV files (the task folder or its parent), "
-                        "'hub' for Hugging Face nyu-mll/glue, or omit for the bundled SST-2 sample")
+    add_task_options(p.add_argument_group("data (a GLUE task, or your own: see docs/data.md)"))
     p.add_argument("--cache-dir", default=None, help="where teacher-knowledge stores live "
                    "(default $NNI_ADABERT_CACHE or ~/.cache/nni-adabert)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
 
 
+def positive_int(value: str) -> int:
+    """argparse type: an integer >= 1 (argparse names the option and exits with code 2 otherwise)."""
+    number = int(value)
+    if number < 1:
+        raise ValueError(value)
+    return number
+
+
+positive_int.__name__ = "integer >= 1"  # how argparse names the type in its message
+
+
 def add_augment_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--aug-copies", type=int, default=None,
-                   help="augmented copies per train example (TinyBERT word replacement; 0 = none)")
-    p.add_argument("--aug-prob", type=float, default=None, help="probability to replace each word")
-    p.add_argument("--aug-seed", type=int, default=None, help="augmentation seed")
+    defaults = AugmentConfig()
+    p.add_argument("--aug-copies", type=int, default=None, help="augmented copies per train example (TinyBERT "
+                   f"word replacement; 0 = none) (default {defaults.copies})")
+    p.add_argument("--aug-prob", type=float, default=None, help="probability to replace each word "
+                   f"(default {defaults.replace_prob:g})")
+    p.add_argument("--aug-seed", type=int, default=None, help=f"augmentation seed (default {defaults.seed})")
 
 
 def augment_config(args) -> AugmentConfig | None:
@@ -72,10 +88,10 @@ def cmd_teacher(args) -> None:
     """Fine-tune the teacher, train its layer probes, cache its knowledge."""
     if args.train_limit is not None and args.train_limit < 1:
         raise UserError(f"teacher setting train_limit must be an integer >= 1, got {args.train_limit}")
-    build_teacher_run(args.task, args.output_dir, args.data, args.model,
-                      TeacherConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed),
-                      augment_config(args), cache_dir(args), train_limit=args.train_limit,
-                      progress=not args.no_progress, echo=print)
+    build_teacher_run(task_from_options(args), args.output_dir, args.data, args.model,
+                      from_options(TeacherConfig, args), augment_config(args), cache_dir(args),
+                      train_limit=args.train_limit, progress=not args.no_progress, echo=print,
+                      label_map=parse_label_map(args.label_map))
 
 
 # --------------------------------------------------------------------------- search / retrain / evaluate
@@ -158,16 +174,17 @@ def cmd_evaluate(args) -> None:
     for name, r in (("teacher", result["teacher"]), (f"student (K={result['student']['depth']})", result["student"])):
         rows.append([name, fmt(r["dev_metrics"]), f"{r['params']:,}", f"{r['flops']:,}",
                      f"{r['speedup']:.1f}x" if "speedup" in r else "-"])
-    deployed = result.get("deployed")
-    if deployed:
-        speedup = deployed.get("speedup_over", {}).get("teacher")
-        rows.append(["student, deployed (ONNX, BN folded)", fmt(deployed["dev_metrics"]), "-", "-",
-                     f"{speedup:.1f}x" if speedup else "-"])
+    for key, name in (("deployed", "student, deployed (ONNX, BN folded)"),
+                      ("deployed_int8", "student, deployed int8 (dynamic quantization)")):
+        if key in result:
+            speedup = result[key].get("speedup_over", {}).get("teacher")
+            rows.append([name, fmt(result[key]["dev_metrics"]), "-", "-", f"{speedup:.1f}x" if speedup else "-"])
     table = format_table(["model", "dev", "params", "FLOPs/example (128 tokens)", "speedup (batch 128)"], rows)
     print(table)
-    if deployed and "speedup_over" in deployed:
-        print(f"deployed {deployed['path']}: {deployed['speedup_over']['student']:.2f}x the eager student's speed "
-              f"(batch 128, intra-op threads {result['speed']['threads']}, median of {result['speed']['repeats']})")
+    for key in ("deployed", "deployed_int8"):
+        if "speedup_over" in result.get(key, {}):
+            print(f"{result[key]['path']}: {result[key]['speedup_over']['student']:.2f}x the eager student's speed "
+                  f"(batch 128, intra-op threads {result['speed']['threads']}, median of {result['speed']['repeats']})")
     if args.json:
         write_json(args.json, result)
     if args.markdown:
@@ -177,11 +194,34 @@ def cmd_evaluate(args) -> None:
 def cmd_deploy(args) -> None:
     """Fold BatchNorm, export to ONNX, check the export against the eager student on dev rows."""
     store = open_teacher_run(args.teacher) if args.teacher else None
-    report = deploy(load_exported(args.arch, store), store, args.output)
+    report = deploy(load_exported(args.arch, store), store, args.output, int8=args.int8)
     print(f"folded {report['batchnorms_folded']} BatchNorm layers into their convolutions; on "
           f"{report['checked_examples']} dev examples the largest |logit difference| to the eager student is "
           f"{report['onnx_max_abs_diff']:.1e} (ONNX Runtime) and {report['folded_max_abs_diff']:.1e} (folded, eager)")
     print(f"  wrote {report['output']} ({report['bytes'] / 1e6:.1f} MB)")
+    if args.int8:
+        print(f"  wrote {report['int8_output']} ({report['int8_bytes'] / 1e6:.1f} MB, dynamic int8): the same class "
+              f"as the eager student on {100 * report['int8_label_agreement']:.1f}% of those examples, largest "
+              f"|logit difference| {report['int8_max_abs_diff']:.1e}")
+
+
+def cmd_predict(args) -> None:
+    """A student's labels and class probabilities for new texts, as JSON Lines."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    predictor = Predictor(args.student, onnx=args.onnx or False, threads=args.threads)
+    texts_a, texts_b, where = read_inputs(args.text, args.text_pair, args.input, args.text_column,
+                                          args.text_pair_column, predictor.is_pair)
+    predictions, report = predict_inputs(predictor, texts_a, texts_b, args.batch_size,
+                                         progress=not args.no_progress and where != "the command line")
+    lines = "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in predictions)
+    if args.output:
+        write_text(args.output, lines)
+    else:
+        sys.stdout.write(lines)
+    print(f"predicted {report['texts']:,} text(s) from {where} in {report['seconds']:.2f} s "
+          f"({report['texts_per_second']:,.0f}/s, {report['backend']}, {torch.get_num_threads()} thread(s))"
+          + (f"; wrote {args.output}" if args.output else ""), file=sys.stderr)
 
 
 # --------------------------------------------------------------------------- demo
@@ -234,6 +274,7 @@ def cmd_demo(args) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nni-adabert", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"nni-adabert {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("tasks", help="list the GLUE tasks")
@@ -243,13 +284,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_args(p)
     add_augment_args(p)
     p.add_argument("--model", default=None,
-                   help="BERT-family checkpoint: hub name or local directory (default: bundled all-MiniLM-L6-v2)")
+                   help="BERT-family checkpoint: hub name or local directory (default: bundled all-MiniLM-L6-v2); "
+                        "with --epochs 0 one already fine-tuned on the task")
+    p.add_argument("--label-map", default=None, help="with --epochs 0: the --model's label names -> the task's, "
+                   "e.g. NEGATIVE=0,POSITIVE=1 (default: matched by name)")
     p.add_argument("--output-dir", required=True, help="run directory (teacher/, probes.*)")
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=5e-5)
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--train-limit", type=int, default=None, help="use only the first N train rows")
+    p.add_argument("--train-limit", type=int, default=None, help="use only the first N train rows (default: all)")
+    add_options(p.add_argument_group("teacher settings"), TeacherConfig)
     p.set_defaults(func=cmd_teacher)
 
     p = sub.add_parser("demo", help="the whole pipeline on the bundled SST-2 sample (about 11 minutes on 2 CPU cores)")
@@ -288,11 +329,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--markdown", default=None, help="also write the table to this Markdown file")
     p.set_defaults(func=cmd_evaluate)
 
+    p = sub.add_parser("predict", help="a trained student's labels and probabilities for new texts (JSON Lines)")
+    p.add_argument("--student", required=True, help="the student's directory (search or retrain --output-dir)")
+    p.add_argument("--text", action="append", default=None, help="a text to label (repeat for several)")
+    p.add_argument("--text-pair", action="append", default=None, help="its second text (pair students)")
+    p.add_argument("--input", default=None, help="texts from a file: .txt (one per line; a tab between the texts "
+                   "of a pair), .csv, .tsv, .jsonl, .json or .parquet (see --text-column), or - for stdin "
+                   "(default: stdin when no --text)")
+    p.add_argument("--text-column", default="text", help="the input file's text column (default text)")
+    p.add_argument("--text-pair-column", default=None, help="the input file's second-text column (pair students)")
+    p.add_argument("--output", default=None, help="write the JSON Lines here (default: stdout)")
+    p.add_argument("--onnx", nargs="?", const=True, default=None, metavar="ONNX",
+                   help="run the deployed graph (`nni-adabert deploy`; default file: student.onnx in --student)")
+    p.add_argument("--batch-size", type=positive_int, default=128, help="texts per batch (default 128)")
+    p.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: torch's)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_predict)
+
     p = sub.add_parser("deploy", help="fold BatchNorm into the convolutions and export the student to ONNX")
     p.add_argument("--arch", required=True, help="architecture.json (or its directory)")
     p.add_argument("--output", default=None, help="ONNX file to write (default: student.onnx beside the architecture)")
     p.add_argument("--teacher", default=None, help="teacher run whose dev rows check the export "
                    "(default: the knowledge store recorded in the architecture)")
+    p.add_argument("--int8", action="store_true", help="also write student.int8.onnx, ONNX Runtime's dynamic "
+                   "int8 quantization of the graph (about 4x smaller; `evaluate --deployed` reports both)")
     p.set_defaults(func=cmd_deploy)
     return parser
 
@@ -315,7 +375,7 @@ def check_outputs(args) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    configure_logging(args.verbose)
+    configure_logging(args.verbose, progress=not getattr(args, "no_progress", False))
     try:
         with stop_on_signals():
             check_outputs(args)

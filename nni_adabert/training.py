@@ -17,6 +17,7 @@ import logging
 import math
 import os
 import random
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -80,6 +81,23 @@ class SeedEachEpoch(Callback):
         torch.manual_seed(seed)
 
 
+class EpochLog(Callback):
+    """One log line per finished epoch, with the epoch's metrics and time: what a run without
+    progress bars says, so that a long run on a server is never silent for minutes."""
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.started = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not is_main_process():
+            return
+        metrics = ", ".join(f"{name} {float(value):.4f}" for name, value in sorted(trainer.callback_metrics.items())
+                            if value.numel() == 1)
+        minutes = (time.perf_counter() - getattr(self, "started", time.perf_counter())) / 60
+        log.info("epoch %d/%d: %s (%.1f min)", trainer.current_epoch + 1, trainer.max_epochs, metrics or "no metrics",
+                 minutes)
+
+
 def weight_decay_groups(module: torch.nn.Module, weight_decay: float) -> list[dict]:
     """Optimizer parameter groups: ``weight_decay`` on weight matrices and kernels, none on
     biases and norm scales (1-d tensors), as BERT fine-tuning does."""
@@ -134,7 +152,7 @@ def make_trainer(run_dir: str | os.PathLike, max_epochs: int, *, progress: bool 
     # save only when training ends: Lightning writes "last" only after a top-k save.)
     checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", save_top_k=1,
                                  every_n_epochs=1, save_on_train_epoch_end=True, enable_version_counter=False)
-    callbacks = [checkpoint] + ([TQDMProgressBar(refresh_rate=20)] if progress else [])
+    callbacks = [checkpoint] + ([TQDMProgressBar(refresh_rate=20)] if progress else [EpochLog()])
     callbacks += [SeedEachEpoch(seed)] if seed is not None else []
     return trainer_cls(
         max_epochs=max_epochs,

@@ -141,3 +141,42 @@ def test_a_student_no_better_than_the_majority_class_is_flagged(runs, caplog):
     [record] = caplog.records
     assert "no better than always predicting the majority class" in record.message
     assert record.message.endswith("fine-tune it") and f"({100 * majority['f1']:.2f})" in record.message
+
+
+def test_a_run_without_progress_bars_prints_our_lines_only(runs, tmp_path):
+    """`--no-progress`: no bar of any library, none of their routine warnings (NNI's Buffer
+    warning, transformers' load report, Lightning's notices), and one line per epoch."""
+    import os
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "nni_adabert.cli", "teacher", "--task", "SST-2", "--data",
+                           str(runs / "glue"), "--epochs", "2", "--batch-size", "16", "--train-limit", "48",
+                           "--aug-copies", "0", "--output-dir", str(tmp_path / "run"), "--cache-dir",
+                           str(tmp_path / "cache"), "--no-progress"],
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    printed = done.stdout + done.stderr
+    for noise in ("Warning", "LOAD REPORT", "LeafSpec", "Loading weights", "tokenizing", "it/s", "examples/s"):
+        assert noise not in printed, printed
+    epochs = [line for line in done.stderr.splitlines() if ": epoch " in line]
+    assert [line.split("epoch ")[1][:3] for line in epochs] == ["1/2", "2/2"] and "dev_accuracy" in epochs[0]
+    assert "SST-2: 48 train / 32 dev rows" in done.stdout
+
+
+def test_version_and_every_default_in_help(capsys):
+    import pytest
+
+    from nni_adabert import __version__
+    from nni_adabert.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--version"])
+    assert capsys.readouterr().out.strip() == f"nni-adabert {__version__}"
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices
+    for name, sub in commands.items():
+        for action in sub._actions:
+            if action.default not in (None, False, True, "==SUPPRESS==") and action.help:
+                assert "default" in action.help, f"{name} {action.option_strings}: {action.help}"
+    assert "(default 3)" in commands["teacher"].format_help().replace("\n", " ").replace("  ", " ")
