@@ -192,9 +192,14 @@ def test_trec_teacher_search_on_a_task_file(tmp_path, capsys):
     store = open_teacher_run(run)
     assert store.spec.labels == TREC_CLASSES and store.meta["num_labels"] == 6
     assert json.loads((run / "teacher" / "config.json").read_text())["id2label"]["5"] == "NUM"
+    # The store keeps what students need of the teacher: search and retrain never open its directory.
+    shutil.rmtree(run / "teacher")
     out = tmp_path / "student"
     assert main(["search", "--teacher", str(run), "--output-dir", str(out), "--epochs", "1", "--warmup-epochs", "0",
                  "--batch-size", "16", "--k-max", "2", "--no-progress"]) == 0
+    assert main(["retrain", "--teacher", str(run), "--arch", str(out), "--output-dir", str(tmp_path / "retrained"),
+                 "--epochs", "1", "--batch-size", "16", "--no-progress"]) == 0
+    assert (tmp_path / "retrained" / "tokenizer.json").is_file()
     doc = json.loads((out / "architecture.json").read_text())
     assert doc["task"] == "trec" and doc["task_spec"]["labels"] == list(TREC_CLASSES)
     assert set(doc["dev_metrics"]) == {"accuracy", "macro_f1"} and doc["student_config"]["num_labels"] == 6

@@ -32,7 +32,7 @@ from ..data.tasks import TaskSpec, get_task, spec_identity
 from ..errors import UserError
 from ..training import EpochShuffleSampler
 from .augment import AugmentConfig, Augmenter
-from .finetune import load_finetuned_teacher, load_tokenizer, read_teacher_info, resolve_model
+from .finetune import load_finetuned_teacher, load_tokenizer, read_teacher_info, resolve_model, teacher_word_embeddings
 from .probes import LayerProbes, ProbeConfig, teacher_features, train_probes
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,8 @@ DEFAULT_CACHE_DIR = Path(os.environ.get("NNI_ADABERT_CACHE", Path.home() / ".cac
 
 FORMAT_VERSION = 1
 AUGMENT_CHUNK = 2048  # originals per resumable augmentation stage
+TEACHER_FILES = "teacher"  # in a store: what students need of the teacher (tokenizer, config.json, embeddings)
+EMBEDDINGS_FILE = "word_embeddings.safetensors"
 
 
 @dataclass
@@ -59,6 +61,30 @@ class KnowledgeStore:
     @property
     def num_teacher_layers(self) -> int:
         return self.meta["num_teacher_layers"]
+
+    @property
+    def teacher_files(self) -> Path:
+        """Where the teacher's tokenizer and ``config.json`` are read: the store's own copy, or
+        for stores built before it kept one, the teacher's directory."""
+        own = self.path / TEACHER_FILES
+        return own if (own / "config.json").is_file() else Path(self.meta["teacher_dir"])
+
+    @property
+    def teacher_info(self) -> dict:
+        """The teacher's record (base model, dev metrics), as the build found it."""
+        return self.meta["teacher_info"] if "teacher_info" in self.meta else read_teacher_info(
+            self.meta["teacher_dir"]) or {}
+
+    def tokenizer(self):
+        """The teacher's tokenizer: the student reads the same ids."""
+        return load_tokenizer(self.teacher_files)
+
+    def word_embeddings(self) -> torch.Tensor:
+        """The teacher's word-embedding matrix [V, H] (the student's embedding is factorized from it)."""
+        own = self.path / TEACHER_FILES / EMBEDDINGS_FILE
+        if own.is_file():
+            return load_file(str(own))["word_embeddings"]
+        return teacher_word_embeddings(self.meta["teacher_dir"])
 
     def rows(self, split: str, limit: int | None = None, augmented_limit: int | None = None) -> datasets.Dataset:
         """The rows of ``split`` that a run reads.
@@ -181,14 +207,25 @@ def build_knowledge(spec: TaskSpec, data: datasets.DatasetDict, teacher_dir: str
         "num_teacher_layers": int(dev_logits.shape[1]), "num_labels": spec.num_labels,
         "vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id,
         "num_train_original": len(train), "num_train_augmented": len(train_rows) - len(train),
-        "num_dev": len(dev), "probe_dev_accuracy": probe_acc,
+        "num_dev": len(dev), "probe_dev_accuracy": probe_acc, "teacher_info": read_teacher_info(teacher_dir) or {},
     }
     with atomic.atomic_path(path) as tmp:
         store.save_to_disk(str(tmp / "data"))
         save_file(layer_probes.state_dict(), str(tmp / "probes.safetensors"))
+        _save_teacher_files(tmp / TEACHER_FILES, teacher, tokenizer)
         atomic.write_json(tmp / "meta.json", meta)
     shutil.rmtree(stages, ignore_errors=True)
     return open_knowledge(path)
+
+
+def _save_teacher_files(directory: Path, teacher, tokenizer) -> None:
+    """What search, retraining and exported students need of the teacher, so that none of them
+    opens its directory: the tokenizer's files, ``config.json`` and the word embeddings [V, H]."""
+    directory.mkdir(parents=True)
+    tokenizer.save_pretrained(str(directory))
+    teacher.config.to_json_file(str(directory / "config.json"))
+    save_file({"word_embeddings": teacher.get_input_embeddings().weight.detach().float().cpu().contiguous()},
+              str(directory / EMBEDDINGS_FILE))
 
 
 def _stage(path: Path, compute: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:

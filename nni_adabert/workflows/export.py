@@ -14,7 +14,6 @@ from ..model.pretrained import (ARCH_FILE, FORMAT, VERSION, WEIGHTS_FILE, Archit
                                 read_architecture, save_pretrained)
 from ..model.space import AdaBertStudent
 from ..plots import plot_cell
-from ..teacher.finetune import load_tokenizer
 from ..teacher.knowledge import KnowledgeStore
 
 __all__ = ["ARCH_FILE", "WEIGHTS_FILE", "CELL_FILE", "FORMAT", "VERSION", "ArchitectureFile", "write_student",
@@ -40,7 +39,7 @@ def write_student(out_dir: str | os.PathLike, student: AdaBertStudent, info: dic
 
 def load_exported(path: str | os.PathLike, store: KnowledgeStore | None = None) -> ArchitectureFile:
     """Read an exported student (JSON + weights), checking its vocabulary against ``store``'s teacher."""
-    vocab = vocab_fingerprint(load_tokenizer(store.meta["teacher_dir"])) if store is not None else None
+    vocab = vocab_fingerprint(store.tokenizer()) if store is not None else None
     return read_architecture(path, vocab=vocab)
 
 

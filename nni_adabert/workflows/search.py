@@ -23,7 +23,6 @@ from ..model.space import AdaBertSpace, factorized_embedding
 from ..nas.budget import budgets_of, check_budgets
 from ..nas.distill import AdaBertDistillModule, val_metric_key
 from ..nas.strategy import AdaBertStrategy
-from ..teacher.finetune import load_tokenizer, teacher_word_embeddings
 from ..teacher.knowledge import KnowledgeStore
 from ..training import is_main_process, make_trainer
 from .evaluate import evaluate_student, warn_if_no_better_than_majority
@@ -71,7 +70,7 @@ def _search(store: KnowledgeStore, out_dir: Path, config: SearchConfig, progress
                     "--epochs or lower --warmup-epochs", config.warmup_epochs, config.epochs)
     resume = runs.last_checkpoint(run_dir, runs.identity(search_phase(config), store))  # refused: before any setup
     pl.seed_everything(config.seed, workers=True)
-    embedding = factorized_embedding(teacher_word_embeddings(store.meta["teacher_dir"]), config.embed_dim)
+    embedding = factorized_embedding(store.word_embeddings(), config.embed_dim)
     space = AdaBertSpace(space_config, embedding)
 
     train = store.loader("train", config.batch_size, shuffle=True, seed=config.seed, limit=config.train_limit,
@@ -107,4 +106,4 @@ def _search(store: KnowledgeStore, out_dir: Path, config: SearchConfig, progress
         warn_if_no_better_than_majority(info["dev_metrics"], store,
                                         "fine-tune it (--finetune-epochs 2) or retrain it (nni-adabert retrain)")
     return write_student(out_dir, student, info, title=f"{store.meta['task']} searched cell",
-                         tokenizer=load_tokenizer(store.meta["teacher_dir"]))
+                         tokenizer=store.tokenizer())

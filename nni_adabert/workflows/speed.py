@@ -168,7 +168,7 @@ def reference_config(store: KnowledgeStore, speedup_over: str):
     if speedup_over == "bert-base":
         return BertConfig(num_labels=store.meta["num_labels"])
     if speedup_over == "teacher":
-        return AutoConfig.from_pretrained(store.meta["teacher_dir"])
+        return AutoConfig.from_pretrained(store.teacher_files)
     raise UserError(f"search setting speedup_over must be one of {sorted(REFERENCES)}, got {speedup_over!r}")
 
 

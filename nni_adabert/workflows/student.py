@@ -11,7 +11,6 @@ from ..config import RetrainConfig
 from ..data.encoding import vocab_fingerprint
 from ..model.space import AdaBertStudent, StudentConfig, factorized_embedding
 from ..nas.distill import AdaBertDistillModule, val_metric_key
-from ..teacher.finetune import load_tokenizer, read_teacher_info, teacher_word_embeddings
 from ..teacher.knowledge import KnowledgeStore
 from ..training import fit, make_trainer
 
@@ -27,21 +26,22 @@ def fresh_student(arch: dict, store: KnowledgeStore, embed_dim: int = 128, k_max
                   dropout: float = 0.1) -> AdaBertStudent:
     """A newly initialised child of ``arch`` for ``store``'s task, embedding from its teacher."""
     student = AdaBertStudent(student_config(store, embed_dim, k_max, dropout), arch)
-    student.load_embedding(factorized_embedding(teacher_word_embeddings(store.meta["teacher_dir"]), embed_dim))
+    student.load_embedding(factorized_embedding(store.word_embeddings(), embed_dim))
     return student
 
 
 def student_info(store: KnowledgeStore) -> dict:
     """What an exported student records about where it came from."""
     teacher_dir = store.meta["teacher_dir"]
-    tokenizer = load_tokenizer(teacher_dir)
-    teacher = read_teacher_info(teacher_dir) or {}
+    tokenizer = store.tokenizer()
+    teacher = store.teacher_info
     return {
         "task": store.meta["task"],
         "task_spec": store.spec.to_dict(),  # the label names, in class-id order
         "teacher": {"path": teacher_dir, "base_model": teacher.get("base_model"),
                     "dev_metrics": teacher.get("dev_metrics"), "num_layers": store.num_teacher_layers},
-        "vocab": {"size": len(tokenizer), "fingerprint": vocab_fingerprint(tokenizer), "tokenizer": teacher_dir},
+        "vocab": {"size": len(tokenizer), "fingerprint": vocab_fingerprint(tokenizer),
+                  "tokenizer": str(store.teacher_files)},
         "knowledge_store": str(store.path),
     }
 
