@@ -98,6 +98,42 @@ class EpochLog(Callback):
                  minutes)
 
 
+class KeepBestEpoch(Callback):
+    """Training ends with the weights of the epoch whose ``monitor`` (a logged dev metric, higher
+    is better) was best, not with the last epoch's. Every epoch's dev metrics are kept in
+    ``history``. Best weights, score and history travel in the checkpoint, so a resumed run
+    ends as an uninterrupted one would."""
+
+    def __init__(self, monitor: str):
+        self.monitor = monitor
+        self.best_score: float | None = None
+        self.best_epoch: int | None = None
+        self.best_weights: dict[str, torch.Tensor] | None = None
+        self.history: list[dict] = []
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or trainer.state.fn != "fit" or self.monitor not in trainer.callback_metrics:
+            return
+        metrics = {name: float(value) for name, value in trainer.callback_metrics.items()
+                   if name.startswith("dev_") and value.numel() == 1}
+        self.history.append({"epoch": trainer.current_epoch + 1, **metrics})
+        if self.best_score is None or metrics[self.monitor] > self.best_score:
+            self.best_score, self.best_epoch = metrics[self.monitor], trainer.current_epoch + 1
+            self.best_weights = {k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()}
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.best_weights is not None:
+            pl_module.load_state_dict(self.best_weights)
+
+    def state_dict(self) -> dict:
+        return {"best_score": self.best_score, "best_epoch": self.best_epoch, "best_weights": self.best_weights,
+                "history": self.history}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.best_score, self.best_epoch = state_dict["best_score"], state_dict["best_epoch"]
+        self.best_weights, self.history = state_dict["best_weights"], state_dict["history"]
+
+
 def weight_decay_groups(module: torch.nn.Module, weight_decay: float) -> list[dict]:
     """Optimizer parameter groups: ``weight_decay`` on weight matrices and kernels, none on
     biases and norm scales (1-d tensors), as BERT fine-tuning does."""
@@ -137,10 +173,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 def make_trainer(run_dir: str | os.PathLike, max_epochs: int, *, progress: bool = True,
                  name: str = "logs", trainer_cls: type = pl.Trainer, seed: int | None = None,
-                 devices: int = 1, **kwargs) -> pl.Trainer:
+                 devices: int = 1, callbacks: tuple[Callback, ...] = (), **kwargs) -> pl.Trainer:
     """A Trainer that saves ``run_dir/checkpoints/last.ckpt`` after every epoch
-    (atomically: :class:`AtomicCheckpointIO`) and logs to
-    TensorBoard under ``run_dir/<name>``. With ``seed``, every epoch reseeds the global
+    (atomically: :class:`AtomicCheckpointIO`) and logs to TensorBoard under ``run_dir/<name>``;
+    ``callbacks`` are added to these. With ``seed``, every epoch reseeds the global
     generators from ``(seed, epoch)`` (:class:`SeedEachEpoch`). ``devices`` > 1 trains on that
     many GPUs (or CPU processes) with DDP; every process draws the same Gumbel sample, since
     all start from the same seed.
@@ -152,7 +188,7 @@ def make_trainer(run_dir: str | os.PathLike, max_epochs: int, *, progress: bool 
     # save only when training ends: Lightning writes "last" only after a top-k save.)
     checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", save_top_k=1,
                                  every_n_epochs=1, save_on_train_epoch_end=True, enable_version_counter=False)
-    callbacks = [checkpoint] + ([TQDMProgressBar(refresh_rate=20)] if progress else [EpochLog()])
+    callbacks = [checkpoint, *callbacks] + ([TQDMProgressBar(refresh_rate=20)] if progress else [EpochLog()])
     callbacks += [SeedEachEpoch(seed)] if seed is not None else []
     return trainer_cls(
         max_epochs=max_epochs,

@@ -2,7 +2,13 @@
 teacher -> search -> evaluate, cross-task retrain, and clean failures."""
 
 import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
 
+import pytest
 import torch
 from conftest import write_tsv
 
@@ -19,7 +25,6 @@ def test_teacher_outputs(runs, capsys):
 
 def test_a_teacher_run_with_a_relative_cache_dir_works_from_any_directory(runs, tmp_path, monkeypatch):
     """The store is recorded by its absolute path, so the run is not tied to the directory it was made in."""
-    import shutil
 
     from nni_adabert.teacher.run import open_teacher_run
 
@@ -89,9 +94,6 @@ def test_cli_errors_exit_2_and_write_nothing(runs, tmp_path, capsys):
 def test_search_on_two_processes_with_ddp(runs, tmp_path):
     """`--devices 2`: Lightning's DDP (gloo on CPU here, NCCL on GPUs); both processes train the
     same sampled paths, only the first one writes and prints."""
-    import os
-    import subprocess
-    import sys
 
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -122,9 +124,7 @@ def test_demo_steps_parse_with_every_demo_option(tmp_path):
 def test_a_student_no_better_than_the_majority_class_is_flagged(runs, caplog):
     """A derived child with inherited supernet weights can predict one class only (seen on
     MRPC): the search and the retraining say so, with what to do."""
-    import logging
 
-    import pytest
 
     from nni_adabert.teacher.run import open_teacher_run
     from nni_adabert.workflows.evaluate import majority_class_metrics, warn_if_no_better_than_majority
@@ -146,10 +146,6 @@ def test_a_student_no_better_than_the_majority_class_is_flagged(runs, caplog):
 def test_a_run_without_progress_bars_prints_our_lines_only(runs, tmp_path):
     """`--no-progress`: no bar of any library, none of their routine warnings (NNI's Buffer
     warning, transformers' load report, Lightning's notices), and one line per epoch."""
-    import os
-    import subprocess
-    import sys
-
     done = subprocess.run([sys.executable, "-m", "nni_adabert.cli", "teacher", "--task", "SST-2", "--data",
                            str(runs / "glue"), "--epochs", "2", "--batch-size", "16", "--train-limit", "48",
                            "--aug-copies", "0", "--output-dir", str(tmp_path / "run"), "--cache-dir",
@@ -157,7 +153,8 @@ def test_a_run_without_progress_bars_prints_our_lines_only(runs, tmp_path):
                           env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     printed = done.stdout + done.stderr
-    for noise in ("Warning", "LOAD REPORT", "LeafSpec", "Loading weights", "tokenizing", "it/s", "examples/s"):
+    for noise in ("Warning", "LOAD REPORT", "[transformers]", "LeafSpec", "Loading weights", "tokenizing", "it/s",
+                  "examples/s"):
         assert noise not in printed, printed
     epochs = [line for line in done.stderr.splitlines() if ": epoch " in line]
     assert [line.split("epoch ")[1][:3] for line in epochs] == ["1/2", "2/2"] and "dev_accuracy" in epochs[0]
@@ -165,7 +162,6 @@ def test_a_run_without_progress_bars_prints_our_lines_only(runs, tmp_path):
 
 
 def test_version_and_every_default_in_help(capsys):
-    import pytest
 
     from nni_adabert import __version__
     from nni_adabert.cli import build_parser

@@ -4,6 +4,7 @@ import json
 import shutil
 
 import pytest
+import pytorch_lightning as pl
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -14,7 +15,9 @@ from nni_adabert.data.glue import load_task
 from nni_adabert.errors import UserError
 from nni_adabert.teacher.knowledge import build_knowledge
 from nni_adabert.data.tasks import get_task
-from nni_adabert.teacher.finetune import TeacherConfig, finetune_teacher, load_teacher_config, read_teacher_info
+from nni_adabert.teacher.finetune import (TeacherConfig, finetune_epochs, finetune_teacher, load_teacher_config,
+                                          read_teacher_info)
+from nni_adabert.training import KeepBestEpoch, fit, make_trainer
 from nni_adabert.teacher.probes import train_probes
 
 
@@ -41,6 +44,9 @@ def test_finetune_saves_hf_checkpoint_and_is_not_redone(tmp_path, sst2, minilm_d
     assert (saved / "model.safetensors").is_file() and (saved / "tokenizer.json").is_file()
     assert 0.0 <= info["dev_metrics"]["accuracy"] <= 1.0 and info["num_layers"] == 6
     assert read_teacher_info(saved)["dev_metrics"] == info["dev_metrics"]
+    assert info["epochs"] == 1 and info["best_epoch"] == 1
+    kept = {f"dev_{name}": pytest.approx(value) for name, value in info["dev_metrics"].items()}
+    assert info["dev_history"] == [{"epoch": 1, **kept}]
     assert (tmp_path / "teacher_train" / "checkpoints" / "last.ckpt").is_file()
     # Fine-tuning changed the encoder (not only the new head).
     before = load_file(str(minilm_dir / "model.safetensors"))["embeddings.word_embeddings.weight"]
@@ -51,6 +57,56 @@ def test_finetune_saves_hf_checkpoint_and_is_not_redone(tmp_path, sst2, minilm_d
     monkeypatch.setattr("nni_adabert.teacher.finetune.fit", lambda *a, **k: pytest.fail("fine-tuned twice"))
     assert finetune_teacher(spec, sst2, None, tmp_path, TeacherConfig(epochs=1, batch_size=16),
                             progress=False) == {**info, "reused": True}
+
+
+def test_small_train_sets_get_enough_update_steps():
+    """--epochs none: 3 epochs, or as many as make --min-steps steps; an explicit --epochs is kept."""
+    assert finetune_epochs(TeacherConfig(), 67349) == 3  # SST-2: 2,105 steps an epoch
+    assert finetune_epochs(TeacherConfig(), 3668) == 9  # MRPC: 115 steps an epoch
+    assert finetune_epochs(TeacherConfig(min_steps=0), 3668) == 3
+    assert finetune_epochs(TeacherConfig(epochs=1), 64) == 1 and finetune_epochs(TeacherConfig(epochs=0), 64) == 0
+
+
+class ScriptedDev(pl.LightningModule):
+    """A weight that moves every step, and a dev accuracy that peaks at epoch 2 of 3."""
+
+    SCORES = (0.5, 0.8, 0.6)
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(3))
+        self.seen = {}  # epoch -> the weight as validated
+
+    def training_step(self, batch, _):
+        return ((self.weight - batch[0]) ** 2).sum()
+
+    def validation_step(self, batch, _):
+        pass
+
+    def on_validation_epoch_end(self):
+        self.seen[self.current_epoch + 1] = self.weight.detach().clone()
+        self.log("dev_accuracy", self.SCORES[self.current_epoch])
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_training_ends_with_the_best_dev_epoch_also_when_resumed(tmp_path):
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.ones(4, 3)), batch_size=2)
+    module, best = ScriptedDev(), KeepBestEpoch("dev_accuracy")
+    fit(make_trainer(tmp_path / "a", 3, progress=False, callbacks=(best,)), module, loader, loader, tmp_path / "a", {})
+    assert best.best_epoch == 2 and [h["dev_accuracy"] for h in best.history] == pytest.approx([0.5, 0.8, 0.6])
+    assert torch.equal(module.weight.detach(), module.seen[2]) and not torch.equal(module.seen[2], module.seen[3])
+
+    # Stopped after epoch 2, then resumed: the best weights came back from the checkpoint.
+    first = ScriptedDev()
+    fit(make_trainer(tmp_path / "b", 2, progress=False, callbacks=(KeepBestEpoch("dev_accuracy"),)), first,
+        loader, loader, tmp_path / "b", {})
+    resumed, best = ScriptedDev(), KeepBestEpoch("dev_accuracy")
+    fit(make_trainer(tmp_path / "b", 3, progress=False, callbacks=(best,)), resumed, loader, loader, tmp_path / "b",
+        {})
+    assert 2 not in resumed.seen and best.best_epoch == 2 and len(best.history) == 3
+    assert torch.equal(resumed.weight.detach(), module.seen[2])
 
 
 @pytest.mark.parametrize("make, message", [

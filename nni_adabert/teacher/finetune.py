@@ -34,7 +34,7 @@ from ..data.metrics import compute_metrics
 from ..data.tasks import TaskSpec, spec_identity
 from ..errors import UserError
 from ..logs import quiet_loggers
-from ..training import check_finite, epoch_seed, fit, make_trainer, pick_device, weight_decay_groups
+from ..training import KeepBestEpoch, check_finite, epoch_seed, fit, make_trainer, pick_device, weight_decay_groups
 
 log = logging.getLogger(__name__)
 
@@ -93,13 +93,27 @@ class TeacherConfig(Settings):
 
     kind = "teacher"
 
-    epochs: int = setting(3, "fine-tuning epochs (0: --model is already fine-tuned on the task and is taken as it "
-                             "is, its labels matched to the task's)", minimum=0)
+    epochs: int | None = setting(None, "fine-tuning epochs (none: 3, or as many as make --min-steps update steps on "
+                                       "a small train set; 0: --model is already fine-tuned on the task and is "
+                                       "taken as it is, its labels matched to the task's)", minimum=0)
     batch_size: int = setting(32, "examples per step", minimum=1)
+    min_steps: int = setting(1000, "with --epochs none: at least this many update steps (MRPC's 3,668 rows: 9 "
+                                   "epochs)", minimum=0)
     lr: float = setting(5e-5, "peak learning rate", positive=True)
     weight_decay: float = setting(0.01, "AdamW weight decay", minimum=0)
     warmup_ratio: float = setting(0.1, "share of the steps that warm the learning rate up", minimum=0, maximum=1)
     seed: int = setting(42, "seed of the classifier's initialisation and the data order", minimum=0)
+
+
+DEFAULT_EPOCHS = 3
+
+
+def finetune_epochs(config: TeacherConfig, num_train: int) -> int:
+    """``config.epochs`` when set; else :data:`DEFAULT_EPOCHS`, or more when those make fewer than
+    ``config.min_steps`` update steps (a small train set: BERT fine-tuning is unstable in few steps)."""
+    if config.epochs is not None:
+        return config.epochs
+    return max(DEFAULT_EPOCHS, math.ceil(config.min_steps / math.ceil(num_train / config.batch_size)))
 
 
 class TeacherModule(pl.LightningModule):
@@ -109,8 +123,9 @@ class TeacherModule(pl.LightningModule):
         super().__init__()
         self.save_hyperparameters()  # task: TaskSpec.to_dict(), plain values for the checkpoint
         self.spec = TaskSpec.from_dict(task)
-        # A base checkpoint has no classification head yet: transformers' load report says so.
-        with quiet_loggers("transformers.modeling_utils"):
+        # A base checkpoint has no classification head yet: transformers' load report says so. (With
+        # that logger quieted, transformers checks a tensor-parallel plan we do not use, and says so too.)
+        with quiet_loggers("transformers.modeling_utils", "transformers.distributed.tensor_parallel"):
             self.model = AutoModelForSequenceClassification.from_pretrained(model_path,
                                                                             num_labels=self.spec.num_labels)
         self.model.train()  # from_pretrained returns eval mode, which would switch dropout off
@@ -246,17 +261,18 @@ def finetune_teacher(spec: TaskSpec, data: datasets.DatasetDict, model: str | No
                               collate_fn=teacher_collate, generator=torch.Generator().manual_seed(config.seed))
     dev_loader = DataLoader(dev_tok.select_columns(columns), batch_size=128, collate_fn=teacher_collate)
     module = TeacherModule(base, spec.to_dict(), config.lr, config.weight_decay, config.warmup_ratio)
-    trainer = make_trainer(run_dir, max(config.epochs, 1), progress=progress, seed=config.seed)
+    epochs = finetune_epochs(config, len(train))
+    best = KeepBestEpoch(monitor=f"dev_{spec.main_metric}")
+    trainer = make_trainer(run_dir, max(epochs, 1), progress=progress, seed=config.seed, callbacks=(best,))
     if order is not None:
         reorder_classes(module.model, order)
     else:
         fit(trainer, module, train_loader, dev_loader, run_dir, identity=settings)
-    if not module.dev_metrics:  # taken as it is, or resumed after its training had finished: evaluate
-        trainer.validate(module, dev_loader, verbose=False)
+    trainer.validate(module, dev_loader, verbose=False)  # the kept weights' metrics (the best epoch's)
 
     info = {"task": spec.name, "base_model": settings["base_model"], "model_type": hf_config.model_type,
-            "num_layers": hf_config.num_hidden_layers, "dev_metrics": module.dev_metrics,
-            runs.IDENTITY_KEY: runs.identity(settings)}
+            "num_layers": hf_config.num_hidden_layers, "dev_metrics": module.dev_metrics, "epochs": epochs,
+            "best_epoch": best.best_epoch, "dev_history": best.history, runs.IDENTITY_KEY: runs.identity(settings)}
     with atomic.atomic_path(final_dir) as tmp:
         module.model.config.id2label = {i: label for i, label in enumerate(spec.labels)}
         module.model.config.label2id = {label: i for i, label in enumerate(spec.labels)}

@@ -73,8 +73,9 @@ def _build(task, out: Path, data, model, teacher_config, augment, cache_dir, tra
                             label_map=label_map)
     metrics = ", ".join(f"{k} {100 * v:.2f}" for k, v in info["dev_metrics"].items())
     majority = majority_class_metrics(spec, torch.tensor(list(splits["dev"]["label"])))
-    echo(f"teacher ({info['base_model']}, {info['num_layers']} layers) dev: {metrics} (always the majority class: "
-         + ", ".join(f"{k} {100 * v:.2f}" for k, v in majority.items()) + ")")
+    kept = f", epoch {info['best_epoch']} of {info['epochs']}" if info.get("best_epoch") else ""
+    echo(f"teacher ({info['base_model']}, {info['num_layers']} layers{kept}) dev: {metrics} (always the majority "
+         "class: " + ", ".join(f"{k} {100 * v:.2f}" for k, v in majority.items()) + ")")
     echo(f"{'reused the fine-tuned teacher in' if info.pop('reused', False) else 'saved the fine-tuned teacher to'} "
          f"{out / 'teacher'}")
 
