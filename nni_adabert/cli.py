@@ -210,8 +210,10 @@ def cmd_predict(args) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     predictor = Predictor(args.student, onnx=args.onnx or False, threads=args.threads)
+    # A Hugging Face classifier reads one text or pairs: pairs when the second texts are named.
+    is_pair = predictor.is_pair if predictor.is_pair is not None else bool(args.text_pair or args.text_pair_column)
     texts_a, texts_b, where = read_inputs(args.text, args.text_pair, args.input, args.text_column,
-                                          args.text_pair_column, predictor.is_pair)
+                                          args.text_pair_column, is_pair)
     predictions, report = predict_inputs(predictor, texts_a, texts_b, args.batch_size,
                                          progress=not args.no_progress and where != "the command line")
     lines = "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in predictions)
@@ -330,7 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="a trained student's labels and probabilities for new texts (JSON Lines)")
-    p.add_argument("--student", required=True, help="the student's directory (search or retrain --output-dir)")
+    p.add_argument("--student", required=True, help="the student's directory (search or retrain --output-dir); "
+                   "a Hugging Face classifier's directory (e.g. a teacher run's teacher/) runs that, to compare")
     p.add_argument("--text", action="append", default=None, help="a text to label (repeat for several)")
     p.add_argument("--text-pair", action="append", default=None, help="its second text (pair students)")
     p.add_argument("--input", default=None, help="texts from a file: .txt (one per line; a tab between the texts "

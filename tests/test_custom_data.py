@@ -1,5 +1,6 @@
 """Your own data: real SST-2, MRPC and TREC rows in other formats, read as a user's task."""
 
+import io
 import json
 import shutil
 
@@ -16,6 +17,7 @@ from nni_adabert.data.tasks import TaskSpec
 from nni_adabert.errors import UserError
 from nni_adabert.model.space import AdaBertStudent
 from nni_adabert.teacher.run import open_teacher_run
+from nni_adabert.trial import trial_settings
 
 TREC_CLASSES = ("ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM")
 
@@ -229,8 +231,6 @@ def test_trec_teacher_search_on_a_task_file(tmp_path, capsys):
 
 def test_predict_inputs_and_mistakes(runs, tmp_path, capsys, monkeypatch):
     """`predict` reads --text, .txt lines, stdin; a pair student needs both texts."""
-    import io
-
     student = runs / "pair-student"
     if not (student / "architecture.json").is_file():
         assert main(["search", "--teacher", str(runs / "MRPC"), "--output-dir", str(student), "--epochs", "1",
@@ -255,9 +255,23 @@ def test_predict_inputs_and_mistakes(runs, tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "never.jsonl").exists()
 
 
-def test_nni_trials_take_the_same_task_options(tmp_path):
-    from nni_adabert.trial import trial_settings
+def test_predict_runs_the_teacher_on_the_same_texts(runs, tmp_path, capsys):
+    """`predict --student <teacher run>/teacher`: the teacher's labels, the ones in its knowledge store."""
+    store = open_teacher_run(runs / "MRPC")
+    rows = load_task("MRPC", runs / "glue")["dev"]
+    datasets.Dataset.from_dict({"s1": rows["text_a"], "s2": rows["text_b"]}).to_json(tmp_path / "dev.jsonl")
+    assert main(["predict", "--student", str(runs / "MRPC" / "teacher"), "--input", str(tmp_path / "dev.jsonl"),
+                 "--text-column", "s1", "--text-pair-column", "s2", "--output", str(tmp_path / "out.jsonl"),
+                 "--no-progress"]) == 0
+    assert "eager PyTorch, bert classifier" in capsys.readouterr().err
+    labels = [json.loads(line)["label"] for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    head = torch.tensor(store.data["dev"]["teacher_logits"])[:, -1].argmax(-1)
+    assert labels == [store.spec.labels[i] for i in head] and len(labels) == 32
+    assert main(["predict", "--student", str(runs / "MRPC" / "teacher"), "--onnx", "--text", "x"]) == 2
+    assert "is a Hugging Face classifier, not a deployed student" in capsys.readouterr().err
 
+
+def test_nni_trials_take_the_same_task_options(tmp_path):
     (tmp_path / "q.csv").write_text("question,coarse\nWho?,HUM\nWhere?,LOC\n")
     args = trial_settings("search", ["--data", str(tmp_path / "q.csv"), "--text-column", "question"],
                           {"label_column": "coarse", "task": "questions"})

@@ -40,6 +40,14 @@ def vocab_fingerprint(tokenizer) -> str:
     return hashlib.sha256(json.dumps(vocab).encode()).hexdigest()[:16]
 
 
+def teacher_ids(tokenizer, texts_a: list[str], texts_b: list[str] | None = None,
+                max_length: int = MAX_LENGTH) -> dict[str, list[list[int]]]:
+    """The teacher's input: ``input_ids`` and ``token_type_ids``, a pair packed as
+    ``[CLS] a [SEP] b [SEP]``, truncated to ``max_length`` tokens."""
+    packed = tokenizer(texts_a, texts_b, truncation=True, max_length=max_length, return_token_type_ids=True)
+    return {"input_ids": packed["input_ids"], "token_type_ids": packed["token_type_ids"]}
+
+
 def student_ids(tokenizer, texts_a: list[str], texts_b: list[str] | None = None,
                 max_length: int = MAX_LENGTH) -> dict[str, list[list[int]]]:
     """The student's input: ``input_ids_a`` (and ``input_ids_b``), each text tokenized on its own
@@ -68,9 +76,7 @@ def tokenize(ds: datasets.Dataset, tokenizer, spec: TaskSpec, max_length: int = 
 
     def encode(batch):
         a, b = batch["text_a"], batch["text_b"] if pair else None
-        teacher = tokenizer(a, b, truncation=True, max_length=max_length, return_token_type_ids=True)
-        out = {"input_ids": teacher["input_ids"], "token_type_ids": teacher["token_type_ids"],
-               **student_ids(tokenizer, a, b, max_length)}
+        out = {**teacher_ids(tokenizer, a, b, max_length), **student_ids(tokenizer, a, b, max_length)}
         # Count truncations with the untruncated lengths of the packed input.
         full = tokenizer(a, b, truncation=False)["input_ids"]
         out["truncated"] = [len(ids) > max_length for ids in full]

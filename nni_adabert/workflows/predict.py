@@ -3,7 +3,8 @@
 A student directory is self-contained: ``architecture.json`` (the structure, the task's label
 names), ``student.safetensors`` and the tokenizer's files; the teacher run and the knowledge
 store it came from are not read. :class:`Predictor` runs the eager student, or with ``onnx`` the
-graph ``nni-adabert deploy`` wrote beside it::
+graph ``nni-adabert deploy`` wrote beside it; given a Hugging Face classifier's directory instead
+(a teacher run's ``teacher/``), it runs that, so that the two can be compared on the same texts::
 
     predictor = Predictor("runs/student")
     predictor(["a gripping, funny film"])   # [{"label": "1", "probabilities": {"0": 0.03, "1": 0.97}}]
@@ -20,13 +21,13 @@ from typing import Iterable, Iterator
 
 import torch
 from tqdm.auto import tqdm
-from transformers import AutoTokenizer
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from ..data.custom import read_source, text_columns
-from ..data.encoding import MAX_LENGTH, pad_batch, student_ids, vocab_fingerprint
+from ..data.encoding import MAX_LENGTH, pad_batch, student_ids, teacher_ids, vocab_fingerprint
 from ..data.tasks import find_glue_task
 from ..errors import UserError
-from ..model.pretrained import ArchitectureFile, load_student, read_architecture
+from ..model.pretrained import ARCH_FILE, ArchitectureFile, load_student, read_architecture
 from ..nas.distill import model_inputs
 from .deploy import open_deployed
 
@@ -63,21 +64,31 @@ def student_tokenizer(arch_file: ArchitectureFile):
     return tokenizer
 
 
+def is_classifier_dir(path: str | os.PathLike) -> bool:
+    """A Hugging Face classifier's directory (``config.json``, no ``architecture.json``)."""
+    return Path(path).is_dir() and (Path(path) / "config.json").is_file() and not (Path(path) / ARCH_FILE).is_file()
+
+
 class Predictor:
     """A student ready to label texts: its tokenizer, its label names, and the eager model or,
-    with ``onnx`` (``True``: ``student.onnx`` beside the JSON, or a path), ONNX Runtime.
+    with ``onnx`` (``True``: ``student.onnx`` beside the JSON, or a path), ONNX Runtime. Given a
+    Hugging Face classifier's directory, that classifier (``is_pair`` then ``None``: it reads both).
 
     ``predictor(texts_a, texts_b=None)`` -> one ``{"label", "probabilities"}`` per text (pair).
     """
 
     def __init__(self, student_dir: str | os.PathLike, onnx: bool | str | os.PathLike = False,
                  threads: int | None = None, max_length: int = MAX_LENGTH):
+        self.max_length = max_length
+        self.truncated = 0
+        if is_classifier_dir(student_dir):
+            self._load_classifier(Path(student_dir), onnx)
+            return
         self.arch_file = read_architecture(student_dir)
         self.labels = label_names(self.arch_file)
         self.is_pair = self.arch_file.config.is_pair
         self.tokenizer = student_tokenizer(self.arch_file)
-        self.max_length = max_length
-        self.truncated = 0
+        self.encode = student_ids
         if onnx:
             deployed = open_deployed(None if onnx is True else onnx, self.arch_file, threads)
             self.backend, self.logits = f"ONNX Runtime ({deployed.path.name})", deployed
@@ -85,6 +96,17 @@ class Predictor:
             student = load_student(self.arch_file)
             self.backend = "eager PyTorch"
             self.logits = lambda batch: student(**model_inputs(batch)).logits
+
+    def _load_classifier(self, directory: Path, onnx) -> None:
+        if onnx:
+            raise UserError(f"{directory} is a Hugging Face classifier, not a deployed student: drop --onnx")
+        model = AutoModelForSequenceClassification.from_pretrained(str(directory)).eval()
+        self.labels = [str(model.config.id2label[i]) for i in range(model.config.num_labels)]
+        self.is_pair = None
+        self.tokenizer = AutoTokenizer.from_pretrained(str(directory), use_fast=True)
+        self.encode = teacher_ids
+        self.backend = f"eager PyTorch, {model.config.model_type} classifier"
+        self.logits = lambda batch: model(**batch).logits
 
     def __call__(self, texts_a: list[str], texts_b: list[str] | None = None, batch_size: int = 128) -> list[dict]:
         return list(self.predict(texts_a, texts_b, batch_size))
@@ -95,15 +117,15 @@ class Predictor:
         if self.is_pair and texts_b is None:
             raise UserError(f"{self.arch_file.path} is a pair student: give the second texts too "
                             f"(--text-pair, --text-pair-column, or a tab between the texts of a line)")
-        if not self.is_pair and texts_b is not None:
+        if self.is_pair is False and texts_b is not None:
             raise UserError(f"{self.arch_file.path} reads one text per example: drop the second texts")
         if texts_b is not None and len(texts_b) != len(texts_a):
             raise UserError(f"{len(texts_a)} first texts but {len(texts_b)} second texts")
-        ids = student_ids(self.tokenizer, texts_a, texts_b, self.max_length)
-        self.truncated += sum(len(row) >= self.max_length for column in ids.values() for row in column)
+        ids = self.encode(self.tokenizer, texts_a, texts_b, self.max_length)
         keys = tuple(ids)
+        self.truncated += sum(len(row) >= self.max_length for k in keys if k != "token_type_ids" for row in ids[k])
         rows = [{k: ids[k][i] for k in keys} for i in range(len(texts_a))]
-        order = sorted(range(len(rows)), key=lambda i: len(rows[i]["input_ids_a"]))
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i][keys[0]]))
         results: list[dict | None] = [None] * len(rows)
         batches = range(0, len(order), batch_size)
         with torch.inference_mode():
