@@ -8,6 +8,7 @@ fix (``UserError``) print one line and exit with code 2, without a traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -88,8 +89,13 @@ def cmd_teacher(args) -> None:
     """Fine-tune the teacher, train its layer probes, cache its knowledge."""
     if args.train_limit is not None and args.train_limit < 1:
         raise UserError(f"teacher setting train_limit must be an integer >= 1, got {args.train_limit}")
-    build_teacher_run(task_from_options(args), args.output_dir, args.data, args.model,
-                      from_options(TeacherConfig, args), augment_config(args), cache_dir(args),
+    config = from_options(TeacherConfig, args)
+    if args.no_finetune:
+        if config.epochs not in (None, 0):
+            raise UserError(f"--no-finetune takes --model as it is: drop --epochs {config.epochs}")
+        config = dataclasses.replace(config, epochs=0)
+    build_teacher_run(task_from_options(args), args.output_dir, args.data, args.model, config,
+                      augment_config(args), cache_dir(args),
                       train_limit=args.train_limit, progress=not args.no_progress, echo=print,
                       label_map=parse_label_map(args.label_map))
 
@@ -287,8 +293,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_augment_args(p)
     p.add_argument("--model", default=None,
                    help="BERT-family checkpoint: hub name or local directory (default: bundled all-MiniLM-L6-v2); "
-                        "with --epochs 0 one already fine-tuned on the task")
-    p.add_argument("--label-map", default=None, help="with --epochs 0: the --model's label names -> the task's, "
+                        "with --no-finetune one already fine-tuned on the task")
+    p.add_argument("--no-finetune", action="store_true", help="take --model as it is, already fine-tuned on the "
+                   "task, its labels matched to the task's (the same as --epochs 0)")
+    p.add_argument("--label-map", default=None, help="with --no-finetune: the --model's label names -> the task's, "
                    "e.g. NEGATIVE=0,POSITIVE=1 (default: matched by name)")
     p.add_argument("--output-dir", required=True, help="run directory (teacher/, probes.*)")
     p.add_argument("--train-limit", type=int, default=None, help="use only the first N train rows (default: all)")

@@ -262,6 +262,19 @@ def test_a_fine_tuned_teacher_is_taken_as_it_is_with_its_classes_matched(runs, t
     assert info["dev_metrics"] == pytest.approx(original)   # the same classifier, its classes put back in order
     assert "(always the majority class: accuracy" in printed
     assert not (tmp_path / "run" / "teacher_train" / "checkpoints").exists()   # nothing was trained
+
+    # One run's fine-tuned teacher given to another as it is: the same dev metric and the same
+    # knowledge (its store's fingerprint covers the weights, the data and the settings: the same store).
+    capsys.readouterr()
+    assert main(["teacher", "--task", "SST-2", "--data", str(runs / "glue"), "--model", str(runs / "SST-2" / "teacher"),
+                 "--no-finetune", "--aug-copies", "1", "--output-dir", str(tmp_path / "again"), "--cache-dir",
+                 str(runs / "cache"), "--no-progress"]) == 0
+    again = json.loads((tmp_path / "again" / "probes.json").read_text())
+    assert again["teacher"]["dev_metrics"] == pytest.approx(original)
+    assert again["knowledge_store"] == json.loads((runs / "SST-2" / "probes.json").read_text())["knowledge_store"]
+    assert main(["teacher", "--task", "SST-2", "--model", str(swapped), "--no-finetune", "--epochs", "2",
+                 "--output-dir", str(tmp_path / "never")]) == 2
+    assert "--no-finetune takes --model as it is: drop --epochs 2" in capsys.readouterr().err
     with pytest.raises(UserError, match="the bundled MiniLM is not one"):
         finetune_teacher(get_task("SST-2"), load_task("SST-2", runs / "glue"), None, tmp_path / "x",
                          TeacherConfig(epochs=0))
