@@ -42,6 +42,31 @@ def pick_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def bf16_available() -> bool:
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+def training_precision() -> str:
+    """Lightning's ``precision``: bf16 autocast on a GPU that has it, else fp32 (CPU runs unchanged)."""
+    return "bf16-mixed" if bf16_available() else "32-true"
+
+
+def inference_autocast(device: torch.device | str):
+    """bf16 autocast for a forward pass on a GPU that has it; elsewhere nothing changes."""
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=torch.device(device).type == "cuda"
+                          and bf16_available())
+
+
+def inference_batch_size(device: torch.device | str) -> int:
+    """Examples per forward pass without gradients: a GPU takes many more than a CPU gains from."""
+    return 1024 if torch.device(device).type == "cuda" else 128
+
+
+def pin_memory() -> bool:
+    """Page-locked batches when they go to a GPU (faster, asynchronous copies)."""
+    return torch.cuda.is_available()
+
+
 def epoch_seed(seed: int, epoch: int) -> int:
     """The seed of one epoch's randomness: the same for a run and its resumption."""
     return (int(seed) * 1_000_003 + int(epoch)) % 2**31
@@ -205,6 +230,7 @@ def make_trainer(run_dir: str | os.PathLike, max_epochs: int, *, progress: bool 
         enable_model_summary=False,
         num_sanity_val_steps=0,
         deterministic="warn",
+        precision=kwargs.pop("precision", training_precision()),
         **kwargs,
     )
 

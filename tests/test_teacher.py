@@ -15,8 +15,11 @@ from nni_adabert.data.glue import load_task
 from nni_adabert.errors import UserError
 from nni_adabert.teacher.knowledge import build_knowledge
 from nni_adabert.data.tasks import get_task
-from nni_adabert.teacher.finetune import (TeacherConfig, finetune_epochs, finetune_teacher, load_teacher_config,
-                                          read_teacher_info)
+from nni_adabert.data.encoding import tokenize
+from nni_adabert.teacher.finetune import (TeacherConfig, finetune_epochs, finetune_teacher, load_finetuned_teacher,
+                                          load_teacher_config, load_tokenizer, read_teacher_info,
+                                          teacher_word_embeddings)
+from nni_adabert.teacher.probes import teacher_features
 from nni_adabert.training import KeepBestEpoch, fit, make_trainer
 from nni_adabert.teacher.probes import train_probes
 
@@ -157,6 +160,28 @@ def test_knowledge_store_contents(tmp_path, task, sst2, mrpc, teacher_copy):
     assert batch["teacher_logits"].shape == (5, J, C)
     assert ("input_ids_b" in batch) == spec.is_pair
     assert batch["input_ids_a"].shape == batch["attention_mask_a"].shape
+
+
+def test_teacher_features_batched_by_length_equal_one_example_at_a_time(sst2, teacher_copy):
+    """Sorted into batches of similar lengths and padded, each row still gets its own features, in order."""
+    spec = get_task("SST-2")
+    teacher = load_finetuned_teacher(teacher_copy, spec).cpu()
+    rows = tokenize(sst2["train"].select(range(10)), load_tokenizer(teacher_copy), spec)
+    pooled, logits = teacher_features(teacher, rows, batch_size=4, progress=False)
+    assert pooled.shape == (10, 5, teacher.config.hidden_size) and logits.shape == (10, 2)
+    for i in (0, 3, 9):
+        alone_pooled, alone_logits = teacher_features(teacher, rows.select([i]), progress=False)
+        torch.testing.assert_close(pooled[i], alone_pooled[0], atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(logits[i], alone_logits[0], atol=1e-4, rtol=1e-4)
+
+
+def test_the_store_keeps_what_students_need_of_the_teacher(tmp_path, sst2, teacher_copy):
+    store = build_knowledge(get_task("SST-2"), sst2, teacher_copy, None, tmp_path, progress=False)
+    own = store.path / knowledge.TEACHER_FILES
+    assert store.teacher_files == own and (own / "tokenizer.json").is_file()
+    assert torch.equal(store.word_embeddings(), teacher_word_embeddings(teacher_copy))
+    assert store.meta["teacher_info"] == {}  # a base checkpoint: no teacher_info.json to keep
+    assert len(store.tokenizer()) == store.meta["vocab_size"]
 
 
 def test_knowledge_cache_hit_and_rebuild(tmp_path, sst2, teacher_copy, monkeypatch):

@@ -34,7 +34,8 @@ from ..data.metrics import compute_metrics
 from ..data.tasks import TaskSpec, spec_identity
 from ..errors import UserError
 from ..logs import quiet_loggers
-from ..training import KeepBestEpoch, check_finite, epoch_seed, fit, make_trainer, pick_device, weight_decay_groups
+from ..training import (KeepBestEpoch, check_finite, epoch_seed, fit, inference_batch_size, make_trainer, pick_device,
+                        pin_memory, weight_decay_groups)
 
 log = logging.getLogger(__name__)
 
@@ -258,8 +259,10 @@ def finetune_teacher(spec: TaskSpec, data: datasets.DatasetDict, model: str | No
     # Batches of similar lengths (shuffled): far less padding, same examples per epoch.
     sampler = EpochLengthGroupedSampler(config.batch_size, [len(ids) for ids in train_tok["input_ids"]], config.seed)
     train_loader = DataLoader(train_tok.select_columns(columns), batch_size=config.batch_size, sampler=sampler,
-                              collate_fn=teacher_collate, generator=torch.Generator().manual_seed(config.seed))
-    dev_loader = DataLoader(dev_tok.select_columns(columns), batch_size=128, collate_fn=teacher_collate)
+                              collate_fn=teacher_collate, generator=torch.Generator().manual_seed(config.seed),
+                              pin_memory=pin_memory())
+    dev_loader = DataLoader(dev_tok.select_columns(columns), batch_size=inference_batch_size(pick_device()),
+                            collate_fn=teacher_collate, pin_memory=pin_memory())
     module = TeacherModule(base, spec.to_dict(), config.lr, config.weight_decay, config.warmup_ratio)
     epochs = finetune_epochs(config, len(train))
     best = KeepBestEpoch(monitor=f"dev_{spec.main_metric}")

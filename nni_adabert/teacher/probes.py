@@ -7,7 +7,9 @@ P_j^T trained on those features (:func:`train_probes`).
 
 from __future__ import annotations
 
+import logging
 import math
+import time
 from dataclasses import dataclass
 
 import datasets
@@ -17,34 +19,46 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..data.encoding import masked_mean, pad_batch
+from ..training import inference_autocast, inference_batch_size
+
+log = logging.getLogger(__name__)
 
 
 @torch.no_grad()
-def teacher_features(model, ds: datasets.Dataset, batch_size: int = 128, progress: bool = True,
+def teacher_features(model, ds: datasets.Dataset, batch_size: int | None = None, progress: bool = True,
                      desc: str = "teacher") -> tuple[torch.Tensor, torch.Tensor]:
-    """Run the frozen teacher over a tokenized split, once.
+    """Run the frozen teacher over a tokenized split, once, in batches of similar lengths
+    (``batch_size``: :func:`training.inference_batch_size` of its device; bf16 on a GPU).
 
     Returns ``pooled`` FloatTensor[N, J-1, H] (masked-mean hidden state of layers
     1..J-1, the inputs of probes P_1..P_{J-1}) and ``logits`` FloatTensor[N, C]
     (the teacher's own head, which is P_J).
     """
     device = next(model.parameters()).device
+    batch_size = batch_size or inference_batch_size(device)
+    ids, types = ds["input_ids"], ds["token_type_ids"]  # whole columns: no row-by-row reads of the dataset
+    if not ids:
+        return torch.empty(0), torch.empty(0)
     # Sort by length so batches carry little padding; results go back in order.
-    order = sorted(range(len(ds)), key=lambda i: len(ds[i]["input_ids"])) if len(ds) else []
-    cols = ds.select_columns(["input_ids", "token_type_ids"])
-    pooled, logits = [None] * len(ds), [None] * len(ds)
+    order = torch.tensor([len(row) for row in ids]).argsort(stable=True)
+    pooled = logits = None
+    started = time.perf_counter()
     for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress, unit="batch"):
         idx = order[start:start + batch_size]
-        batch = pad_batch([cols[i] for i in idx], ("input_ids", "token_type_ids"))
-        batch = {k: v.to(device) for k, v in batch.items()}
-        out = model(**batch, output_hidden_states=True)
-        mask = batch["attention_mask"].unsqueeze(-1).to(out.logits.dtype)  # [B, L, 1]
-        layers = torch.stack([masked_mean(h * mask, mask, dim=1) for h in out.hidden_states[1:-1]], 1)
-        for row, i in enumerate(idx):
-            pooled[i], logits[i] = layers[row].float().cpu(), out.logits[row].float().cpu()
-    if not order:
-        return torch.empty(0), torch.empty(0)
-    return torch.stack(pooled), torch.stack(logits)
+        batch = pad_batch([{"input_ids": ids[i], "token_type_ids": types[i]} for i in idx.tolist()],
+                          ("input_ids", "token_type_ids"))
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        with inference_autocast(device):
+            out = model(**batch, output_hidden_states=True)
+        mask = batch["attention_mask"].unsqueeze(-1).float()  # [B, L, 1]
+        layers = torch.stack([masked_mean(h.float() * mask, mask, dim=1) for h in out.hidden_states[1:-1]], 1)
+        if pooled is None:
+            pooled, logits = torch.empty(len(ids), *layers.shape[1:]), torch.empty(len(ids), out.logits.shape[-1])
+        pooled[idx], logits[idx] = layers.cpu(), out.logits.float().cpu()
+    seconds = time.perf_counter() - started
+    log.debug("%s: %d examples in %.1f s (%.0f examples/s, batches of %d)", desc, len(ids), seconds,
+             len(ids) / max(seconds, 1e-9), batch_size)
+    return pooled, logits
 
 
 class LayerProbes(nn.Module):
