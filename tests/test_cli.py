@@ -175,4 +175,4 @@ def test_version_and_every_default_in_help(capsys):
         for action in sub._actions:
             if action.default not in (None, False, True, "==SUPPRESS==") and action.help:
                 assert "default" in action.help, f"{name} {action.option_strings}: {action.help}"
-    assert "(default 3)" in commands["teacher"].format_help().replace("\n", " ").replace("  ", " ")
+    assert "(default 1000)" in commands["teacher"].format_help().replace("\n", " ").replace("  ", " ")
