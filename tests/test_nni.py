@@ -76,9 +76,15 @@ class Experiment:
 
     def create(self) -> str:
         before = set(self.registry())
-        out = subprocess.run(NNICTL + ["create", "--config", str(self.config_file), "--port", str(self.port)],
-                             env=nni_env(self.home), capture_output=True, text=True, timeout=120)
-        self.create_output = out.stdout + out.stderr
+        for _ in range(3):
+            out = subprocess.run(NNICTL + ["create", "--config", str(self.config_file), "--port", str(self.port)],
+                                 env=nni_env(self.home), capture_output=True, text=True, timeout=120)
+            self.create_output = out.stdout + out.stderr
+            # nnictl gives NNI's web server 3 seconds to come up; on a busy machine it may need more
+            # (nnictl then reports "Connection refused" and stops it): try again on another port.
+            if out.returncode == 0 or "check-status" not in self.create_output:
+                break
+            self.port = free_port()
         # the new entry on our port (search trials register their one-shot NAS runs here too, portless)
         new = [k for k, v in self.registry().items() if k not in before and str(v.get("port")) == str(self.port)]
         if new:
