@@ -7,7 +7,7 @@ Steps, each the ``nni-adabert`` command a user types: ``teacher`` (fine-tuning, 
 knowledge store: its rows per second) -> ``search`` -> ``retrain`` -> ``evaluate --speed``; then
 the search-step time of our single-path strategy against NNI's GumbelDARTS on the device
 (``bench/search_step.py``), and a DDP search over every GPU when there are several. Writes
-OUT/result.json and OUT/result.md (the runs stay in OUT/runs).
+OUT/result.json and OUT/result.md; the runs go to ``--runs-dir`` (default runs/gpu-check/<cpu|gpu>).
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ def parse_args(argv=None):
     p.add_argument("--out", required=True, type=Path, help="the folder of the results (and of the runs)")
     p.add_argument("--data", default=None, help="GLUE folder (default: ../shared/data/glue when present, else the "
                    "bundled SST-2 sample)")
+    p.add_argument("--runs-dir", type=Path, default=None, help="where the runs go (default: runs/gpu-check/<cpu|gpu>)")
     p.add_argument("--rows", type=int, default=None, help="train rows (default: 4000 on a GPU, 96 with --cpu)")
     return p.parse_args(argv)
 
@@ -61,7 +62,8 @@ def main(argv=None) -> int:
     scale = SCALE[kind]
     rows = args.rows or scale["rows"]
     data = args.data or (GLUE_DIR if Path(GLUE_DIR, "SST-2").is_dir() else None)
-    runs, cache = args.out / "runs", args.out / "runs" / "cache"
+    runs = args.runs_dir or ROOT / "runs" / "gpu-check" / kind
+    cache = runs / "cache"
     teacher, searched, retrained = runs / "teacher", runs / "search", runs / "retrain"
     epochs = ["--epochs", str(scale["epochs"])]
     steps = {

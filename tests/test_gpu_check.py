@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_the_gpu_check_runs_every_step_on_the_cpu(runs, tmp_path):
     out = tmp_path / "check"
     done = subprocess.run(["bash", str(ROOT / "bench" / "gpu_check.sh"), "--cpu", str(out), "--data",
-                           str(runs / "glue"), "--rows", "48"],
+                           str(runs / "glue"), "--rows", "48", "--runs-dir", str(tmp_path / "runs")],
                           env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads((out / "result.json").read_text())
@@ -20,4 +20,4 @@ def test_the_gpu_check_runs_every_step_on_the_cpu(runs, tmp_path):
     assert 0 <= result["student_dev"]["accuracy"] <= 1 and result["speedup_over_teacher"] > 0
     assert result["search_step"]["gumbel_darts_over_single"] > 0
     assert (out / "result.md").read_text().startswith("# GPU check on CPU")
-    assert (out / "runs" / "retrain" / "architecture.json").is_file()
+    assert (tmp_path / "runs" / "retrain" / "architecture.json").is_file()
