@@ -18,6 +18,7 @@ import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Callable
 
@@ -76,8 +77,10 @@ class KnowledgeStore:
         return self.meta["teacher_info"] if "teacher_info" in self.meta else read_teacher_info(
             self.meta["teacher_dir"]) or {}
 
+    @cached_property
     def tokenizer(self):
-        """The teacher's tokenizer: the student reads the same ids."""
+        """The teacher's tokenizer: the student reads the same ids. Loaded once: a search or a
+        retraining reads it for the student's record, its vocabulary check and its exported files."""
         return load_tokenizer(self.teacher_files)
 
     def word_embeddings(self) -> torch.Tensor:

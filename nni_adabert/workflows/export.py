@@ -39,7 +39,7 @@ def write_student(out_dir: str | os.PathLike, student: AdaBertStudent, info: dic
 
 def load_exported(path: str | os.PathLike, store: KnowledgeStore | None = None) -> ArchitectureFile:
     """Read an exported student (JSON + weights), checking its vocabulary against ``store``'s teacher."""
-    vocab = vocab_fingerprint(store.tokenizer()) if store is not None else None
+    vocab = vocab_fingerprint(store.tokenizer) if store is not None else None
     return read_architecture(path, vocab=vocab)
 
 

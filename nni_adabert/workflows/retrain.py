@@ -55,4 +55,4 @@ def _retrain(arch: dict, source: dict, store: KnowledgeStore, out_dir: Path, con
         return info
     warn_if_no_better_than_majority(info["dev_metrics"], store, "train it longer (--epochs) or with another --lr")
     title = f"{source.get('searched_on') or source['from']} cell retrained on {store.meta['task']}"
-    return write_student(out_dir, student, info, title=title, tokenizer=store.tokenizer())
+    return write_student(out_dir, student, info, title=title, tokenizer=store.tokenizer)

@@ -106,4 +106,4 @@ def _search(store: KnowledgeStore, out_dir: Path, config: SearchConfig, progress
         warn_if_no_better_than_majority(info["dev_metrics"], store,
                                         "fine-tune it (--finetune-epochs 2) or retrain it (nni-adabert retrain)")
     return write_student(out_dir, student, info, title=f"{store.meta['task']} searched cell",
-                         tokenizer=store.tokenizer())
+                         tokenizer=store.tokenizer)

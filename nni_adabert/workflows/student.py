@@ -33,7 +33,7 @@ def fresh_student(arch: dict, store: KnowledgeStore, embed_dim: int = 128, k_max
 def student_info(store: KnowledgeStore) -> dict:
     """What an exported student records about where it came from."""
     teacher_dir = store.meta["teacher_dir"]
-    tokenizer = store.tokenizer()
+    tokenizer = store.tokenizer
     teacher = store.teacher_info
     return {
         "task": store.meta["task"],
