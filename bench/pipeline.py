@@ -3,7 +3,8 @@
     .venv/bin/python bench/pipeline.py --task SST-2 --max-params 6400000 --seeds 0 1 --name SST-2-default
 
 Each step is the ``nni-adabert`` command with its defaults and nothing else but the budget
-(``--max-params`` or ``--min-speedup``) and the seed: ``teacher``, then per seed ``search``
+(``--max-params`` or ``--min-speedup``), the seed and, to compare with the default, a pair task's
+``--space``: ``teacher``, then per seed ``search``
 and ``retrain`` (the seed of both), then the speed of every retrained student against the
 teacher and the BERT-base architecture at batch 128, 1 thread, in one process
 (``workflows.evaluate.compare_with_teacher``, as ``bench/compression.py``). The commands resume
@@ -45,6 +46,7 @@ def parse_args(argv=None):
                    "not passed with a task file, which names its own data")
     p.add_argument("--max-params", type=int, default=None, help="the search's parameter budget")
     p.add_argument("--min-speedup", type=float, default=None, help="the search's speed budget")
+    p.add_argument("--space", default=None, help="the search's pair space (default: the search's default)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--name", required=True, help="run name: bench/results/pipeline/<name>/")
     p.add_argument("--runs-dir", default=None, help="where the runs go (default: runs/bench/pipeline/<name>)")
@@ -64,8 +66,9 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     runs = Path(args.runs_dir) if args.runs_dir else ROOT / "runs" / "bench" / "pipeline" / args.name
     cache = args.cache_dir or str(runs / "cache")
-    budget = (["--max-params", str(args.max_params)] if args.max_params else []) + \
-             (["--min-speedup", str(args.min_speedup)] if args.min_speedup else [])
+    search_flags = (["--max-params", str(args.max_params)] if args.max_params else []) + \
+             (["--min-speedup", str(args.min_speedup)] if args.min_speedup else []) + \
+             (["--space", args.space] if args.space else [])
     teacher = runs / "teacher"
     data = [] if Path(args.task).suffix in TASK_FILE_SUFFIXES else ["--data", args.data]
     steps = {"teacher": timed(["teacher", "--task", args.task, *data, "--output-dir", str(teacher),
@@ -74,7 +77,7 @@ def main(argv=None) -> int:
     seeds = []
     for seed in args.seeds:
         searched, retrained = runs / f"search-seed{seed}", runs / f"retrain-seed{seed}"
-        search = timed(["search", "--teacher", str(teacher), "--output-dir", str(searched), *budget,
+        search = timed(["search", "--teacher", str(teacher), "--output-dir", str(searched), *search_flags,
                         "--seed", str(seed), "--no-progress"])
         retrain = timed(["retrain", "--teacher", str(teacher), "--arch", str(searched), "--output-dir",
                          str(retrained), "--seed", str(seed), "--no-progress"])
@@ -98,7 +101,7 @@ def main(argv=None) -> int:
         teacher_metrics = compared["teacher"]["dev_metrics"]
     mean = statistics.mean(100 * e["dev"][metric] for e in seeds)
     result = {"command": command_line(["bench/pipeline.py", *argv]), "cpu": cpu_model(), "machine": machine(),
-              "torch": torch.__version__, "task": store.meta["task"], "metric": metric, "budget": budget,
+              "torch": torch.__version__, "task": store.meta["task"], "metric": metric, "search_flags": search_flags,
               "teacher": {"dev": teacher_metrics, **steps["teacher"]}, "seeds": seeds,
               "mean": mean, "gap": 100 * teacher_metrics[metric] - mean}
     text = markdown(result)

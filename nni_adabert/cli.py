@@ -37,7 +37,7 @@ from .workflows.predict import Predictor, predict_inputs, read_inputs
 from .workflows.retrain import run_retrain
 from .workflows.search import run_search
 from .workflows.speed import REFERENCES, latency_table
-from .workflows.student import student_config
+from .workflows.student import retrain_space, student_config
 
 log = logging.getLogger("nni_adabert")
 
@@ -146,7 +146,7 @@ def cmd_latency(args) -> None:
     """This machine's latency table of the space (measured once, then cached): what --min-speedup reads."""
     store = open_teacher_run(args.teacher)
     config = from_options(SearchConfig, args)
-    space_config = student_config(store, config.embed_dim, config.k_max, config.dropout)
+    space_config = student_config(store, config.embed_dim, config.k_max, config.dropout, config.space)
     table = latency_table(store, space_config, config.speedup_over, config.latency_batch_size,
                           config.latency_threads, echo=print)
     scale = 1000 / table.reference_seconds  # per mille of the reference's time: readable whatever the machine
@@ -167,7 +167,8 @@ def cmd_retrain(args) -> None:
     source = load_exported(args.arch, store)
     doc = run_retrain(source.arch, {"from": str(source.path), "searched_on": source.doc.get("task")}, store,
                       args.output_dir, from_options(RetrainConfig, args), embed_dim=source.config.embed_dim,
-                      k_max=source.config.k_max, progress=not args.no_progress)
+                      k_max=source.config.k_max, space=retrain_space(source.config, store),
+                      progress=not args.no_progress)
     print_student(doc, Path(args.output_dir))
 
 

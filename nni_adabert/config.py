@@ -202,6 +202,9 @@ class SearchConfig(ArchitectureConfig, TrainingConfig):
                                                  "all)", minimum=0)
     embed_dim: int = setting(128, "width of the factorized embedding and the cells", minimum=1)
     k_max: int = setting(8, "most cells a student may have", minimum=1)
+    space: str = setting("auto", "how a text pair enters the cells: matching (each text alone, an align op, a "
+                                 "matching head), paper (the first cell's two inputs) or auto (matching for pairs)",
+                         choices=("auto", "paper", "matching"))
     finetune_epochs: int = setting(0, "epochs that train the derived child alone after the search "
                                       "(as nni-adabert retrain does, from its searched weights)", minimum=0)
 

@@ -57,7 +57,7 @@ from .workflows.export import ARCH_FILE, CELL_FILE, WEIGHTS_FILE, load_exported,
 from .workflows.retrain import run_retrain
 from .workflows.speed import dev_examples, measure_speedup
 from .workflows.search import run_search
-from .workflows.student import student_config
+from .workflows.student import retrain_space, student_config
 
 log = logging.getLogger("nni_adabert.trial")
 
@@ -101,7 +101,7 @@ def build_parser(kind: str) -> argparse.ArgumentParser:
         g.add_argument("--arch", default=None, help="architecture.json (or its directory) to retrain, or "
                        "'random:<seed>' for a seeded random architecture of the space")
         # A random architecture's space: the search's own settings.
-        add_options(g, SearchConfig, only=("embed_dim", "k_max"))
+        add_options(g, SearchConfig, only=("embed_dim", "k_max", "space"))
     g = p.add_argument_group("measurement")
     g.add_argument("--speedup-rows", type=int, default=256,
                    help="dev rows to time teacher vs student on (batch 128, CPU); 0 = do not measure")
@@ -236,17 +236,18 @@ def retrain_trial(args: argparse.Namespace) -> dict:
             arch_seed = int(arch_name.split(":", 1)[1])
         except ValueError:
             raise UserError(f"arch {arch_name!r}: expected 'random:<integer seed>'") from None
-        embed_dim, k_max = args.embed_dim, args.k_max
-        arch = random_arch(student_config(store, embed_dim, k_max), arch_seed)
+        embed_dim, k_max, space = args.embed_dim, args.k_max, args.space
+        arch = random_arch(student_config(store, embed_dim, k_max, space=space), arch_seed)
         source = {"from": arch_name, "searched_on": None}
     else:
         exported = load_exported(arch_name, store)
         embed_dim, k_max, arch = exported.config.embed_dim, exported.config.k_max, exported.arch
+        space = retrain_space(exported.config, store)
         source = {"from": str(exported.path), "searched_on": exported.doc.get("task")}
     print(f"retrain on {store.meta['task']}: {source['from']} -> {arch}", flush=True)
     out = output_dir(args, RETRAIN)
     doc = run_retrain(arch, source, store, out, from_options(RetrainConfig, args), embed_dim=embed_dim, k_max=k_max,
-                      progress=args.progress, report_to_nni=True)
+                      space=space, progress=args.progress, report_to_nni=True)
     return finish(store, load_student(read_architecture(out / ARCH_FILE)), doc, out, args)
 
 

@@ -74,7 +74,7 @@ def test_configs_split_by_what_they_configure():
     # A search is training plus architecture optimisation plus its own few; a retraining has no
     # search-only setting (β, the space, the architecture's optimizer).
     assert names(SearchConfig) == names(TrainingConfig) | names(ArchitectureConfig) | {
-        "beta", "embed_dim", "k_max", "finetune_epochs"}
+        "beta", "embed_dim", "k_max", "space", "finetune_epochs"}
     assert names(RetrainConfig) == names(TrainingConfig)
     assert RetrainConfig().optimizer == "adamw" and SearchConfig().optimizer == "sgd"
     # The fine-tuning after a search is a retraining of the search's data and loss, with a

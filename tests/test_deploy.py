@@ -229,3 +229,17 @@ def test_int8_graph_is_written_evaluated_and_predicts(runs, tmp_path, capsys):
         out = capsys.readouterr()
         assert [json.loads(line)["label"] in ("0", "1") for line in out.out.splitlines()] == [True, True]
         assert ("ONNX Runtime" in out.err) == bool(onnx)
+
+
+def test_matching_space_student_round_trips_through_onnx(rows, tmp_path, one_thread):
+    """The pair's two texts stacked in one batch and ``align`` across them export with dynamic shapes."""
+    config = StudentConfig(vocab_size=30522, num_labels=2, is_pair=True, space="matching", embed_dim=16, k_max=2)
+    arch = {**{label: "zero" for label in ARCH if label != "depth"},
+            "edge_2_0": "align", "edge_2_1": "std_conv_3", "edge_3_2": "align", "edge_4_3": "max_pool_3", "depth": 2}
+    torch.manual_seed(0)
+    model = AdaBertStudent(config, arch).eval()
+    report = export_onnx(model, tmp_path / ONNX_FILE, batches(rows, 0, 24, 16), {})
+    assert report["onnx_max_abs_diff"] < 1e-4
+    onnx_student = OnnxStudent(tmp_path / ONNX_FILE, threads=1)
+    for batch in batches(rows, 24, 48, 7) + batches(rows, 0, 1, 1):   # other batch sizes and lengths
+        torch.testing.assert_close(onnx_student(batch), logits(model, batch), atol=1e-4, rtol=0)

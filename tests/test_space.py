@@ -1,5 +1,7 @@
 """Ops, the model space, frozen children and the analytic cost tables."""
 
+import json
+
 import pytest
 import safetensors.torch
 import torch
@@ -9,11 +11,14 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from nni_adabert.model.cost import child_flops, child_params, normalized_op_costs, op_flops, op_params
 from nni_adabert.errors import UserError
-from nni_adabert.model.ops import OP_NAMES, OPS, ReLUConvBN, build_op
+from nni_adabert.model.ops import OP_NAMES, OPS, PAIR_OP_NAMES, CrossAlign, ReLUConvBN, build_op
+from nni_adabert.model.pretrained import from_pretrained, save_pretrained
 from nni_adabert.model.space import (AdaBertSpace, AdaBertStudent, StudentConfig, edge_labels, factorized_embedding,
-                                     random_arch, validate_arch)
+                                     random_arch, resolve_space, validate_arch)
 
 D = 8
+# (is_pair, space): a single text, a pair in the paper's space, a pair in the matching space.
+INPUTS = [(False, "paper"), (True, "paper"), (True, "matching")]
 
 
 # Tiny tensors: one intra-op thread is much faster (and immune to oversubscription on busy CI).
@@ -37,12 +42,12 @@ def padded(x, mask, extra):
 def test_op_table_has_the_ten_ops_of_the_paper():
     assert OP_NAMES == ("std_conv_3", "std_conv_5", "std_conv_7", "dil_conv_3", "dil_conv_5", "dil_conv_7",
                         "avg_pool_3", "max_pool_3", "skip", "zero")
-    assert set(OPS) == set(OP_NAMES)
+    assert set(OPS) == set(OP_NAMES) | {"align"} and PAIR_OP_NAMES == OP_NAMES + ("align",)
     with pytest.raises(KeyError, match="unknown op"):
         build_op("sep_conv_3", D)
 
 
-@pytest.mark.parametrize("name", OP_NAMES)
+@pytest.mark.parametrize("name", PAIR_OP_NAMES)
 @pytest.mark.parametrize("training", [True, False])
 def test_ops_keep_length_zero_padding_and_ignore_padding(name, training):
     torch.manual_seed(0)
@@ -158,10 +163,10 @@ def test_factorized_embedding_is_pca_projection():
         AdaBertSpace(tiny_config(vocab_size=51, embed_dim=3), embedding_init=emb)
 
 
-@pytest.mark.parametrize("is_pair", [False, True])
-def test_freeze_gives_plain_child_with_first_k_cells_and_space_weights(is_pair):
+@pytest.mark.parametrize("is_pair,space", INPUTS)
+def test_freeze_gives_plain_child_with_first_k_cells_and_space_weights(is_pair, space):
     torch.manual_seed(0)
-    cfg = tiny_config(is_pair=is_pair)
+    cfg = tiny_config(is_pair=is_pair, space=space)
     space = AdaBertSpace(cfg)
     arch = {**random_arch(cfg, seed=3), "depth": 2}
     child = space.freeze(arch)
@@ -206,23 +211,23 @@ def _numel(module):
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-@pytest.mark.parametrize("is_pair", [False, True])
-def test_analytic_params_match_numel(seed, is_pair):
-    cfg = tiny_config(is_pair=is_pair, k_max=4)
+@pytest.mark.parametrize("is_pair,space", INPUTS)
+def test_analytic_params_match_numel(seed, is_pair, space):
+    cfg = tiny_config(is_pair=is_pair, k_max=4, space=space)
     arch = random_arch(cfg, seed)
     child = AdaBertStudent(cfg, arch)
     probes = _numel(child.probes)
     assert child_params(cfg, arch, include_probes=True) == _numel(child)
     assert child_params(cfg, arch) == _numel(child) - probes
     assert child_params(cfg, arch, include_embedding=False) == _numel(child) - probes - _numel(child.embed)
-    for name in OP_NAMES:
+    for name in PAIR_OP_NAMES:
         assert op_params(name, D) == _numel(build_op(name, D))
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-@pytest.mark.parametrize("is_pair", [False, True])
-def test_analytic_flops_match_flop_counter(seed, is_pair):
-    cfg = tiny_config(is_pair=is_pair, k_max=4)
+@pytest.mark.parametrize("is_pair,space", INPUTS)
+def test_analytic_flops_match_flop_counter(seed, is_pair, space):
+    cfg = tiny_config(is_pair=is_pair, k_max=4, space=space)
     arch = random_arch(cfg, seed)
     child = AdaBertStudent(cfg, arch).eval()
     batch, la, lb = 3, 9, 6
@@ -235,7 +240,7 @@ def test_analytic_flops_match_flop_counter(seed, is_pair):
             child(**inputs, return_probes=with_probes)
         # FlopCounterMode counts matmul-class ops only; so does child_flops (see cost.py).
         assert counter.get_total_flops() == batch * child_flops(cfg, arch, max(la, lb), include_probes=with_probes)
-    for name in OP_NAMES:
+    for name in PAIR_OP_NAMES:
         counter = FlopCounterMode(display=False)
         with counter, torch.no_grad():
             build_op(name, D).eval()(torch.randn(2, D, 11), torch.ones(2, 1, 11))
@@ -250,3 +255,75 @@ def test_normalized_op_costs():
     assert 0.0 < by_name["max_pool_3"] < by_name["avg_pool_3"] < 0.01        # cheap, not free
     assert by_name["std_conv_3"] < by_name["std_conv_5"] < by_name["std_conv_7"]
     assert torch.allclose(cost, normalized_op_costs(OP_NAMES, 128, seq_len=17))  # independent of L
+
+
+# ----------------------------------------------------------------------------- text pairs: the matching space
+
+
+def test_align_compares_each_text_with_its_partner_and_ignores_the_partners_padding():
+    torch.manual_seed(0)
+    op = CrossAlign()
+    a, b = torch.randn(2, D, 5), torch.randn(2, D, 6)
+    mask_b = torch.ones(2, 1, 6)
+    mask_b[0, :, 3:] = 0.0                                       # pair 0's second text has 3 tokens
+    b = b * mask_b
+    x = torch.cat([torch.nn.functional.pad(a, (0, 1)), b])       # [a_0, a_1, b_0, b_1], one length
+    mask = torch.cat([torch.nn.functional.pad(torch.ones(2, 1, 5), (0, 1)), mask_b])
+    out = op(x, mask)
+    # Changing pair 0's second text changes what its first text's positions see; pair 1 is untouched.
+    changed = x.clone()
+    changed[2, :, 1] += 3.0
+    out2 = op(changed, mask)
+    assert not torch.allclose(out2[0], out[0]) and torch.equal(out2[1], out[1])
+    # Padding of the partner never receives attention weight: whatever sits there, the output is the same.
+    noisy = x.clone()
+    noisy[2, :, 3:] = 100.0 * torch.randn(D, 3)
+    assert torch.allclose(op(noisy, mask)[0], out[0], atol=1e-5)
+    # A word with an exact match in the other text: the output's channel mean is ~ cos = 1.
+    same = torch.cat([x[:1], x[:1]])
+    assert op(same, torch.ones(2, 1, 6))[0].mean(dim=0).max() > 0.5
+    # Nothing grows with the input's scale (the op is stacked on itself in deep cells).
+    assert torch.allclose(op(10 * x, mask), out, atol=1e-4)
+
+
+def test_matching_space_sees_both_texts_and_single_text_tasks_are_unaffected():
+    torch.manual_seed(0)
+    cfg = tiny_config(is_pair=True, space="matching")
+    assert cfg.op_names == PAIR_OP_NAMES and cfg.head_dim == 4 * D and cfg.texts_per_example == 2
+    # Text a feeds node 0; with align on the edges from node 0, changing text b changes the logits of the pair.
+    arch = {**{label: "zero" for label in cfg.edge_labels}, "edge_2_0": "align", "depth": 1}
+    child = AdaBertStudent(cfg, arch).eval()
+    ids_a, ids_b = torch.randint(1, 40, (2, 6)), torch.randint(1, 40, (2, 4))
+    out = child(ids_a, None, ids_b, None).logits
+    other_b = ids_b.clone()
+    other_b[0, 2] = (other_b[0, 2] % 39) + 1
+    out2 = child(ids_a, None, other_b, None).logits
+    assert not torch.allclose(out2[0], out[0]) and torch.allclose(out2[1], out[1], atol=1e-6)
+    # Padding text b changes nothing.
+    padded_b = torch.cat([ids_b, torch.zeros(2, 5, dtype=torch.long)], dim=1)
+    assert torch.allclose(child(ids_a, None, padded_b, None).logits, out, atol=1e-5)
+    # Single-text tasks: one space, the paper's ten ops, the classifier on D features.
+    single = tiny_config()
+    assert single.space == "paper" and single.op_names == OP_NAMES and single.head_dim == D
+    assert resolve_space("auto", False) == "paper" and resolve_space("auto", True) == "matching"
+    with pytest.raises(UserError, match="single-text"):
+        resolve_space("matching", False)
+    with pytest.raises(UserError, match="single-text"):
+        tiny_config(space="matching")
+    with pytest.raises(UserError, match="op 'align'"):
+        validate_arch({**arch, "edge_2_0": "align"}, tiny_config(is_pair=True))   # the paper's space
+
+
+def test_architecture_files_without_a_space_load_as_the_papers_with_the_same_logits(tmp_path):
+    torch.manual_seed(0)
+    cfg = tiny_config(is_pair=True)
+    child = AdaBertStudent(cfg, random_arch(cfg, seed=1)).eval()
+    save_pretrained(child, tmp_path, {"task": "MRPC"})
+    doc = json.loads((tmp_path / "architecture.json").read_text())
+    assert doc["student_config"]["space"] == "paper"
+    del doc["student_config"]["space"]                           # as written before the field existed
+    (tmp_path / "architecture.json").write_text(json.dumps(doc))
+    loaded = from_pretrained(tmp_path)
+    ids_a, ids_b = torch.randint(1, 40, (3, 7)), torch.randint(1, 40, (3, 5))
+    assert loaded.config.space == "paper"
+    assert torch.equal(loaded(ids_a, None, ids_b, None).logits, child(ids_a, None, ids_b, None).logits)

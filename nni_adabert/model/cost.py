@@ -8,11 +8,14 @@ in ``tests/test_space.py``):
   statistics are buffers, not parameters.
 - **FLOPs** are per example, for a sequence of length ``L`` (for pair tasks the longer
   of the two texts). Like ``FlopCounterMode`` we count the matmul-class operations, 2 per
-  multiply-accumulate: a conv op costs ``2*D*D*k*L`` and a ``Linear(D, C)`` ``2*D*C``.
+  multiply-accumulate: a conv op costs ``2*D*D*k*L``, ``align`` ``4*D*L*L`` (its two batched
+  matmuls) and a ``Linear(D, C)`` ``2*D*C``. In the ``matching`` space the cells run on both
+  texts of a pair, so a child's cells cost twice per example.
   ``FlopCounterMode`` does not count elementwise work (ReLU, BatchNorm, pooling, masking,
   sums, softmax); ``elementwise=True`` in :func:`op_flops` adds our own count of it for
   the ops: ReLU 1 + folded BatchNorm 2 per element for a conv, ``k`` per element for
-  average pooling (``k-1`` adds, 1 divide), ``k-1`` comparisons for max pooling. That
+  average pooling (``k-1`` adds, 1 divide), ``k-1`` comparisons for max pooling, 8 per element
+  for ``align`` (scaling both texts, the masked softmax, the product). That
   elementwise count is included in the efficiency-loss cost vector so pooling is cheap
   but not free.
 - **Deployed size** (:func:`child_params`) includes the embedding (word + position +
@@ -55,6 +58,8 @@ def op_flops(name: str, dim: int, seq_len: int, elementwise: bool = False) -> in
         k, _ = spec
         return 2 * dim * k * elements + (3 * elements if elementwise else 0)
     _check_known(name)
+    if name == "align":
+        return 4 * dim * seq_len * seq_len + (8 * elements if elementwise else 0)
     if not elementwise:
         return 0
     if name.startswith("avg_pool_"):
@@ -72,8 +77,8 @@ def op_cost_table(op_names: Sequence[str], dim: int, seq_len: int) -> Dict[str, 
 def normalized_op_costs(op_names: Sequence[str], dim: int, seq_len: int = 128) -> torch.Tensor:
     """The per-op cost vector of the efficiency loss: ``(SIZE(o)/max SIZE + FLOPs(o)/max FLOPs) / 2``.
 
-    Returns ``[O]`` float32 in ``[0, 1]`` (the costliest op costs 1). Every op's FLOPs are proportional to ``L``,
-    so the vector does not depend on ``seq_len``.
+    Returns ``[O]`` float32 in ``[0, 1]`` (the costliest op costs 1). The FLOPs of the paper's ops are
+    proportional to ``L``, so among them the vector does not depend on ``seq_len``; ``align``'s grow with ``L^2``.
     """
     table = op_cost_table(op_names, dim, seq_len)
     max_p = max(max(v["params"] for v in table.values()), 1)
@@ -95,8 +100,8 @@ def attention_params(config: Any) -> int:
 
 
 def head_params(config: Any) -> int:
-    """The classifier ``Linear(D, C)`` (and each student probe, which has its shape)."""
-    return config.embed_dim * config.num_labels + config.num_labels
+    """The classifier ``Linear(head_dim, C)`` (and each student probe, which has its shape)."""
+    return config.head_dim * config.num_labels + config.num_labels
 
 
 def cell_params(config: Any, arch: Mapping[str, Any]) -> int:
@@ -120,15 +125,16 @@ def child_params(config: Any, arch: Mapping[str, Any], include_embedding: bool =
 def child_flops(config: Any, arch: Mapping[str, Any], seq_len: int, include_probes: bool = False) -> int:
     """Matmul-class FLOPs of the child on one example of length ``seq_len``.
 
-    Convs, the node-attention scorers (``2*D`` per intermediate node) and the classifier
-    (``2*D*C``); the probes (``2*D*C`` per cell) if ``include_probes``. The embedding is a
-    lookup (0 FLOPs).
+    Convs and ``align``, the node-attention scorers (``2*D`` per intermediate node), once per
+    text the cells run on, and the classifier (``2*head_dim*C``); the probes (``2*head_dim*C``
+    per cell) if ``include_probes``. The embedding is a lookup (0 FLOPs).
     """
     d, c, depth = config.embed_dim, config.num_labels, int(arch["depth"])
     per_cell = sum(op_flops(arch[label], d, seq_len) for label in config.edge_labels) + 2 * d * config.num_nodes
-    total = depth * per_cell + 2 * d * c
+    head = 2 * config.head_dim * c
+    total = depth * per_cell * config.texts_per_example + head
     if include_probes:
-        total += depth * 2 * d * c
+        total += depth * head
     return total
 
 

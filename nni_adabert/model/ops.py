@@ -16,11 +16,17 @@ Conventions shared by every op:
   output whatever the padded length of its batch (BatchNorm statistics and pooling
   are masked for the same reason). The supernet and the frozen child use these very
   modules, so their behaviour on padding is identical by construction.
+
+``align`` (beyond the paper, for text pairs in the ``matching`` space of ``space.py``) is the
+one op that looks across the batch: there the batch holds the first texts of B pairs, then
+their second texts, so row ``r``'s partner text is row ``(r + B) mod 2B``.
 """
 
 from __future__ import annotations
 
 from typing import Callable, Dict, Tuple
+
+import math
 
 import torch
 import torch.nn as nn
@@ -28,7 +34,7 @@ import torch.nn.functional as F
 
 __all__ = [
     "OP_NAMES", "OPS", "MaskedBatchNorm1d", "ReLUConvBN", "MaskedAvgPool", "MaskedMaxPool",
-    "Identity", "Zero", "build_op", "conv_spec",
+    "Identity", "Zero", "CrossAlign", "build_op", "conv_spec", "PAIR_OP_NAMES",
 ]
 
 
@@ -148,6 +154,41 @@ class Zero(nn.Module):
         return torch.zeros_like(x)
 
 
+def _swap_halves(x: torch.Tensor) -> torch.Tensor:
+    """``[x_B..x_2B-1, x_0..x_B-1]``: each row's partner (a reshape, not ``shape // 2`` slicing, which
+    makes ``torch.export`` fix the batch size)."""
+    return x.reshape(2, -1, *x.shape[1:]).flip(0).reshape(x.shape)
+
+
+class CrossAlign(nn.Module):
+    """``align``: each position compared with its soft match in the other text of its pair.
+
+    With ``x̂``, ``ŷ`` the positions scaled to unit RMS (so the op's output does not grow with its
+    input's scale, whatever it is stacked on): ``aligned_i = sum_j softmax_j(x̂_i . ŷ_j / sqrt(D)) ŷ_j``
+    over the partner text's real tokens (ESIM-style soft alignment, no parameters), and the output
+    ``x̂_i * aligned_i``, whose mean over the channels is the cosine of a word and its match: large
+    where a word of one text has a close match in the other (paraphrases, duplicate questions).
+
+    Args:
+        x: ``[2B, D, L]``, rows ``0..B-1`` the first texts of B pairs, rows ``B..2B-1`` their
+            second texts (the ``matching`` space's layout); mask: ``[2B, 1, L]``.
+
+    Returns:
+        ``[2B, D, L]``, zero on padded positions.
+    """
+
+    eps = 1e-6
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = x * torch.rsqrt(x.pow(2).mean(dim=1, keepdim=True) + self.eps)   # unit RMS per position; 0 on padding
+        partner, partner_mask = _swap_halves(x), _swap_halves(mask)          # [2B, D, L], [2B, 1, L]
+        scores = torch.bmm(x.transpose(1, 2), partner) / math.sqrt(x.shape[1])  # [2B, L_i, L_j]
+        # A large finite negative, not -inf: an empty partner text gives uniform weights over zeros.
+        scores = scores.masked_fill(partner_mask == 0, torch.finfo(scores.dtype).min)
+        aligned = torch.bmm(partner, torch.softmax(scores, dim=-1).transpose(1, 2))  # [2B, D, L_i]
+        return x * aligned * mask
+
+
 # (kind, kernel size, dilation) of the convolutions; cost.py reads it too.
 _CONVS: Dict[str, Tuple[int, int]] = {
     "std_conv_3": (3, 1), "std_conv_5": (5, 1), "std_conv_7": (7, 1),
@@ -160,6 +201,7 @@ OPS: Dict[str, Callable[[int], nn.Module]] = {
     "max_pool_3": lambda dim: MaskedMaxPool(3),
     "skip": lambda dim: Identity(),
     "zero": lambda dim: Zero(),
+    "align": lambda dim: CrossAlign(),
 }
 """Op name -> constructor taking the channel dimension."""
 
@@ -168,7 +210,10 @@ OP_NAMES: Tuple[str, ...] = (
     "dil_conv_3", "dil_conv_5", "dil_conv_7",
     "avg_pool_3", "max_pool_3", "skip", "zero",
 )
-"""The 10 candidates, in the order of architecture logits and cost vectors."""
+"""The paper's 10 candidates, in the order of architecture logits and cost vectors."""
+
+PAIR_OP_NAMES: Tuple[str, ...] = OP_NAMES + ("align",)
+"""The candidates of the ``matching`` space for text pairs: the paper's and ``align``."""
 
 
 def conv_spec(name: str) -> Tuple[int, int] | None:
@@ -181,4 +226,4 @@ def build_op(name: str, dim: int) -> nn.Module:
     try:
         return OPS[name](dim)
     except KeyError:
-        raise KeyError(f"unknown op {name!r}; known ops: {', '.join(OP_NAMES)}") from None
+        raise KeyError(f"unknown op {name!r}; known ops: {', '.join(PAIR_OP_NAMES)}") from None

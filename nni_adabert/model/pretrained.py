@@ -143,7 +143,7 @@ def load_student(arch_file: ArchitectureFile, weights: str | os.PathLike | None 
     # would allocate hundreds of GB) are refused.
     config = arch_file.config
     for key, size in (("embed.word.weight", (config.vocab_size, config.embed_dim)),
-                      ("classifier.weight", (config.num_labels, config.embed_dim))):
+                      ("classifier.weight", (config.num_labels, config.head_dim))):
         if shapes.get(key) != size:
             raise UserError(f"{arch_file.path}: its student_config gives {key} the shape {list(size)}, but {weights} "
                             f"holds {list(shapes[key]) if key in shapes else 'no such tensor'}")

@@ -4,6 +4,19 @@ A student is: factorized embedding -> K stacked cells -> a linear classifier on 
 pooled output of cell K (plus one linear *probe* per cell, used by the distillation
 loss). All K cells share one architecture and each has its own weights.
 
+Text pairs enter one of two spaces (``StudentConfig.space``):
+
+- ``paper``: the two embedded texts are the first cell's two input nodes, as in the paper.
+  Ops combine them only position by position (both padded to one length), so a word of
+  one text never meets its match at another position of the other;
+- ``matching`` (beyond the paper, the default for pairs): each text runs through the cells
+  on its own (the batch stacks the B first texts, then the B second texts, the same
+  weights for both), an ``align`` op among the candidates compares every position with
+  its soft match in the other text, and the probes and the classifier read
+  ``[u; v; |u - v|; u * v]`` of the two pooled texts (InferSent / ESIM-style matching).
+
+Single-text tasks have one space (recorded as ``paper``).
+
 Cell (a DAG, like DARTS' but 1-D): input nodes 0 and 1 are ``c_{k-2}`` and ``c_{k-1}``;
 intermediate node ``j`` (2..N+1) is ``sum_{i<j} o_{j,i}(h_i)``; the cell output is an
 attentive (per-example softmax) sum of the N intermediate nodes. For the first cell
@@ -45,12 +58,15 @@ from nni.nas.nn.pytorch import LayerChoice, ModelSpace
 from ..data.encoding import masked_mean
 from ..errors import UserError
 from .depth import DEPTH_LABEL, DepthChoice
-from .ops import OP_NAMES, OPS, Zero, build_op
+from .ops import OP_NAMES, OPS, PAIR_OP_NAMES, Zero, build_op
 
 __all__ = [
     "StudentConfig", "AdaBertOutput", "AdaBertSpace", "AdaBertStudent",
     "DepthChoice", "Cell", "Embedder", "edge_labels", "factorized_embedding", "validate_arch", "random_arch",
+    "SPACES", "resolve_space", "default_op_names", "matching_features",
 ]
+
+SPACES = ("paper", "matching")
 
 
 
@@ -65,10 +81,13 @@ class StudentConfig:
         vocab_size: WordPiece vocabulary size of the teacher's tokenizer.
         num_labels: number of classes C.
         is_pair: text-pair task (two inputs) or single text.
+        space: how a pair enters the cells, ``paper`` or ``matching`` (module docstring);
+            architecture files written before it existed load as ``paper``.
         embed_dim: D, width of the factorized embedding and of every cell (128 in the paper).
         k_max: maximum number of cells (8).
         num_nodes: intermediate nodes N per cell (3 -> 9 edges).
-        op_names: candidate ops, in the order of architecture logits.
+        op_names: candidate ops, in the order of architecture logits (``None``: the space's,
+            :func:`default_op_names`).
         pad_token_id: used to build a mask when no attention mask is given.
         max_positions: longest sequence accepted (learned position embeddings).
         position_embeddings: add learned position embeddings (pooling/skip ops are
@@ -82,14 +101,21 @@ class StudentConfig:
     embed_dim: int = 128
     k_max: int = 8
     num_nodes: int = 3
-    op_names: Tuple[str, ...] = OP_NAMES
+    op_names: Optional[Tuple[str, ...]] = None
     pad_token_id: int = 0
     max_positions: int = 128
     position_embeddings: bool = True
     dropout: float = 0.1
 
+    space: str = "paper"
+
     def __post_init__(self) -> None:
-        self.op_names = tuple(self.op_names)
+        if self.space not in SPACES:
+            raise UserError(f"student config: space must be one of {', '.join(SPACES)}, got {self.space!r}")
+        if self.space == "matching" and not self.is_pair:
+            raise UserError("student config: the matching space compares the two texts of a pair; "
+                            "this is a single-text task (space 'paper')")
+        self.op_names = tuple(default_op_names(self.space) if self.op_names is None else self.op_names)
         for name in ("vocab_size", "num_labels", "embed_dim", "k_max", "num_nodes", "max_positions"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -98,14 +124,28 @@ class StudentConfig:
             raise UserError(f"student config: num_labels must be >= 2, got {self.num_labels}")
         unknown = [n for n in self.op_names if n not in OPS]
         if unknown or not self.op_names or len(set(self.op_names)) != len(self.op_names):
-            raise UserError(f"student config: op_names must be distinct names from {list(OP_NAMES)}, "
-                            f"got {list(self.op_names)}")
+            raise UserError(f"student config: op_names must be distinct names from "
+                            f"{list(default_op_names(self.space))}, got {list(self.op_names)}")
+        if "align" in self.op_names and self.space != "matching":
+            raise UserError("student config: op 'align' compares the two texts of a pair and needs the matching "
+                            f"space (this config: {'pair' if self.is_pair else 'single-text'} task, space "
+                            f"{self.space!r})")
         if not 0.0 <= float(self.dropout) < 1.0:
             raise UserError(f"student config: dropout must be in [0, 1), got {self.dropout}")
 
     @property
     def edge_labels(self) -> List[str]:
         return edge_labels(self.num_nodes)
+
+    @property
+    def head_dim(self) -> int:
+        """Width the probes and the classifier read: ``4 D`` for the matching features, else ``D``."""
+        return 4 * self.embed_dim if self.space == "matching" else self.embed_dim
+
+    @property
+    def texts_per_example(self) -> int:
+        """Sequences the cells run per example: both texts of a pair in the matching space, else one."""
+        return 2 if self.space == "matching" else 1
 
     def to_dict(self) -> Dict[str, Any]:
         """Plain JSON-able dict (op_names as a list)."""
@@ -126,6 +166,24 @@ class StudentConfig:
             return cls(**dict(d))
         except TypeError as exc:
             raise UserError(f"student config: {exc}") from None
+
+
+def default_op_names(space: str) -> Tuple[str, ...]:
+    """The candidate ops of ``space``: the paper's ten, and ``align`` in the matching space."""
+    return PAIR_OP_NAMES if space == "matching" else OP_NAMES
+
+
+def resolve_space(space: str, is_pair: bool) -> str:
+    """The space a setting names for a task: ``auto`` is ``matching`` for pairs and ``paper`` for
+    single texts; ``matching`` for a single-text task is a :class:`UserError`."""
+    if space == "auto":
+        return "matching" if is_pair else "paper"
+    if space not in SPACES:
+        raise UserError(f"space must be auto or one of {', '.join(SPACES)}, got {space!r}")
+    if space == "matching" and not is_pair:
+        raise UserError("space 'matching' compares the two texts of a pair; this task is single-text "
+                        "(use auto or paper)")
+    return space
 
 
 def edge_labels(num_nodes: int = 3) -> List[str]:
@@ -154,6 +212,9 @@ def validate_arch(arch: Any, config: StudentConfig) -> Dict[str, Any]:
         if label not in arch:
             raise UserError(f"architecture: missing edge {label!r}")
         op = arch[label]
+        if op == "align" and config.space != "matching":
+            raise UserError(f"architecture: edge {label!r} has op 'align', which compares the two texts of a pair: "
+                            "it runs only on text-pair tasks in the matching space")
         if op not in config.op_names:
             raise UserError(f"architecture: edge {label!r} has unknown op {op!r}; "
                             f"known ops: {list(config.op_names)}")
@@ -338,17 +399,29 @@ def _embed_inputs(embed: Embedder, config: StudentConfig, input_ids_a, attention
         xa, ma = nn.functional.pad(xa, (0, lb - la)), nn.functional.pad(ma, (0, lb - la))
     elif lb < la:
         xb, mb = nn.functional.pad(xb, (0, la - lb)), nn.functional.pad(mb, (0, la - lb))
+    if config.space == "matching":  # each text on its own: a batch of 2B texts, the first texts, then the second
+        x, m = torch.cat([xa, xb]), torch.cat([ma, mb])
+        return x, m, x, m
     return xa, ma, xb, mb
 
 
-def _run_cells(cells: Sequence[Cell], probes: Sequence[nn.Module], dropout: nn.Module, n_run: int,
-               s0, m0, s1, m1, with_probes: bool = True) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+def matching_features(pooled: torch.Tensor) -> torch.Tensor:
+    """``[u; v; |u - v|; u * v]`` ``[B, 4D]`` of the pooled texts ``[2B, D]`` (first texts, then second)."""
+    u, v = pooled.reshape(2, -1, pooled.shape[-1]).unbind(0)   # a reshape: torch.export keeps B dynamic
+    return torch.cat([u, v, (u - v).abs(), u * v], dim=-1)
+
+
+def _run_cells(config: StudentConfig, cells: Sequence[Cell], probes: Sequence[nn.Module], dropout: nn.Module,
+               n_run: int, s0, m0, s1, m1, with_probes: bool = True) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+    """Cells 1..``n_run``; returns each cell's pooled output ``[B, head_dim]`` and probe logits."""
     pooled: List[torch.Tensor] = []
     probe_logits: List[torch.Tensor] = []
     for k in range(n_run):
         c, m = cells[k](s0, m0, s1, m1)
         s0, m0, s1, m1 = s1, m1, c, m
-        p = masked_mean(c, m, dim=-1)                           # [B, D]
+        p = masked_mean(c, m, dim=-1)                           # [B, D] ([2B, D] in the matching space)
+        if config.space == "matching":
+            p = matching_features(p)                            # [B, 4D]
         pooled.append(p)
         if with_probes:
             probe_logits.append(probes[k](dropout(p)))
@@ -387,10 +460,10 @@ class AdaBertSpace(ModelSpace):
                 for label in config.edge_labels))
             for _ in range(config.k_max)
         ])
-        self.probes = nn.ModuleList([nn.Linear(d, config.num_labels) for _ in range(config.k_max)])
+        self.probes = nn.ModuleList([nn.Linear(config.head_dim, config.num_labels) for _ in range(config.k_max)])
         self.depth = DepthChoice(config.k_max)
         self.dropout = nn.Dropout(config.dropout)
-        self.classifier = nn.Linear(d, config.num_labels)
+        self.classifier = nn.Linear(config.head_dim, config.num_labels)
 
     def forward(self, input_ids_a: torch.Tensor, attention_mask_a: Optional[torch.Tensor] = None,
                 input_ids_b: Optional[torch.Tensor] = None, attention_mask_b: Optional[torch.Tensor] = None
@@ -398,7 +471,8 @@ class AdaBertSpace(ModelSpace):
         s0, m0, s1, m1 = _embed_inputs(self.embed, self.config, input_ids_a, attention_mask_a,
                                        input_ids_b, attention_mask_b)
         n_run = self.depth.cells_needed or self.config.k_max
-        pooled, probe_logits = _run_cells(self.cells, self.probes, self.dropout, n_run, s0, m0, s1, m1)
+        pooled, probe_logits = _run_cells(self.config, self.cells, self.probes, self.dropout, n_run,
+                                          s0, m0, s1, m1)
         logits = self.classifier(self.dropout(self.depth(pooled)))
         return AdaBertOutput(logits, probe_logits, self.depth.depth_terms(n_run))
 
@@ -460,9 +534,9 @@ class AdaBertStudent(nn.Module):
                  OrderedDict((label, build_op(self.arch[label], d)) for label in config.edge_labels))
             for _ in range(self.depth)
         ])
-        self.probes = nn.ModuleList([nn.Linear(d, config.num_labels) for _ in range(self.depth)])
+        self.probes = nn.ModuleList([nn.Linear(config.head_dim, config.num_labels) for _ in range(self.depth)])
         self.dropout = nn.Dropout(config.dropout)
-        self.classifier = nn.Linear(d, config.num_labels)
+        self.classifier = nn.Linear(config.head_dim, config.num_labels)
 
     @classmethod
     def from_pretrained(cls, directory) -> "AdaBertStudent":
@@ -489,7 +563,7 @@ class AdaBertStudent(nn.Module):
         """Args as :meth:`AdaBertSpace.forward`; ``return_probes=False`` skips the probes (deployment)."""
         s0, m0, s1, m1 = _embed_inputs(self.embed, self.config, input_ids_a, attention_mask_a,
                                        input_ids_b, attention_mask_b)
-        pooled, probe_logits = _run_cells(self.cells, self.probes, self.dropout, self.depth,
+        pooled, probe_logits = _run_cells(self.config, self.cells, self.probes, self.dropout, self.depth,
                                           s0, m0, s1, m1, with_probes=return_probes)
         logits = self.classifier(self.dropout(pooled[-1]))
         return AdaBertOutput(logits, probe_logits, [(self.depth, None)])

@@ -20,34 +20,36 @@ from .student import fresh_student, student_info, train_student
 log = logging.getLogger(__name__)
 
 
-def retrain_run_settings(arch: dict, source: dict, config: RetrainConfig, embed_dim: int, k_max: int) -> dict:
+def retrain_run_settings(arch: dict, source: dict, config: RetrainConfig, embed_dim: int, k_max: int,
+                         space: str = "auto") -> dict:
     """What names a retraining (its identity with the store, :func:`runs.identity`). The architecture
     itself, not only where it came from: a file searched anew names another run."""
-    return {"arch": dict(arch), **source, "embed_dim": embed_dim, "k_max": k_max, **config.to_dict()}
+    return {"arch": dict(arch), **source, "embed_dim": embed_dim, "k_max": k_max, "space": space,
+            **config.to_dict()}
 
 
 def run_retrain(arch: dict, source: dict, store: KnowledgeStore, out_dir: str | os.PathLike,
                 config: RetrainConfig = RetrainConfig(), *, embed_dim: int = 128, k_max: int = 8,
-                progress: bool = True, report_to_nni: bool = False) -> dict:
+                space: str = "auto", progress: bool = True, report_to_nni: bool = False) -> dict:
     """Retrain the fixed child ``arch`` from fresh weights on ``store``'s task and export it
     to ``out_dir``; returns its architecture document. ``source`` says where ``arch`` came
     from (``{"from": ..., "searched_on": task or None}``); ``embed_dim`` and ``k_max`` are
-    those of the space it came from. Resumes, is not redone, and holds ``out_dir``'s lock like
-    :func:`search.run_search`."""
+    those of the space it came from, ``space`` the pair space to build (:func:`student.retrain_space`).
+    Resumes, is not redone, and holds ``out_dir``'s lock like :func:`search.run_search`."""
     with runs.locked(out_dir):
-        return _retrain(arch, source, store, Path(out_dir), config, embed_dim, k_max, progress, report_to_nni)
+        return _retrain(arch, source, store, Path(out_dir), config, embed_dim, k_max, space, progress, report_to_nni)
 
 
 def _retrain(arch: dict, source: dict, store: KnowledgeStore, out_dir: Path, config: RetrainConfig, embed_dim: int,
-             k_max: int, progress: bool, report_to_nni: bool) -> dict:
-    settings = retrain_run_settings(arch, source, config, embed_dim, k_max)
+             k_max: int, space: str, progress: bool, report_to_nni: bool) -> dict:
+    settings = retrain_run_settings(arch, source, config, embed_dim, k_max, space)
     run_identity = runs.identity(settings, store)
     done = runs.finished(out_dir / ARCH_FILE, run_identity)
     if done is not None:
         log.info("retraining already finished in %s with these settings; not redoing it", out_dir)
         return done
     pl.seed_everything(config.seed, workers=True)  # the fresh weights too: the same run whatever ran before it
-    student = fresh_student(arch, store, embed_dim, k_max, config.dropout)
+    student = fresh_student(arch, store, embed_dim, k_max, config.dropout, space)
     student = train_student(student, store, out_dir / "retrain", config, run_identity, progress, report_to_nni)
     info = {**student_info(store), **evaluate_student(student, store), "retrain": settings,
             runs.IDENTITY_KEY: run_identity}

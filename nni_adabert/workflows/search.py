@@ -58,7 +58,7 @@ def _search(store: KnowledgeStore, out_dir: Path, config: SearchConfig, progress
     if done is not None:
         log.info("search already finished in %s with these settings; not redoing it", out_dir)
         return done
-    space_config = student_config(store, config.embed_dim, config.k_max, config.dropout)
+    space_config = student_config(store, config.embed_dim, config.k_max, config.dropout, config.space)
     latency = None
     if config.min_speedup is not None:
         latency = latency_table(store, space_config, config.speedup_over, config.latency_batch_size,

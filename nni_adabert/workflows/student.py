@@ -9,23 +9,34 @@ import pytorch_lightning as pl
 
 from ..config import RetrainConfig
 from ..data.encoding import vocab_fingerprint
-from ..model.space import AdaBertStudent, StudentConfig, factorized_embedding
+from ..model.space import AdaBertStudent, StudentConfig, factorized_embedding, resolve_space
 from ..nas.distill import AdaBertDistillModule, val_metric_key
 from ..teacher.knowledge import KnowledgeStore
 from ..training import fit, make_trainer
 
 
-def student_config(store: KnowledgeStore, embed_dim: int = 128, k_max: int = 8, dropout: float = 0.1) -> StudentConfig:
-    """The space's config for ``store``'s task: its teacher's vocabulary, its labels, single text or pair."""
+def student_config(store: KnowledgeStore, embed_dim: int = 128, k_max: int = 8, dropout: float = 0.1,
+                   space: str = "auto") -> StudentConfig:
+    """The space's config for ``store``'s task: its teacher's vocabulary, its labels, single text or
+    pair, and the pair space (``auto``: :func:`model.space.resolve_space`)."""
     meta = store.meta
-    return StudentConfig(vocab_size=meta["vocab_size"], num_labels=meta["num_labels"], is_pair=store.spec.is_pair,
-                         embed_dim=embed_dim, k_max=k_max, pad_token_id=meta["pad_token_id"], dropout=dropout)
+    is_pair = store.spec.is_pair
+    return StudentConfig(vocab_size=meta["vocab_size"], num_labels=meta["num_labels"], is_pair=is_pair,
+                         embed_dim=embed_dim, k_max=k_max, pad_token_id=meta["pad_token_id"], dropout=dropout,
+                         space=resolve_space(space, is_pair))
+
+
+def retrain_space(source: StudentConfig, store: KnowledgeStore) -> str:
+    """The space a retraining of an architecture from ``source``'s space builds on ``store``'s task:
+    the same for a pair searched on pairs, else the task's default (a single-text cell moved to a pair
+    task gets the pair default)."""
+    return source.space if source.is_pair and store.spec.is_pair else "auto"
 
 
 def fresh_student(arch: dict, store: KnowledgeStore, embed_dim: int = 128, k_max: int = 8,
-                  dropout: float = 0.1) -> AdaBertStudent:
+                  dropout: float = 0.1, space: str = "auto") -> AdaBertStudent:
     """A newly initialised child of ``arch`` for ``store``'s task, embedding from its teacher."""
-    student = AdaBertStudent(student_config(store, embed_dim, k_max, dropout), arch)
+    student = AdaBertStudent(student_config(store, embed_dim, k_max, dropout, space), arch)
     student.load_embedding(factorized_embedding(store.word_embeddings(), embed_dim))
     return student
 
