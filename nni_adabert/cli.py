@@ -29,7 +29,7 @@ from .teacher.augment import AugmentConfig
 from .teacher.finetune import TeacherConfig, parse_label_map
 from .teacher.knowledge import DEFAULT_CACHE_DIR
 from .teacher.run import build_teacher_run, open_teacher_run
-from .training import is_main_process
+from .training import INFERENCE_PRECISIONS, is_main_process
 from .workflows.deploy import deploy
 from .workflows.evaluate import compare_with_teacher
 from .workflows.export import load_exported
@@ -70,6 +70,9 @@ def add_augment_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--aug-prob", type=float, default=None, help="probability to replace each word "
                    f"(default {defaults.replace_prob:g})")
     p.add_argument("--aug-seed", type=int, default=None, help=f"augmentation seed (default {defaults.seed})")
+    p.add_argument("--inference-precision", default="auto", choices=INFERENCE_PRECISIONS,
+                   help="precision of the teacher's passes that build the knowledge store: auto is bf16 where the "
+                   "CPU (AVX512-BF16, AMX) or GPU computes it natively, else fp32 (default auto)")
 
 
 def augment_config(args) -> AugmentConfig | None:
@@ -97,7 +100,7 @@ def cmd_teacher(args) -> None:
     build_teacher_run(task_from_options(args), args.output_dir, args.data, args.model, config,
                       augment_config(args), cache_dir(args),
                       train_limit=args.train_limit, progress=not args.no_progress, echo=print,
-                      label_map=parse_label_map(args.label_map))
+                      label_map=parse_label_map(args.label_map), precision=args.inference_precision)
 
 
 # --------------------------------------------------------------------------- search / retrain / evaluate

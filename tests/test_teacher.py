@@ -19,8 +19,8 @@ from nni_adabert.data.encoding import tokenize
 from nni_adabert.teacher.finetune import (TeacherConfig, finetune_epochs, finetune_teacher, load_finetuned_teacher,
                                           load_teacher_config, load_tokenizer, read_teacher_info,
                                           teacher_word_embeddings)
-from nni_adabert.teacher.probes import teacher_features
-from nni_adabert.training import KeepBestEpoch, fit, make_trainer
+from nni_adabert.teacher.probes import ProbeConfig, teacher_features
+from nni_adabert.training import KeepBestEpoch, bf16_native, fit, inference_precision, make_trainer
 from nni_adabert.teacher.probes import train_probes
 
 
@@ -167,12 +167,32 @@ def test_teacher_features_batched_by_length_equal_one_example_at_a_time(sst2, te
     spec = get_task("SST-2")
     teacher = load_finetuned_teacher(teacher_copy, spec).cpu()
     rows = tokenize(sst2["train"].select(range(10)), load_tokenizer(teacher_copy), spec)
-    pooled, logits = teacher_features(teacher, rows, batch_size=4, progress=False)
+    pooled, logits = teacher_features(teacher, rows, batch_size=4, progress=False, precision="fp32")
     assert pooled.shape == (10, 5, teacher.config.hidden_size) and logits.shape == (10, 2)
     for i in (0, 3, 9):
-        alone_pooled, alone_logits = teacher_features(teacher, rows.select([i]), progress=False)
+        alone_pooled, alone_logits = teacher_features(teacher, rows.select([i]), progress=False, precision="fp32")
         torch.testing.assert_close(pooled[i], alone_pooled[0], atol=1e-4, rtol=1e-4)
         torch.testing.assert_close(logits[i], alone_logits[0], atol=1e-4, rtol=1e-4)
+
+
+def test_bf16_teacher_passes_stay_close_to_fp32_and_name_another_store(sst2, teacher_copy):
+    """bf16 autocast (the default where the CPU computes bf16 natively) changes the teacher's outputs
+    by rounding only, and a store built with it never passes for an fp32 one."""
+    spec = get_task("SST-2")
+    teacher = load_finetuned_teacher(teacher_copy, spec).cpu()
+    rows = tokenize(sst2["train"].select(range(16)), load_tokenizer(teacher_copy), spec)
+    pooled, logits = teacher_features(teacher, rows, progress=False, precision="fp32")
+    pooled16, logits16 = teacher_features(teacher, rows, progress=False, precision="bf16")
+    assert pooled16.dtype == logits16.dtype == torch.float32
+    assert 0 < (logits16 - logits).abs().max() < 0.15 and (pooled16 - pooled).abs().max() < 0.15
+    assert inference_precision("cpu", "auto") == ("bf16" if bf16_native("cpu") else "fp32")
+    with pytest.raises(UserError, match="inference precision"):
+        inference_precision("cpu", "fp16")
+    fp32_name, fp32_inputs = knowledge.knowledge_fingerprint(spec, sst2, teacher_copy, None, ProbeConfig())
+    bf16_name, bf16_inputs = knowledge.knowledge_fingerprint(spec, sst2, teacher_copy, None, ProbeConfig(),
+                                                             precision="bf16")
+    assert "teacher_precision" not in fp32_inputs and bf16_inputs["teacher_precision"] == "bf16"
+    assert fp32_name != bf16_name
 
 
 def test_the_store_keeps_what_students_need_of_the_teacher(tmp_path, sst2, teacher_copy):

@@ -32,7 +32,7 @@ from .. import atomic
 from ..data.encoding import IGNORE_LABEL, MAX_LENGTH, dataset_fingerprint, pad_batch, tokenize
 from ..data.tasks import TaskSpec, get_task, spec_identity
 from ..errors import UserError
-from ..training import EpochShuffleSampler, pin_memory
+from ..training import EpochShuffleSampler, inference_precision, pick_device, pin_memory
 from .augment import AugmentConfig, Augmenter
 from .finetune import load_finetuned_teacher, load_tokenizer, read_teacher_info, resolve_model, teacher_word_embeddings
 from .probes import LayerProbes, ProbeConfig, teacher_features, train_probes
@@ -140,13 +140,18 @@ def weights_fingerprint(model_dir: str | os.PathLike) -> str:
 
 
 def knowledge_fingerprint(spec: TaskSpec, data: datasets.DatasetDict, teacher_dir, augment: AugmentConfig | None,
-                          probes: ProbeConfig, max_length: int = MAX_LENGTH) -> tuple[str, dict]:
+                          probes: ProbeConfig, max_length: int = MAX_LENGTH, precision: str = "fp32"
+                          ) -> tuple[str, dict]:
+    """The store's name and what it is made of; ``precision`` is the teacher's resolved inference
+    precision (``bf16`` or ``fp32``)."""
     inputs = {
         "format": FORMAT_VERSION, **spec_identity(spec), "max_length": max_length,
         "teacher": weights_fingerprint(teacher_dir),
         "train": dataset_fingerprint(data["train"]), "dev": dataset_fingerprint(data["dev"]),
         "augment": asdict(augment) if augment else None, "probes": asdict(probes),
     }
+    if precision != "fp32":  # named only when not fp32, so the stores built before it existed keep their names
+        inputs["teacher_precision"] = precision
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16], inputs
 
 
@@ -164,14 +169,20 @@ def open_knowledge(path: str | os.PathLike) -> KnowledgeStore:
 
 def build_knowledge(spec: TaskSpec, data: datasets.DatasetDict, teacher_dir: str | os.PathLike,
                     augment: AugmentConfig | None = AugmentConfig(), cache_dir: str | os.PathLike = DEFAULT_CACHE_DIR,
-                    probes: ProbeConfig = ProbeConfig(), progress: bool = True) -> KnowledgeStore:
+                    probes: ProbeConfig = ProbeConfig(), progress: bool = True, precision: str = "auto"
+                    ) -> KnowledgeStore:
     """The store for these inputs: loaded when cached, else built (teacher runs once).
+
+    ``precision``: of the teacher's forward passes (:func:`training.inference_precision`; ``auto``:
+    bf16 where the CPU or GPU computes it natively, 3x faster on an AVX512-BF16 CPU); part of the
+    store's fingerprint.
 
     A build saves each finished stage (teacher features of train and dev, the probes,
     the augmented copies of every chunk of :data:`AUGMENT_CHUNK` originals) under ``<store>.partial``;
     a build that was killed and started again with the same inputs picks them up.
     """
-    fingerprint, inputs = knowledge_fingerprint(spec, data, teacher_dir, augment, probes)
+    precision = inference_precision(pick_device(), precision)
+    fingerprint, inputs = knowledge_fingerprint(spec, data, teacher_dir, augment, probes, precision=precision)
     path = Path(cache_dir) / "knowledge" / f"{spec.name}-{fingerprint}"
     if (path / "meta.json").is_file():
         log.info("teacher knowledge: cache hit %s", path)
@@ -184,7 +195,8 @@ def build_knowledge(spec: TaskSpec, data: datasets.DatasetDict, teacher_dir: str
     tokenizer = load_tokenizer(teacher_dir)
     train, dev = (tokenize(data[split], tokenizer, spec, cache_dir=cache_dir) for split in ("train", "dev"))
     features = _stage(stages / "train_features", lambda: dict(zip(
-        ("pooled", "head"), teacher_features(teacher, train, progress=progress, desc="teacher: train"))))
+        ("pooled", "head"), teacher_features(teacher, train, progress=progress, desc="teacher: train",
+                                             precision=precision))))
     labels = torch.tensor(train["label"])
     probe_state = _stage(stages / "probes", lambda: train_probes(
         features["pooled"], features["head"], labels, probes).state_dict())
@@ -193,7 +205,7 @@ def build_knowledge(spec: TaskSpec, data: datasets.DatasetDict, teacher_dir: str
     with torch.no_grad():
         train_logits = layer_probes(features["pooled"], features["head"])
         dev_logits = _stage(stages / "dev_logits", lambda: {"logits": layer_probes(
-            *teacher_features(teacher, dev, progress=progress, desc="teacher: dev"))})["logits"]
+            *teacher_features(teacher, dev, progress=progress, desc="teacher: dev", precision=precision))})["logits"]
     dev_labels = torch.tensor(dev["label"])
     probe_acc = (dev_logits.argmax(-1) == dev_labels[:, None]).float().mean(0).tolist()
 
@@ -202,7 +214,7 @@ def build_knowledge(spec: TaskSpec, data: datasets.DatasetDict, teacher_dir: str
     if augment is not None and augment.copies > 0:
         train_rows = datasets.concatenate_datasets(
             [train_rows, _augmented_rows(spec, data["train"], teacher, tokenizer, teacher_dir, augment,
-                                         layer_probes, student_cols, stages, progress)])
+                                         layer_probes, student_cols, stages, progress, precision)])
     store = datasets.DatasetDict({"train": train_rows,
                                   "dev": _rows(dev, student_cols, dev["label"], dev_logits)})
     meta = {
@@ -222,8 +234,8 @@ def build_knowledge(spec: TaskSpec, data: datasets.DatasetDict, teacher_dir: str
     shutil.rmtree(stages, ignore_errors=True)
     seconds = time.perf_counter() - started
     rows = len(train_rows) + len(dev)  # each went through the teacher once (resumed stages: faster)
-    log.info("teacher knowledge: %d rows in %.1f min (%.0f rows/s, augmentation included)", rows, seconds / 60,
-             rows / max(seconds, 1e-9))
+    log.info("teacher knowledge: %d rows in %.1f min (%.0f rows/s, augmentation included; teacher in %s)", rows,
+             seconds / 60, rows / max(seconds, 1e-9), precision)
     return open_knowledge(path)
 
 
@@ -270,7 +282,7 @@ def _rows(tokenized: datasets.Dataset, student_cols: list[str], labels, logits: 
 
 
 def _augmented_rows(spec, original: datasets.Dataset, teacher, tokenizer, teacher_dir, augment: AugmentConfig,
-                    layer_probes, student_cols, stages: Path, progress) -> datasets.Dataset:
+                    layer_probes, student_cols, stages: Path, progress, precision: str) -> datasets.Dataset:
     """Augment the original train texts, then label them with the teacher's probes, one
     chunk of :data:`AUGMENT_CHUNK` originals at a time (each chunk a resumable stage).
     Every example has its own random generator, so chunking changes nothing."""
@@ -293,7 +305,7 @@ def _augmented_rows(spec, original: datasets.Dataset, teacher, tokenizer, teache
         cols["label"] = [0] * len(cols["text_a"])  # placeholder for tokenize(); replaced by IGNORE_LABEL
         aug = tokenize(datasets.Dataset.from_dict(cols), tokenizer, spec)
         with torch.no_grad():
-            logits = layer_probes(*teacher_features(teacher, aug, progress=False))
+            logits = layer_probes(*teacher_features(teacher, aug, progress=False, precision=precision))
         return _rows(aug, student_cols, [IGNORE_LABEL] * len(aug), logits)
 
     starts = range(0, len(original), AUGMENT_CHUNK)

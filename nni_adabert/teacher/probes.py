@@ -26,9 +26,10 @@ log = logging.getLogger(__name__)
 
 @torch.no_grad()
 def teacher_features(model, ds: datasets.Dataset, batch_size: int | None = None, progress: bool = True,
-                     desc: str = "teacher") -> tuple[torch.Tensor, torch.Tensor]:
+                     desc: str = "teacher", precision: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
     """Run the frozen teacher over a tokenized split, once, in batches of similar lengths
-    (``batch_size``: :func:`training.inference_batch_size` of its device; bf16 on a GPU).
+    (``batch_size``: :func:`training.inference_batch_size` of its device; ``precision``:
+    :func:`training.inference_precision`, bf16 where the device computes it natively).
 
     Returns ``pooled`` FloatTensor[N, J-1, H] (masked-mean hidden state of layers
     1..J-1, the inputs of probes P_1..P_{J-1}) and ``logits`` FloatTensor[N, C]
@@ -48,7 +49,7 @@ def teacher_features(model, ds: datasets.Dataset, batch_size: int | None = None,
         batch = pad_batch([{"input_ids": ids[i], "token_type_ids": types[i]} for i in idx.tolist()],
                           ("input_ids", "token_type_ids"))
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        with inference_autocast(device):
+        with inference_autocast(device, precision):
             out = model(**batch, output_hidden_states=True)
         mask = batch["attention_mask"].unsqueeze(-1).float()  # [B, L, 1]
         layers = torch.stack([masked_mean(h.float() * mask, mask, dim=1) for h in out.hidden_states[1:-1]], 1)

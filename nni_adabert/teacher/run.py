@@ -44,20 +44,21 @@ def build_teacher_run(task: str | TaskConfig, out_dir: str | os.PathLike, data: 
                       teacher_config: TeacherConfig | None = None, augment: AugmentConfig | None = None,
                       cache_dir: str | os.PathLike | None = None, train_limit: int | None = None,
                       dev_limit: int | None = None, progress: bool = True, echo=lambda *_: None,
-                      label_map: dict[str, str] | None = None) -> KnowledgeStore:
+                      label_map: dict[str, str] | None = None, precision: str = "auto") -> KnowledgeStore:
     """Fine-tune the teacher, train its probes, build its knowledge store and write
     the run's records for ``task``, a GLUE task's name (its rows from ``data``) or a user's
     :class:`TaskConfig`; each step reuses what an earlier identical run left.
     ``echo`` receives the lines a person wants to see; ``label_map``: a fine-tuned ``model``'s label
-    names -> the task's (with ``teacher_config.epochs`` 0, see :func:`finetune.match_labels`).
+    names -> the task's (with ``teacher_config.epochs`` 0, see :func:`finetune.match_labels`);
+    ``precision``: of the teacher's forward passes that build the store (:func:`knowledge.build_knowledge`).
     Returns the knowledge store. Holds ``out_dir``'s lock while it works (:func:`runs.locked`)."""
     with runs.locked(out_dir):
         return _build(task, Path(out_dir), data, model, teacher_config, augment, cache_dir, train_limit, dev_limit,
-                      progress, echo, label_map)
+                      progress, echo, label_map, precision)
 
 
 def _build(task, out: Path, data, model, teacher_config, augment, cache_dir, train_limit, dev_limit, progress,
-           echo, label_map) -> KnowledgeStore:
+           echo, label_map, precision) -> KnowledgeStore:
     cache_dir = Path(cache_dir) if cache_dir else DEFAULT_CACHE_DIR
     teacher_config = teacher_config or TeacherConfig()
     spec, splits, description = read_task(task, data, cache_dir)
@@ -80,7 +81,7 @@ def _build(task, out: Path, data, model, teacher_config, augment, cache_dir, tra
          f"{out / 'teacher'}")
 
     store = build_knowledge(spec, splits, out / "teacher", augment, cache_dir, ProbeConfig(seed=teacher_config.seed),
-                            progress=progress)
+                            progress=progress, precision=precision)
     acc = store.meta["probe_dev_accuracy"]
     table = format_table(["layer", "dev accuracy (%)", "classifier"],
                          [[j, f"{100 * a:.2f}", "teacher head" if j == len(acc) else "probe"]

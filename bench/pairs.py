@@ -1,0 +1,159 @@
+"""What makes a sentence-pair student learn: one lever at a time on one teacher (issue 18's cause table).
+
+    .venv/bin/python bench/pairs.py --teacher-run runs/bench/pipeline/MRPC-default/teacher \\
+        --weak-teacher-run runs/bench/teacher-recipe/MRPC/before --seeds 0 1 --name MRPC
+
+Every row is the default pipeline after the teacher (``nni-adabert search`` then ``retrain``, the
+defaults, per seed) with one thing changed against the first row ("default"):
+
+- ``paper space``: the two texts as the first cell's two inputs (``--space paper``), no ``align``
+  op, no matching head;
+- ``N copies``: a knowledge store of the same fine-tuned teacher with N augmented copies per pair
+  (``teacher --model <teacher> --no-finetune --aug-copies N``);
+- ``no final-logit KD``: the retraining without the final-logit KD term (``--no-final-kd``);
+- ``weaker teacher``: the store of another teacher run (the 3-epoch, last-epoch recipe of before).
+
+A store is built once per (teacher, copies) and shared; runs resume and skip finished steps.
+Runs in ``--runs-dir`` (default runs/bench/pairs/<name>); writes bench/results/pairs/<name>/result.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch  # noqa: E402
+
+from common import GLUE_DIR, ROOT, command_line, cpu_model, machine, results_dir, run_cli, write_results  # noqa: E402
+from nni_adabert.teacher.run import open_teacher_run  # noqa: E402
+from nni_adabert.workflows.evaluate import majority_class_metrics  # noqa: E402
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--task", default="MRPC", help="a GLUE pair task")
+    p.add_argument("--data", default=GLUE_DIR, help="GLUE folder (default: ../shared/data/glue or $GLUE_DIR)")
+    p.add_argument("--teacher-run", required=True, help="a finished `nni-adabert teacher` run (its store: the "
+                   "default row's)")
+    p.add_argument("--weak-teacher-run", default=None, help="another teacher's run directory (its teacher/ "
+                   "folder) for the 'weaker teacher' row")
+    p.add_argument("--copies", type=int, nargs="*", default=[2, 10, 20], help="augmented copies of the rows "
+                   "that change only the store")
+    p.add_argument("--levers", nargs="+", default=["paper-space", "copies", "no-final-kd", "weak-teacher"],
+                   choices=["paper-space", "copies", "no-final-kd", "weak-teacher"])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--name", default="MRPC", help="run name: bench/results/pairs/<name>/")
+    p.add_argument("--runs-dir", default=None, help="where the runs go (default: runs/bench/pairs/<name>)")
+    return p.parse_args(argv)
+
+
+def timed(argv: list[str]) -> dict:
+    start = time.perf_counter()
+    command = run_cli(argv)
+    return {"command": command, "minutes": round((time.perf_counter() - start) / 60, 1)}
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    runs = Path(args.runs_dir) if args.runs_dir else ROOT / "runs" / "bench" / "pairs" / args.name
+    teacher_run = Path(args.teacher_run)
+    base = open_teacher_run(teacher_run)
+    base_copies = base.meta["inputs"]["augment"]["copies"]
+    stores: dict[tuple, Path] = {("default", base_copies): teacher_run}
+    built: dict[str, dict] = {}
+
+    def store(teacher: str, copies: int) -> Path:
+        """The run directory of a store of ``teacher`` ("default" or "weak") with ``copies`` copies."""
+        key = (teacher, copies)
+        if key not in stores:
+            source = teacher_run if teacher == "default" else Path(args.weak_teacher_run)
+            out = runs / f"teacher-{teacher}-aug{copies}"
+            built[out.name] = timed(["teacher", "--task", args.task, "--data", args.data, "--model",
+                                     str(source / "teacher"), "--no-finetune", "--aug-copies", str(copies),
+                                     "--output-dir", str(out), "--cache-dir", str(runs / "cache"), "--no-progress"])
+            stores[key] = out
+        return stores[key]
+
+    # (row name, store key, search flags, retrain flags)
+    rows = [("default", ("default", base_copies), [], [])]
+    if "paper-space" in args.levers:
+        rows.append(("paper space", ("default", base_copies), ["--space", "paper"], []))
+    if "copies" in args.levers:
+        rows += [(f"{n} copies", ("default", n), [], []) for n in args.copies if n != base_copies]
+    if "no-final-kd" in args.levers:
+        rows.append(("no final-logit KD", ("default", base_copies), [], ["--no-final-kd"]))
+    if "weak-teacher" in args.levers and args.weak_teacher_run:
+        rows.append(("weaker teacher", ("weak", base_copies), [], []))
+
+    results = []
+    for name, key, search_flags, retrain_flags in rows:
+        teacher = store(*key)
+        slug = name.replace(" ", "-").replace("-logit", "")
+        for seed in args.seeds:
+            searched, retrained = runs / slug / f"search-seed{seed}", runs / slug / f"retrain-seed{seed}"
+            search = timed(["search", "--teacher", str(teacher), "--output-dir", str(searched), *search_flags,
+                            "--seed", str(seed), "--no-progress"])
+            retrain = timed(["retrain", "--teacher", str(teacher), "--arch", str(searched), "--output-dir",
+                             str(retrained), *retrain_flags, "--seed", str(seed), "--no-progress"])
+            doc = json.loads((retrained / "architecture.json").read_text())
+            results.append({"row": name, "seed": seed, "teacher_run": str(teacher), "copies": key[1],
+                            "search": search, "retrain": retrain, "dev": doc["dev_metrics"],
+                            "params": doc["params"], "depth": doc["depth"], "architecture": doc["architecture"],
+                            "space": doc["student_config"]["space"],
+                            "teacher_dev": open_teacher_run(teacher).teacher_info.get("dev_metrics")})
+            print(f"{name}, seed {seed}: {doc['dev_metrics']}", flush=True)
+    spec = base.spec
+    majority = majority_class_metrics(base)
+    result = {"command": command_line(["bench/pairs.py", *argv]), "cpu": cpu_model(), "machine": machine(),
+              "torch": torch.__version__, "task": args.task, "metrics": list(spec.metrics), "majority": majority,
+              "stores_built": built, "runs": results}
+    out = results_dir("pairs", args.name)
+    text = markdown(result)
+    write_results(out, result, text)
+    print(text)
+    return 0
+
+
+def markdown(result: dict) -> str:
+    metrics = result["metrics"]
+    lines = [f"# {result['task']}: what makes a pair student learn (one lever at a time)", "",
+             f"Command: `{result['command']}`", "", f"Machine: {result['cpu']} ({result['machine']}).", "",
+             "Each row: `nni-adabert search` then `retrain` with the defaults and one change; dev "
+             f"{' / '.join(metrics)}, mean over the seeds (each seed in brackets).", "",
+             "| row | space | copies | teacher dev | " + " | ".join(metrics) + " | params | K |",
+             "|---|---|---|---|" + "---|" * len(metrics) + "---|---|"]
+    names = list(dict.fromkeys(r["row"] for r in result["runs"]))
+    for name in names:
+        runs = [r for r in result["runs"] if r["row"] == name]
+        cells = []
+        for m in metrics:
+            values = [100 * r["dev"][m] for r in runs]
+            cells.append(f"{statistics.mean(values):.2f} ({', '.join(f'{v:.2f}' for v in values)})")
+        teacher = runs[0]["teacher_dev"] or {}
+        teacher_text = " / ".join(f"{100 * teacher[m]:.2f}" for m in metrics if m in teacher)
+        params = ", ".join(f"{r['params']:,}" for r in runs)
+        depths = ", ".join(str(r["depth"]) for r in runs)
+        lines.append(f"| {name} | {runs[0]['space']} | {runs[0]['copies']} | {teacher_text} | "
+                     + " | ".join(cells) + f" | {params} | {depths} |")
+    majority = result["majority"]
+    lines += ["", "Majority class: " + " / ".join(f"{100 * majority[m]:.2f}" for m in metrics if m in majority) + ".",
+              "", "Commands and minutes (wall time on this machine):", ""]
+    for name, step in result["stores_built"].items():
+        lines.append(f"    {step['command']}    # {step['minutes']} min")
+    for r in result["runs"]:
+        lines += [f"    {r['search']['command']}    # {r['search']['minutes']} min",
+                  f"    {r['retrain']['command']}    # {r['retrain']['minutes']} min"]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
