@@ -14,7 +14,6 @@ from nni_adabert.cli import build_parser
 from nni_adabert.config import RetrainConfig, SearchConfig, TrainingConfig, from_options
 from nni_adabert.errors import UserError
 from nni_adabert.model.cost import child_params
-from nni_adabert.model.ops import OP_NAMES
 from nni_adabert.model.space import AdaBertSpace, AdaBertStudent, StudentConfig, validate_arch
 from nni_adabert.nas.distill import AdaBertDistillModule, model_inputs
 from nni_adabert.nas.losses import final_kd_loss
@@ -78,10 +77,10 @@ def supernet(cfg, full=False, seed=0, **strategy_kw):
 
 
 def resample_nonzero_path(module, cfg, depth=2):
-    """Sample a path with no `zero` op at ``depth``. Single-path: an edge whose sampled op is
-    `zero` outputs nothing and so can't get a task gradient that step (the relaxed y still
-    comes from Gumbel)."""
-    nonzero = [op for op in OP_NAMES if op != "zero"]
+    """Sample a path with no `zero` op at ``depth`` (the space's last ops first: `align` too, in the
+    matching space). Single-path: an edge whose sampled op is `zero` outputs nothing and so can't get a
+    task gradient that step (the relaxed y still comes from Gumbel)."""
+    nonzero = [op for op in cfg.op_names if op != "zero"][::-1]
     module.resample(force={**{label: nonzero[i % len(nonzero)] for i, label in enumerate(cfg.edge_labels)},
                            "depth": depth})
 
@@ -150,11 +149,11 @@ def test_sampling_is_seeded():
 # ----------------------------------------------------------------------------- single path == child
 
 
-@pytest.mark.parametrize("is_pair", [False, True])
+@pytest.mark.parametrize("is_pair,space", [(False, "paper"), (True, "paper"), (True, "matching")])
 @pytest.mark.parametrize("full", [False, True])
 @pytest.mark.parametrize("training", [False, True])
-def test_supernet_forward_equals_frozen_child(is_pair, full, training):
-    cfg = tiny_config(is_pair=is_pair)
+def test_supernet_forward_equals_frozen_child(is_pair, space, full, training):
+    cfg = tiny_config(is_pair=is_pair, space=space)
     space, module = supernet(cfg, full=full, seed=1)
     batch = collate(synthetic_examples(6, 2, is_pair=is_pair))
     module.resample()
@@ -179,15 +178,16 @@ def test_supernet_forward_equals_frozen_child(is_pair, full, training):
 
 @pytest.mark.parametrize("full", [False, True])
 @pytest.mark.parametrize("term", ["ce", "kd", "efficiency"])
-def test_every_architecture_parameter_gets_gradient_from_each_loss(full, term):
-    cfg = tiny_config()
+@pytest.mark.parametrize("pair_space", [None, "matching"])
+def test_every_architecture_parameter_gets_gradient_from_each_loss(full, term, pair_space):
+    cfg = tiny_config(is_pair=True, space=pair_space) if pair_space else tiny_config()
     space, module = supernet(cfg, full=full, seed=3)
     params = arch_params(space)
     labels = {name.split(".")[-2] if "edges" in name else "depth" for name in params}
     assert labels == set(cfg.edge_labels) | {"depth"}
     resample_nonzero_path(module, cfg)
     space.train()
-    parts = module.training_module.compute_loss(collate(synthetic_examples(8, 4)))
+    parts = module.training_module.compute_loss(collate(synthetic_examples(8, 4, is_pair=cfg.is_pair)))
     value = getattr(parts, term)
     assert value is not None and value.item() > 0
     value.backward()
@@ -196,6 +196,7 @@ def test_every_architecture_parameter_gets_gradient_from_each_loss(full, term):
     for name, p in unique.values():
         assert p.grad is not None, name
         assert torch.all(p.grad != 0), (name, p.grad)
+        assert p.numel() == (len(cfg.op_names) if "edges" in name else cfg.k_max)   # align is a candidate
 
 
 # ----------------------------------------------------------------------------- search runs
