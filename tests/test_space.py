@@ -1,6 +1,7 @@
 """Ops, the model space, frozen children and the analytic cost tables."""
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import safetensors.torch
@@ -15,6 +16,7 @@ from nni_adabert.model.ops import OP_NAMES, OPS, PAIR_OP_NAMES, CrossAlign, ReLU
 from nni_adabert.model.pretrained import from_pretrained, save_pretrained
 from nni_adabert.model.space import (AdaBertSpace, AdaBertStudent, StudentConfig, edge_labels, factorized_embedding,
                                      random_arch, resolve_space, validate_arch)
+from nni_adabert.workflows.student import retrain_space
 
 D = 8
 # (is_pair, space): a single text, a pair in the paper's space, a pair in the matching space.
@@ -327,3 +329,15 @@ def test_architecture_files_without_a_space_load_as_the_papers_with_the_same_log
     ids_a, ids_b = torch.randint(1, 40, (3, 7)), torch.randint(1, 40, (3, 5))
     assert loaded.config.space == "paper"
     assert torch.equal(loaded(ids_a, None, ids_b, None).logits, child(ids_a, None, ids_b, None).logits)
+
+
+def test_a_retraining_keeps_the_pair_space_between_pair_tasks_only():
+    on = lambda is_pair: SimpleNamespace(spec=SimpleNamespace(is_pair=is_pair))  # noqa: E731
+    assert retrain_space(tiny_config(is_pair=True), on(True)) == "paper"        # a paper-space pair structure
+    assert retrain_space(tiny_config(is_pair=True, space="matching"), on(True)) == "matching"
+    assert retrain_space(tiny_config(), on(True)) == "auto"                     # a single-text cell on pairs
+    assert retrain_space(tiny_config(is_pair=True, space="matching"), on(False)) == "auto"
+    # A cell that uses align cannot move to a single-text task: one clear error.
+    arch = {**{label: "skip" for label in edge_labels(3)}, "edge_3_1": "align", "depth": 1}
+    with pytest.raises(UserError, match="align.*text-pair"):
+        AdaBertStudent(tiny_config(space=resolve_space("auto", False)), arch)
