@@ -24,7 +24,7 @@ from nni_adabert.teacher.run import open_teacher_run
 from nni_adabert.workflows.evaluate import majority_class_metrics
 from nni_adabert.workflows.retrain import retrain_run_settings, run_retrain
 from nni_adabert.workflows.student import retrain_space
-from nni_adabert.workflows.search import run_search
+from nni_adabert.workflows.search import run_search, search_run_settings
 from nni_adabert.workflows.speed import cpu_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -158,7 +158,7 @@ def exclusive(out: Path):
 
 def search(store, config: SearchConfig) -> dict:
     """``run_search`` into :func:`run_dir`; the exported document plus its ``dir``."""
-    out = run_dir("search", store.meta["task"], runs.identity(config.to_dict(), store))
+    out = run_dir("search", store.meta["task"], runs.identity(search_run_settings(config, store), store))
     with exclusive(out):
         return {**run_search(store, out, config, progress=False), "dir": str(out.relative_to(ROOT))}
 

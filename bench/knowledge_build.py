@@ -5,7 +5,7 @@ the default precision, in one run on this machine.
         --rows 4000 --copies 8
 
 Builds the same store twice into fresh cache folders (never a cache hit): with the teacher's passes in
-fp32 (how every store was built before), then with ``--inference-precision auto`` (the default: bf16
+fp32 (how every store was built on a CPU before), then with ``--inference-precision auto`` (the default: bf16
 where the CPU computes it natively). Reports rows per second of each build, their ratio, and how far
 the two stores' teacher outputs are apart (the largest difference of a teacher or probe logit, and how
 often the teacher's label agrees on the augmented rows), and the probes' dev accuracy from each.

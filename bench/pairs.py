@@ -67,7 +67,9 @@ def main(argv=None) -> int:
     runs = Path(args.runs_dir) if args.runs_dir else ROOT / "runs" / "bench" / "pairs" / args.name
     teacher_run = Path(args.teacher_run)
     base = open_teacher_run(teacher_run)
-    base_copies = base.meta["inputs"]["augment"]["copies"]
+    base_copies = (base.meta["inputs"]["augment"] or {}).get("copies", 0)
+    # Every store of the table in the default row's precision: the rows change one thing only.
+    precision = base.meta["inputs"].get("teacher_precision", "fp32")
     stores: dict[tuple, Path] = {("default", base_copies): teacher_run}
     built: dict[str, dict] = {}
 
@@ -79,6 +81,7 @@ def main(argv=None) -> int:
             out = runs / f"teacher-{teacher}-aug{copies}"
             built[out.name] = timed(["teacher", "--task", args.task, "--data", args.data, "--model",
                                      str(source / "teacher"), "--no-finetune", "--aug-copies", str(copies),
+                                     "--inference-precision", precision,
                                      "--output-dir", str(out), "--cache-dir", str(runs / "cache"), "--no-progress"])
             stores[key] = out
         return stores[key]

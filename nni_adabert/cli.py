@@ -322,7 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher", required=True, help="output directory of `nni-adabert teacher` (its dev rows "
                                                    "give the lengths)")
     add_options(p.add_argument_group("latency settings"), SearchConfig,
-                only=("speedup_over", "latency_threads", "latency_batch_size", "embed_dim", "k_max"))
+                only=("speedup_over", "latency_threads", "latency_batch_size", "embed_dim", "k_max", "space"))
     p.set_defaults(func=cmd_latency)
 
     p = sub.add_parser("retrain", help="retrain an exported architecture from fresh weights (any task)")

@@ -42,7 +42,7 @@ def plot_probe_accuracy(accuracies: list[float], path, title: str) -> None:
 
 
 _OP_COLORS = {"std_conv": "#4C72B0", "dil_conv": "#55A868", "avg_pool": "#C44E52", "max_pool": "#8172B2",
-              "skip": "#937860"}
+              "skip": "#937860", "align": "#DA8BC3"}
 
 
 def plot_cell(arch: dict, path, title: str) -> None:

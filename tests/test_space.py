@@ -335,8 +335,8 @@ def test_a_retraining_keeps_the_pair_space_between_pair_tasks_only():
     on = lambda is_pair: SimpleNamespace(spec=SimpleNamespace(is_pair=is_pair))  # noqa: E731
     assert retrain_space(tiny_config(is_pair=True), on(True)) == "paper"        # a paper-space pair structure
     assert retrain_space(tiny_config(is_pair=True, space="matching"), on(True)) == "matching"
-    assert retrain_space(tiny_config(), on(True)) == "auto"                     # a single-text cell on pairs
-    assert retrain_space(tiny_config(is_pair=True, space="matching"), on(False)) == "auto"
+    assert retrain_space(tiny_config(), on(True)) == "matching"                 # a single-text cell on pairs
+    assert retrain_space(tiny_config(is_pair=True, space="matching"), on(False)) == "paper"
     # A cell that uses align cannot move to a single-text task: one clear error.
     arch = {**{label: "skip" for label in edge_labels(3)}, "edge_3_1": "align", "depth": 1}
     with pytest.raises(UserError, match="align.*text-pair"):

@@ -36,8 +36,8 @@ class DepthChoice(MutableModule):
     Protocol used by :class:`AdaBertSpace` (supernet versions override it):
 
     - ``cells_needed``: how many cells the forward must run (``None`` = all ``k_max``);
-    - ``forward(candidates)``: ``candidates`` are the pooled outputs ``[B, D]`` of cells
-      1..n; returns the classifier input ``[B, D]``;
+    - ``forward(candidates)``: ``candidates`` are the pooled outputs ``[B, head_dim]`` of cells
+      1..n; returns the classifier input ``[B, head_dim]``;
     - ``depth_terms(n)``: the ``(k, weight)`` pairs of :class:`AdaBertOutput`.
 
     Un-mutated (NNI dry run) it behaves as the default depth.

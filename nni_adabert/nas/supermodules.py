@@ -265,7 +265,7 @@ def relaxed_weights(module: nn.Module) -> Optional[torch.Tensor]:
 
 @functools.lru_cache(maxsize=None)
 def _op_costs(op_names: Tuple[str, ...], dim: int) -> torch.Tensor:
-    # Normalized SIZE + FLOPs per op (independent of the sequence length, see cost.py).
+    # Normalized SIZE + FLOPs per op at 128 tokens (the paper's ops scale with L alike; align's L^2, see cost.py).
     return cost.normalized_op_costs(op_names, dim)
 
 

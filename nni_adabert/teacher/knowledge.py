@@ -32,7 +32,7 @@ from .. import atomic
 from ..data.encoding import IGNORE_LABEL, MAX_LENGTH, dataset_fingerprint, pad_batch, tokenize
 from ..data.tasks import TaskSpec, get_task, spec_identity
 from ..errors import UserError
-from ..training import EpochShuffleSampler, inference_precision, pick_device, pin_memory
+from ..training import EpochShuffleSampler, bf16_available, inference_precision, pick_device, pin_memory
 from .augment import AugmentConfig, Augmenter
 from .finetune import load_finetuned_teacher, load_tokenizer, read_teacher_info, resolve_model, teacher_word_embeddings
 from .probes import LayerProbes, ProbeConfig, teacher_features, train_probes
@@ -140,17 +140,19 @@ def weights_fingerprint(model_dir: str | os.PathLike) -> str:
 
 
 def knowledge_fingerprint(spec: TaskSpec, data: datasets.DatasetDict, teacher_dir, augment: AugmentConfig | None,
-                          probes: ProbeConfig, max_length: int = MAX_LENGTH, precision: str = "fp32"
-                          ) -> tuple[str, dict]:
+                          probes: ProbeConfig, max_length: int = MAX_LENGTH, precision: str = "fp32",
+                          device: str = "cpu") -> tuple[str, dict]:
     """The store's name and what it is made of; ``precision`` is the teacher's resolved inference
-    precision (``bf16`` or ``fp32``)."""
+    precision (``bf16`` or ``fp32``) on ``device``."""
     inputs = {
         "format": FORMAT_VERSION, **spec_identity(spec), "max_length": max_length,
         "teacher": weights_fingerprint(teacher_dir),
         "train": dataset_fingerprint(data["train"]), "dev": dataset_fingerprint(data["dev"]),
         "augment": asdict(augment) if augment else None, "probes": asdict(probes),
     }
-    if precision != "fp32":  # named only when not fp32, so the stores built before it existed keep their names
+    # Named only when it is not what every build used before the setting existed (bf16 on a bf16 GPU, else
+    # fp32), so those stores keep their names and a store of the other precision never passes for one.
+    if precision != ("bf16" if torch.device(device).type == "cuda" and bf16_available() else "fp32"):
         inputs["teacher_precision"] = precision
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16], inputs
 
@@ -182,7 +184,8 @@ def build_knowledge(spec: TaskSpec, data: datasets.DatasetDict, teacher_dir: str
     a build that was killed and started again with the same inputs picks them up.
     """
     precision = inference_precision(pick_device(), precision)
-    fingerprint, inputs = knowledge_fingerprint(spec, data, teacher_dir, augment, probes, precision=precision)
+    fingerprint, inputs = knowledge_fingerprint(spec, data, teacher_dir, augment, probes, precision=precision,
+                                                device=pick_device())
     path = Path(cache_dir) / "knowledge" / f"{spec.name}-{fingerprint}"
     if (path / "meta.json").is_file():
         log.info("teacher knowledge: cache hit %s", path)

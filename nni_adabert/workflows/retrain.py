@@ -15,16 +15,17 @@ from ..teacher.knowledge import KnowledgeStore
 from ..training import is_main_process
 from .evaluate import evaluate_student, warn_if_no_better_than_majority
 from .export import ARCH_FILE, write_student
-from .student import fresh_student, student_info, train_student
+from ..model.space import resolve_space
+from .student import fresh_student, space_identity, student_info, train_student
 
 log = logging.getLogger(__name__)
 
 
 def retrain_run_settings(arch: dict, source: dict, config: RetrainConfig, embed_dim: int, k_max: int,
-                         space: str = "auto") -> dict:
+                         space: str = "paper") -> dict:
     """What names a retraining (its identity with the store, :func:`runs.identity`). The architecture
-    itself, not only where it came from: a file searched anew names another run."""
-    return {"arch": dict(arch), **source, "embed_dim": embed_dim, "k_max": k_max, "space": space,
+    itself, not only where it came from: a file searched anew names another run. ``space``: resolved."""
+    return {"arch": dict(arch), **source, "embed_dim": embed_dim, "k_max": k_max, **space_identity(space),
             **config.to_dict()}
 
 
@@ -42,6 +43,7 @@ def run_retrain(arch: dict, source: dict, store: KnowledgeStore, out_dir: str | 
 
 def _retrain(arch: dict, source: dict, store: KnowledgeStore, out_dir: Path, config: RetrainConfig, embed_dim: int,
              k_max: int, space: str, progress: bool, report_to_nni: bool) -> dict:
+    space = resolve_space(space, store.spec.is_pair)
     settings = retrain_run_settings(arch, source, config, embed_dim, k_max, space)
     run_identity = runs.identity(settings, store)
     done = runs.finished(out_dir / ARCH_FILE, run_identity)

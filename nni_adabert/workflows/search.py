@@ -19,7 +19,7 @@ from nni.nas.experiment import NasExperiment
 
 from .. import runs
 from ..config import SearchConfig
-from ..model.space import AdaBertSpace, factorized_embedding
+from ..model.space import AdaBertSpace, factorized_embedding, resolve_space
 from ..nas.budget import budgets_of, check_budgets
 from ..nas.distill import AdaBertDistillModule, val_metric_key
 from ..nas.strategy import AdaBertStrategy
@@ -28,15 +28,23 @@ from ..training import is_main_process, make_trainer
 from .evaluate import evaluate_student, warn_if_no_better_than_majority
 from .export import ARCH_FILE, write_student
 from .speed import latency_table
-from .student import student_config, student_info, train_student
+from .student import space_identity, student_config, student_info, train_student
 
 log = logging.getLogger(__name__)
 
 
-def search_phase(config: SearchConfig) -> dict:
+def search_run_settings(config: SearchConfig, store: KnowledgeStore) -> dict:
+    """What names a search (its identity with the store, :func:`runs.identity`): the settings, the
+    space resolved for the store's task and named only when it is not the paper's
+    (:func:`student.space_identity`)."""
+    settings = {k: v for k, v in config.to_dict().items() if k != "space"}
+    return {**settings, **space_identity(resolve_space(config.space, store.spec.is_pair))}
+
+
+def search_phase(config: SearchConfig, store: KnowledgeStore) -> dict:
     """The settings the search phase's checkpoints are written under: all but the fine-tuning's,
     so a finished search resumes under another ``finetune_epochs`` and only the fine-tuning runs."""
-    return {k: v for k, v in config.to_dict().items() if k != "finetune_epochs"}
+    return {k: v for k, v in search_run_settings(config, store).items() if k != "finetune_epochs"}
 
 
 def run_search(store: KnowledgeStore, out_dir: str | os.PathLike, config: SearchConfig = SearchConfig(),
@@ -53,7 +61,7 @@ def run_search(store: KnowledgeStore, out_dir: str | os.PathLike, config: Search
 
 def _search(store: KnowledgeStore, out_dir: Path, config: SearchConfig, progress: bool, report_to_nni: bool) -> dict:
     run_dir = out_dir / "search"
-    run_identity = runs.identity(config.to_dict(), store)
+    run_identity = runs.identity(search_run_settings(config, store), store)
     done = runs.finished(out_dir / ARCH_FILE, run_identity)
     if done is not None:
         log.info("search already finished in %s with these settings; not redoing it", out_dir)
@@ -68,7 +76,8 @@ def _search(store: KnowledgeStore, out_dir: Path, config: SearchConfig, progress
     if config.warmup_epochs >= config.epochs:
         log.warning("search: --warmup-epochs %d covers all %d epochs, so the architecture never moves; raise "
                     "--epochs or lower --warmup-epochs", config.warmup_epochs, config.epochs)
-    resume = runs.last_checkpoint(run_dir, runs.identity(search_phase(config), store))  # refused: before any setup
+    # Refused (another run's checkpoint) before any setup:
+    resume = runs.last_checkpoint(run_dir, runs.identity(search_phase(config, store), store))
     pl.seed_everything(config.seed, workers=True)
     embedding = factorized_embedding(store.word_embeddings(), config.embed_dim)
     space = AdaBertSpace(space_config, embedding)

@@ -27,10 +27,17 @@ def student_config(store: KnowledgeStore, embed_dim: int = 128, k_max: int = 8, 
 
 
 def retrain_space(source: StudentConfig, store: KnowledgeStore) -> str:
-    """The space a retraining of an architecture from ``source``'s space builds on ``store``'s task:
-    the same for a pair searched on pairs, else the task's default (a single-text cell moved to a pair
-    task gets the pair default)."""
-    return source.space if source.is_pair and store.spec.is_pair else "auto"
+    """The space (resolved) a retraining of an architecture from ``source``'s space builds on ``store``'s
+    task: the same for a pair searched on pairs, else the task's default (a single-text cell moved to a
+    pair task gets the pair default)."""
+    is_pair = store.spec.is_pair
+    return source.space if source.is_pair and is_pair else resolve_space("auto", is_pair)
+
+
+def space_identity(space: str) -> dict:
+    """What a run's identity records of its (resolved) space: nothing for the paper's, so the runs
+    made before pair tasks had a choice keep their identities."""
+    return {} if space == "paper" else {"space": space}
 
 
 def fresh_student(arch: dict, store: KnowledgeStore, embed_dim: int = 128, k_max: int = 8,
