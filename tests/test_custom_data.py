@@ -242,7 +242,9 @@ def test_predict_inputs_and_mistakes(runs, tmp_path, capsys, monkeypatch):
     assert len(lines) == 2 and {line["label"] for line in lines} <= {"0", "1"}
     monkeypatch.setattr("sys.stdin", io.StringIO("He left.\tHe went away.\nA cat.\tStocks fell.\n"))
     assert main(["predict", "--student", str(student)]) == 0
-    assert [json.loads(line) for line in capsys.readouterr().out.splitlines()] == lines
+    piped = capsys.readouterr()
+    assert [json.loads(line) for line in piped.out.splitlines()] == lines
+    assert "predicting" not in piped.err       # no progress bar for piped texts, only for files
     (tmp_path / "in.txt").write_text("only one text\n")
     assert main(["predict", "--student", str(student), "--input", str(tmp_path / "in.txt")]) == 2
     assert "text 1: a pair student reads two texts per line" in capsys.readouterr().err
