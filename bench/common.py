@@ -10,6 +10,7 @@ import os
 import platform
 import shlex
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -59,6 +60,13 @@ def run_cli(argv: list[str]) -> str:
     if main(argv) != 0:
         sys.exit(f"failed: {command}")
     return command
+
+
+def timed(argv: list[str]) -> dict:
+    """:func:`run_cli`, timed: ``{"command": ..., "minutes": ...}`` (wall time, one decimal)."""
+    start = time.perf_counter()
+    command = run_cli(argv)
+    return {"command": command, "minutes": round((time.perf_counter() - start) / 60, 1)}
 
 
 def results_dir(benchmark: str, name: str | None = None, root: Path = RESULTS) -> Path:

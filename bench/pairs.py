@@ -24,7 +24,6 @@ import json
 import os
 import statistics
 import sys
-import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -32,7 +31,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
-from common import GLUE_DIR, ROOT, command_line, cpu_model, machine, results_dir, run_cli, write_results  # noqa: E402
+from common import GLUE_DIR, ROOT, command_line, cpu_model, machine, results_dir, timed, write_results  # noqa: E402
 from nni_adabert.teacher.run import open_teacher_run  # noqa: E402
 from nni_adabert.workflows.evaluate import majority_class_metrics  # noqa: E402
 
@@ -53,12 +52,6 @@ def parse_args(argv=None):
     p.add_argument("--name", default="MRPC", help="run name: bench/results/pairs/<name>/")
     p.add_argument("--runs-dir", default=None, help="where the runs go (default: runs/bench/pairs/<name>)")
     return p.parse_args(argv)
-
-
-def timed(argv: list[str]) -> dict:
-    start = time.perf_counter()
-    command = run_cli(argv)
-    return {"command": command, "minutes": round((time.perf_counter() - start) / 60, 1)}
 
 
 def main(argv=None) -> int:

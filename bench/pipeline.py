@@ -22,7 +22,6 @@ import os
 import shutil
 import statistics
 import sys
-import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -30,7 +29,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
-from common import GLUE_DIR, ROOT, command_line, cpu_model, machine, results_dir, run_cli, write_results  # noqa: E402
+from common import GLUE_DIR, ROOT, command_line, cpu_model, machine, results_dir, timed, write_results  # noqa: E402
 from nni_adabert.data.custom import TASK_FILE_SUFFIXES  # noqa: E402
 from nni_adabert.teacher.run import open_teacher_run  # noqa: E402
 from nni_adabert.workflows.evaluate import compare_with_teacher  # noqa: E402
@@ -53,12 +52,6 @@ def parse_args(argv=None):
     p.add_argument("--cache-dir", default=None, help="knowledge stores (default: <runs-dir>/cache)")
     p.add_argument("--threads", type=int, default=1, help="torch threads of the speed measurement")
     return p.parse_args(argv)
-
-
-def timed(argv: list[str]) -> dict:
-    start = time.perf_counter()
-    command = run_cli(argv)
-    return {"command": command, "minutes": round((time.perf_counter() - start) / 60, 1)}
 
 
 def main(argv=None) -> int:
