@@ -110,11 +110,7 @@ class StudentConfig:
     space: str = "paper"
 
     def __post_init__(self) -> None:
-        if self.space not in SPACES:
-            raise UserError(f"student config: space must be one of {', '.join(SPACES)}, got {self.space!r}")
-        if self.space == "matching" and not self.is_pair:
-            raise UserError("student config: the matching space compares the two texts of a pair; "
-                            "this is a single-text task (space 'paper')")
+        _check_space(self.space, self.is_pair, SPACES, "student config: ")
         self.op_names = tuple(default_op_names(self.space) if self.op_names is None else self.op_names)
         for name in ("vocab_size", "num_labels", "embed_dim", "k_max", "num_nodes", "max_positions"):
             value = getattr(self, name)
@@ -178,12 +174,19 @@ def resolve_space(space: str, is_pair: bool) -> str:
     single texts; ``matching`` for a single-text task is a :class:`UserError`."""
     if space == "auto":
         return "matching" if is_pair else "paper"
-    if space not in SPACES:
-        raise UserError(f"space must be auto or one of {', '.join(SPACES)}, got {space!r}")
-    if space == "matching" and not is_pair:
-        raise UserError("space 'matching' compares the two texts of a pair; this task is single-text "
-                        "(use auto or paper)")
+    _check_space(space, is_pair, ("auto",) + SPACES)
     return space
+
+
+def _check_space(space: str, is_pair: bool, choices: Sequence[str], where: str = "") -> None:
+    """A :class:`UserError` unless ``space`` is one of ``choices`` and can hold the task (``where``: what
+    the setting belongs to, as the message's prefix)."""
+    if space not in choices:
+        raise UserError(f"{where}space must be one of {', '.join(choices)}, got {space!r}")
+    if space == "matching" and not is_pair:
+        others = " or ".join(c for c in choices if c != "matching")
+        raise UserError(f"{where}space 'matching' compares the two texts of a pair; this task is single-text "
+                        f"(use {others})")
 
 
 def edge_labels(num_nodes: int = 3) -> List[str]:

@@ -1,0 +1,181 @@
+"""A budget sweep: the default pipeline at several budgets on one teacher, and the picture of accuracy
+against size and speed.
+
+    .venv/bin/python bench/budget_sweep.py --task SST-2 --max-params 6400000 5400000 4800000 \\
+        --min-speedup 100 --name SST-2
+
+One student per budget: ``nni-adabert teacher`` once, then per budget ``search`` with that budget
+(``--max-params N`` or ``--min-speedup S``, nothing else but the seed) and ``retrain`` with its
+defaults, as :mod:`pipeline` runs them; then every student's dev metric, params and speed (batch 128,
+1 thread, one process with the teacher and the BERT-base architecture). The result checks issue 17's
+terms: each student within ``--tolerance`` of its budget (params, or the measured speedup over
+BERT-base), the metric non-increasing as the students get smaller, the smallest within 4 points of
+the teacher, the students at >= 100x BERT-base's speed within 2, none parameter-free. The commands
+resume and skip finished steps.
+
+Runs in ``--runs-dir`` (default runs/bench/budget-sweep/<name>); writes
+bench/results/budget-sweep/<name>/result.{json,md}, tradeoff.png and each student's cell picture.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch  # noqa: E402
+
+from common import GLUE_DIR, ROOT, command_line, cpu_model, machine, results_dir, write_results  # noqa: E402
+from pipeline import measure, student_steps, teacher_step  # noqa: E402
+from nni_adabert.model.cost import op_params  # noqa: E402
+from nni_adabert.plots import plot_accuracy_vs_cost  # noqa: E402
+from nni_adabert.teacher.run import open_teacher_run  # noqa: E402
+
+# Published SST-2 dev points: the paper's Table 5 (params; speedup from its Table 1 where it gives one)
+# and NAS-BERT's 5M model (its Table 2).
+REFERENCES = [
+    {"label": "AdaBERT β=0", "params": 7.5e6, "speedup": None, "value": 91.8},
+    {"label": "AdaBERT β=4", "params": 6.4e6, "speedup": 29.3, "value": 91.9},
+    {"label": "AdaBERT β=8", "params": 5.3e6, "speedup": None, "value": 91.3},
+    {"label": "NAS-BERT5", "params": 5.0e6, "speedup": None, "value": 87.3},
+]
+FAST = 100.0  # the speedup over BERT-base of the sweep's fast point (issue 17)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--task", default="SST-2", help="a GLUE task, or a task file of your own data")
+    p.add_argument("--data", default=GLUE_DIR, help="GLUE folder (default: ../shared/data/glue or $GLUE_DIR)")
+    p.add_argument("--max-params", type=int, nargs="*", default=[], help="parameter budgets, one student each")
+    p.add_argument("--min-speedup", type=float, nargs="*", default=[], help="speed budgets, one student each")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tolerance", type=float, default=0.15, help="how far from its budget a student may be")
+    p.add_argument("--name", required=True, help="run name: bench/results/budget-sweep/<name>/")
+    p.add_argument("--runs-dir", default=None, help="where the runs go (default: runs/bench/budget-sweep/<name>)")
+    p.add_argument("--cache-dir", default=None, help="knowledge stores (default: <runs-dir>/cache)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads of the speed measurement")
+    args = p.parse_args(argv)
+    if len(args.max_params) + len(args.min_speedup) < 1:
+        p.error("give at least one budget (--max-params N ... and/or --min-speedup S ...)")
+    return args
+
+
+def budgets(args) -> list[dict]:
+    """``{"kind": "params" | "speedup", "value", "flags", "name"}`` per budget, in the order given."""
+    return [{"kind": "params", "value": n, "flags": ["--max-params", str(n)], "name": f"params{n}"}
+            for n in args.max_params] + \
+           [{"kind": "speedup", "value": s, "flags": ["--min-speedup", f"{s:g}"], "name": f"speedup{s:g}"}
+            for s in args.min_speedup]
+
+
+def parametric_edges(arch: dict, dim: int) -> int:
+    """Edges of the cell (at its depth) whose op has weights: 0 is the collapse the sweep must not show."""
+    return sum(op_params(op, dim) > 0 for label, op in arch.items() if label.startswith("edge_"))
+
+
+def findings(students: list[dict], teacher_value: float, metric: str, tolerance: float) -> dict:
+    """Issue 17's terms over the sweep's ``students`` (entries with ``budget``, ``params``,
+    ``speedup_over_bert_base``, ``value`` in points, ``parametric_edges``), ``teacher_value`` in points."""
+    def off_budget(s: dict) -> float:
+        measured = s["params"] if s["budget"]["kind"] == "params" else s["speedup_over_bert_base"]
+        return measured / s["budget"]["value"] - 1
+
+    by_size = sorted(students, key=lambda s: -s["params"])
+    fast = [s for s in students if s["speedup_over_bert_base"] >= FAST]
+    terms = {
+        "within_budget": all(abs(off_budget(s)) <= tolerance for s in students),
+        "non_increasing": all(b["value"] <= a["value"] for a, b in zip(by_size, by_size[1:])),
+        "smallest_gap": teacher_value - by_size[-1]["value"],
+        "fast_gap": min((teacher_value - s["value"] for s in fast), default=None),
+        "parametric": all(s["parametric_edges"] > 0 for s in students),
+    }
+    for s in students:
+        s["off_budget"] = off_budget(s)
+    terms["met"] = (len(students) >= 3 and terms["within_budget"] and terms["non_increasing"]
+                    and terms["smallest_gap"] <= 4 and terms["fast_gap"] is not None and terms["fast_gap"] <= 2
+                    and terms["parametric"])
+    return terms
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    runs = Path(args.runs_dir) if args.runs_dir else ROOT / "runs" / "bench" / "budget-sweep" / args.name
+    teacher = runs / "teacher"
+    teacher_record = teacher_step(args.task, args.data, teacher, args.cache_dir or str(runs / "cache"))
+    out = results_dir("budget-sweep", args.name)
+    students = []
+    for budget in budgets(args):
+        entry = student_steps(teacher, runs, f"{budget['name']}-seed{args.seed}", args.seed, budget["flags"], out)
+        students.append({"budget": {k: budget[k] for k in ("kind", "value", "name")}, **entry})
+    teacher_metrics = measure(teacher, students, args.threads)
+    store = open_teacher_run(teacher)
+    metric, embed_dim = store.spec.main_metric, _embed_dim(students[0])
+    for s in students:
+        s["value"] = 100 * s["dev"][metric]
+        s["parametric_edges"] = parametric_edges(s["architecture"], embed_dim)
+    teacher_value = 100 * teacher_metrics[metric]
+    result = {"command": command_line(["bench/budget_sweep.py", *argv]), "cpu": cpu_model(), "machine": machine(),
+              "torch": torch.__version__, "task": store.meta["task"], "metric": metric,
+              "teacher": {"dev": teacher_metrics, **teacher_record}, "students": students,
+              "findings": findings(students, teacher_value, metric, args.tolerance), "tolerance": args.tolerance,
+              "references": REFERENCES}
+    plot_accuracy_vs_cost([{"label": _label(s), "params": s["params"], "speedup": s["speedup_over_bert_base"],
+                            "value": s["value"]} for s in students], REFERENCES, out / "tradeoff.png",
+                          f"{result['task']}: students of the budget sweep", metric, teacher_value)
+    text = markdown(result)
+    write_results(out, result, text)
+    print(text)
+    return 0
+
+
+def _embed_dim(student: dict) -> int:
+    """The cells' width, from the student's exported JSON."""
+    return json.loads(Path(student["dir"], "architecture.json").read_text())["student_config"]["embed_dim"]
+
+
+def _label(student: dict) -> str:
+    budget = student["budget"]
+    return f"≤{budget['value'] / 1e6:.1f}M" if budget["kind"] == "params" else f"≥{budget['value']:g}x"
+
+
+def markdown(result: dict) -> str:
+    metric, teacher, f = result["metric"], result["teacher"], result["findings"]
+    teacher_value = 100 * teacher["dev"][metric]
+    lines = [f"# {result['task']}: a budget sweep of the default pipeline", "", f"Command: `{result['command']}`", "",
+             f"Machine: {result['cpu']} ({result['machine']}).", "",
+             "Steps (each as a user types it; minutes of wall time, 0 when a finished step was found):", "",
+             f"    {teacher['command']}    # {teacher['minutes']} min"]
+    for s in result["students"]:
+        lines += [f"    {s['search']['command']}    # {s['search']['minutes']} min",
+                  f"    {s['retrain']['command']}    # {s['retrain']['minutes']} min"]
+    lines += ["", f"Teacher dev {metric}: {teacher_value:.2f}", "",
+              "| budget | K | params | params without embedding | off budget | conv/pool edges with weights "
+              "| searched | retrained | behind the teacher | speedup over BERT-base arch | over teacher |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for s in sorted(result["students"], key=lambda s: -s["params"]):
+        lines.append(f"| {_label(s)} | {s['depth']} | {s['params']:,} | {s['params_without_embedding']:,} "
+                     f"| {100 * s['off_budget']:+.1f}% | {s['parametric_edges']} "
+                     f"| {100 * s['searched'][metric]:.2f} | {s['value']:.2f} | {teacher_value - s['value']:.2f} "
+                     f"| {s['speedup_over_bert_base']:.1f}x | {s['speedup_over_teacher']:.1f}x |")
+    fast = "none at >= 100x" if f["fast_gap"] is None else f"{f['fast_gap']:.2f} behind (goal <= 2)"
+    lines += ["", f"Issue 17's terms: every student within ±{100 * result['tolerance']:.0f}% of its budget: "
+                  f"{'yes' if f['within_budget'] else 'no'}; {metric} non-increasing as the students get smaller: "
+                  f"{'yes' if f['non_increasing'] else 'no'}; the smallest {f['smallest_gap']:.2f} behind the "
+                  f"teacher (goal <= 4); at >= 100x BERT-base's speed: {fast}; none parameter-free: "
+                  f"{'yes' if f['parametric'] else 'no'}. **All met: {'yes' if f['met'] else 'no'}.**", "",
+              "Speed: the store's dev rows at batch 128, 1 thread, median of 3 passes, in one process with the "
+              "teacher and the BERT-base architecture (random weights: they do not change its speed).", "",
+              "![accuracy against params and speed](tradeoff.png)", ""]
+    lines += [f"Cell, {_label(s)}: ![cell](cell-{s['budget']['name']}-seed{s['seed']}.png)"
+              for s in result["students"]]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

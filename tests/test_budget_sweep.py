@@ -1,0 +1,92 @@
+"""The budget sweep's verdict (bench/budget_sweep.py) and its picture (plots.plot_accuracy_vs_cost)."""
+
+import sys
+from pathlib import Path
+
+import matplotlib
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+import budget_sweep  # noqa: E402
+
+from nni_adabert.plots import plot_accuracy_vs_cost  # noqa: E402
+
+CONV_CELL = {"edge_2_0": "std_conv_3", "edge_2_1": "zero", "edge_3_0": "max_pool_3", "edge_3_1": "dil_conv_5",
+             "edge_3_2": "skip", "edge_4_0": "zero", "edge_4_1": "zero", "edge_4_2": "avg_pool_3",
+             "edge_4_3": "zero", "depth": 2}
+FREE_CELL = {**CONV_CELL, "edge_2_0": "zero", "edge_3_1": "skip"}
+
+
+def student(kind, budget, params, speedup, value, cell=CONV_CELL):
+    """A sweep entry as bench/budget_sweep.py makes it (value: dev metric in points)."""
+    return {"budget": {"kind": kind, "value": budget, "name": f"{kind}{budget}"}, "params": params,
+            "speedup_over_bert_base": speedup, "value": value,
+            "parametric_edges": budget_sweep.parametric_edges(cell, 128)}
+
+
+def test_parametric_edges_counts_the_ops_with_weights():
+    assert budget_sweep.parametric_edges(CONV_CELL, 128) == 2
+    assert budget_sweep.parametric_edges(FREE_CELL, 128) == 0
+
+
+def sweep():
+    """Three students that meet every term against a teacher at 88.9."""
+    return [student("params", 6_400_000, 6_100_000, 70.0, 88.3),
+            student("params", 5_000_000, 4_700_000, 90.0, 87.9),
+            student("speedup", 100.0, 4_300_000, 108.0, 87.2)]
+
+
+def test_a_sweep_that_meets_every_term():
+    students = sweep()
+    f = budget_sweep.findings(students, 88.9, "accuracy", 0.15)
+    assert f["met"] and f["within_budget"] and f["non_increasing"] and f["parametric"]
+    assert f["smallest_gap"] == pytest.approx(88.9 - 87.2) and f["fast_gap"] == pytest.approx(88.9 - 87.2)
+    assert students[0]["off_budget"] == pytest.approx(6.1 / 6.4 - 1)
+    assert students[2]["off_budget"] == pytest.approx(0.08)  # the measured speedup against its budget
+
+
+@pytest.mark.parametrize("change, term", [
+    ({1: {"params": 5_900_000}}, "within_budget"),         # 18% over its 5.0M budget
+    ({1: {"value": 88.6}}, "non_increasing"),               # the smaller student more accurate than the larger
+    ({2: {"speedup_over_bert_base": 99.0}}, "fast_gap"),    # nothing at >= 100x
+    ({2: {"parametric_edges": 0}}, "parametric"),           # a parameter-free cell
+])
+def test_each_term_can_fail_the_sweep(change, term):
+    students = sweep()
+    for index, fields in change.items():
+        students[index].update(fields)
+    f = budget_sweep.findings(students, 88.9, "accuracy", 0.15)
+    assert not f["met"]
+    assert f[term] in (False, None)
+
+
+def test_the_smallest_must_stay_within_4_points_and_two_students_are_not_a_sweep():
+    students = [student("params", 6_400_000, 6_100_000, 120.0, 88.3),
+                student("params", 4_500_000, 4_400_000, 150.0, 84.5)]
+    f = budget_sweep.findings(students, 88.9, "accuracy", 0.15)
+    assert f["smallest_gap"] == pytest.approx(4.4) and not f["met"]
+
+
+def test_budgets_become_search_flags():
+    args = budget_sweep.parse_args(["--name", "x", "--max-params", "6400000", "--min-speedup", "100"])
+    assert [b["flags"] for b in budget_sweep.budgets(args)] == [["--max-params", "6400000"], ["--min-speedup", "100"]]
+    with pytest.raises(SystemExit):
+        budget_sweep.parse_args(["--name", "x"])
+
+
+def test_the_picture_has_our_points_on_both_panels_and_published_speedups_only_where_given(tmp_path, monkeypatch):
+    drawn = []
+    scatter = matplotlib.axes.Axes.scatter
+
+    def record(self, x, y, *args, **kwargs):
+        drawn.append((self.get_xscale(), list(x)))
+        return scatter(self, x, y, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "scatter", record)
+    ours = [{"label": "a", "params": 6.1e6, "speedup": 70.0, "value": 88.3},
+            {"label": "b", "params": 4.3e6, "speedup": 108.0, "value": 87.2}]
+    plot_accuracy_vs_cost(ours, budget_sweep.REFERENCES, tmp_path / "tradeoff.png", "sweep", teacher_value=88.9)
+    assert (tmp_path / "tradeoff.png").stat().st_size > 0
+    published_params, published_speed = drawn  # our points are a line plot, the published ones scattered
+    assert len(published_params[1]) == len(budget_sweep.REFERENCES)
+    assert published_speed[1] == [29.3]  # only the paper's Table 1 student has a published speedup
