@@ -31,7 +31,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 
 from common import GLUE_DIR, ROOT, command_line, cpu_model, machine, results_dir, write_results  # noqa: E402
-from pipeline import measure, student_steps, teacher_step  # noqa: E402
+from pipeline import measure, steps_markdown, student_steps, teacher_step  # noqa: E402
 from nni_adabert.model.cost import op_params  # noqa: E402
 from nni_adabert.plots import plot_accuracy_vs_cost  # noqa: E402
 from nni_adabert.teacher.run import open_teacher_run  # noqa: E402
@@ -147,15 +147,8 @@ def _label(student: dict) -> str:
 def markdown(result: dict) -> str:
     metric, teacher, f = result["metric"], result["teacher"], result["findings"]
     teacher_value = 100 * teacher["dev"][metric]
-    lines = [f"# {result['task']}: a budget sweep of the default pipeline", "", f"Command: `{result['command']}`", "",
-             f"Machine: {result['cpu']} ({result['machine']}).", "",
-             "Steps (each as a user types it; minutes of wall time, 0 when a finished step was found):", "",
-             f"    {teacher['command']}    # {teacher['minutes']} min"]
-    for s in result["students"]:
-        lines += [f"    {s['search']['command']}    # {s['search']['minutes']} min",
-                  f"    {s['retrain']['command']}    # {s['retrain']['minutes']} min"]
-    lines += ["", f"Teacher dev {metric}: {teacher_value:.2f}", "",
-              "| budget | K | params | params without embedding | off budget | conv/pool edges with weights "
+    lines = steps_markdown(result, "a budget sweep of the default pipeline", result["students"])
+    lines += ["| budget | K | params | params without embedding | off budget | conv/pool edges with weights "
               "| searched | retrained | behind the teacher | speedup over BERT-base arch | over teacher |",
               "|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in sorted(result["students"], key=lambda s: -s["params"]):

@@ -54,48 +54,65 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    args = parse_args(argv)
-    runs = Path(args.runs_dir) if args.runs_dir else ROOT / "runs" / "bench" / "pipeline" / args.name
-    cache = args.cache_dir or str(runs / "cache")
-    search_flags = (["--max-params", str(args.max_params)] if args.max_params else []) + \
-             (["--min-speedup", str(args.min_speedup)] if args.min_speedup else []) + \
-             (["--space", args.space] if args.space else [])
-    teacher = runs / "teacher"
-    data = [] if Path(args.task).suffix in TASK_FILE_SUFFIXES else ["--data", args.data]
-    steps = {"teacher": timed(["teacher", "--task", args.task, *data, "--output-dir", str(teacher),
-                               "--cache-dir", cache, "--no-progress"])}
-    out = results_dir("pipeline", f"pipeline-{args.name}")
-    seeds = []
-    for seed in args.seeds:
-        searched, retrained = runs / f"search-seed{seed}", runs / f"retrain-seed{seed}"
-        search = timed(["search", "--teacher", str(teacher), "--output-dir", str(searched), *search_flags,
-                        "--seed", str(seed), "--no-progress"])
-        retrain = timed(["retrain", "--teacher", str(teacher), "--arch", str(searched), "--output-dir",
-                         str(retrained), "--seed", str(seed), "--no-progress"])
-        doc = json.loads((retrained / "architecture.json").read_text())
-        shutil.copy(searched / "cell.png", out / f"cell-seed{seed}.png")
-        shutil.copy(retrained / "architecture.json", out / f"architecture-seed{seed}.json")
-        seeds.append({"seed": seed, "search": search, "retrain": retrain, "architecture": doc["architecture"],
-                      "searched": json.loads((searched / "architecture.json").read_text())["dev_metrics"],
-                      "dir": str(retrained)})
-    torch.set_num_threads(args.threads)
+def teacher_step(task: str, data: str, teacher: Path, cache: str) -> dict:
+    """``nni-adabert teacher`` with its defaults, timed (``data`` is not passed with a task file)."""
+    data_flags = [] if Path(task).suffix in TASK_FILE_SUFFIXES else ["--data", data]
+    return timed(["teacher", "--task", task, *data_flags, "--output-dir", str(teacher), "--cache-dir", cache,
+                  "--no-progress"])
+
+
+def student_steps(teacher: Path, runs: Path, name: str, seed: int, search_flags: list[str], out: Path) -> dict:
+    """``search`` then ``retrain`` of one student (runs ``runs/search-<name>``, ``runs/retrain-<name>``),
+    timed; copies its cell picture and architecture into ``out``."""
+    searched, retrained = runs / f"search-{name}", runs / f"retrain-{name}"
+    search = timed(["search", "--teacher", str(teacher), "--output-dir", str(searched), *search_flags,
+                    "--seed", str(seed), "--no-progress"])
+    retrain = timed(["retrain", "--teacher", str(teacher), "--arch", str(searched), "--output-dir",
+                     str(retrained), "--seed", str(seed), "--no-progress"])
+    doc = json.loads((retrained / "architecture.json").read_text())
+    shutil.copy(searched / "cell.png", out / f"cell-{name}.png")
+    shutil.copy(retrained / "architecture.json", out / f"architecture-{name}.json")
+    return {"seed": seed, "search": search, "retrain": retrain, "architecture": doc["architecture"],
+            "searched": json.loads((searched / "architecture.json").read_text())["dev_metrics"],
+            "dir": str(retrained)}
+
+
+def measure(teacher: Path, students: list[dict], threads: int) -> dict:
+    """Dev metrics, size and speed (batch 128, ``threads``, against the teacher and the BERT-base
+    architecture in one process) of every retrained student, added to its entry; the teacher's dev metrics."""
+    torch.set_num_threads(threads)
     store = open_teacher_run(teacher)
-    metric = store.spec.main_metric
-    for entry in seeds:
+    teacher_metrics = {}
+    for entry in students:
         compared = compare_with_teacher(store, entry["dir"], speed=True, references={REFERENCE: bert_base(
-            store.spec.num_labels)}, threads=args.threads)
+            store.spec.num_labels)}, threads=threads)
         student = compared["student"]
         entry.update(dev=student["dev_metrics"], params=student["params"],
                      params_without_embedding=student["params_without_embedding"], depth=student["depth"],
                      speedup_over_bert_base=student["speedup_over"][REFERENCE],
                      speedup_over_teacher=student["speedup_over"]["teacher"])
         teacher_metrics = compared["teacher"]["dev_metrics"]
+    return teacher_metrics
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    runs = Path(args.runs_dir) if args.runs_dir else ROOT / "runs" / "bench" / "pipeline" / args.name
+    search_flags = (["--max-params", str(args.max_params)] if args.max_params else []) + \
+             (["--min-speedup", str(args.min_speedup)] if args.min_speedup else []) + \
+             (["--space", args.space] if args.space else [])
+    teacher = runs / "teacher"
+    teacher_step_record = teacher_step(args.task, args.data, teacher, args.cache_dir or str(runs / "cache"))
+    out = results_dir("pipeline", f"pipeline-{args.name}")
+    seeds = [student_steps(teacher, runs, f"seed{seed}", seed, search_flags, out) for seed in args.seeds]
+    teacher_metrics = measure(teacher, seeds, args.threads)
+    store = open_teacher_run(teacher)
+    metric = store.spec.main_metric
     mean = statistics.mean(100 * e["dev"][metric] for e in seeds)
     result = {"command": command_line(["bench/pipeline.py", *argv]), "cpu": cpu_model(), "machine": machine(),
               "torch": torch.__version__, "task": store.meta["task"], "metric": metric, "search_flags": search_flags,
-              "teacher": {"dev": teacher_metrics, **steps["teacher"]}, "seeds": seeds,
+              "teacher": {"dev": teacher_metrics, **teacher_step_record}, "seeds": seeds,
               "mean": mean, "gap": 100 * teacher_metrics[metric] - mean}
     text = markdown(result)
     write_results(out, result, text)
@@ -103,17 +120,24 @@ def main(argv=None) -> int:
     return 0
 
 
-def markdown(result: dict) -> str:
+def steps_markdown(result: dict, title: str, students: list[dict]) -> list[str]:
+    """The head of a result page: title, command, machine, every step as typed with its minutes,
+    the teacher's dev metric."""
     metric, teacher = result["metric"], result["teacher"]
-    lines = [f"# {result['task']}: the default pipeline", "", f"Command: `{result['command']}`", "",
+    lines = [f"# {result['task']}: {title}", "", f"Command: `{result['command']}`", "",
              f"Machine: {result['cpu']} ({result['machine']}).", "", "Steps (each as a user types it; minutes of "
-             "wall time on this machine, 0 when a finished step was found and not redone):", ""]
-    lines += [f"    {teacher['command']}    # {teacher['minutes']} min"]
-    for e in result["seeds"]:
+             "wall time on this machine, 0 when a finished step was found and not redone):", "",
+             f"    {teacher['command']}    # {teacher['minutes']} min"]
+    for e in students:
         lines += [f"    {e['search']['command']}    # {e['search']['minutes']} min",
                   f"    {e['retrain']['command']}    # {e['retrain']['minutes']} min"]
-    lines += ["", f"Teacher dev {metric}: {100 * teacher['dev'][metric]:.2f}", "",
-              "| seed | K | params | params without embedding | searched (before retraining) | retrained | "
+    return lines + ["", f"Teacher dev {metric}: {100 * teacher['dev'][metric]:.2f}", ""]
+
+
+def markdown(result: dict) -> str:
+    metric, teacher = result["metric"], result["teacher"]
+    lines = steps_markdown(result, "the default pipeline", result["seeds"])
+    lines += ["| seed | K | params | params without embedding | searched (before retraining) | retrained | "
               "behind the teacher | speedup over BERT-base arch | speedup over teacher |",
               "|---|---|---|---|---|---|---|---|---|"]
     for e in result["seeds"]:

@@ -12,6 +12,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import networkx as nx  # noqa: E402
+from matplotlib import ticker  # noqa: E402
 from matplotlib.bezier import BezierSegment  # noqa: E402
 from matplotlib.patches import ConnectionStyle  # noqa: E402
 
@@ -120,4 +121,38 @@ def plot_tradeoff(points: list[tuple[str, int, float]], path, title: str, metric
     ax.set_ylabel(f"dev {metric} (%)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
+    save_figure(fig, path)
+
+
+def plot_accuracy_vs_cost(students: list[dict], references: list[dict], path, title: str,
+                          metric: str = "accuracy", teacher_value: float | None = None) -> None:
+    """Dev metric against params (left) and against speedup over BERT-base (right, log scale).
+
+    ``students``: ``{"label", "params", "speedup", "value"}`` (value in points), joined by a line in
+    order of size; ``references``: published points in grey, drawn on the right only where they give
+    a speedup (``None``: not published); ``teacher_value``: a dashed line."""
+    fig, (by_params, by_speed) = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
+    ours = sorted(students, key=lambda s: s["params"])
+    for ax, x in ((by_params, lambda p: p["params"] / 1e6), (by_speed, lambda p: p["speedup"])):
+        shown = [p for p in references if x(p) is not None]
+        ax.scatter([x(p) for p in shown], [p["value"] for p in shown], marker="s", color="grey", s=30,
+                   label="published")
+        for p in shown:
+            ax.annotate(p["label"], (x(p), p["value"]), textcoords="offset points", xytext=(5, -10), fontsize=8,
+                        color="grey")
+        ax.plot([x(s) for s in ours], [s["value"] for s in ours], "o-", color="#4C72B0", label="ours")
+        for s in ours:
+            ax.annotate(s["label"], (x(s), s["value"]), textcoords="offset points", xytext=(5, 5), fontsize=8)
+        if teacher_value is not None:
+            ax.axhline(teacher_value, color="#C44E52", linestyle="--", linewidth=1, label="our teacher")
+        ax.grid(alpha=0.3)
+        ax.margins(x=0.2)  # room for the labels of the outermost points
+    by_params.set_xlabel("params (M, embedding included)")
+    by_speed.set_xlabel("speedup over the BERT-base architecture (batch 128, 1 thread)")
+    by_speed.set_xscale("log")
+    by_speed.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}x"))
+    by_speed.xaxis.set_minor_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}x" if str(v)[0] in "2468" else ""))
+    by_params.set_ylabel(f"dev {metric} (%)")
+    by_params.legend(fontsize=8, loc="lower right")
+    fig.suptitle(title)
     save_figure(fig, path)

@@ -90,3 +90,24 @@ def test_the_picture_has_our_points_on_both_panels_and_published_speedups_only_w
     published_params, published_speed = drawn  # our points are a line plot, the published ones scattered
     assert len(published_params[1]) == len(budget_sweep.REFERENCES)
     assert published_speed[1] == [29.3]  # only the paper's Table 1 student has a published speedup
+
+
+def test_the_result_page_lists_every_student_by_size_with_the_verdict():
+    """The page main() writes after hours of runs: built from the same entries (a formatting error here
+    would otherwise surface only at the end of a sweep)."""
+    students = sweep()
+    for s, depth in zip(students, (2, 3, 1)):
+        command = {"command": "nni-adabert ...", "minutes": 1.0}
+        s.update(seed=0, search=command, retrain=command, depth=depth, params_without_embedding=s["params"] - 3_906_816,
+                 speedup_over_teacher=s["speedup_over_bert_base"] / 7, searched={"accuracy": 0.79},
+                 dev={"accuracy": s["value"] / 100})
+    result = {"task": "SST-2", "command": "bench/budget_sweep.py ...", "cpu": "cpu", "machine": "m",
+              "metric": "accuracy", "teacher": {"dev": {"accuracy": 0.889}, "command": "nni-adabert teacher",
+                                                 "minutes": 3.0},
+              "students": students, "findings": budget_sweep.findings(students, 88.9, "accuracy", 0.15),
+              "tolerance": 0.15}
+    page = budget_sweep.markdown(result)
+    rows = [line for line in page.splitlines() if line.startswith("| ≤") or line.startswith("| ≥")]
+    assert [row.split(" | ")[0] for row in rows] == ["| ≤6.4M", "| ≤5.0M", "| ≥100x"]  # largest first
+    assert "| 4,300,000 | 393,184 | +8.0% | 2 | 79.00 | 87.20 | 1.70 | 108.0x |" in rows[2]
+    assert "**All met: yes.**" in page and page.count("nni-adabert ...") == 6
