@@ -34,10 +34,10 @@ from .workflows.deploy import deploy
 from .workflows.evaluate import compare_with_teacher
 from .workflows.export import load_exported
 from .workflows.predict import Predictor, predict_inputs, read_inputs
-from .workflows.retrain import run_retrain
+from .workflows.retrain import arch_to_retrain, run_retrain
 from .workflows.search import run_search
 from .workflows.speed import REFERENCES, latency_table
-from .workflows.student import retrain_space, student_config
+from .workflows.student import student_config
 
 log = logging.getLogger("nni_adabert")
 
@@ -167,10 +167,9 @@ def cmd_latency(args) -> None:
 def cmd_retrain(args) -> None:
     """Retrain an exported architecture on a (possibly other) task, from fresh weights."""
     store = open_teacher_run(args.teacher)
-    source = load_exported(args.arch, store)
-    doc = run_retrain(source.arch, {"from": str(source.path), "searched_on": source.doc.get("task")}, store,
-                      args.output_dir, from_options(RetrainConfig, args), embed_dim=source.config.embed_dim,
-                      k_max=source.config.k_max, space=retrain_space(source.config, store),
+    chosen = arch_to_retrain(args.arch, store, args.embed_dim, args.k_max, args.space)
+    doc = run_retrain(chosen.arch, chosen.source, store, args.output_dir, from_options(RetrainConfig, args),
+                      embed_dim=chosen.embed_dim, k_max=chosen.k_max, space=chosen.space,
                       progress=not args.no_progress)
     print_student(doc, Path(args.output_dir))
 
@@ -328,7 +327,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("retrain", help="retrain an exported architecture from fresh weights (any task)")
     add_training_args(p, RetrainConfig)
-    p.add_argument("--arch", required=True, help="architecture.json (or its directory) to retrain")
+    g = p.add_argument_group("architecture")
+    g.add_argument("--arch", required=True, help="architecture.json (or its directory) to retrain, or "
+                   "'random:<seed>' for a seeded random architecture of the space (the paper's Table 3 baseline)")
+    # A random architecture's space; an exported one keeps its own.
+    add_options(g, SearchConfig, only=("embed_dim", "k_max", "space"))
     p.set_defaults(func=cmd_retrain)
 
     p = sub.add_parser("evaluate", help="dev metrics, params and FLOPs of an exported student")

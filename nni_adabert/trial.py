@@ -47,17 +47,15 @@ from .config import RetrainConfig, SearchConfig, add_options, from_options
 from .data.custom import TaskConfig, add_task_options, task_from_options
 from .errors import RunStopped, UserError, as_user_error, stop_on_signals, stopped_message
 from .logs import configure_logging
-from .model.space import random_arch
 from .nas.nni_trial import report_to_nni_trial
 from .teacher.augment import AugmentConfig
 from .teacher.finetune import TeacherConfig, load_finetuned_teacher
 from .teacher.knowledge import KnowledgeStore
 from .teacher.run import build_teacher_run, open_teacher_run
-from .workflows.export import ARCH_FILE, CELL_FILE, WEIGHTS_FILE, load_exported, load_student, read_architecture
-from .workflows.retrain import run_retrain
+from .workflows.export import ARCH_FILE, CELL_FILE, WEIGHTS_FILE, load_student, read_architecture
+from .workflows.retrain import arch_to_retrain, run_retrain
 from .workflows.speed import dev_examples, measure_speedup
 from .workflows.search import run_search
-from .workflows.student import retrain_space, student_config
 
 log = logging.getLogger("nni_adabert.trial")
 
@@ -230,24 +228,12 @@ def retrain_trial(args: argparse.Namespace) -> dict:
     if not args.arch:
         raise UserError("no architecture to retrain: pass --arch FILE or 'random:<seed>' (or parameter 'arch')")
     store = teacher_store(args)
-    arch_name = str(args.arch)
-    if arch_name.startswith("random:"):
-        try:
-            arch_seed = int(arch_name.split(":", 1)[1])
-        except ValueError:
-            raise UserError(f"arch {arch_name!r}: expected 'random:<integer seed>'") from None
-        embed_dim, k_max, space = args.embed_dim, args.k_max, args.space
-        arch = random_arch(student_config(store, embed_dim, k_max, space=space), arch_seed)
-        source = {"from": arch_name, "searched_on": None}
-    else:
-        exported = load_exported(arch_name, store)
-        embed_dim, k_max, arch = exported.config.embed_dim, exported.config.k_max, exported.arch
-        space = retrain_space(exported.config, store)
-        source = {"from": str(exported.path), "searched_on": exported.doc.get("task")}
-    print(f"retrain on {store.meta['task']}: {source['from']} -> {arch}", flush=True)
+    chosen = arch_to_retrain(args.arch, store, args.embed_dim, args.k_max, args.space)
+    print(f"retrain on {store.meta['task']}: {chosen.source['from']} -> {chosen.arch}", flush=True)
     out = output_dir(args, RETRAIN)
-    doc = run_retrain(arch, source, store, out, from_options(RetrainConfig, args), embed_dim=embed_dim, k_max=k_max,
-                      space=space, progress=args.progress, report_to_nni=True)
+    doc = run_retrain(chosen.arch, chosen.source, store, out, from_options(RetrainConfig, args),
+                      embed_dim=chosen.embed_dim, k_max=chosen.k_max, space=chosen.space, progress=args.progress,
+                      report_to_nni=True)
     return finish(store, load_student(read_architecture(out / ARCH_FILE)), doc, out, args)
 
 

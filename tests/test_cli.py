@@ -13,7 +13,10 @@ import torch
 from conftest import write_tsv
 
 from nni_adabert.cli import main
+from nni_adabert.model.space import random_arch
+from nni_adabert.teacher.run import open_teacher_run
 from nni_adabert.workflows.export import load_student, read_architecture
+from nni_adabert.workflows.student import student_config
 
 
 def test_teacher_outputs(runs, capsys):
@@ -26,7 +29,6 @@ def test_teacher_outputs(runs, capsys):
 def test_a_teacher_run_with_a_relative_cache_dir_works_from_any_directory(runs, tmp_path, monkeypatch):
     """The store is recorded by its absolute path, so the run is not tied to the directory it was made in."""
 
-    from nni_adabert.teacher.run import open_teacher_run
 
     project = tmp_path / "project"
     shutil.copytree(runs / "SST-2" / "teacher", project / "run" / "teacher")  # finished: not fine-tuned again
@@ -73,6 +75,28 @@ def test_search_evaluate_and_cross_task_retrain(runs, capsys):
     assert retrained["student_config"]["dropout"] == 0.25 and retrained["retrain"]["weight_decay"] == 0.01
     reloaded = load_student(read_architecture(moved / "architecture.json"))
     assert {m.p for m in reloaded.modules() if isinstance(m, torch.nn.Dropout)} == {0.25}
+
+
+def test_retrain_a_seeded_random_architecture_of_the_space(runs, tmp_path, capsys):
+    """`retrain --arch random:<seed>`: the paper's Table 3 baseline from the CLI, as in retrain trials;
+    the seed fixes the structure, the space settings shape it, and a bad seed is one clear error."""
+    def retrain(arch, out, *extra):
+        return main(["retrain", "--arch", arch, "--teacher", str(runs / "MRPC"), "--output-dir", str(out),
+                     "--epochs", "1", "--batch-size", "16", "--train-limit", "32", "--no-progress", *extra])
+
+    assert retrain("random:3", tmp_path / "r3", "--k-max", "3") == 0
+    doc = json.loads((tmp_path / "r3" / "architecture.json").read_text())
+    assert doc["retrain"]["from"] == "random:3" and doc["retrain"]["searched_on"] is None
+    assert doc["student_config"]["space"] == "matching" and doc["student_config"]["k_max"] == 3
+    assert doc["depth"] <= 3
+    expected = random_arch(student_config(open_teacher_run(runs / "MRPC"), k_max=3, space="matching"), 3)
+    assert doc["architecture"] == expected
+    assert retrain("random:3", tmp_path / "paper", "--k-max", "3", "--space", "paper") == 0
+    assert json.loads((tmp_path / "paper" / "architecture.json").read_text())["student_config"]["space"] == "paper"
+    capsys.readouterr()
+    assert retrain("random:three", tmp_path / "bad") == 2
+    assert "arch 'random:three': expected 'random:<integer seed>'" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
 
 
 def test_cli_errors_exit_2_and_write_nothing(runs, tmp_path, capsys):
@@ -126,7 +150,6 @@ def test_a_student_no_better_than_the_majority_class_is_flagged(runs, caplog):
     MRPC): the search and the retraining say so, with what to do."""
 
 
-    from nni_adabert.teacher.run import open_teacher_run
     from nni_adabert.workflows.evaluate import majority_class_metrics, warn_if_no_better_than_majority
 
     store = open_teacher_run(runs / "MRPC")

@@ -3,6 +3,7 @@ was searched on or on another one."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from pathlib import Path
@@ -11,14 +12,48 @@ import pytorch_lightning as pl
 
 from .. import runs
 from ..config import RetrainConfig
+from ..errors import UserError
+from ..model.space import random_arch, resolve_space
 from ..teacher.knowledge import KnowledgeStore
 from ..training import is_main_process
 from .evaluate import evaluate_student, warn_if_no_better_than_majority
-from .export import ARCH_FILE, write_student
-from ..model.space import resolve_space
-from .student import fresh_student, space_identity, student_info, train_student
+from .export import ARCH_FILE, load_exported, write_student
+from .student import fresh_student, retrain_space, space_identity, student_config, student_info, train_student
 
 log = logging.getLogger(__name__)
+
+RANDOM_PREFIX = "random:"
+
+
+@dataclasses.dataclass(frozen=True)
+class ArchToRetrain:
+    """A fixed child and the space to build it in: what ``--arch`` names, resolved."""
+
+    arch: dict
+    source: dict  # {"from": file or "random:<seed>", "searched_on": task or None}
+    embed_dim: int
+    k_max: int
+    space: str  # resolved for the store's task
+
+
+def arch_to_retrain(name: str, store: KnowledgeStore, embed_dim: int = 128, k_max: int = 8,
+                    space: str = "auto") -> ArchToRetrain:
+    """``name``: an exported architecture (JSON or its directory), rebuilt in its own space's width and
+    depth (:func:`student.retrain_space` for the pair space), or ``random:<seed>``, a seeded random
+    architecture (the paper's Table 3 baseline) of the space ``embed_dim``, ``k_max``, ``space`` on
+    ``store``'s task. The other settings only apply to a random one."""
+    name = str(name)
+    if name.startswith(RANDOM_PREFIX):
+        try:
+            seed = int(name[len(RANDOM_PREFIX):])
+        except ValueError:
+            raise UserError(f"arch {name!r}: expected '{RANDOM_PREFIX}<integer seed>'") from None
+        space = resolve_space(space, store.spec.is_pair)
+        arch = random_arch(student_config(store, embed_dim, k_max, space=space), seed)
+        return ArchToRetrain(arch, {"from": name, "searched_on": None}, embed_dim, k_max, space)
+    exported = load_exported(name, store)
+    return ArchToRetrain(exported.arch, {"from": str(exported.path), "searched_on": exported.doc.get("task")},
+                         exported.config.embed_dim, exported.config.k_max, retrain_space(exported.config, store))
 
 
 def retrain_run_settings(arch: dict, source: dict, config: RetrainConfig, embed_dim: int, k_max: int,
