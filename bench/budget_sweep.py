@@ -20,7 +20,6 @@ bench/results/budget-sweep/<name>/result.{json,md}, tradeoff.png and each studen
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -78,13 +77,17 @@ def parametric_edges(arch: dict, dim: int) -> int:
     return sum(op_params(op, dim) > 0 for label, op in arch.items() if label.startswith("edge_"))
 
 
+def off_budget(student: dict) -> float:
+    """How far a student is from its budget, as a fraction: its params, or its measured speedup over
+    BERT-base, against the budget's value (-0.05: 5% below)."""
+    budget = student["budget"]
+    measured = student["params"] if budget["kind"] == "params" else student["speedup_over_bert_base"]
+    return measured / budget["value"] - 1
+
+
 def findings(students: list[dict], teacher_value: float, metric: str, tolerance: float) -> dict:
     """Issue 17's terms over the sweep's ``students`` (entries with ``budget``, ``params``,
     ``speedup_over_bert_base``, ``value`` in points, ``parametric_edges``), ``teacher_value`` in points."""
-    def off_budget(s: dict) -> float:
-        measured = s["params"] if s["budget"]["kind"] == "params" else s["speedup_over_bert_base"]
-        return measured / s["budget"]["value"] - 1
-
     by_size = sorted(students, key=lambda s: -s["params"])
     fast = [s for s in students if s["speedup_over_bert_base"] >= FAST]
     terms = {
@@ -94,8 +97,6 @@ def findings(students: list[dict], teacher_value: float, metric: str, tolerance:
         "fast_gap": min((teacher_value - s["value"] for s in fast), default=None),
         "parametric": all(s["parametric_edges"] > 0 for s in students),
     }
-    for s in students:
-        s["off_budget"] = off_budget(s)
     terms["met"] = (len(students) >= 3 and terms["within_budget"] and terms["non_increasing"]
                     and terms["smallest_gap"] <= 4 and terms["fast_gap"] is not None and terms["fast_gap"] <= 2
                     and terms["parametric"])
@@ -113,12 +114,12 @@ def main(argv=None) -> int:
     for budget in budgets(args):
         entry = student_steps(teacher, runs, f"{budget['name']}-seed{args.seed}", args.seed, budget["flags"], out)
         students.append({"budget": {k: budget[k] for k in ("kind", "value", "name")}, **entry})
-    teacher_metrics = measure(teacher, students, args.threads)
     store = open_teacher_run(teacher)
-    metric, embed_dim = store.spec.main_metric, _embed_dim(students[0])
+    teacher_metrics = measure(store, students, args.threads)
+    metric = store.spec.main_metric
     for s in students:
         s["value"] = 100 * s["dev"][metric]
-        s["parametric_edges"] = parametric_edges(s["architecture"], embed_dim)
+        s["parametric_edges"] = parametric_edges(s["architecture"], s["embed_dim"])
     teacher_value = 100 * teacher_metrics[metric]
     result = {"command": command_line(["bench/budget_sweep.py", *argv]), "cpu": cpu_model(), "machine": machine(),
               "torch": torch.__version__, "task": store.meta["task"], "metric": metric,
@@ -132,11 +133,6 @@ def main(argv=None) -> int:
     write_results(out, result, text)
     print(text)
     return 0
-
-
-def _embed_dim(student: dict) -> int:
-    """The cells' width, from the student's exported JSON."""
-    return json.loads(Path(student["dir"], "architecture.json").read_text())["student_config"]["embed_dim"]
 
 
 def _label(student: dict) -> str:
@@ -153,7 +149,7 @@ def markdown(result: dict) -> str:
               "|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in sorted(result["students"], key=lambda s: -s["params"]):
         lines.append(f"| {_label(s)} | {s['depth']} | {s['params']:,} | {s['params_without_embedding']:,} "
-                     f"| {100 * s['off_budget']:+.1f}% | {s['parametric_edges']} "
+                     f"| {100 * off_budget(s):+.1f}% | {s['parametric_edges']} "
                      f"| {100 * s['searched'][metric]:.2f} | {s['value']:.2f} | {teacher_value - s['value']:.2f} "
                      f"| {s['speedup_over_bert_base']:.1f}x | {s['speedup_over_teacher']:.1f}x |")
     fast = "none at >= 100x" if f["fast_gap"] is None else f"{f['fast_gap']:.2f} behind (goal <= 2)"

@@ -73,15 +73,15 @@ def student_steps(teacher: Path, runs: Path, name: str, seed: int, search_flags:
     shutil.copy(searched / "cell.png", out / f"cell-{name}.png")
     shutil.copy(retrained / "architecture.json", out / f"architecture-{name}.json")
     return {"seed": seed, "search": search, "retrain": retrain, "architecture": doc["architecture"],
-            "searched": json.loads((searched / "architecture.json").read_text())["dev_metrics"],
-            "dir": str(retrained)}
+            "embed_dim": doc["embed_dim"],
+            "searched": json.loads((searched / "architecture.json").read_text())["dev_metrics"], "dir": str(retrained)}
 
 
-def measure(teacher: Path, students: list[dict], threads: int) -> dict:
+def measure(store, students: list[dict], threads: int) -> dict:
     """Dev metrics, size and speed (batch 128, ``threads``, against the teacher and the BERT-base
-    architecture in one process) of every retrained student, added to its entry; the teacher's dev metrics."""
+    architecture in one process) of every retrained student on ``store`` (the teacher run's), added
+    to its entry; the teacher's dev metrics."""
     torch.set_num_threads(threads)
-    store = open_teacher_run(teacher)
     teacher_metrics = {}
     for entry in students:
         compared = compare_with_teacher(store, entry["dir"], speed=True, references={REFERENCE: bert_base(
@@ -106,8 +106,8 @@ def main(argv=None) -> int:
     teacher_step_record = teacher_step(args.task, args.data, teacher, args.cache_dir or str(runs / "cache"))
     out = results_dir("pipeline", f"pipeline-{args.name}")
     seeds = [student_steps(teacher, runs, f"seed{seed}", seed, search_flags, out) for seed in args.seeds]
-    teacher_metrics = measure(teacher, seeds, args.threads)
     store = open_teacher_run(teacher)
+    teacher_metrics = measure(store, seeds, args.threads)
     metric = store.spec.main_metric
     mean = statistics.mean(100 * e["dev"][metric] for e in seeds)
     result = {"command": command_line(["bench/pipeline.py", *argv]), "cpu": cpu_model(), "machine": machine(),

@@ -224,8 +224,9 @@ def cmd_predict(args) -> None:
     texts_a, texts_b, where = read_inputs(args.text, args.text_pair, args.input, args.text_column,
                                           args.text_pair_column, is_pair)
     # A progress bar for a file only: texts on the command line or piped in are answered at once.
+    from_file = bool(args.input) and args.input != "-"
     predictions, report = predict_inputs(predictor, texts_a, texts_b, args.batch_size,
-                                         progress=not args.no_progress and where not in ("the command line", "stdin"))
+                                         progress=not args.no_progress and from_file)
     lines = "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in predictions)
     if args.output:
         write_text(args.output, lines)
