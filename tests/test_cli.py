@@ -50,6 +50,7 @@ def test_search_evaluate_and_cross_task_retrain(runs, capsys):
     doc = json.loads((out / "architecture.json").read_text())
     assert doc["task"] == "SST-2" and 1 <= doc["depth"] <= 8 and doc["params"] > doc["params_without_embedding"]
     assert doc["vocab"]["size"] == 30522 and len(doc["search"]["history"]) == 1
+    assert doc["search"]["history"][0]["top_prob_ratio"] == pytest.approx(1.0)  # warm-up only: never moved
     assert (out / "student.safetensors").is_file() and (out / "cell.png").is_file()
 
     capsys.readouterr()

@@ -17,7 +17,7 @@ from nni_adabert.model.cost import child_params
 from nni_adabert.model.space import AdaBertSpace, AdaBertStudent, StudentConfig, validate_arch
 from nni_adabert.nas.distill import AdaBertDistillModule, model_inputs
 from nni_adabert.nas.losses import final_kd_loss
-from nni_adabert.nas.strategy import AdaBertStrategy
+from nni_adabert.nas.strategy import AdaBertStrategy, top_prob_ratio
 from nni_adabert.nas.supermodules import efficiency_loss, gumbel_straight_through
 
 V, C, J = 30, 2, 3
@@ -302,8 +302,32 @@ def _search(beta, tmp_path, **kw):
 def test_larger_beta_gives_smaller_child(tmp_path):
     cfg, lean = _search(16.0, tmp_path)
     _, free = _search(0.0, tmp_path)
+    # The distributions left uniform: 16 x beta pushed them further than the task alone did.
+    assert 1.0 < free.arch_stats()["top_prob_ratio"] < lean.arch_stats()["top_prob_ratio"]
     assert lean.arch_stats()["expected_params"] < free.arch_stats()["expected_params"]
     assert child_params(cfg, lean.export()) <= child_params(cfg, free.export())
+
+
+def test_top_prob_ratio_runs_from_uniform_to_one_hot():
+    assert top_prob_ratio({"edge": {"a": 0.25, "b": 0.25, "c": 0.25, "d": 0.25}, "depth": {1: 0.5, 2: 0.5}}) == 1.0
+    assert top_prob_ratio({"edge": {"a": 1.0, "b": 0.0, "c": 0.0, "d": 0.0}, "depth": {1: 0.5, 2: 0.5}}) == 2.5
+    _, module = supernet(tiny_config(k_max=4), seed=0)
+    assert module.arch_stats()["top_prob_ratio"] == pytest.approx(1.0)   # zero logits: undecided
+
+
+def test_an_undecided_search_is_flagged(caplog):
+    """The architecture moved but ended nearly uniform (MRPC's default searches): the user is told
+    the cell is close to a random one, and what to do."""
+    from nni_adabert.workflows.search import UNDECIDED_RATIO, warn_if_undecided
+
+    moving = SearchConfig(epochs=3, warmup_epochs=1)
+    with caplog.at_level("WARNING", logger="nni_adabert.workflows"):
+        assert warn_if_undecided({"top_prob_ratio": 1.08}, moving)
+        assert not warn_if_undecided({"top_prob_ratio": UNDECIDED_RATIO}, moving)
+        assert not warn_if_undecided({"top_prob_ratio": 1.0}, SearchConfig(epochs=1, warmup_epochs=1))  # never moved
+        assert not warn_if_undecided({}, moving)
+    [record] = caplog.records
+    assert "1.08x as likely as a uniform pick" in record.message and "--epochs" in record.message
 
 
 @pytest.mark.parametrize("clip", [None, 0.01])

@@ -65,9 +65,18 @@ from . import budget
 from .supermodules import (STRAIGHT_THROUGH_TYPES, GumbelDraw, StraightThroughBase, StraightThroughDepthChoice,
                            StraightThroughLayerChoice, argmax_draw, gumbel_straight_through)
 
-__all__ = ["AdaBertStrategy", "AdaBertLightningModule"]
+__all__ = ["AdaBertStrategy", "AdaBertLightningModule", "top_prob_ratio"]
 
 _logger = logging.getLogger(__name__)
+
+
+def top_prob_ratio(probs: Mapping[str, Mapping[Any, float]]) -> float:
+    """How far the search has decided: the mean, over the choices (edges and depth), of the most
+    probable candidate's probability times the number of candidates. 1.0 for uniform
+    distributions (a random draw from the space), the number of candidates when every choice is
+    one-hot. ``probs``: ``{label: {candidate: probability}}`` (:meth:`export_probs`)."""
+    ratios = [max(p.values()) * len(p) for p in probs.values()]
+    return sum(ratios) / len(ratios)
 
 
 class AdaBertLightningModule(BaseOneShotLightningModule):
@@ -282,7 +291,8 @@ class AdaBertLightningModule(BaseOneShotLightningModule):
             experiment.add_text("arch", str(arch), global_step=int(self.trainer.current_epoch))
 
     def arch_stats(self, arch: Optional[Mapping[str, Any]] = None) -> Dict[str, float]:
-        """Depth, params and FLOPs of ``arch`` (default: argmax) and expected params under the current distributions."""
+        """Depth, params and FLOPs of ``arch`` (default: argmax), and the expected params and
+        :func:`top_prob_ratio` of the current distributions."""
         arch = self.export() if arch is None else arch
         config = getattr(self.model, "config", None)
         if config is None:
@@ -293,6 +303,7 @@ class AdaBertLightningModule(BaseOneShotLightningModule):
             "params_without_embedding": float(cost.child_params(config, arch, include_embedding=False)),
             "flops": float(cost.child_flops(config, arch, config.max_positions)),
             "expected_params": float(self.expected_params(include_embedding=True)),
+            "top_prob_ratio": top_prob_ratio(self.export_probs()),
             **({"predicted_speedup": self.latency.speedup(config, arch)} if self.latency is not None else {}),
         }
 

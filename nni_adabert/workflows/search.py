@@ -32,6 +32,25 @@ from .student import space_identity, student_config, student_info, train_student
 
 log = logging.getLogger(__name__)
 
+# Below this :func:`strategy.top_prob_ratio` the exported cell is close to a random draw. Measured
+# at the end of default searches: 1.35 on full SST-2 (students within 1 point of the teacher
+# with a budget), 1.08 and 1.15 on MRPC (cells no better than random ones; docs/results.md).
+UNDECIDED_RATIO = 1.2
+
+
+def warn_if_undecided(last_epoch: dict, config: SearchConfig) -> bool:
+    """Warn, and return True, when the architecture moved during the search (``config``'s
+    warm-up ends before its last epoch) but its distributions ended nearly uniform
+    (``last_epoch["top_prob_ratio"]`` below :data:`UNDECIDED_RATIO`)."""
+    ratio = last_epoch.get("top_prob_ratio")
+    if ratio is None or config.warmup_epochs >= config.epochs or ratio >= UNDECIDED_RATIO:
+        return False
+    log.warning("search: the architecture distributions ended nearly uniform (the most likely candidate of a "
+                "choice is %.2fx as likely as a uniform pick, on average; 1.00 = undecided), so the exported cell "
+                "is close to a random one of the space: search longer (--epochs) or on more rows "
+                "(--augmented-limit, more --aug-copies in the teacher run)", ratio)
+    return True
+
 
 def search_run_settings(config: SearchConfig, store: KnowledgeStore) -> dict:
     """What names a search (its identity with the store, :func:`runs.identity`): the settings, the
@@ -104,6 +123,8 @@ def _search(store: KnowledgeStore, out_dir: Path, config: SearchConfig, progress
         student = train_student(student, store, out_dir / "finetune", config.finetune_config(), run_identity,
                                 progress, report_to_nni)
     history = [{k: v for k, v in h.items() if k != "arch"} for h in strategy.oneshot_module.history]
+    if history and is_main_process():
+        warn_if_undecided(history[-1], config)
     predicted = {"predicted_speedup": {"over": config.speedup_over, "speedup": latency.speedup(space_config, arch),
                                        "latency_table": latency.setting}} if latency is not None else {}
     info = {**student_info(store), **evaluate_student(student, store), **predicted,
