@@ -302,7 +302,7 @@ class AdaBertLightningModule(BaseOneShotLightningModule):
             "params": float(cost.child_params(config, arch)),
             "params_without_embedding": float(cost.child_params(config, arch, include_embedding=False)),
             "flops": float(cost.child_flops(config, arch, config.max_positions)),
-            "expected_params": float(self.expected_params(include_embedding=True)),
+            "expected_params": float(self.expected_params(include_embedding=True).detach()),
             "top_prob_ratio": top_prob_ratio(self.export_probs()),
             **({"predicted_speedup": self.latency.speedup(config, arch)} if self.latency is not None else {}),
         }
