@@ -209,6 +209,11 @@ class SearchConfig(ArchitectureConfig, TrainingConfig):
                                       "(as nni-adabert retrain does, from its searched weights)", minimum=0)
 
     @property
+    def architecture_moves(self) -> bool:
+        """Whether the architecture is trained at all: the weights-only warm-up ends before the last epoch."""
+        return self.warmup_epochs < self.epochs
+
+    @property
     def efficiency_beta(self) -> float:
         """The weight of the paper's L_E in the loss: ``beta``, or 0 with a budget (``max_params``,
         ``min_speedup``), whose penalty takes its place (:mod:`nas.budget`)."""

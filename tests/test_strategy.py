@@ -19,6 +19,7 @@ from nni_adabert.nas.distill import AdaBertDistillModule, model_inputs
 from nni_adabert.nas.losses import final_kd_loss
 from nni_adabert.nas.strategy import AdaBertStrategy, top_prob_ratio
 from nni_adabert.nas.supermodules import efficiency_loss, gumbel_straight_through
+from nni_adabert.workflows.search import UNDECIDED_RATIO, warn_if_undecided
 
 V, C, J = 30, 2, 3
 
@@ -318,14 +319,12 @@ def test_top_prob_ratio_runs_from_uniform_to_one_hot():
 def test_an_undecided_search_is_flagged(caplog):
     """The architecture moved but ended nearly uniform (MRPC's default searches): the user is told
     the cell is close to a random one, and what to do."""
-    from nni_adabert.workflows.search import UNDECIDED_RATIO, warn_if_undecided
-
     moving = SearchConfig(epochs=3, warmup_epochs=1)
     with caplog.at_level("WARNING", logger="nni_adabert.workflows"):
-        assert warn_if_undecided({"top_prob_ratio": 1.08}, moving)
-        assert not warn_if_undecided({"top_prob_ratio": UNDECIDED_RATIO}, moving)
-        assert not warn_if_undecided({"top_prob_ratio": 1.0}, SearchConfig(epochs=1, warmup_epochs=1))  # never moved
-        assert not warn_if_undecided({}, moving)
+        assert warn_if_undecided([{"top_prob_ratio": 1.5}, {"top_prob_ratio": 1.08}], moving)  # the last epoch counts
+        assert not warn_if_undecided([{"top_prob_ratio": UNDECIDED_RATIO}], moving)
+        assert not warn_if_undecided([{"top_prob_ratio": 1.0}], SearchConfig(epochs=1, warmup_epochs=1))  # never moved
+        assert not warn_if_undecided([], moving) and not warn_if_undecided([{}], moving)
     [record] = caplog.records
     assert "1.08x as likely as a uniform pick" in record.message and "--epochs" in record.message
 

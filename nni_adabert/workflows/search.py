@@ -38,12 +38,12 @@ log = logging.getLogger(__name__)
 UNDECIDED_RATIO = 1.2
 
 
-def warn_if_undecided(last_epoch: dict, config: SearchConfig) -> bool:
-    """Warn, and return True, when the architecture moved during the search (``config``'s
-    warm-up ends before its last epoch) but its distributions ended nearly uniform
-    (``last_epoch["top_prob_ratio"]`` below :data:`UNDECIDED_RATIO`)."""
-    ratio = last_epoch.get("top_prob_ratio")
-    if ratio is None or config.warmup_epochs >= config.epochs or ratio >= UNDECIDED_RATIO:
+def warn_if_undecided(history: list[dict], config: SearchConfig) -> bool:
+    """Warn, and return True, when the architecture moved during the search
+    (:attr:`SearchConfig.architecture_moves`) but its distributions ended nearly uniform (the last
+    epoch's ``top_prob_ratio`` in ``history`` below :data:`UNDECIDED_RATIO`)."""
+    ratio = history[-1].get("top_prob_ratio") if history else None
+    if ratio is None or not config.architecture_moves or ratio >= UNDECIDED_RATIO:
         return False
     log.warning("search: the architecture distributions ended nearly uniform (the most likely candidate of a "
                 "choice is %.2fx as likely as a uniform pick, on average; 1.00 = undecided), so the exported cell "
@@ -92,7 +92,7 @@ def _search(store: KnowledgeStore, out_dir: Path, config: SearchConfig, progress
                                 config.latency_threads, echo=log.info)
     # Before anything is written: a budget no child meets is the user's to fix.
     check_budgets(space_config, budgets_of(space_config, config, latency))
-    if config.warmup_epochs >= config.epochs:
+    if not config.architecture_moves:
         log.warning("search: --warmup-epochs %d covers all %d epochs, so the architecture never moves; raise "
                     "--epochs or lower --warmup-epochs", config.warmup_epochs, config.epochs)
     # Refused (another run's checkpoint) before any setup:
@@ -123,14 +123,13 @@ def _search(store: KnowledgeStore, out_dir: Path, config: SearchConfig, progress
         student = train_student(student, store, out_dir / "finetune", config.finetune_config(), run_identity,
                                 progress, report_to_nni)
     history = [{k: v for k, v in h.items() if k != "arch"} for h in strategy.oneshot_module.history]
-    if history and is_main_process():
-        warn_if_undecided(history[-1], config)
     predicted = {"predicted_speedup": {"over": config.speedup_over, "speedup": latency.speedup(space_config, arch),
                                        "latency_table": latency.setting}} if latency is not None else {}
     info = {**student_info(store), **evaluate_student(student, store), **predicted,
             "search": {**config.to_dict(), "history": history}, runs.IDENTITY_KEY: run_identity}
     if not is_main_process():
         return info  # the other DDP processes: the first one warns and writes
+    warn_if_undecided(history, config)
     # The paper keeps the supernet's weights; a rarely sampled child may come out uncalibrated.
     if config.finetune_epochs == 0:
         warn_if_no_better_than_majority(info["dev_metrics"], store,
