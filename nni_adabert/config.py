@@ -154,6 +154,9 @@ class ArchitectureConfig(Settings):
     tau_end: float = setting(0.1, "Gumbel temperature at the end", positive=True)
     warmup_epochs: int = setting(1, "epochs that train the weights only, before the architecture moves", minimum=0)
     full: bool = setting(False, "run every candidate op and depth (full straight-through) instead of single-path")
+    train_every_depth: bool = setting(False, "every step also trains the child of each depth (all cells run): "
+                                             "single-path alone trains cell k only when a depth >= k is drawn, "
+                                             "which favours shallow children")
     alternate: bool = setting(False, "alternate architecture and weight steps (NNI DARTS style) instead of one "
                                      "joint step")
     max_params: int | None = setting(None, "parameter budget of the exported student: the search is pulled to it "

@@ -161,3 +161,22 @@ def test_final_kd_loss_is_base_kd_and_adabert_loss_can_use_it():
     assert both.kd.item() == pytest.approx(probe + by_hand, abs=1e-6)
     with pytest.raises(ValueError, match="probe_kd or final_kd"):
         adabert_loss(logits, probes, [(2, None)], teacher, labels, None, probe_kd=False)
+
+
+@pytest.mark.parametrize("final_kd", [False, True])
+def test_adabert_loss_with_depth_logits_adds_the_mean_child_loss_of_every_depth(final_kd):
+    torch.manual_seed(7)
+    probes = [torch.randn(4, 2) for _ in range(3)]
+    depth_logits = [torch.randn(4, 2) for _ in range(3)]
+    teacher, labels = torch.randn(4, 6, 2), torch.tensor([0, IGNORE_LABEL, 1, 1])
+    gate = torch.tensor([0.0, 1.0, 0.0])                             # the sampled depth is 2
+    terms = [(k, gate[k - 1]) for k in (1, 2, 3)]
+    plain = adabert_loss(depth_logits[1], probes, terms, teacher, labels, None, final_kd=final_kd)
+    assert plain.every_depth is None
+    parts = adabert_loss(depth_logits[1], probes, terms, teacher, labels, None, final_kd=final_kd,
+                         depth_logits=depth_logits)
+    children = [adabert_loss(depth_logits[k - 1], probes[:k], [(k, None)], teacher, labels, None,
+                             final_kd=final_kd).total.item() for k in (1, 2, 3)]
+    assert parts.every_depth.item() == pytest.approx(sum(children) / 3, abs=1e-6)
+    assert parts.total.item() == pytest.approx(plain.total.item() + sum(children) / 3, abs=1e-6)
+    assert plain.total.item() == pytest.approx(children[1], abs=1e-6)  # the gates pick depth 2's child

@@ -67,10 +67,13 @@ def collate(rows):
     return {k: torch.stack([r[k] for r in rows]) for k in rows[0]}
 
 
-def supernet(cfg, full=False, seed=0, **strategy_kw):
+MODES = {"single": {}, "full": {"full": True}, "every_depth": {"train_every_depth": True}}
+
+
+def supernet(cfg, seed=0, mode="single", **strategy_kw):
     torch.manual_seed(seed)
     space = AdaBertSpace(cfg)
-    strategy = AdaBertStrategy(full=full, seed=seed, **strategy_kw)
+    strategy = AdaBertStrategy(seed=seed, **MODES[mode], **strategy_kw)
     strategy.mutate_model(space)
     module = strategy.configure_oneshot_module(AdaBertDistillModule(C))
     module.set_model(space)
@@ -151,11 +154,11 @@ def test_sampling_is_seeded():
 
 
 @pytest.mark.parametrize("is_pair,space", [(False, "paper"), (True, "paper"), (True, "matching")])
-@pytest.mark.parametrize("full", [False, True])
+@pytest.mark.parametrize("mode", list(MODES))
 @pytest.mark.parametrize("training", [False, True])
-def test_supernet_forward_equals_frozen_child(is_pair, space, full, training):
+def test_supernet_forward_equals_frozen_child(is_pair, space, mode, training):
     cfg = tiny_config(is_pair=is_pair, space=space)
-    space, module = supernet(cfg, full=full, seed=1)
+    space, module = supernet(cfg, mode=mode, seed=1)
     batch = collate(synthetic_examples(6, 2, is_pair=is_pair))
     module.resample()
     space.train()
@@ -177,12 +180,12 @@ def test_supernet_forward_equals_frozen_child(is_pair, space, full, training):
 # ----------------------------------------------------------------------------- gradients
 
 
-@pytest.mark.parametrize("full", [False, True])
+@pytest.mark.parametrize("mode", list(MODES))
 @pytest.mark.parametrize("term", ["ce", "kd", "efficiency"])
 @pytest.mark.parametrize("pair_space", [None, "matching"])
-def test_every_architecture_parameter_gets_gradient_from_each_loss(full, term, pair_space):
+def test_every_architecture_parameter_gets_gradient_from_each_loss(mode, term, pair_space):
     cfg = tiny_config(is_pair=True, space=pair_space) if pair_space else tiny_config()
-    space, module = supernet(cfg, full=full, seed=3)
+    space, module = supernet(cfg, mode=mode, seed=3)
     params = arch_params(space)
     labels = {name.split(".")[-2] if "edges" in name else "depth" for name in params}
     assert labels == set(cfg.edge_labels) | {"depth"}
@@ -198,6 +201,28 @@ def test_every_architecture_parameter_gets_gradient_from_each_loss(full, term, p
         assert p.grad is not None, name
         assert torch.all(p.grad != 0), (name, p.grad)
         assert p.numel() == (len(cfg.op_names) if "edges" in name else cfg.k_max)   # align is a candidate
+
+
+@pytest.mark.parametrize("every_depth", [False, True])
+def test_train_every_depth_trains_the_cells_beyond_the_sampled_depth(every_depth):
+    cfg = tiny_config(k_max=3)
+    space, module = supernet(cfg, seed=2, mode="every_depth" if every_depth else "single")
+    batch = collate(synthetic_examples(8, 4))
+    resample_nonzero_path(module, cfg, depth=1)
+    space.train()
+    out = space(**model_inputs(batch))
+    assert len(out.probe_logits) == (3 if every_depth else 1) and len(out.depth_logits) == (3 if every_depth else 0)
+    parts = module.training_module.compute_loss(batch)
+    assert (parts.every_depth is not None) == every_depth
+    parts.total.backward()
+    last_cell = [p.grad for name, p in space.cells[2].named_parameters() if "_arch_alpha" not in name]
+    assert any(g is not None and g.abs().sum() > 0 for g in last_cell) == every_depth
+    depth_grad = space.depth._arch_alpha.grad
+    assert torch.all(depth_grad != 0) if every_depth else depth_grad is not None
+    module.use_argmax()                                              # validation: the argmax child alone
+    arch = module.export()
+    out = space(**model_inputs(batch))
+    assert len(out.probe_logits) == arch["depth"] and out.depth_logits == []
 
 
 # ----------------------------------------------------------------------------- search runs

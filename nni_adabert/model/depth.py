@@ -38,7 +38,9 @@ class DepthChoice(MutableModule):
     - ``cells_needed``: how many cells the forward must run (``None`` = all ``k_max``);
     - ``forward(candidates)``: ``candidates`` are the pooled outputs ``[B, head_dim]`` of cells
       1..n; returns the classifier input ``[B, head_dim]``;
-    - ``depth_terms(n)``: the ``(k, weight)`` pairs of :class:`AdaBertOutput`.
+    - ``depth_terms(n)``: the ``(k, weight)`` pairs of :class:`AdaBertOutput`;
+    - ``supervises_every_depth``: the space also returns the logits of every depth that ran
+      (``AdaBertOutput.depth_logits``), and the loss trains each depth's child.
 
     Un-mutated (NNI dry run) it behaves as the default depth.
     """
@@ -56,6 +58,10 @@ class DepthChoice(MutableModule):
     @property
     def cells_needed(self) -> Optional[int]:
         return self._dry_run_depth
+
+    @property
+    def supervises_every_depth(self) -> bool:
+        return False
 
     def forward(self, candidates: List[torch.Tensor]) -> torch.Tensor:
         return candidates[self._dry_run_depth - 1]

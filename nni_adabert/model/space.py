@@ -380,11 +380,14 @@ class AdaBertOutput:
             ``sum weight * L_KD(probe_logits[:k])``. A frozen child gives ``[(K, None)]``
             (weight 1); a straight-through supernet gives the depth gate(s), so the KD term
             sends gradient to the depth parameters; NNI's DARTS gives softmax weights.
+        depth_logits: ``[B, C]`` per cell that ran: the final classifier on each depth's pooled
+            output, when the supernet trains every depth (``train_every_depth``); else empty.
     """
 
     logits: torch.Tensor
     probe_logits: List[torch.Tensor]
     depth_terms: List[Tuple[int, Optional[torch.Tensor]]] = field(default_factory=list)
+    depth_logits: List[torch.Tensor] = field(default_factory=list)
 
 
 def _embed_inputs(embed: Embedder, config: StudentConfig, input_ids_a, attention_mask_a, input_ids_b, attention_mask_b):
@@ -477,7 +480,9 @@ class AdaBertSpace(ModelSpace):
         pooled, probe_logits = _run_cells(self.config, self.cells, self.probes, self.dropout, n_run,
                                           s0, m0, s1, m1)
         logits = self.classifier(self.dropout(self.depth(pooled)))
-        return AdaBertOutput(logits, probe_logits, self.depth.depth_terms(n_run))
+        depth_logits = ([self.classifier(self.dropout(p)) for p in pooled]
+                        if self.depth.supervises_every_depth else [])
+        return AdaBertOutput(logits, probe_logits, self.depth.depth_terms(n_run), depth_logits)
 
     def extra_oneshot_hooks(self, strategy: Any) -> list:
         """NNI protocol: mutation hooks this space adds for a one-shot strategy (NNI's DARTS,

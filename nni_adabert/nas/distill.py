@@ -73,7 +73,7 @@ class AdaBertDistillModule(LightningModule):
         task: the task's :meth:`data.tasks.TaskSpec.to_dict`: its metrics are logged (the F1 of its
             positive class, macro-F1) besides accuracy.
 
-    Logged: ``train_loss``, ``train_ce``, ``train_kd``, ``train_eff`` per step;
+    Logged: ``train_loss``, ``train_ce``, ``train_kd``, ``train_eff`` (``train_every_depth``) per step;
     ``val_acc`` (and ``val_f1``, ``val_macro_f1``), ``val_ce`` per epoch. The last dev metrics are also in
     :attr:`last_val_metrics`.
     """
@@ -108,7 +108,8 @@ class AdaBertDistillModule(LightningModule):
         config = self.config
         return adabert_loss(out.logits, out.probe_logits, out.depth_terms, batch["teacher_logits"], batch["labels"],
                             efficiency_loss(self.model), gamma=config.gamma, beta=self.beta,
-                            temperature=config.temperature, probe_kd=config.probe_kd, final_kd=config.final_kd)
+                            temperature=config.temperature, probe_kd=config.probe_kd, final_kd=config.final_kd,
+                            depth_logits=out.depth_logits)
 
     def training_step(self, batch: Dict[str, Any], batch_idx: int) -> torch.Tensor:
         parts = self.compute_loss(batch)
@@ -119,6 +120,8 @@ class AdaBertDistillModule(LightningModule):
         self.log("train_kd", parts.kd.detach(), batch_size=bs)
         if parts.efficiency is not None:
             self.log("train_eff", parts.efficiency.detach(), batch_size=bs)
+        if parts.every_depth is not None:
+            self.log("train_every_depth", parts.every_depth.detach(), batch_size=bs)
         return parts.total
 
     def validation_step(self, batch: Dict[str, Any], batch_idx: int) -> None:

@@ -185,19 +185,33 @@ def total_loss(ce: torch.Tensor, kd: torch.Tensor, efficiency: Optional[torch.Te
 
 @dataclass
 class LossParts:
-    """The total loss and its three terms (unweighted)."""
+    """The total loss and its terms (unweighted). ``every_depth``: the mean over depths of each
+    depth's child loss, when the supernet trains every depth (``None`` otherwise)."""
 
     total: torch.Tensor
     ce: torch.Tensor
     kd: torch.Tensor
     efficiency: Optional[torch.Tensor]
+    every_depth: Optional[torch.Tensor] = None
+
+
+def _kd_loss(logits: torch.Tensor, probe_logits: Sequence[torch.Tensor],
+             depth_terms: Sequence[Tuple[int, Optional[torch.Tensor]]], teacher_logits: torch.Tensor,
+             labels: torch.Tensor, temperature: float, probe_kd: bool, final_kd: bool) -> torch.Tensor:
+    """``L_KD``: the probe term, the final-logit term or their sum (see :func:`adabert_loss`)."""
+    kd = distillation_loss(probe_logits, depth_terms, teacher_logits, labels, temperature) if probe_kd else None
+    if final_kd:
+        final = final_kd_loss(logits, teacher_logits, temperature)
+        kd = final if kd is None else kd + final
+    return kd  # type: ignore[return-value]
 
 
 def adabert_loss(logits: torch.Tensor, probe_logits: Sequence[torch.Tensor],
                  depth_terms: Sequence[Tuple[int, Optional[torch.Tensor]]], teacher_logits: torch.Tensor,
                  labels: torch.Tensor, efficiency: Optional[torch.Tensor] = None, *,
                  gamma: float = 0.8, beta: float = DEFAULT_BETA, temperature: float = 1.0,
-                 probe_kd: bool = True, final_kd: bool = False) -> LossParts:
+                 probe_kd: bool = True, final_kd: bool = False,
+                 depth_logits: Sequence[torch.Tensor] = ()) -> LossParts:
     """The whole objective from a model output and a batch.
 
     Args:
@@ -212,12 +226,22 @@ def adabert_loss(logits: torch.Tensor, probe_logits: Sequence[torch.Tensor],
             term for the student's predictions to learn anything. In a supernet the final
             logits carry the depth gate, so either term sends gradient to the depth choice.
             ``L_KD`` is the sum of the chosen terms; at least one must be chosen.
+        depth_logits: K_run x ``[B, C]``, the classifier on each depth's output (a supernet that
+            trains every depth): the total adds the mean over ``k`` of depth k's child loss
+            ``(1-gamma) L_CE + gamma L_KD``, with constant weights, so every depth's child
+            learns every step (the depth gradient still comes from ``depth_terms``).
     """
     if not (probe_kd or final_kd):
         raise ValueError("adabert_loss: L_KD needs probe_kd or final_kd (or both)")
     ce = ce_loss(logits, labels)
-    kd = distillation_loss(probe_logits, depth_terms, teacher_logits, labels, temperature) if probe_kd else None
-    if final_kd:
-        final = final_kd_loss(logits, teacher_logits, temperature)
-        kd = final if kd is None else kd + final
-    return LossParts(total_loss(ce, kd, efficiency, gamma, beta), ce, kd, efficiency)
+    kd = _kd_loss(logits, probe_logits, depth_terms, teacher_logits, labels, temperature, probe_kd, final_kd)
+    total = total_loss(ce, kd, efficiency, gamma, beta)
+    every_depth = None
+    if depth_logits:
+        children = [total_loss(ce_loss(child_logits, labels),
+                               _kd_loss(child_logits, probe_logits, [(k, None)], teacher_logits, labels, temperature,
+                                        probe_kd, final_kd), None, gamma)
+                    for k, child_logits in enumerate(depth_logits, start=1)]
+        every_depth = torch.stack(children).mean()
+        total = total + every_depth
+    return LossParts(total, ce, kd, efficiency, every_depth)

@@ -29,6 +29,9 @@ Each training step (paper section 2.5.2):
    (computed on the relaxed ``y``'s) all send gradient to op and depth parameters.
    ``full=True`` runs every candidate and every cell (``sum_o gate_o op_o(x)``,
    ``sum_k gate_k ...``): same values, denser gradients, ~10x the compute.
+   ``train_every_depth=True`` keeps single-path ops but runs every cell, gives the depth
+   its full relaxed gradient (``sum_k gate_k ...``) and adds every depth's child loss with
+   constant weights, so cell k learns on every step, not only when a depth >= k is drawn.
 3. **one joint update** (default): a single backward, then the weight optimizer (the
    evaluator's SGD + cosine) and the architecture optimizer (Adam) both step. The paper
    trains weights and architecture "simultaneously"; this costs one forward/backward per
@@ -384,7 +387,7 @@ class AdaBertStrategy(OneShotStrategy):
         if not memo.get("_validated"):
             memo.update(self._arch_parameters)
             memo["_validated"] = True
-        return hook(module, name, memo, {"full": self.config.full})
+        return hook(module, name, memo, {"full": self.config.full, "every_depth": self.config.train_every_depth})
 
     def configure_oneshot_module(self, training_module: LightningModule) -> AdaBertLightningModule:
         return AdaBertLightningModule(training_module, self.config, seed=self.seed, grad_clip=self.grad_clip,

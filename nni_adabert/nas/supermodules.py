@@ -154,18 +154,26 @@ class StraightThroughDepthChoice(DepthChoice, StraightThroughBase):
     Single-path: ``cells_needed = K`` so only cells 1..K run; returns ``gate_K * pooled_K``
     and KD term ``[(K, gate_K)]``. Full: all cells run; ``sum_k gate_k pooled_k`` and one
     KD term per depth.
+
+    ``every_depth``: during a sampled (training) forward all cells run as in full, and the
+    space also returns every depth's logits (:attr:`supervises_every_depth`), so the loss
+    trains each depth's child every step. Single-path alone trains cell k only when a depth
+    >= k is drawn (cell 1 every step, cell 8 one step in eight at the start), and the
+    better-trained shallow children then win the depth choice.
     """
 
-    def __init__(self, k_max: int, label: str, alpha: nn.Parameter, full: bool = False):
+    def __init__(self, k_max: int, label: str, alpha: nn.Parameter, full: bool = False, every_depth: bool = False):
         super().__init__(k_max, label)
         self._arch_alpha = alpha
         self.full = full
+        self.every_depth = every_depth
         self.draw = None
 
     @classmethod
     def mutate(cls, module: nn.Module, name: str, memo: Dict[str, Any], mutate_kwargs: Dict[str, Any]):
         if type(module) is DepthChoice:
-            return cls(module.k_max, module.label, memo[module.label], mutate_kwargs.get("full", False))
+            return cls(module.k_max, module.label, memo[module.label], mutate_kwargs.get("full", False),
+                       mutate_kwargs.get("every_depth", False))
         return None
 
     @property
@@ -173,12 +181,20 @@ class StraightThroughDepthChoice(DepthChoice, StraightThroughBase):
         return list(range(1, self.k_max + 1))
 
     @property
+    def supervises_every_depth(self) -> bool:
+        # Only under a sampled draw: the argmax child (validation, export) runs its own K cells.
+        return self.every_depth and self.current_draw().relaxed is not None
+
+    def _runs_every_depth(self) -> bool:
+        return self.full or self.supervises_every_depth
+
+    @property
     def cells_needed(self) -> Optional[int]:
-        return None if self.full else self.current_draw().index + 1
+        return None if self._runs_every_depth() else self.current_draw().index + 1
 
     def forward(self, candidates: List[torch.Tensor]) -> torch.Tensor:
         draw = self.current_draw()
-        if self.full:
+        if self._runs_every_depth():
             out = None
             for k, c in enumerate(candidates):
                 term = draw.gates[k] * c
@@ -188,7 +204,7 @@ class StraightThroughDepthChoice(DepthChoice, StraightThroughBase):
 
     def depth_terms(self, n_run: int) -> List[Tuple[int, Optional[torch.Tensor]]]:
         draw = self.current_draw()
-        if self.full:
+        if self._runs_every_depth():
             return [(k, draw.gates[k - 1]) for k in range(1, n_run + 1)]
         return [(draw.index + 1, draw.gates[draw.index])]
 
