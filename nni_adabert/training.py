@@ -140,8 +140,9 @@ class EpochLog(Callback):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not is_main_process():
             return
+        # A metric logged per step and per epoch is in callback_metrics three times: keep the epoch's mean.
         metrics = ", ".join(f"{name} {float(value):.4f}" for name, value in sorted(trainer.callback_metrics.items())
-                            if value.numel() == 1)
+                            if value.numel() == 1 and not name.endswith(("_step", "_epoch")))
         minutes = (time.perf_counter() - getattr(self, "started", time.perf_counter())) / 60
         log.info("epoch %d/%d: %s (%.1f min)", trainer.current_epoch + 1, trainer.max_epochs, metrics or "no metrics",
                  minutes)

@@ -19,6 +19,7 @@ from nni_adabert.nas.distill import AdaBertDistillModule, model_inputs
 from nni_adabert.nas.losses import final_kd_loss
 from nni_adabert.nas.strategy import AdaBertStrategy, top_prob_ratio
 from nni_adabert.nas.supermodules import efficiency_loss, gumbel_straight_through
+from nni_adabert.training import EpochLog
 from nni_adabert.workflows.search import UNDECIDED_RATIO, warn_if_undecided
 
 V, C, J = 30, 2, 3
@@ -388,6 +389,32 @@ def test_distill_module_retrains_a_frozen_child(tmp_path):
     trainer.fit(distill, train, dev)
     assert 0.0 <= distill.last_val_metrics["val_acc"] <= 1.0
     assert not torch.equal(before["classifier.weight"], child.state_dict()["classifier.weight"])
+
+
+def test_the_epoch_log_line_shows_epoch_means_of_the_training_terms(tmp_path, caplog):
+    class StepValues(pl.Callback):
+        def __init__(self):
+            self.ce, self.sizes = [], []
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            self.ce.append(float(trainer.callback_metrics["train_ce_step"]))
+            self.sizes.append(int(batch["labels"].shape[0]))
+
+    cfg = tiny_config()
+    space, module = supernet(cfg, seed=0)
+    distill = AdaBertDistillModule(C, TrainingConfig(lr=0.05))
+    distill.set_model(space.freeze(module.export()))
+    steps = StepValues()
+    train, dev = loaders(n_train=40)                                # batches of 12, 12, 12, 4
+    trainer = pl.Trainer(max_epochs=1, enable_progress_bar=False, enable_model_summary=False, logger=False,
+                         enable_checkpointing=False, default_root_dir=tmp_path, callbacks=[steps, EpochLog()])
+    with caplog.at_level("INFO", logger="nni_adabert.training"):
+        trainer.fit(distill, train, dev)
+    [line] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch 1/1")]
+    assert "_step" not in line and "_epoch" not in line
+    shown = float(line.split("train_ce ")[1].split(",")[0])
+    mean = sum(c * n for c, n in zip(steps.ce, steps.sizes)) / sum(steps.sizes)
+    assert len(set(steps.ce)) > 1 and shown == pytest.approx(mean, abs=1e-4)   # the epoch's mean, not the last step
 
 
 def test_weight_decay_shrinks_matrices_not_biases_or_norms(tmp_path):

@@ -73,7 +73,8 @@ class AdaBertDistillModule(LightningModule):
         task: the task's :meth:`data.tasks.TaskSpec.to_dict`: its metrics are logged (the F1 of its
             positive class, macro-F1) besides accuracy.
 
-    Logged: ``train_loss``, ``train_ce``, ``train_kd``, ``train_eff`` (``train_every_depth``) per step;
+    Logged: ``train_loss``, ``train_ce``, ``train_kd``, ``train_eff`` (``train_every_depth``) per step
+    and as epoch means;
     ``val_acc`` (and ``val_f1``, ``val_macro_f1``), ``val_ce`` per epoch. The last dev metrics are also in
     :attr:`last_val_metrics`.
     """
@@ -115,13 +116,13 @@ class AdaBertDistillModule(LightningModule):
         parts = self.compute_loss(batch)
         check_finite(parts.total, self)
         bs = int(batch["labels"].shape[0])
-        self.log("train_loss", parts.total.detach(), prog_bar=True, batch_size=bs)
-        self.log("train_ce", parts.ce.detach(), batch_size=bs)
-        self.log("train_kd", parts.kd.detach(), batch_size=bs)
-        if parts.efficiency is not None:
-            self.log("train_eff", parts.efficiency.detach(), batch_size=bs)
-        if parts.every_depth is not None:
-            self.log("train_every_depth", parts.every_depth.detach(), batch_size=bs)
+        # Per step (progress bar, TensorBoard) and as the epoch's mean (the epoch's log line).
+        terms = {"loss": parts.total, "ce": parts.ce, "kd": parts.kd, "eff": parts.efficiency,
+                 "every_depth": parts.every_depth}
+        for name, value in terms.items():
+            if value is not None:
+                self.log(f"train_{name}", value.detach(), prog_bar=name == "loss", on_step=True, on_epoch=True,
+                         batch_size=bs)
         return parts.total
 
     def validation_step(self, batch: Dict[str, Any], batch_idx: int) -> None:
