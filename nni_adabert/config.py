@@ -159,6 +159,10 @@ class ArchitectureConfig(Settings):
                                              "which favours shallow children")
     alternate: bool = setting(False, "alternate architecture and weight steps (NNI DARTS style) instead of one "
                                      "joint step")
+    arch_holdout: float = setting(0.0, "share of the train examples (each with its augmented copies) held out "
+                                       "for the architecture steps, DARTS' split: the weights train on the rest "
+                                       "and the steps alternate (0: one joint step on the same batch)",
+                                  minimum=0, below=1)
     max_params: int | None = setting(None, "parameter budget of the exported student: the search is pulled to it "
                                            "(|E[params]/budget - 1|, in place of β·L_E) and the exported child "
                                            "is the most probable one within it", minimum=1)

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 
+import datasets
 import pytest
 import torch
 from conftest import write_tsv
@@ -98,6 +99,35 @@ def test_retrain_a_seeded_random_architecture_of_the_space(runs, tmp_path, capsy
     assert retrain("random:three", tmp_path / "bad") == 2
     assert "arch 'random:three': expected 'random:<integer seed>'" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+
+
+def test_search_steps_the_architecture_on_held_out_examples(runs, tmp_path, capsys):
+    out = tmp_path / "holdout"
+    assert main(["search", "--teacher", str(runs / "MRPC"), "--output-dir", str(out), "--epochs", "2",
+                 "--batch-size", "16", "--arch-holdout", "0.25", "--no-progress"]) == 0
+    doc = json.loads((out / "architecture.json").read_text())
+    history = doc["search"]["history"]
+    assert doc["search"]["arch_holdout"] == 0.25 and len(history) == 2
+    assert history[0]["top_prob_ratio"] == pytest.approx(1.0)                 # the warm-up epoch
+    assert history[1]["top_prob_ratio"] > 1.0                                 # moved on the held-out rows
+
+    # A store from before stores recorded each row's original cannot be split: one clear line, nothing written.
+    store = open_teacher_run(runs / "MRPC")
+    old_run, old_store = tmp_path / "old-run", tmp_path / "old-store"
+    shutil.copytree(runs / "MRPC", old_run)
+    shutil.copytree(store.path, old_store, ignore=shutil.ignore_patterns("data"))
+    meta = json.loads((old_store / "meta.json").read_text())
+    (old_store / "meta.json").write_text(json.dumps({**meta, "format": 1}))
+    datasets.DatasetDict({"train": store.data["train"].remove_columns("origin"), "dev": store.data["dev"]}
+                         ).save_to_disk(str(old_store / "data"))
+    record = json.loads((old_run / "probes.json").read_text())
+    (old_run / "probes.json").write_text(json.dumps({**record, "knowledge_store": str(old_store)}))
+    assert not open_teacher_run(old_run).records_origins
+    capsys.readouterr()
+    args = ["search", "--teacher", str(old_run), "--output-dir", str(tmp_path / "refused"), "--no-progress"]
+    assert main([*args, "--arch-holdout", "0.25"]) == 2
+    assert "search setting arch_holdout needs a knowledge store that records" in capsys.readouterr().err
+    assert not (tmp_path / "refused").exists()
 
 
 def test_cli_errors_exit_2_and_write_nothing(runs, tmp_path, capsys):

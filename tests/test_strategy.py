@@ -447,6 +447,29 @@ def test_alternating_steps_update_architecture(tmp_path):
     assert all(a.abs().sum() > 0 for a in alphas)                    # started at zero, Adam moved them
 
 
+def test_held_out_batches_step_the_architecture_and_the_others_the_weights(tmp_path):
+    pl.seed_everything(0, verbose=False)
+    cfg = tiny_config(k_max=4)
+    space, module = supernet(cfg, seed=0, arc_lr=0.05)
+    seen = []
+    step = module.training_module.training_step
+
+    def recording_step(batch, batch_idx):
+        seen.append((module.trainer.current_epoch, int(batch["labels"].shape[0])))
+        return step(batch, batch_idx)
+
+    module.training_module.training_step = recording_step
+    g = torch.Generator().manual_seed(0)
+    weights = DataLoader(synthetic_examples(48, 0), batch_size=12, shuffle=True, generator=g)   # 4 batches
+    arch = DataLoader(synthetic_examples(10, 5), batch_size=5)                                 # 2, cycled
+    trainer = pl.Trainer(max_epochs=2, enable_progress_bar=False, enable_model_summary=False, logger=False,
+                         enable_checkpointing=False, default_root_dir=tmp_path)
+    trainer.fit(module, {"weights": weights, "arch": arch}, loaders()[1])
+    # Warm-up epoch: weight steps only; then an architecture step on the held-out batch before each.
+    assert seen == [(0, 12)] * 4 + [(1, 5), (1, 12)] * 4
+    assert all(m._arch_alpha.abs().sum() > 0 for m in module.straight_through_modules())
+
+
 # ----------------------------------------------------------------------------- ablation switches (paper Table 4)
 
 

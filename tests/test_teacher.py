@@ -2,7 +2,10 @@
 
 import json
 import shutil
+import statistics
+from collections import Counter
 
+import datasets
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -13,7 +16,7 @@ from nni_adabert.teacher.augment import AugmentConfig
 from nni_adabert.data.encoding import IGNORE_LABEL
 from nni_adabert.data.glue import load_task
 from nni_adabert.errors import UserError
-from nni_adabert.teacher.knowledge import build_knowledge
+from nni_adabert.teacher.knowledge import build_knowledge, holdout_split
 from nni_adabert.data.tasks import get_task
 from nni_adabert.data.encoding import tokenize
 from nni_adabert.teacher.finetune import (TeacherConfig, finetune_epochs, finetune_teacher, load_finetuned_teacher,
@@ -160,6 +163,32 @@ def test_knowledge_store_contents(tmp_path, task, sst2, mrpc, teacher_copy):
     assert batch["teacher_logits"].shape == (5, J, C)
     assert ("input_ids_b" in batch) == spec.is_pair
     assert batch["input_ids_a"].shape == batch["attention_mask_a"].shape
+    # Each row records its original: originals themselves, copies the example they were made from.
+    origins = list(train["origin"])
+    assert store.records_origins and origins[:n] == list(range(n))
+    copies = origins[n:]
+    assert copies == sorted(copies) and set(copies) <= set(range(n)) and max(Counter(copies).values()) <= 2
+
+    def overlap(i, j):
+        a, b = set(train[i]["input_ids_a"]), set(train[j]["input_ids_a"])
+        return len(a & b) / len(a | b)
+
+    own = statistics.mean(overlap(n + k, origin) for k, origin in enumerate(copies))
+    other = statistics.mean(overlap(n + k, (origin + 1) % n) for k, origin in enumerate(copies))
+    assert own > 0.4 and own > 2 * other
+
+
+def test_holdout_split_keeps_each_example_with_its_copies_on_one_side():
+    origins = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 0, 1, 3, 3, 3, 7, 9]
+    rows = datasets.Dataset.from_dict({"origin": origins, "row": list(range(len(origins)))})
+    kept, held = holdout_split(rows, 0.3, seed=4)
+    assert sorted([*kept["row"], *held["row"]]) == list(range(len(origins)))  # every row, once
+    assert not set(kept["origin"]) & set(held["origin"])                   # no example on both sides
+    assert len(set(held["origin"])) == 3 and len(set(kept["origin"])) == 7
+    assert list(holdout_split(rows, 0.3, seed=4)[1]["row"]) == list(held["row"])
+    assert list(holdout_split(rows, 0.3, seed=5)[1]["row"]) != list(held["row"])
+    assert len(set(holdout_split(rows, 0.01)[1]["origin"])) == 1              # at least one each way
+    assert len(set(holdout_split(rows, 0.99)[0]["origin"])) == 1
 
 
 def test_teacher_features_batched_by_length_equal_one_example_at_a_time(sst2, teacher_copy):

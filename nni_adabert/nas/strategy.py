@@ -37,7 +37,10 @@ Each training step (paper section 2.5.2):
    trains weights and architecture "simultaneously"; this costs one forward/backward per
    step instead of DARTS' two and keeps the dev set out of the search.
    ``alternate=True`` does NNI-DARTS-style alternation instead (architecture step, then
-   a freshly sampled weight step, both on the training batch).
+   a freshly sampled weight step, both on the training batch). Train batches that are dicts
+   ``{"weights": ..., "arch": ...}`` (``train_dataloaders`` of two loaders, e.g. a split of the
+   train set: ``arch_holdout``) alternate too, the architecture stepping on ``"arch"``, as
+   DARTS does with its validation half.
 
 The temperature is annealed linearly per step from ``tau_start`` to ``tau_end`` over the
 run. Validation runs the current argmax architecture (all gates constant), so dev metrics
@@ -243,22 +246,26 @@ class AdaBertLightningModule(BaseOneShotLightningModule):
         self.tau = self._temperature(batch_idx)
         arc_optim = self.architecture_optimizers()
         arch_on = self.trainer.current_epoch >= self.config.warmup_epochs
+        # A held-out batch for the architecture (DARTS' split) means alternating steps.
+        split = isinstance(batch, Mapping) and set(batch) == {"weights", "arch"}
+        weights_batch, arch_batch = (batch["weights"], batch["arch"]) if split else (batch, batch)
+        alternate = self.config.alternate or split
 
-        if self.config.alternate and arch_on:
+        if alternate and arch_on:
             self.resample()
             arc_optim.zero_grad()
-            loss, _ = self._step_loss(batch, 2 * batch_idx)
+            loss, _ = self._step_loss(arch_batch, 2 * batch_idx)
             self.manual_backward(self._with_budget(loss))
             arc_optim.step()
 
         self.resample()
         arc_optim.zero_grad()
-        loss, out = self._step_loss(batch, 2 * batch_idx + 1 if self.config.alternate else batch_idx)
-        if arch_on and not self.config.alternate:
+        loss, out = self._step_loss(weights_batch, 2 * batch_idx + 1 if alternate else batch_idx)
+        if arch_on and not alternate:
             loss = self._with_budget(loss)
         # zero weight grads -> backward (reaches weights AND architecture logits) -> weight step
         self.advance_optimization(loss, batch_idx, self.grad_clip)
-        if arch_on and not self.config.alternate:
+        if arch_on and not alternate:
             arc_optim.step()
         self.advance_lr_schedulers(batch_idx)
 

@@ -3,7 +3,9 @@
 The search never runs the teacher. :func:`build_knowledge` runs it once over
 every train example (original and augmented) and every dev example, trains the
 layer probes, and stores for each example the student's token ids, its label
-(``-100`` for augmented copies) and ``teacher_logits`` [J, C] as Arrow columns
+(``-100`` for augmented copies), ``teacher_logits`` [J, C] and, for train rows, the
+``origin``: the index of the original example a row is or was augmented from, so that
+a split of the train rows keeps each example's copies on one side. Arrow columns,
 with ``datasets``. The store's directory name is a fingerprint of the teacher's
 weights, the data, the augmentation and probe settings: a second run with the
 same inputs loads it; any change of them builds a new one.
@@ -23,6 +25,7 @@ from pathlib import Path
 from typing import Callable
 
 import datasets
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
@@ -41,7 +44,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_CACHE_DIR = Path(os.environ.get("NNI_ADABERT_CACHE", Path.home() / ".cache" / "nni-adabert"))
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2      # 2: train rows record their origin
+READABLE_FORMATS = (1, 2)
 AUGMENT_CHUNK = 2048  # originals per resumable augmentation stage
 TEACHER_FILES = "teacher"  # in a store: what students need of the teacher (tokenizer, config.json, embeddings)
 EMBEDDINGS_FILE = "word_embeddings.safetensors"
@@ -106,15 +110,36 @@ class KnowledgeStore:
             return ds.select([*originals, *range(n_orig, n_orig + min(max(augmented_limit, 0), len(ds) - n_orig))])
         return ds if limit is None else ds.select(range(min(limit, len(ds))))
 
+    @property
+    def records_origins(self) -> bool:
+        """Whether the train rows say which original each comes from (stores of format 2 on)."""
+        return "origin" in self.data["train"].column_names
+
     def loader(self, split: str, batch_size: int, shuffle: bool = False, seed: int = 0,
                limit: int | None = None, augmented_limit: int | None = None) -> DataLoader:
-        """Batches as the search and retraining read them (see :func:`student_collate`) of
-        :meth:`rows`; shuffled per epoch from ``seed`` (:class:`training.EpochShuffleSampler`)."""
-        ds = self.rows(split, limit, augmented_limit)
-        sampler = EpochShuffleSampler(len(ds), seed) if shuffle else None
-        # Its own generator: creating an iterator must not draw from the global one (see training.py).
-        return DataLoader(ds.with_format(None), batch_size=batch_size, sampler=sampler, collate_fn=student_collate,
-                          generator=torch.Generator().manual_seed(seed), pin_memory=pin_memory())
+        """Batches as the search and retraining read them of :meth:`rows` (:func:`row_loader`)."""
+        return row_loader(self.rows(split, limit, augmented_limit), batch_size, shuffle, seed)
+
+
+def holdout_split(rows: datasets.Dataset, share: float, seed: int = 0) -> tuple[datasets.Dataset, datasets.Dataset]:
+    """``(kept, held_out)`` train rows of a store that :attr:`~KnowledgeStore.records_origins`:
+    a seeded ``share`` of the original examples, each with its augmented copies, is held out, so
+    no held-out example reaches the other side as a copy. At least one example goes each way."""
+    origins = np.fromiter(rows["origin"], dtype=np.int64, count=len(rows))
+    examples = np.unique(origins)
+    n_held = min(max(round(share * len(examples)), 1), len(examples) - 1)
+    held = np.random.default_rng(seed).choice(examples, size=n_held, replace=False)
+    is_held = np.isin(origins, held)
+    return rows.select(np.flatnonzero(~is_held)), rows.select(np.flatnonzero(is_held))
+
+
+def row_loader(rows: datasets.Dataset, batch_size: int, shuffle: bool = False, seed: int = 0) -> DataLoader:
+    """Batches of store rows as the search and retraining read them (see :func:`student_collate`);
+    shuffled per epoch from ``seed`` (:class:`training.EpochShuffleSampler`)."""
+    sampler = EpochShuffleSampler(len(rows), seed) if shuffle else None
+    # Its own generator: creating an iterator must not draw from the global one (see training.py).
+    return DataLoader(rows.with_format(None), batch_size=batch_size, sampler=sampler, collate_fn=student_collate,
+                      generator=torch.Generator().manual_seed(seed), pin_memory=pin_memory())
 
 
 def student_collate(features: list[dict]) -> dict[str, torch.Tensor]:
@@ -164,8 +189,9 @@ def open_knowledge(path: str | os.PathLike) -> KnowledgeStore:
     if not meta_path.is_file():
         raise UserError(f"{path} is not a teacher-knowledge store: meta.json is missing")
     meta = json.loads(meta_path.read_text())
-    if meta.get("format") != FORMAT_VERSION:
-        raise UserError(f"{path} has store format {meta.get('format')}, expected {FORMAT_VERSION}; rebuild it")
+    if meta.get("format") not in READABLE_FORMATS:
+        raise UserError(f"{path} has store format {meta.get('format')}, expected one of "
+                        f"{', '.join(map(str, READABLE_FORMATS))}; rebuild it")
     return KnowledgeStore(path, datasets.load_from_disk(str(path / "data")), meta)
 
 
@@ -213,7 +239,7 @@ def build_knowledge(spec: TaskSpec, data: datasets.DatasetDict, teacher_dir: str
     probe_acc = (dev_logits.argmax(-1) == dev_labels[:, None]).float().mean(0).tolist()
 
     student_cols = ["input_ids_a", "input_ids_b"] if spec.is_pair else ["input_ids_a"]
-    train_rows = _rows(train, student_cols, train["label"], train_logits)
+    train_rows = _rows(train, student_cols, train["label"], train_logits, origins=range(len(train)))
     if augment is not None and augment.copies > 0:
         train_rows = datasets.concatenate_datasets(
             [train_rows, _augmented_rows(spec, data["train"], teacher, tokenizer, teacher_dir, augment,
@@ -273,14 +299,18 @@ def _stage_rows(path: Path, compute: Callable[[], datasets.Dataset]) -> datasets
     return datasets.load_from_disk(str(path))
 
 
-def _rows(tokenized: datasets.Dataset, student_cols: list[str], labels, logits: torch.Tensor) -> datasets.Dataset:
+def _rows(tokenized: datasets.Dataset, student_cols: list[str], labels, logits: torch.Tensor,
+          origins=None) -> datasets.Dataset:
+    """Store rows; ``origins``: for train rows, the index of each row's original example."""
     cols = {c: tokenized[c] for c in student_cols}
     cols["label"] = list(labels)
     cols["teacher_logits"] = logits.numpy()
     J, C = logits.shape[1:]
-    features = datasets.Features({**{c: datasets.Sequence(datasets.Value("int32")) for c in student_cols},
-                                  "label": datasets.Value("int64"),
-                                  "teacher_logits": datasets.Array2D((J, C), "float32")})
+    features = {**{c: datasets.Sequence(datasets.Value("int32")) for c in student_cols},
+                "label": datasets.Value("int64"), "teacher_logits": datasets.Array2D((J, C), "float32")}
+    if origins is not None:
+        cols["origin"], features["origin"] = list(origins), datasets.Value("int64")
+    features = datasets.Features(features)
     return datasets.Dataset.from_dict(cols, features=features)
 
 
@@ -291,7 +321,7 @@ def _augmented_rows(spec, original: datasets.Dataset, teacher, tokenizer, teache
     Every example has its own random generator, so chunking changes nothing."""
     augmenter = None
 
-    def label_chunk(chunk: datasets.Dataset) -> datasets.Dataset:
+    def label_chunk(chunk: datasets.Dataset, start: int) -> datasets.Dataset:
         nonlocal augmenter
         if augmenter is None:
             info = read_teacher_info(teacher_dir) or {}
@@ -306,13 +336,14 @@ def _augmented_rows(spec, original: datasets.Dataset, teacher, tokenizer, teache
             copies = augmenter.augment(chunk["text_a"])
             cols = {"text_a": [text for per_example in copies for text in per_example]}
         cols["label"] = [0] * len(cols["text_a"])  # placeholder for tokenize(); replaced by IGNORE_LABEL
+        origins = [start + i for i, per_example in enumerate(copies) for _ in per_example]
         aug = tokenize(datasets.Dataset.from_dict(cols), tokenizer, spec)
         with torch.no_grad():
             logits = layer_probes(*teacher_features(teacher, aug, progress=False, precision=precision))
-        return _rows(aug, student_cols, [IGNORE_LABEL] * len(aug), logits)
+        return _rows(aug, student_cols, [IGNORE_LABEL] * len(aug), logits, origins)
 
     starts = range(0, len(original), AUGMENT_CHUNK)
     chunks = [_stage_rows(stages / f"augmented-{i:05d}", lambda: label_chunk(
-                  original.select(range(start, min(start + AUGMENT_CHUNK, len(original))))))
+                  original.select(range(start, min(start + AUGMENT_CHUNK, len(original)))), start))
               for i, start in enumerate(tqdm(starts, desc="augment + teacher", unit="chunk", disable=not progress))]
     return datasets.concatenate_datasets(chunks)

@@ -23,7 +23,8 @@ from ..model.space import AdaBertSpace, factorized_embedding, resolve_space
 from ..nas.budget import budgets_of, check_budgets
 from ..nas.distill import AdaBertDistillModule, val_metric_key
 from ..nas.strategy import AdaBertStrategy
-from ..teacher.knowledge import KnowledgeStore
+from ..errors import UserError
+from ..teacher.knowledge import KnowledgeStore, holdout_split, row_loader
 from ..training import is_main_process, make_trainer
 from .evaluate import evaluate_student, warn_if_no_better_than_majority
 from .export import ARCH_FILE, write_student
@@ -50,6 +51,23 @@ def warn_if_undecided(history: list[dict], config: SearchConfig) -> bool:
                 "is close to a random one of the space: search longer (--epochs) or on more rows "
                 "(--augmented-limit, more --aug-copies in the teacher run)", ratio)
     return True
+
+
+def train_loaders(store: KnowledgeStore, config: SearchConfig):
+    """The search's train batches: one loader of the store's rows, or with ``arch_holdout`` the
+    dict ``{"weights": ..., "arch": ...}`` of the two sides of :func:`knowledge.holdout_split`
+    (Lightning draws one batch of each per step; :class:`AdaBertLightningModule` steps the
+    architecture on the held-out one)."""
+    rows = store.rows("train", config.train_limit, config.augmented_limit)
+    if config.arch_holdout == 0:
+        return row_loader(rows, config.batch_size, shuffle=True, seed=config.seed)
+    if not store.records_origins:
+        raise UserError(f"search setting arch_holdout needs a knowledge store that records each augmented row's "
+                        f"original; {store.path} was built before stores did: run nni-adabert teacher again "
+                        f"(it rebuilds the store, not the teacher) or pass --arch-holdout 0")
+    weight_rows, arch_rows = holdout_split(rows, config.arch_holdout, config.seed)
+    return {"weights": row_loader(weight_rows, config.batch_size, shuffle=True, seed=config.seed),
+            "arch": row_loader(arch_rows, config.batch_size, shuffle=True, seed=config.seed + 1)}
 
 
 def search_run_settings(config: SearchConfig, store: KnowledgeStore) -> dict:
@@ -92,6 +110,7 @@ def _search(store: KnowledgeStore, out_dir: Path, config: SearchConfig, progress
                                 config.latency_threads, echo=log.info)
     # Before anything is written: a budget no child meets is the user's to fix.
     check_budgets(space_config, budgets_of(space_config, config, latency))
+    train = train_loaders(store, config)  # and a split the store cannot make
     if not config.architecture_moves:
         log.warning("search: --warmup-epochs %d covers all %d epochs, so the architecture never moves; raise "
                     "--epochs or lower --warmup-epochs", config.warmup_epochs, config.epochs)
@@ -101,8 +120,6 @@ def _search(store: KnowledgeStore, out_dir: Path, config: SearchConfig, progress
     embedding = factorized_embedding(store.word_embeddings(), config.embed_dim)
     space = AdaBertSpace(space_config, embedding)
 
-    train = store.loader("train", config.batch_size, shuffle=True, seed=config.seed, limit=config.train_limit,
-                         augmented_limit=config.augmented_limit)
     dev = store.loader("dev", 256)
     trainer = make_trainer(run_dir, config.epochs, progress=progress, trainer_cls=Trainer, seed=config.seed,
                            devices=config.devices)
