@@ -19,11 +19,11 @@ from nni.nas.experiment import NasExperiment
 
 from .. import runs
 from ..config import SearchConfig
+from ..errors import UserError
 from ..model.space import AdaBertSpace, factorized_embedding, resolve_space
 from ..nas.budget import budgets_of, check_budgets
 from ..nas.distill import AdaBertDistillModule, val_metric_key
 from ..nas.strategy import AdaBertStrategy
-from ..errors import UserError
 from ..teacher.knowledge import KnowledgeStore, holdout_split, row_loader
 from ..training import is_main_process, make_trainer
 from .evaluate import evaluate_student, warn_if_no_better_than_majority
