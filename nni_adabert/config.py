@@ -214,6 +214,12 @@ class SearchConfig(ArchitectureConfig, TrainingConfig):
                          choices=("auto", "paper", "matching"))
     finetune_epochs: int = setting(0, "epochs that train the derived child alone after the search "
                                       "(as nni-adabert retrain does, from its searched weights)", minimum=0)
+    # A flat distribution's argmax is about a random child, and random MRPC children retrain to 74-85 F1.
+    candidates: int = setting(8, "when the search ends undecided (top_prob_ratio below 1.2): children drawn from "
+                                 "its distributions (the argmax first) trained --candidate-epochs each on the "
+                                 "train examples but a held-out fifth; the best on that fifth is exported "
+                                 "(0 or 1: the argmax)", minimum=0)
+    candidate_epochs: int = setting(1, "epochs of each candidate's training (with --candidates)", minimum=1)
 
     @property
     def architecture_moves(self) -> bool:
@@ -231,6 +237,13 @@ class SearchConfig(ArchitectureConfig, TrainingConfig):
         shared = {f.name: getattr(self, f.name) for f in fields(TrainingConfig)
                   if f.name not in ("epochs", "optimizer", "lr", "min_lr")}
         return RetrainConfig(**shared, epochs=self.finetune_epochs)
+
+    def candidate_config(self) -> "RetrainConfig":
+        """The short training of each candidate child (``candidates``): a retraining's recipe for
+        ``candidate_epochs``, on this search's rows, seed, batch size and dropout."""
+        shared = {name: getattr(self, name) for name in ("batch_size", "dropout", "seed", "train_limit",
+                                                          "augmented_limit", "devices")}
+        return RetrainConfig(**shared, epochs=self.candidate_epochs)
 
 
 @dataclass

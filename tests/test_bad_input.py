@@ -209,6 +209,10 @@ CASES = {
                           r"student.safetensors does not match the checksum"),
     # settings and output
     "bad search setting": (lambda r, s, t: search(r, t, "--epochs", "0"), "epochs must be an integer >= 1, got 0"),
+    "negative candidates": (lambda r, s, t: search(r, t, "--candidates", "-1"),
+                            "candidates must be an integer >= 0, got -1"),
+    "no candidate epochs": (lambda r, s, t: search(r, t, "--candidate-epochs", "0"),
+                            "candidate_epochs must be an integer >= 1, got 0"),
     "KD weight out of range": (lambda r, s, t: search(r, t, "--gamma", "1.5"), r"gamma .* must be in \[0, 1\]"),
     "negative gradient clip": (lambda r, s, t: search(r, t, "--grad-clip", "-1"),
                                r"grad_clip must be a finite number >= 0, got -1.0"),

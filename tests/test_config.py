@@ -74,13 +74,16 @@ def test_configs_split_by_what_they_configure():
     # A search is training plus architecture optimisation plus its own few; a retraining has no
     # search-only setting (β, the space, the architecture's optimizer).
     assert names(SearchConfig) == names(TrainingConfig) | names(ArchitectureConfig) | {
-        "beta", "embed_dim", "k_max", "space", "finetune_epochs"}
+        "beta", "embed_dim", "k_max", "space", "finetune_epochs", "candidates", "candidate_epochs"}
     assert names(RetrainConfig) == names(TrainingConfig)
     assert RetrainConfig().optimizer == "adamw" and SearchConfig().optimizer == "sgd"
     # The fine-tuning after a search is a retraining of the search's data and loss, with a
     # retraining's optimizer.
     finetune = SearchConfig(finetune_epochs=2, gamma=0.5, lr=0.3, train_limit=7).finetune_config()
     assert finetune == RetrainConfig(epochs=2, gamma=0.5, train_limit=7, augmented_limit=20000, final_kd=False)
+    # Each candidate of an undecided search trains with a retraining's recipe on the search's rows.
+    candidate = SearchConfig(candidate_epochs=2, gamma=0.5, lr=0.3, train_limit=7, seed=3).candidate_config()
+    assert candidate == RetrainConfig(epochs=2, train_limit=7, augmented_limit=20000, seed=3)
     assert RetrainConfig(lr=0.004).final_lr == pytest.approx(4e-5) and SearchConfig().final_lr == 5e-4
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Mapping
+from typing import Iterable, Mapping
 
 import torch
 
@@ -24,11 +24,12 @@ log = logging.getLogger(__name__)
 
 
 @torch.no_grad()
-def dev_metrics(logits_fn, store: KnowledgeStore) -> dict:
+def dev_metrics(logits_fn, store: KnowledgeStore, batches: Iterable[dict] | None = None) -> dict:
     """Dev metrics on ``store`` of ``logits_fn(inputs) -> [B, C]``, where ``inputs`` holds the
-    student's ``input_ids_a``/``attention_mask_a`` ``[B, L]`` (and ``_b`` for pairs)."""
+    student's ``input_ids_a``/``attention_mask_a`` ``[B, L]`` (and ``_b`` for pairs). ``batches``:
+    other labelled rows than the dev set's (a loader of store rows)."""
     preds, labels = [], []
-    for batch in store.loader("dev", 256):
+    for batch in store.loader("dev", 256) if batches is None else batches:
         preds.append(logits_fn(model_inputs(batch)).argmax(-1).cpu())
         labels.append(batch["labels"])
     return compute_metrics(store.spec, torch.cat(preds), torch.cat(labels))

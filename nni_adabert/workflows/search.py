@@ -26,6 +26,7 @@ from ..nas.distill import AdaBertDistillModule, val_metric_key
 from ..nas.strategy import AdaBertStrategy
 from ..teacher.knowledge import KnowledgeStore, holdout_split, row_loader
 from ..training import is_main_process, make_trainer
+from .candidates import draw_candidates, pick_candidate
 from .evaluate import evaluate_student, warn_if_no_better_than_majority
 from .export import ARCH_FILE, write_student
 from .speed import latency_table
@@ -39,17 +40,29 @@ log = logging.getLogger(__name__)
 UNDECIDED_RATIO = 1.2
 
 
-def warn_if_undecided(history: list[dict], config: SearchConfig) -> bool:
-    """Warn, and return True, when the architecture moved during the search
-    (:attr:`SearchConfig.architecture_moves`) but its distributions ended nearly uniform (the last
-    epoch's ``top_prob_ratio`` in ``history`` below :data:`UNDECIDED_RATIO`)."""
+def is_undecided(history: list[dict], config: SearchConfig) -> bool:
+    """Whether the architecture moved during the search (:attr:`SearchConfig.architecture_moves`) but
+    its distributions ended nearly uniform (the last epoch's ``top_prob_ratio`` in ``history`` below
+    :data:`UNDECIDED_RATIO`)."""
     ratio = history[-1].get("top_prob_ratio") if history else None
-    if ratio is None or not config.architecture_moves or ratio >= UNDECIDED_RATIO:
+    return ratio is not None and config.architecture_moves and ratio < UNDECIDED_RATIO
+
+
+def warn_if_undecided(history: list[dict], config: SearchConfig, picked: bool = False) -> bool:
+    """Warn, and return True, when the search ended undecided (:func:`is_undecided`); ``picked``:
+    the exported child was picked among candidates (:mod:`candidates`), so only say so."""
+    if not is_undecided(history, config):
         return False
+    ratio = history[-1]["top_prob_ratio"]
+    if picked:
+        log.info("search: the architecture distributions ended nearly uniform (top_prob_ratio %.2f), so the "
+                 "exported child is the best of %d candidates drawn from them, each trained %d epoch(s) and scored "
+                 "on held-out train examples", ratio, config.candidates, config.candidate_epochs)
+        return True
     log.warning("search: the architecture distributions ended nearly uniform (the most likely candidate of a "
                 "choice is %.2fx as likely as a uniform pick, on average; 1.00 = undecided), so the exported cell "
-                "is close to a random one of the space: search longer (--epochs) or on more rows "
-                "(--augmented-limit, more --aug-copies in the teacher run)", ratio)
+                "is close to a random one of the space: search longer (--epochs), on more rows "
+                "(--augmented-limit, more --aug-copies in the teacher run), or pick among --candidates", ratio)
     return True
 
 
@@ -78,10 +91,15 @@ def search_run_settings(config: SearchConfig, store: KnowledgeStore) -> dict:
     return {**settings, **space_identity(resolve_space(config.space, store.spec.is_pair))}
 
 
+# What happens after the search phase: how the exported child is picked and fine-tuned.
+DERIVATION_SETTINGS = ("finetune_epochs", "candidates", "candidate_epochs")
+
+
 def search_phase(config: SearchConfig, store: KnowledgeStore) -> dict:
-    """The settings the search phase's checkpoints are written under: all but the fine-tuning's,
-    so a finished search resumes under another ``finetune_epochs`` and only the fine-tuning runs."""
-    return {k: v for k, v in search_run_settings(config, store).items() if k != "finetune_epochs"}
+    """The settings the search phase's checkpoints are written under: all but the derivation's
+    (:data:`DERIVATION_SETTINGS`), so a finished search resumes under another ``finetune_epochs`` or
+    ``candidates`` and only what follows the search runs."""
+    return {k: v for k, v in search_run_settings(config, store).items() if k not in DERIVATION_SETTINGS}
 
 
 def run_search(store: KnowledgeStore, out_dir: str | os.PathLike, config: SearchConfig = SearchConfig(),
@@ -136,17 +154,29 @@ def _search(store: KnowledgeStore, out_dir: Path, config: SearchConfig, progress
 
     arch = experiment.export_top_models(formatter="dict")[0]
     student = space.freeze(arch).cpu().eval()
+    history = [{k: v for k, v in h.items() if k != "arch"} for h in strategy.oneshot_module.history]
+    candidates = None
+    if is_undecided(history, config) and config.candidates > 1:
+        if store.records_origins:
+            archs = draw_candidates(space_config, strategy.oneshot_module.export_probs(), arch, config.candidates,
+                                    config.seed, budgets_of(space_config, config, latency))
+            student, candidates = pick_candidate(store, archs, config, out_dir / "candidates", run_identity, progress)
+            arch = student.arch
+        else:
+            log.warning("search: --candidates needs a knowledge store that records each augmented row's original; "
+                        "%s was built before stores did (nni-adabert teacher rebuilds it)", store.path)
     if config.finetune_epochs > 0:
         student = train_student(student, store, out_dir / "finetune", config.finetune_config(), run_identity,
                                 progress, report_to_nni)
-    history = [{k: v for k, v in h.items() if k != "arch"} for h in strategy.oneshot_module.history]
     predicted = {"predicted_speedup": {"over": config.speedup_over, "speedup": latency.speedup(space_config, arch),
                                        "latency_table": latency.setting}} if latency is not None else {}
     info = {**student_info(store), **evaluate_student(student, store), **predicted,
-            "search": {**config.to_dict(), "history": history}, runs.IDENTITY_KEY: run_identity}
+            "search": {**config.to_dict(), "history": history,
+                       **({"candidates_tried": [c.to_dict() for c in candidates]} if candidates else {})},
+            runs.IDENTITY_KEY: run_identity}
     if not is_main_process():
         return info  # the other DDP processes: the first one warns and writes
-    warn_if_undecided(history, config)
+    warn_if_undecided(history, config, picked=candidates is not None)
     # The paper keeps the supernet's weights; a rarely sampled child may come out uncalibrated.
     if config.finetune_epochs == 0:
         warn_if_no_better_than_majority(info["dev_metrics"], store,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 
 import pytorch_lightning as pl
+from torch.utils.data import DataLoader
 
 from ..config import RetrainConfig
 from ..data.encoding import vocab_fingerprint
@@ -66,17 +67,20 @@ def student_info(store: KnowledgeStore) -> dict:
 
 def train_student(student: AdaBertStudent, store: KnowledgeStore, run_dir: str | os.PathLike,
                   config: RetrainConfig, run_identity: dict, progress: bool = True,
-                  report_to_nni: bool = False) -> AdaBertStudent:
+                  report_to_nni: bool = False, train: DataLoader | None = None,
+                  val: DataLoader | None = None) -> AdaBertStudent:
     """Train a fixed child with ``(1-γ)·L_CE + γ·L_KD`` on ``store`` (a fixed child has no L_E).
     Checkpoints every epoch in ``run_dir`` and resumes (a checkpoint of the same
-    ``run_identity`` only: :func:`runs.last_checkpoint`)."""
+    ``run_identity`` only: :func:`runs.last_checkpoint`). ``train``, ``val``: other batches than
+    the store's train rows (within ``config``'s limits) and dev rows."""
     pl.seed_everything(config.seed, workers=True)
     module = AdaBertDistillModule(store.meta["num_labels"], config, report_to_nni=report_to_nni,
                                   main_metric=val_metric_key(store.spec.main_metric), task=store.spec.to_dict())
     module.set_model(student.train())  # Lightning keeps each module's mode: BatchNorm must learn
     trainer = make_trainer(run_dir, config.epochs, progress=progress, seed=config.seed, devices=config.devices,
                            gradient_clip_val=config.grad_clip or None)
-    train = store.loader("train", config.batch_size, shuffle=True, seed=config.seed, limit=config.train_limit,
-                         augmented_limit=config.augmented_limit)
-    fit(trainer, module, train, store.loader("dev", 256), run_dir, run_identity)
+    if train is None:
+        train = store.loader("train", config.batch_size, shuffle=True, seed=config.seed, limit=config.train_limit,
+                             augmented_limit=config.augmented_limit)
+    fit(trainer, module, train, val if val is not None else store.loader("dev", 256), run_dir, run_identity)
     return student.cpu().eval()

@@ -1,0 +1,90 @@
+"""When a search ends undecided: the exported child is picked among a few children drawn from the
+search's distributions, each trained briefly and scored on train examples held out from it.
+
+The argmax of nearly uniform distributions is close to a random child, and random children of one
+space retrain to very different students (MRPC: 74 to 85 F1, docs/results.md). A short training
+of each candidate tells them apart where the supernet's shared weights do not: the search's
+distributions say which children to try, the held-out examples which one to keep.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import random
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import pytorch_lightning as pl
+
+from ..config import SearchConfig
+from ..data.encoding import IGNORE_LABEL
+from ..model import cost
+from ..model.space import AdaBertStudent
+from ..nas.budget import Budget
+from ..teacher.knowledge import KnowledgeStore, holdout_split, row_loader
+from .evaluate import dev_metrics
+from .student import fresh_student, train_student
+
+log = logging.getLogger(__name__)
+
+HELD_OUT_SHARE = 0.2  # of the train examples (with their augmented copies), for scoring the candidates
+DRAWS_PER_CANDIDATE = 100  # draws tried per candidate wanted before settling for fewer (all alike, or over budget)
+
+
+@dataclasses.dataclass
+class Candidate:
+    """One child tried: its architecture, and its metrics on the held-out train examples."""
+
+    arch: dict
+    held_out_metrics: dict
+    params: int
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def draw_candidates(config, probs: Mapping[str, Mapping[Any, float]], first: Mapping[str, Any], count: int,
+                    seed: int = 0, budgets: Sequence[Budget] = ()) -> list[dict]:
+    """``first`` (the child the search exports), then up to ``count - 1`` other distinct children,
+    each choice drawn from its distribution in ``probs`` (``{label: {candidate: probability}}``,
+    :meth:`AdaBertLightningModule.export_probs`), each within every budget's ``[minimum, maximum]``."""
+    rng = random.Random(seed)
+    chosen = [dict(first)]
+    for _ in range(DRAWS_PER_CANDIDATE * count):
+        if len(chosen) >= count:
+            break
+        arch = {label: rng.choices(list(p), weights=list(p.values()))[0] for label, p in probs.items()}
+        if arch not in chosen and all(b.minimum <= b.child(config, arch) <= b.maximum for b in budgets):
+            chosen.append(arch)
+    return chosen
+
+
+def pick_candidate(store: KnowledgeStore, archs: Sequence[dict], config: SearchConfig, run_dir: Path,
+                   run_identity: dict, progress: bool = True) -> tuple[AdaBertStudent, list[Candidate]]:
+    """Train each child of ``archs`` from fresh weights (:meth:`SearchConfig.candidate_config`) on the
+    search's train rows less a seeded :data:`HELD_OUT_SHARE` of the examples, score it on those held-out
+    examples' labels (the task's main metric) and return the best one, trained (ties: the earlier one,
+    so the more probable), with every candidate's scores. Each training checkpoints under
+    ``run_dir/<i>`` and resumes."""
+    training = config.candidate_config()
+    rows = store.rows("train", config.train_limit, config.augmented_limit)
+    kept, held_out = holdout_split(rows, HELD_OUT_SHARE, config.seed)
+    held_out = held_out.filter(lambda label: label != IGNORE_LABEL, input_columns="label")  # gold labels only
+    train = row_loader(kept, training.batch_size, shuffle=True, seed=training.seed)
+    scoring = row_loader(held_out, 256)
+    main_metric = store.spec.main_metric
+    best, candidates = None, []
+    for i, arch in enumerate(archs):
+        pl.seed_everything(training.seed)  # each candidate's fresh weights, whatever ran before it
+        student = fresh_student(arch, store, config.embed_dim, config.k_max, config.dropout, config.space)
+        identity = {**run_identity, "candidate": arch}
+        student = train_student(student, store, run_dir / str(i), training, identity, progress, train=train,
+                                val=scoring)
+        metrics = dev_metrics(lambda inputs: student(**inputs, return_probes=False).logits, store, scoring)
+        candidates.append(Candidate(arch, metrics, cost.child_params(student.config, arch)))
+        log.info("candidate %d of %d (depth %d, %s params): held-out %s %.2f", i + 1, len(archs), arch["depth"],
+                 f"{candidates[-1].params:,}", main_metric, 100 * metrics[main_metric])
+        if best is None or metrics[main_metric] > best[0]:
+            best = (metrics[main_metric], student)
+    return best[1], candidates

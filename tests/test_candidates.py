@@ -1,0 +1,67 @@
+"""An undecided search picks its exported child among candidates drawn from its distributions,
+each trained briefly and scored on held-out train examples (workflows/candidates.py)."""
+
+import json
+
+from nni_adabert.cli import main
+from nni_adabert.model import cost
+from nni_adabert.model.space import StudentConfig
+from nni_adabert.nas.budget import params_budget
+from nni_adabert.workflows.candidates import draw_candidates
+
+CONFIG = StudentConfig(vocab_size=40, num_labels=2, embed_dim=8, k_max=3, max_positions=16)
+
+
+def uniform_probs(config):
+    probs = {label: {op: 1 / len(config.op_names) for op in config.op_names} for label in config.edge_labels}
+    return {**probs, "depth": {k: 1 / config.k_max for k in range(1, config.k_max + 1)}}
+
+
+def test_candidates_are_the_export_first_then_distinct_draws_of_the_distributions():
+    probs = uniform_probs(CONFIG)
+    first = {**{label: "zero" for label in CONFIG.edge_labels}, "depth": 1}
+    drawn = draw_candidates(CONFIG, probs, first, 6, seed=0)
+    assert drawn[0] == first and len(drawn) == 6
+    assert len({json.dumps(a, sort_keys=True) for a in drawn}) == 6           # no child twice
+    assert drawn == draw_candidates(CONFIG, probs, first, 6, seed=0)          # seeded
+    assert drawn != draw_candidates(CONFIG, probs, first, 6, seed=1)
+
+    # A decided choice is never drawn otherwise; one-hot everywhere leaves only the export itself.
+    one_hot = {label: {op: float(op == "std_conv_3") for op in CONFIG.op_names} for label in CONFIG.edge_labels}
+    decided = {**one_hot, "depth": {1: 0.0, 2: 1.0, 3: 0.0}}
+    export = {**{label: "std_conv_3" for label in CONFIG.edge_labels}, "depth": 2}
+    assert draw_candidates(CONFIG, decided, export, 5, seed=0) == [export]
+    depth_open = {**one_hot, "depth": {1: 0.5, 2: 0.5, 3: 0.0}}
+    assert sorted(a["depth"] for a in draw_candidates(CONFIG, depth_open, export, 5, seed=0)) == [1, 2]
+
+
+def test_candidates_respect_the_budget():
+    budget = params_budget(CONFIG, max_params=cost.child_params(CONFIG, {**{label: "std_conv_3" for label in
+                                                                           CONFIG.edge_labels}, "depth": 1}))
+    first = {**{label: "skip" for label in CONFIG.edge_labels}, "depth": 1}
+    drawn = draw_candidates(CONFIG, uniform_probs(CONFIG), first, 8, seed=0, budgets=[budget])
+    assert len(drawn) == 8
+    assert all(cost.child_params(CONFIG, a) <= budget.maximum for a in drawn)
+
+
+def test_an_undecided_search_exports_the_best_of_its_candidates(runs, tmp_path):
+    """A 2-epoch search of the tiny MRPC run ends undecided: the candidates are trained and scored on
+    held-out train examples, the exported child is the best scored, and a finished search phase is
+    not redone when only the candidates change."""
+    out = tmp_path / "search"
+    args = ["search", "--teacher", str(runs / "MRPC"), "--output-dir", str(out), "--epochs", "2",
+            "--batch-size", "16", "--no-progress"]
+    assert main([*args, "--candidates", "0"]) == 0
+    plain = json.loads((out / "architecture.json").read_text())
+    assert plain["search"]["history"][-1]["top_prob_ratio"] < 1.2 and "candidates_tried" not in plain["search"]
+
+    assert main([*args, "--candidates", "3"]) == 0
+    doc = json.loads((out / "architecture.json").read_text())
+    assert doc["search"]["history"] == plain["search"]["history"]          # the search phase was resumed, not redone
+    tried = doc["search"]["candidates_tried"]
+    assert len(tried) == 3 and tried[0]["arch"] == plain["architecture"]             # the argmax is the first candidate
+    scores = [c["held_out_metrics"]["f1"] for c in tried]
+    assert all(0 <= s <= 1 for s in scores)
+    best = tried[scores.index(max(scores))]
+    assert doc["architecture"] == best["arch"] and doc["params"] == best["params"]
+    assert all((out / "candidates" / str(i) / "checkpoints").is_dir() for i in range(3))
