@@ -64,4 +64,11 @@ def test_an_undecided_search_exports_the_best_of_its_candidates(runs, tmp_path):
     assert all(0 <= s <= 1 for s in scores)
     best = tried[scores.index(max(scores))]
     assert doc["architecture"] == best["arch"] and doc["params"] == best["params"]
-    assert all((out / "candidates" / str(i) / "checkpoints").is_dir() for i in range(3))
+    checkpoint = out / "candidates" / "0" / "checkpoints" / "last.ckpt"
+    written = checkpoint.stat().st_mtime_ns
+
+    # One more candidate: the same draws first, the three trained ones resumed, not redone.
+    assert main([*args, "--candidates", "4"]) == 0
+    more = json.loads((out / "architecture.json").read_text())["search"]["candidates_tried"]
+    assert more[:3] == tried and len(more) == 4
+    assert checkpoint.stat().st_mtime_ns == written

@@ -133,7 +133,8 @@ def _search(store: KnowledgeStore, out_dir: Path, config: SearchConfig, progress
         log.warning("search: --warmup-epochs %d covers all %d epochs, so the architecture never moves; raise "
                     "--epochs or lower --warmup-epochs", config.warmup_epochs, config.epochs)
     # Refused (another run's checkpoint) before any setup:
-    resume = runs.last_checkpoint(run_dir, runs.identity(search_phase(config, store), store))
+    phase_identity = runs.identity(search_phase(config, store), store)
+    resume = runs.last_checkpoint(run_dir, phase_identity)
     pl.seed_everything(config.seed, workers=True)
     embedding = factorized_embedding(store.word_embeddings(), config.embed_dim)
     space = AdaBertSpace(space_config, embedding)
@@ -160,7 +161,10 @@ def _search(store: KnowledgeStore, out_dir: Path, config: SearchConfig, progress
         if store.records_origins:
             archs = draw_candidates(space_config, strategy.oneshot_module.export_probs(), arch, config.candidates,
                                     config.seed, budgets_of(space_config, config, latency))
-            student, candidates = pick_candidate(store, archs, config, out_dir / "candidates", run_identity, progress)
+            # Named by the search phase: another --candidates count reuses the candidates already trained.
+            student, candidates = pick_candidate(store, archs, config, out_dir / "candidates",
+                                                 {**phase_identity, "candidate_epochs": config.candidate_epochs},
+                                                 progress)
             arch = student.arch
         else:
             log.warning("search: --candidates needs a knowledge store that records each augmented row's original; "
