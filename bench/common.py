@@ -32,7 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 # The folders of bench/results: one per benchmark, one per run inside it (bench/results/README.md).
 BENCHMARKS = ("teacher", "search", "retrain", "compression", "adaptiveness", "ablation", "beta-sweep",
-              "beta-calibration", "search-step", "latency", "pipeline", "pairs", "knowledge-build", "budget-sweep")
+              "beta-calibration", "search-step", "latency", "pipeline", "pairs", "knowledge-build", "budget-sweep",
+              "candidates")
 DEFAULT_RUN = "default"
 RESULT_JSON, RESULT_MD = "result.json", "result.md"
 GLUE_DIR = os.environ.get("GLUE_DIR", str(ROOT.parent / "shared" / "data" / "glue"))
