@@ -353,6 +353,11 @@ def test_an_undecided_search_is_flagged(caplog):
         assert not warn_if_undecided([], moving) and not warn_if_undecided([{}], moving)
     [record] = caplog.records
     assert "1.08x as likely as a uniform pick" in record.message and "--epochs" in record.message
+    caplog.clear()
+    with caplog.at_level("INFO", logger="nni_adabert.workflows"):   # picked among candidates: said, not warned
+        assert warn_if_undecided([{"top_prob_ratio": 1.08}], moving, candidates=5)
+    [record] = caplog.records
+    assert record.levelname == "INFO" and "the best of 5 candidates" in record.message
 
 
 @pytest.mark.parametrize("clip", [None, 0.01])

@@ -48,16 +48,16 @@ def is_undecided(history: list[dict], config: SearchConfig) -> bool:
     return ratio is not None and config.architecture_moves and ratio < UNDECIDED_RATIO
 
 
-def warn_if_undecided(history: list[dict], config: SearchConfig, picked: bool = False) -> bool:
-    """Warn, and return True, when the search ended undecided (:func:`is_undecided`); ``picked``:
-    the exported child was picked among candidates (:mod:`candidates`), so only say so."""
+def warn_if_undecided(history: list[dict], config: SearchConfig, candidates: int = 0) -> bool:
+    """Warn, and return True, when the search ended undecided (:func:`is_undecided`); ``candidates``:
+    how many children the exported one was picked among (:mod:`candidates`), so only say so."""
     if not is_undecided(history, config):
         return False
     ratio = history[-1]["top_prob_ratio"]
-    if picked:
+    if candidates > 1:
         log.info("search: the architecture distributions ended nearly uniform (top_prob_ratio %.2f), so the "
                  "exported child is the best of %d candidates drawn from them, each trained %d epoch(s) and scored "
-                 "on held-out train examples", ratio, config.candidates, config.candidate_epochs)
+                 "on held-out train examples", ratio, candidates, config.candidate_epochs)
         return True
     log.warning("search: the architecture distributions ended nearly uniform (the most likely candidate of a "
                 "choice is %.2fx as likely as a uniform pick, on average; 1.00 = undecided), so the exported cell "
@@ -180,7 +180,7 @@ def _search(store: KnowledgeStore, out_dir: Path, config: SearchConfig, progress
             runs.IDENTITY_KEY: run_identity}
     if not is_main_process():
         return info  # the other DDP processes: the first one warns and writes
-    warn_if_undecided(history, config, picked=candidates is not None)
+    warn_if_undecided(history, config, len(candidates or ()))
     # The paper keeps the supernet's weights; a rarely sampled child may come out uncalibrated.
     if config.finetune_epochs == 0:
         warn_if_no_better_than_majority(info["dev_metrics"], store,
