@@ -127,7 +127,8 @@ def _search(store: KnowledgeStore, out_dir: Path, config: SearchConfig, progress
         latency = latency_table(store, space_config, config.speedup_over, config.latency_batch_size,
                                 config.latency_threads, echo=log.info)
     # Before anything is written: a budget no child meets is the user's to fix.
-    check_budgets(space_config, budgets_of(space_config, config, latency))
+    budgets = budgets_of(space_config, config, latency)
+    check_budgets(space_config, budgets)
     train = train_loaders(store, config)  # and a split the store cannot make
     if not config.architecture_moves:
         log.warning("search: --warmup-epochs %d covers all %d epochs, so the architecture never moves; raise "
@@ -160,7 +161,7 @@ def _search(store: KnowledgeStore, out_dir: Path, config: SearchConfig, progress
     if is_undecided(history, config) and config.candidates > 1:
         if store.records_origins:
             archs = draw_candidates(space_config, strategy.oneshot_module.export_probs(), arch, config.candidates,
-                                    config.seed, budgets_of(space_config, config, latency))
+                                    config.seed, budgets)
             # Named by the search phase: another --candidates count reuses the candidates already trained.
             student, candidates = pick_candidate(store, archs, config, out_dir / "candidates",
                                                  {**phase_identity, "candidate_epochs": config.candidate_epochs},
