@@ -114,9 +114,14 @@ def test_budget_penalty_sends_gradient_to_op_and_depth_logits():
         grads = {name: p.grad for name, p in arch_params(space).items()}
         assert len(grads) == len(cfg.edge_labels) + 1
         assert all(g is not None and g.abs().sum() > 0 for g in grads.values()), kw
-    b = params_budget(cfg, 100)
+    # A budget with a floor pulls from both sides; a ceiling (the speed budget) only from above.
+    b = params_budget(cfg, 100, tolerance=0.15)
     assert b.penalty(torch.tensor(150.0)).item() == pytest.approx(0.5)
     assert b.penalty(torch.tensor(50.0)).item() == pytest.approx(0.5)
+    ceiling = speed_budget(table, table.reference_seconds / 100)
+    assert ceiling.minimum == 0 and ceiling.maximum == pytest.approx(100)
+    assert ceiling.penalty(torch.tensor(150.0)).item() == pytest.approx(0.5)
+    assert ceiling.penalty(torch.tensor(50.0)).item() == 0
 
 
 def test_expected_cost_is_the_mean_over_children():

@@ -63,7 +63,7 @@ def test_latency_table_is_measured_once_and_cached(runs, tmp_path, monkeypatch):
 
 def test_search_command_meets_a_speed_budget(runs, tmp_path, capsys):
     """`search --min-speedup` (over the teacher's architecture) exports a child predicted at least
-    that fast, within the tolerance, says so, and records it; one no child meets exits 2 at once."""
+    that fast, says so, and records it; one no child meets exits 2 at once."""
     teacher = runs / "SST-2"
     store = open_teacher_run(teacher)
     space = student_config(store)
@@ -76,7 +76,7 @@ def test_search_command_meets_a_speed_budget(runs, tmp_path, capsys):
     doc = json.loads((out / ARCH_FILE).read_text())
     predicted = doc["predicted_speedup"]["speedup"]
     assert predicted == pytest.approx(table.speedup(space, doc["architecture"]))
-    assert asked <= predicted <= asked / (1 - 0.15) and doc["search"]["min_speedup"] == asked
+    assert predicted >= asked and doc["search"]["min_speedup"] == asked
     assert f"speed budget: at least {asked:g}x teacher; the student is predicted {predicted:.1f}x" \
         in capsys.readouterr().out
 

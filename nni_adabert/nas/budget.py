@@ -9,10 +9,14 @@ op_cost[op])``, and the range the exported child must keep it in:
 
 What the search does with them:
 
-- :meth:`Budget.penalty`: ``|E[cost] / maximum - 1|`` (``E[cost]``: under the architecture
-  distributions, differentiable in the logits), the TuNAS-style absolute-value penalty: it pulls
-  the distributions towards the budget from both sides, so a search under a budget has no
-  reason to shrink past it (the paper's L_E rewards every parameter removed);
+- :meth:`Budget.penalty` (``E[cost]``: under the architecture distributions, differentiable in
+  the logits): for a budget with a floor (``--max-params``: a size to reach, within the tolerance)
+  ``|E[cost] / maximum - 1|``, the TuNAS-style absolute-value penalty, which pulls the
+  distributions towards the budget from both sides, so a search under a budget has no reason to
+  shrink past it (the paper's L_E rewards every parameter removed); for a ceiling only
+  (``--min-speedup``: at least that fast, faster is welcome) the hinge ``max(0, E[cost] / maximum - 1)``,
+  since pulling MRPC's students up to the slowest child allowed made them deep, wide and worse
+  (bench/results/pipeline/MRPC-speedup20-seed0);
 - :func:`derive_within_budget`: the most probable child within every budget (an exact search:
   costs add up over edges, so a small dynamic programme over the edges, for every depth), so
   the exported student always meets them;
@@ -66,8 +70,10 @@ class Budget:
         return cost.expected_additive_cost(per_op, self.per_cell, self.once, op_probs, depth_probs)
 
     def penalty(self, expected: torch.Tensor) -> torch.Tensor:
-        """``|expected / maximum - 1|``: 0 at the budget, 1 at twice (or at none of) it."""
-        return (expected / float(self.maximum) - 1).abs()
+        """``|expected / maximum - 1|`` when the budget has a floor (0 at the budget, 1 at twice or at
+        none of it), else ``max(0, expected / maximum - 1)`` (0 anywhere within it)."""
+        excess = expected / float(self.maximum) - 1
+        return excess.abs() if self.minimum > 0 else excess.clamp(min=0)
 
 
 def params_budget(config, max_params: int, include_embedding: bool = True, tolerance: float = 0.0) -> Budget:
@@ -79,9 +85,10 @@ def params_budget(config, max_params: int, include_embedding: bool = True, toler
                   else 0)
 
 
-def speed_budget(table: LatencyTable, min_speedup: float, tolerance: float = 0.0) -> Budget:
+def speed_budget(table: LatencyTable, min_speedup: float, tolerance: float = 1.0) -> Budget:
     """Predicted seconds (:meth:`LatencyTable.child_seconds`) at most the reference's divided by
-    ``min_speedup`` and, when the space has such a child, at least ``1 - tolerance`` of that."""
+    ``min_speedup``; with a ``tolerance`` below 1, also at least ``1 - tolerance`` of that when the
+    space has such a child (the search's speed budget has no floor: :func:`budgets_of`)."""
     maximum = table.reference_seconds / min_speedup
     return Budget("min_speedup", dict(table.op_seconds), table.cell_seconds, table.once_seconds, maximum,
                   maximum * (1 - tolerance), unit=maximum / SECONDS_RESOLUTION)
@@ -97,7 +104,7 @@ def budgets_of(space_config, config, latency: Optional[LatencyTable] = None) -> 
     if config.min_speedup is not None:
         if latency is None:
             raise ValueError("min_speedup needs the machine's latency table (workflows.speed.latency_table)")
-        budgets.append(speed_budget(latency, config.min_speedup, config.budget_tolerance))
+        budgets.append(speed_budget(latency, config.min_speedup))  # a ceiling on time: faster is welcome
     return budgets
 
 
