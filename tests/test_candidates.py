@@ -3,10 +3,14 @@ each trained briefly and scored on held-out train examples (workflows/candidates
 
 import json
 
+import pytest
+
 from nni_adabert.cli import main
+from nni_adabert.config import SearchConfig
 from nni_adabert.model import cost
+from nni_adabert.model.latency import LatencyTable
 from nni_adabert.model.space import StudentConfig
-from nni_adabert.nas.budget import params_budget
+from nni_adabert.nas.budget import budgets_of, params_budget
 from nni_adabert.workflows.candidates import draw_candidates
 
 CONFIG = StudentConfig(vocab_size=40, num_labels=2, embed_dim=8, k_max=3, max_positions=16)
@@ -72,3 +76,21 @@ def test_an_undecided_search_exports_the_best_of_its_candidates(runs, tmp_path):
     more = json.loads((out / "architecture.json").read_text())["search"]["candidates_tried"]
     assert more[:3] == tried and len(more) == 4
     assert checkpoint.stat().st_mtime_ns == written
+
+
+def test_a_parameter_budget_keeps_candidates_in_its_band_a_speed_budget_only_below_its_ceiling():
+    """``--max-params`` is a size to reach: every candidate within [1 - tolerance, 1] of it.
+    ``--min-speedup`` is a floor on speed: candidates may be as fast as they like."""
+    ops = {n: (cost.op_params(n, CONFIG.embed_dim) + 5.0) / 1000 for n in CONFIG.op_names}
+    table = LatencyTable(ops, cell_seconds=0.01, once_seconds=0.02, reference="test", reference_seconds=100.0)
+    widest = {**{label: "std_conv_7" for label in CONFIG.edge_labels}, "depth": CONFIG.k_max}
+    first = {**{label: "std_conv_3" for label in CONFIG.edge_labels}, "depth": 2}
+    settings = SearchConfig(max_params=cost.child_params(CONFIG, widest) // 2,
+                            min_speedup=2 * table.speedup(CONFIG, widest))
+    size, speed = budgets_of(CONFIG, settings, table)
+    assert size.minimum == pytest.approx(0.85 * size.maximum, abs=1) and speed.minimum == 0
+    in_band = draw_candidates(CONFIG, uniform_probs(CONFIG), first, 8, seed=0, budgets=[size])
+    assert all(size.minimum <= cost.child_params(CONFIG, a) <= size.maximum for a in in_band[1:])
+    below = draw_candidates(CONFIG, uniform_probs(CONFIG), first, 8, seed=0, budgets=[speed])
+    times = [table.child_seconds(CONFIG, a) for a in below[1:]]
+    assert len(times) == 7 and max(times) <= speed.maximum and min(times) < 0.85 * speed.maximum
