@@ -8,10 +8,10 @@ import pytest
 from nni_adabert.cli import main
 from nni_adabert.config import SearchConfig
 from nni_adabert.model import cost
-from nni_adabert.model.latency import LatencyTable
 from nni_adabert.model.space import StudentConfig
 from nni_adabert.nas.budget import budgets_of, params_budget
 from nni_adabert.workflows.candidates import draw_candidates
+from test_budget import toy_latency_table
 
 CONFIG = StudentConfig(vocab_size=40, num_labels=2, embed_dim=8, k_max=3, max_positions=16)
 
@@ -81,8 +81,7 @@ def test_an_undecided_search_exports_the_best_of_its_candidates(runs, tmp_path):
 def test_a_parameter_budget_keeps_candidates_in_its_band_a_speed_budget_only_below_its_ceiling():
     """``--max-params`` is a size to reach: every candidate within [1 - tolerance, 1] of it.
     ``--min-speedup`` is a floor on speed: candidates may be as fast as they like."""
-    ops = {n: (cost.op_params(n, CONFIG.embed_dim) + 5.0) / 1000 for n in CONFIG.op_names}
-    table = LatencyTable(ops, cell_seconds=0.01, once_seconds=0.02, reference="test", reference_seconds=100.0)
+    table = toy_latency_table(CONFIG)
     widest = {**{label: "std_conv_7" for label in CONFIG.edge_labels}, "depth": CONFIG.k_max}
     first = {**{label: "std_conv_3" for label in CONFIG.edge_labels}, "depth": 2}
     settings = SearchConfig(max_params=cost.child_params(CONFIG, widest) // 2,
