@@ -180,7 +180,7 @@ class ArchitectureConfig(Settings):
     budget_weight: float = setting(1.0, "weight of each budget's penalty (with --max-params or --min-speedup)",
                                    minimum=0)
     budget_tolerance: float = setting(0.15, "the exported child has at least (1 - tolerance) of --max-params "
-                                            "when the space has such a child (--min-speedup has no such floor)",
+                                            "when the space has such a child (1: no floor; --min-speedup has none)",
                                       minimum=0, maximum=1)
 
     def __post_init__(self) -> None:

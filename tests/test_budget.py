@@ -115,9 +115,13 @@ def test_budget_penalty_sends_gradient_to_op_and_depth_logits():
         assert len(grads) == len(cfg.edge_labels) + 1
         assert all(g is not None and g.abs().sum() > 0 for g in grads.values()), kw
     # A budget with a floor pulls from both sides; a ceiling (the speed budget) only from above.
-    b = params_budget(cfg, 100, tolerance=0.15)
-    assert b.penalty(torch.tensor(150.0)).item() == pytest.approx(0.5)
-    assert b.penalty(torch.tensor(50.0)).item() == pytest.approx(0.5)
+    for tolerance, floor in ((0.15, 85), (0.0, 100)):   # 0: exactly the budget, still a floor
+        b = params_budget(cfg, 100, tolerance=tolerance)
+        assert b.minimum == floor
+        assert b.penalty(torch.tensor(150.0)).item() == pytest.approx(0.5)
+        assert b.penalty(torch.tensor(50.0)).item() == pytest.approx(0.5)
+    no_floor = params_budget(cfg, 100, tolerance=1.0)
+    assert no_floor.minimum == 0 and no_floor.penalty(torch.tensor(50.0)).item() == 0
     ceiling = speed_budget(table, table.reference_seconds / 100)
     assert ceiling.minimum == 0 and ceiling.maximum == pytest.approx(100)
     assert ceiling.penalty(torch.tensor(150.0)).item() == pytest.approx(0.5)

@@ -76,13 +76,13 @@ class Budget:
         return excess.abs() if self.minimum > 0 else excess.clamp(min=0)
 
 
-def params_budget(config, max_params: int, include_embedding: bool = True, tolerance: float = 0.0) -> Budget:
+def params_budget(config, max_params: int, include_embedding: bool = True, tolerance: float = 1.0) -> Budget:
     """Deployed parameters (:func:`cost.child_params`) at most ``max_params`` and, when the space
-    has such a child, at least ``(1 - tolerance) * max_params``."""
+    has such a child, at least ``(1 - tolerance) * max_params`` (``tolerance`` 1: no floor, the
+    ceiling's hinge penalty; 0: exactly ``max_params``)."""
     once = cost.head_params(config) + (cost.embedding_params(config) if include_embedding else 0)
     return Budget("max_params", {n: cost.op_params(n, config.embed_dim) for n in config.op_names},
-                  cost.attention_params(config), once, max_params, math.ceil(max_params * (1 - tolerance)) if tolerance
-                  else 0)
+                  cost.attention_params(config), once, max_params, math.ceil(max_params * (1 - tolerance)))
 
 
 def speed_budget(table: LatencyTable, min_speedup: float, tolerance: float = 1.0) -> Budget:
