@@ -38,8 +38,9 @@ from .space import AdaBertStudent, StudentConfig
 
 __all__ = ["LatencyTable", "measure_latency", "time_runs"]
 
-# 2: ops timed inside 2-cell children (1 timed them alone, 15-25% off); a table of another version is measured again.
-FORMAT_VERSION = 2
+# 2: ops timed inside 2-cell children (1 timed them alone, 15-25% off); 3: contiguous cell inputs and a faster
+# average pool (2 predicted pool-heavy deep children 2-4x too fast). A table of another version is measured again.
+FORMAT_VERSION = 3
 
 
 @dataclass
