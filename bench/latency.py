@@ -7,7 +7,8 @@ Measures the space's per-op latency table (``nni_adabert.model.latency``, what `
 BERT-base architecture; then times a few children and the BERT-base architecture (all 12
 layers) over the same rows in one process and compares each child's measured speedup with the
 table's prediction. Children: the fastest (one cell of ``zero`` edges), the slowest (``k_max``
-cells of ``std_conv_7``), one cell of each op on every edge, and random ones.
+cells of ``std_conv_7``), one cell of each op on every edge, ``k_max`` cells of each pool and of
+``skip``, and random ones.
 
 Writes bench/results/latency/<name>/result.{json,md}.
 """
@@ -55,6 +56,8 @@ def children(space, n_random: int) -> dict:
     for op in space.op_names:
         if op != "zero":
             named[f"1 cell, {op} on every edge"] = {**{e: op for e in edges}, DEPTH_LABEL: 1}
+    for op in ("avg_pool_3", "max_pool_3", "skip"):   # cheap ops run deep: where a cell's input layout showed
+        named[f"{space.k_max} cells, {op} on every edge"] = {**{e: op for e in edges}, DEPTH_LABEL: space.k_max}
     for seed in range(n_random):
         named[f"random {seed}"] = random_arch(space, seed)
     return named
