@@ -4,11 +4,12 @@ speed budget of the search (`search --min-speedup`), on the real SST-2 slice."""
 import json
 
 import pytest
+import torch
 from transformers import BertConfig
 
 from nni_adabert.cli import main
 from nni_adabert.model.depth import DEPTH_LABEL
-from nni_adabert.model.latency import LatencyTable, measure_latency
+from nni_adabert.model.latency import LatencyTable, fit_additive, measure_latency
 from nni_adabert.teacher.run import open_teacher_run
 from nni_adabert.workflows import speed
 from nni_adabert.workflows.export import ARCH_FILE
@@ -35,6 +36,31 @@ def test_measured_table_orders_children_and_round_trips():
     assert table.child_seconds(cfg, child(cfg, "std_conv_7", 3)) > 3 * table.child_seconds(cfg, child(cfg, "zero", 1))
     assert table.speedup(cfg, child(cfg, "zero", 1)) > table.speedup(cfg, child(cfg, "std_conv_7", 3))
     assert LatencyTable.from_dict(json.loads(json.dumps(table.to_dict()))) == table
+
+
+def test_fit_recovers_an_additive_model_from_children():
+    """once + K * (cell + edges * op) comes back from 1- and 2-cell children: exactly from exact times,
+    and from times 2% off it within that of every child's time, at depth 8 too."""
+    cfg = tiny_config()
+    once, cell = 0.004, 0.006
+    ops = {op: 0.0 if op == "zero" else 0.001 * (i + 1) for i, op in enumerate(cfg.op_names)}
+    edges = len(cfg.edge_labels)
+
+    def exact(op, k):
+        return once + k * (cell + edges * ops[op])
+
+    fit_once, fit_cell, fit_ops = fit_additive(cfg, {(op, k): exact(op, k) for op in cfg.op_names for k in (1, 2)})
+    assert (fit_once, fit_cell) == (pytest.approx(once), pytest.approx(cell))
+    assert fit_ops == pytest.approx(ops)
+    noise = torch.Generator().manual_seed(0)
+    seconds = {(op, k): exact(op, k) * (1 + 0.02 * (2 * torch.rand(1, generator=noise).item() - 1))
+               for op in cfg.op_names for k in (1, 2)}
+    fit_once, fit_cell, fit_ops = fit_additive(cfg, seconds)
+    table = LatencyTable(fit_ops, fit_cell, fit_once, reference="r", reference_seconds=1.0)
+    assert table.op_seconds["zero"] == 0.0
+    for op in cfg.op_names:
+        for k in (1, 2, 8):
+            assert table.child_seconds(cfg, child(cfg, op, k)) == pytest.approx(exact(op, k), rel=0.04), (op, k)
 
 
 def test_latency_table_is_measured_once_and_cached(runs, tmp_path, monkeypatch):

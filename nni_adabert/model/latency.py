@@ -6,10 +6,11 @@ of a plain one but not its speed. So the speed budget of the search (``--min-spe
 a :class:`LatencyTable` measured once on the machine that will run the student
 (:func:`measure_latency`; ``workflows.speed.latency_table`` caches it):
 
-- ``op_seconds[o]``: one edge running op ``o`` (the frozen child skips ``zero`` edges: 0), timed in
-  a 2-cell child with ``o`` on every edge, less the same child with ``zero`` edges;
+- ``op_seconds[o]``: one edge running op ``o`` (the frozen child skips ``zero`` edges: 0);
 - ``cell_seconds``: one cell besides its edges (the node attention, the sums);
 - ``once_seconds``: the rest (embedding, pooling, classifier);
+
+all three fitted (:func:`fit_additive`) to the times of 1- and 2-cell children with one op on every edge;
 - ``reference_seconds``: the reference model (the BERT-base architecture or the teacher's)
   over the same examples, built from its config with 1 and 2 layers and extrapolated to all
   of them (its layers are identical, so its time is linear in their number).
@@ -36,10 +37,11 @@ from . import cost
 from .depth import DEPTH_LABEL
 from .space import AdaBertStudent, StudentConfig
 
-__all__ = ["LatencyTable", "measure_latency", "time_runs"]
+__all__ = ["LatencyTable", "measure_latency", "fit_additive", "time_runs"]
 
-# 2: ops timed inside 2-cell children (1 timed them alone, 15-25% off); 3: contiguous cell inputs and a faster
-# average pool (2 predicted pool-heavy deep children 2-4x too fast). A table of another version is measured again.
+# 2: ops timed inside 2-cell children (1 timed them alone, 15-25% off); 3: contiguous cell inputs, a faster average
+# pool (2 predicted pool-heavy deep children 2-4x too fast) and a least-squares fit of 1- and 2-cell children (2
+# differenced two zero-edge children: 1-cell children 10-80% too fast). Another version's table is measured again.
 FORMAT_VERSION = 3
 
 
@@ -142,6 +144,31 @@ def _reference_seconds(reference_config: PretrainedConfig, batch_size: int, leng
     return one + (reference_config.num_hidden_layers - 1) * max(two - one, 0.0)
 
 
+def fit_additive(config: StudentConfig, seconds: Mapping[tuple[str, int], float]
+                 ) -> tuple[float, float, Dict[str, float]]:
+    """``(once, cell, {op: seconds of one edge})`` of the additive model ``once + K * (cell + edges *
+    op)`` fitted to the times of uniform children ``{(op, K): seconds}`` by least squares on the
+    relative error (a speedup is a ratio), clamped at 0; ``zero`` edges cost nothing (the frozen
+    child skips them).
+
+    Fitting every child at once, rather than differencing two of them, keeps the small terms (once,
+    cell) from being lost in the noise of the fastest children's times."""
+    ops = [op for op in config.op_names if op != "zero"]
+    edges = len(config.edge_labels)
+    keys = list(seconds)
+    design = torch.zeros(len(keys), 2 + len(ops), dtype=torch.float64)
+    for row, (op, depth) in enumerate(keys):
+        design[row, 0], design[row, 1] = 1.0, depth
+        if op != "zero":
+            design[row, 2 + ops.index(op)] = depth * edges
+    target = torch.tensor([seconds[k] for k in keys], dtype=torch.float64)
+    weight = 1.0 / target
+    solution = torch.linalg.lstsq(design * weight[:, None], (target * weight)[:, None]).solution.squeeze(1)
+    solution = solution.clamp(min=0.0).tolist()
+    op_seconds = {op: 0.0 if op == "zero" else solution[2 + ops.index(op)] for op in config.op_names}
+    return solution[0], solution[1], op_seconds
+
+
 def measure_latency(config: StudentConfig, lengths: Sequence[int], reference_lengths: Sequence[int],
                     reference_config: PretrainedConfig, reference: str, batch_size: int = 128,
                     repeats: int = 5, threads: int | None = 1) -> LatencyTable:
@@ -160,18 +187,13 @@ def measure_latency(config: StudentConfig, lengths: Sequence[int], reference_len
     try:
         batches = _student_batches(config, batch_size, lengths)
 
-        def child_time(op: str, depth: int) -> float:
-            child = _uniform_child(config, op, depth)
-            return _median_seconds(lambda b: child(**b, return_probes=False), batches, repeats)
-
-        # Ops are timed inside children, not alone: the layout of a cell's inputs (the embedding's is
-        # transposed) changes an op's speed several-fold, and a child's ops see those inputs.
-        one, two = child_time("zero", 1), child_time("zero", 2)
-        cell_seconds = max(two - one, 0.0)
-        once_seconds = max(one - cell_seconds, 0.0)
-        edges = 2 * len(config.edge_labels)   # every edge of a 2-cell child
-        op_seconds = {op: 0.0 if op == "zero" else max(child_time(op, 2) - two, 0.0) / edges
-                      for op in config.op_names}   # the frozen child skips zero edges
+        # Ops are timed inside children, not alone (an op alone ran 15-25% off its time in a child): every
+        # op at depths 1 and 2, round-robin so that a change of the machine's load hits all alike.
+        children = {(op, depth): _uniform_child(config, op, depth) for op in config.op_names for depth in (1, 2)}
+        runs = {key: ((lambda c: lambda b: c(**b, return_probes=False))(child), batches)
+                for key, child in children.items()}
+        seconds = {key: statistics.median(times) for key, times in time_runs(runs, repeats).items()}
+        once_seconds, cell_seconds, op_seconds = fit_additive(config, seconds)
         reference_seconds = _reference_seconds(reference_config, batch_size, reference_lengths, repeats)
         setting = {"batch_size": batch_size, "lengths": list(lengths), "reference_lengths": list(reference_lengths),
                    "threads": torch.get_num_threads(), "repeats": repeats, "embed_dim": config.embed_dim,
