@@ -12,8 +12,9 @@ a :class:`LatencyTable` measured once on the machine that will run the student
 
 all three fitted (:func:`fit_additive`) to the times of 1- and 2-cell children with one op on every edge;
 - ``reference_seconds``: the reference model (the BERT-base architecture or the teacher's)
-  over the same examples, built from its config with 1 and 2 layers and extrapolated to all
-  of them (its layers are identical, so its time is linear in their number).
+  over the same examples, built from its config with 1 and 2 layers (timed in one round-robin with
+  the children) and extrapolated to all of them (its layers are identical, so its time is linear in
+  their number).
 
 A child's time is additive like its size: ``once + K * (cell + sum over edges of op)``, so the
 expected time under the architecture distributions is differentiable like
@@ -41,7 +42,8 @@ __all__ = ["LatencyTable", "measure_latency", "fit_additive", "time_runs"]
 
 # 2: ops timed inside 2-cell children (1 timed them alone, 15-25% off); 3: contiguous cell inputs, a faster average
 # pool (2 predicted pool-heavy deep children 2-4x too fast) and a least-squares fit of 1- and 2-cell children (2
-# differenced two zero-edge children: 1-cell children 10-80% too fast). Another version's table is measured again.
+# differenced two zero-edge children: 1-cell children 10-80% too fast), the reference timed in the same round-robin.
+# Another version's table is measured again.
 FORMAT_VERSION = 3
 
 
@@ -103,11 +105,6 @@ def time_runs(runs: Mapping[str, tuple[Callable, list]], repeats: int, warmup: i
     return times
 
 
-def _median_seconds(fn: Callable, batches: list, repeats: int) -> float:
-    """Median seconds of one pass of ``fn`` over ``batches`` (:func:`time_runs`)."""
-    return statistics.median(time_runs({"run": (fn, batches)}, repeats)["run"])
-
-
 def _student_batches(config: StudentConfig, batch_size: int, lengths: Sequence[int]) -> List[Dict[str, torch.Tensor]]:
     """Random token ids of each length (speed does not depend on which ids)."""
     g = torch.Generator().manual_seed(0)
@@ -126,11 +123,12 @@ def _uniform_child(config: StudentConfig, op: str, depth: int) -> AdaBertStudent
     return AdaBertStudent(config, {**{label: op for label in config.edge_labels}, DEPTH_LABEL: depth}).eval()
 
 
-def _reference_seconds(reference_config: PretrainedConfig, batch_size: int, lengths: Sequence[int],
-                       repeats: int) -> float:
-    """Seconds of the reference model over batches of ``lengths``: 1- and 2-layer copies timed,
-    then ``t1 + (layers - 1) * (t2 - t1)``."""
-    def timed(layers: int) -> float:
+def _reference_runs(reference_config: PretrainedConfig, batch_size: int, lengths: Sequence[int]
+                    ) -> dict[int, tuple[Callable, list]]:
+    """``{layers: (fn, batches)}`` of 1- and 2-layer copies of the reference model over batches of
+    ``lengths``: its layers are identical, so its time is ``t1 + (layers - 1) * (t2 - t1)``."""
+    runs = {}
+    for layers in (1, 2):
         cfg = copy.deepcopy(reference_config)
         cfg.num_hidden_layers = layers
         torch.manual_seed(0)
@@ -138,10 +136,8 @@ def _reference_seconds(reference_config: PretrainedConfig, batch_size: int, leng
         g = torch.Generator().manual_seed(0)
         batches = [{"input_ids": torch.randint(1, cfg.vocab_size, (batch_size, n), generator=g),
                     "token_type_ids": torch.zeros(batch_size, n, dtype=torch.long)} for n in lengths]
-        return _median_seconds(lambda b: model(**b), batches, repeats)
-
-    one, two = timed(1), timed(2)
-    return one + (reference_config.num_hidden_layers - 1) * max(two - one, 0.0)
+        runs[layers] = ((lambda m: lambda b: m(**b))(model), batches)
+    return runs
 
 
 def fit_additive(config: StudentConfig, seconds: Mapping[tuple[str, int], float]
@@ -189,12 +185,17 @@ def measure_latency(config: StudentConfig, lengths: Sequence[int], reference_len
 
         # Ops are timed inside children, not alone (an op alone ran 15-25% off its time in a child): every
         # op at depths 1 and 2, round-robin so that a change of the machine's load hits all alike.
+        # The reference's copies in the same round-robin: a speedup is a ratio of times, which a load
+        # change between two measurements would bias (the reference alone, timed after, was 8-14% off).
         children = {(op, depth): _uniform_child(config, op, depth) for op in config.op_names for depth in (1, 2)}
         runs = {key: ((lambda c: lambda b: c(**b, return_probes=False))(child), batches)
                 for key, child in children.items()}
+        runs.update({("reference", layers): run
+                     for layers, run in _reference_runs(reference_config, batch_size, reference_lengths).items()})
         seconds = {key: statistics.median(times) for key, times in time_runs(runs, repeats).items()}
+        one, two = seconds.pop(("reference", 1)), seconds.pop(("reference", 2))
+        reference_seconds = one + (reference_config.num_hidden_layers - 1) * max(two - one, 0.0)
         once_seconds, cell_seconds, op_seconds = fit_additive(config, seconds)
-        reference_seconds = _reference_seconds(reference_config, batch_size, reference_lengths, repeats)
         setting = {"batch_size": batch_size, "lengths": list(lengths), "reference_lengths": list(reference_lengths),
                    "threads": torch.get_num_threads(), "repeats": repeats, "embed_dim": config.embed_dim,
                    "op_names": list(config.op_names), "is_pair": config.is_pair, "num_labels": config.num_labels,
