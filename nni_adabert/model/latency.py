@@ -41,8 +41,8 @@ from .space import AdaBertStudent, StudentConfig
 __all__ = ["LatencyTable", "measure_latency", "fit_additive", "time_runs"]
 
 # 2: ops timed inside 2-cell children (1 timed them alone, 15-25% off); 3: contiguous cell inputs, a faster average
-# pool (2 predicted pool-heavy deep children 2-4x too fast) and a least-squares fit of 1- and 2-cell children (2
-# differenced two zero-edge children: 1-cell children 10-80% too fast), the reference timed in the same round-robin.
+# pool (2 predicted pool-heavy deep children up to 3x too fast) and a least-squares fit of 1- and 2-cell children (2
+# differenced two zero-edge children: 1-cell children up to 24% too fast), the reference timed in the same round-robin.
 # Another version's table is measured again.
 FORMAT_VERSION = 3
 

@@ -176,7 +176,7 @@ def latency_table(store: KnowledgeStore, space_config: StudentConfig, speedup_ov
                   batch_size: int = 128, threads: int = 1, cache_dir: str | os.PathLike | None = None,
                   echo: Callable[[str], None] | None = None) -> LatencyTable:
     """This machine's :class:`LatencyTable` of the space ``space_config``, timed on ``store``'s
-    first dev batches with ``threads`` threads; measured once (one to two minutes on a 2-core CPU),
+    first dev batches with ``threads`` threads; measured once (a few minutes on a 2-core CPU),
     then read from ``cache_dir`` (default: ``latency/`` beside the store)."""
     lengths, reference_lengths = batch_lengths(store, batch_size)
     ref_config = reference_config(store, speedup_over)
