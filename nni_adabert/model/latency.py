@@ -9,8 +9,7 @@ a :class:`LatencyTable` measured once on the machine that will run the student
 - ``op_seconds[o]``: one edge running op ``o`` (the frozen child skips ``zero`` edges: 0);
 - ``cell_seconds``: one cell besides its edges (the node attention, the sums);
 - ``once_seconds``: the rest (embedding, pooling, classifier);
-
-all three fitted (:func:`fit_additive`) to the times of 1- and 2-cell children with one op on every edge;
+  these three fitted (:func:`fit_additive`) to 1- and 2-cell children with one op on every edge;
 - ``reference_seconds``: the reference model (the BERT-base architecture or the teacher's)
   over the same examples, built from its config with 1 and 2 layers (timed in one round-robin with
   the children) and extrapolated to all of them (its layers are identical, so its time is linear in
@@ -184,9 +183,9 @@ def measure_latency(config: StudentConfig, lengths: Sequence[int], reference_len
         batches = _student_batches(config, batch_size, lengths)
 
         # Ops are timed inside children, not alone (an op alone ran 15-25% off its time in a child): every
-        # op at depths 1 and 2, round-robin so that a change of the machine's load hits all alike.
-        # The reference's copies in the same round-robin: a speedup is a ratio of times, which a load
-        # change between two measurements would bias (the reference alone, timed after, was 8-14% off).
+        # op at depths 1 and 2, with the reference's copies, in one round-robin: a speedup is a ratio of
+        # times, which a load change between two measurements would bias (the reference timed after the
+        # children was 8-14% off).
         children = {(op, depth): _uniform_child(config, op, depth) for op in config.op_names for depth in (1, 2)}
         runs = {key: ((lambda c: lambda b: c(**b, return_probes=False))(child), batches)
                 for key, child in children.items()}
