@@ -28,7 +28,7 @@ import torch  # noqa: E402
 from common import command_line, cpu_model, machine, results_dir, write_results  # noqa: E402
 from nni_adabert.model.depth import DEPTH_LABEL  # noqa: E402
 from nni_adabert.model.latency import measure_latency  # noqa: E402
-from nni_adabert.model.space import AdaBertStudent, random_arch  # noqa: E402
+from nni_adabert.model.space import AdaBertStudent, random_arch, uniform_arch  # noqa: E402
 from nni_adabert.teacher.run import open_teacher_run  # noqa: E402
 from nni_adabert.workflows.speed import (LATENCY_ROWS, batch_lengths, bert_base, dev_examples,  # noqa: E402
                                          measure_speeds, reference_config)
@@ -49,15 +49,13 @@ def parse_args(argv=None):
 
 
 def children(space, n_random: int) -> dict:
-    edges = space.edge_labels
-    named = {"fastest (1 cell, zero edges)": {**{e: "zero" for e in edges}, DEPTH_LABEL: 1},
-             f"slowest ({space.k_max} cells, std_conv_7)": {**{e: "std_conv_7" for e in edges},
-                                                             DEPTH_LABEL: space.k_max}}
+    named = {"fastest (1 cell, zero edges)": uniform_arch(space, "zero", 1),
+             f"slowest ({space.k_max} cells, std_conv_7)": uniform_arch(space, "std_conv_7", space.k_max)}
     for op in space.op_names:
         if op != "zero":
-            named[f"1 cell, {op} on every edge"] = {**{e: op for e in edges}, DEPTH_LABEL: 1}
+            named[f"1 cell, {op} on every edge"] = uniform_arch(space, op, 1)
     for op in ("avg_pool_3", "max_pool_3", "skip"):   # cheap ops run deep: where a cell's input layout showed
-        named[f"{space.k_max} cells, {op} on every edge"] = {**{e: op for e in edges}, DEPTH_LABEL: space.k_max}
+        named[f"{space.k_max} cells, {op} on every edge"] = uniform_arch(space, op, space.k_max)
     for seed in range(n_random):
         named[f"random {seed}"] = random_arch(space, seed)
     return named

@@ -23,7 +23,7 @@ from .data.custom import add_task_options, task_from_options
 from .data.tasks import TASKS
 from .errors import RunStopped, UserError, as_user_error, stop_on_signals, stopped_message
 from .logs import configure_logging
-from .model.depth import DEPTH_LABEL
+from .model.space import uniform_arch
 from .tables import format_table
 from .teacher.augment import AugmentConfig
 from .teacher.finetune import TeacherConfig, parse_label_map
@@ -157,7 +157,7 @@ def cmd_latency(args) -> None:
     rows += [["(each cell besides its edges)", f"{table.cell_seconds * scale:.2f}"],
              ["(embedding, pooling, classifier)", f"{table.once_seconds * scale:.2f}"]]
     print(format_table(["op (one edge)", f"time, per mille of {REFERENCES[config.speedup_over]}"], rows))
-    fastest = {**{label: "zero" for label in space_config.edge_labels}, DEPTH_LABEL: 1}
+    fastest = uniform_arch(space_config, "zero", 1)
     print(f"{REFERENCES[config.speedup_over]}: {table.reference_seconds:.3f} s per pass over "
           f"{len(table.setting['lengths'])} dev batches of {table.setting['batch_size']} "
           f"({table.setting['threads']} thread(s)); the fastest student of this space is predicted "

@@ -8,8 +8,8 @@ import torch
 from transformers import BertConfig
 
 from nni_adabert.cli import main
-from nni_adabert.model.depth import DEPTH_LABEL
 from nni_adabert.model.latency import LatencyTable, fit_additive, measure_latency
+from nni_adabert.model.space import uniform_arch
 from nni_adabert.teacher.run import open_teacher_run
 from nni_adabert.workflows import speed
 from nni_adabert.workflows.export import ARCH_FILE
@@ -18,10 +18,6 @@ from test_strategy import tiny_config
 
 TINY_BERT = BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
                        intermediate_size=64, max_position_embeddings=64)
-
-
-def child(cfg, op, depth):
-    return {**{label: op for label in cfg.edge_labels}, DEPTH_LABEL: depth}
 
 
 def test_measured_table_orders_children_and_round_trips():
@@ -33,8 +29,9 @@ def test_measured_table_orders_children_and_round_trips():
     assert table.reference_seconds > 0 and table.cell_seconds >= 0 and table.once_seconds >= 0
     assert table.setting["threads"] == 1 and table.setting["lengths"] == [48, 64]
     # Three cells of 7-wide convolutions on every edge are slower than one cell of zero edges.
-    assert table.child_seconds(cfg, child(cfg, "std_conv_7", 3)) > 3 * table.child_seconds(cfg, child(cfg, "zero", 1))
-    assert table.speedup(cfg, child(cfg, "zero", 1)) > table.speedup(cfg, child(cfg, "std_conv_7", 3))
+    slow, fast = uniform_arch(cfg, "std_conv_7", 3), uniform_arch(cfg, "zero", 1)
+    assert table.child_seconds(cfg, slow) > 3 * table.child_seconds(cfg, fast)
+    assert table.speedup(cfg, fast) > table.speedup(cfg, slow)
     assert LatencyTable.from_dict(json.loads(json.dumps(table.to_dict()))) == table
 
 
@@ -60,7 +57,7 @@ def test_fit_recovers_an_additive_model_from_children():
     assert table.op_seconds["zero"] == 0.0
     for op in cfg.op_names:
         for k in (1, 2, 8):
-            assert table.child_seconds(cfg, child(cfg, op, k)) == pytest.approx(exact(op, k), rel=0.04), (op, k)
+            assert table.child_seconds(cfg, uniform_arch(cfg, op, k)) == pytest.approx(exact(op, k), rel=0.04), (op, k)
 
 
 def test_latency_table_is_measured_once_and_cached(runs, tmp_path, monkeypatch):
@@ -94,7 +91,7 @@ def test_search_command_meets_a_speed_budget(runs, tmp_path, capsys):
     store = open_teacher_run(teacher)
     space = student_config(store)
     table = speed.latency_table(store, space, "teacher")   # what the search reads (cached beside the store)
-    fastest = table.speedup(space, child(space, "zero", 1))
+    fastest = table.speedup(space, uniform_arch(space, "zero", 1))
     asked = round(fastest / 4, 1)
     out = tmp_path / "student"
     assert main(["search", "--teacher", str(teacher), "--output-dir", str(out), "--epochs", "2", "--batch-size", "16",

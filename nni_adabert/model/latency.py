@@ -34,8 +34,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, PretrainedConfig
 
 from . import cost
-from .depth import DEPTH_LABEL
-from .space import AdaBertStudent, StudentConfig
+from .space import AdaBertStudent, StudentConfig, uniform_arch
 
 __all__ = ["LatencyTable", "measure_latency", "fit_additive", "time_runs"]
 
@@ -119,7 +118,7 @@ def _student_batches(config: StudentConfig, batch_size: int, lengths: Sequence[i
 
 def _uniform_child(config: StudentConfig, op: str, depth: int) -> AdaBertStudent:
     """``depth`` cells with ``op`` on every edge."""
-    return AdaBertStudent(config, {**{label: op for label in config.edge_labels}, DEPTH_LABEL: depth}).eval()
+    return AdaBertStudent(config, uniform_arch(config, op, depth)).eval()
 
 
 def _reference_runs(reference_config: PretrainedConfig, batch_size: int, lengths: Sequence[int]

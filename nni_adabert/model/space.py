@@ -62,8 +62,8 @@ from .ops import OP_NAMES, OPS, PAIR_OP_NAMES, Zero, build_op
 
 __all__ = [
     "StudentConfig", "AdaBertOutput", "AdaBertSpace", "AdaBertStudent",
-    "DepthChoice", "Cell", "Embedder", "edge_labels", "factorized_embedding", "validate_arch", "random_arch",
-    "SPACES", "resolve_space", "default_op_names", "matching_features",
+    "DepthChoice", "Cell", "Embedder", "edge_labels", "factorized_embedding", "validate_arch", "uniform_arch",
+    "random_arch", "SPACES", "resolve_space", "default_op_names", "matching_features",
 ]
 
 SPACES = ("paper", "matching")
@@ -229,6 +229,11 @@ def validate_arch(arch: Any, config: StudentConfig) -> Dict[str, Any]:
         raise UserError(f"architecture: depth must be an integer in 1..{config.k_max}, got {depth!r}")
     out[DEPTH_LABEL] = int(depth)
     return out
+
+
+def uniform_arch(config: StudentConfig, op: str, depth: int) -> Dict[str, Any]:
+    """``depth`` cells with ``op`` on every edge (the children the latency table is timed on)."""
+    return {**{label: op for label in config.edge_labels}, DEPTH_LABEL: depth}
 
 
 def random_arch(config: StudentConfig, seed: Optional[int] = None) -> Dict[str, Any]:
