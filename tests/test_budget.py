@@ -17,9 +17,9 @@ from nni_adabert.errors import UserError
 from nni_adabert.model import cost
 from nni_adabert.model.cost import child_params, embedding_params
 from nni_adabert.model.depth import DEPTH_LABEL
-from nni_adabert.model.space import StudentConfig
+from nni_adabert.model.space import StudentConfig, uniform_arch
 from nni_adabert.model.latency import LatencyTable
-from nni_adabert.nas.budget import check_budgets, derive_within_budget, params_budget, speed_budget
+from nni_adabert.nas.budget import budget_warnings, check_budgets, derive_within_budget, params_budget, speed_budget
 from nni_adabert.teacher.run import open_teacher_run
 from nni_adabert.workflows.export import ARCH_FILE
 from nni_adabert.workflows.student import student_config
@@ -93,6 +93,21 @@ def test_a_budget_no_child_meets_is_one_clear_error():
     with pytest.raises(UserError, match=r"min_speedup: no student of this space is that fast on this machine "
                                          r"\(the fastest one is predicted to take 2.00x the time allowed\)"):
         check_budgets(cfg, [speed_budget(table, 2 * fastest)])
+
+
+def test_a_floor_that_admits_cells_without_weights_is_warned_about():
+    cfg = tiny_config()
+    weightless = child_params(cfg, uniform_arch(cfg, "zero", cfg.k_max))  # the largest student without cell weights
+    # Within 15% above it, the band [0.85, 1] x budget holds that student: the export may collapse.
+    for budget in (weightless, int(weightless / 0.85)):
+        (line,) = budget_warnings(cfg, [params_budget(cfg, budget, tolerance=0.15)])
+        assert f"max_params {budget:,}: its floor (15% below" in line
+        assert f"up to {weightless:,} params" in line and f"above {math.floor(weightless / 0.85):,}" in line
+    # the warning's own advice: just above that, no such student is within the band
+    assert budget_warnings(cfg, [params_budget(cfg, math.floor(weightless / 0.85) + 1, tolerance=0.15)]) == []
+    # No floor (tolerance 1: "at most"), or a budget far above it: no warning.
+    assert budget_warnings(cfg, [params_budget(cfg, weightless)]) == []
+    assert budget_warnings(cfg, [params_budget(cfg, 10 * weightless, tolerance=0.15)]) == []
 
 
 def toy_latency_table(cfg, reference_seconds=100.0):

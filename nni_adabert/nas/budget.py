@@ -20,7 +20,8 @@ What the search does with them:
 - :func:`derive_within_budget`: the most probable child within every budget (an exact search:
   costs add up over edges, so a small dynamic programme over the edges, for every depth), so
   the exported student always meets them;
-- :func:`check_budgets`: a budget no child of the space can meet is an error before training.
+- :func:`check_budgets`: a budget no child of the space can meet is an error before training;
+  :func:`budget_warnings`: one whose floor still admits a cell without weights is worth a warning.
 """
 
 from __future__ import annotations
@@ -35,8 +36,10 @@ from ..errors import UserError
 from ..model import cost
 from ..model.depth import DEPTH_LABEL
 from ..model.latency import LatencyTable
+from ..model.space import uniform_arch
 
-__all__ = ["Budget", "params_budget", "speed_budget", "budgets_of", "check_budgets", "derive_within_budget"]
+__all__ = ["Budget", "params_budget", "speed_budget", "budgets_of", "check_budgets", "budget_warnings",
+           "derive_within_budget"]
 
 SECONDS_RESOLUTION = 4000  # a time budget's dynamic programme tells costs apart to 1/4000 of the budget
 
@@ -123,6 +126,24 @@ def check_budgets(config, budgets: Sequence[Budget]) -> None:
         raise UserError(f"search setting {budget.setting}: no student of this space is that fast on this machine "
                         f"(the fastest one is predicted to take {smallest / budget.maximum:.2f}x the time allowed); "
                         f"lower it")
+
+
+def budget_warnings(config, budgets: Sequence[Budget]) -> list[str]:
+    """A line for each parameter budget whose floor admits a child with no weights on any edge (the
+    largest one: ``k_max`` cells of a parameter-free op): the export may then be that collapsed
+    cell, which a floor is there to prevent. A budget within the tolerance of the embedding's size
+    does this."""
+    lines = []
+    for budget in budgets:
+        cheapest = min(config.op_names, key=lambda op: budget.op_cost[op])
+        weightless = budget.child(config, uniform_arch(config, cheapest, config.k_max))
+        if budget.setting == "max_params" and budget.op_cost[cheapest] == 0 and 0 < budget.minimum <= weightless:
+            share = 1 - budget.minimum / budget.maximum
+            lines.append(f"search setting max_params {int(budget.maximum):,}: its floor ({100 * share:.0f}% below, "
+                         f"{int(budget.minimum):,}) admits students whose cells have no weights (up to "
+                         f"{int(weightless):,} params), so the exported cell may have none; a budget above "
+                         f"{math.floor(weightless / (1 - share)):,} keeps weights in it")
+    return lines
 
 
 def derive_within_budget(config, op_probs: Mapping[str, Mapping[str, float]], depth_probs: Mapping[int, float],

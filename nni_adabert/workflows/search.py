@@ -21,7 +21,7 @@ from .. import runs
 from ..config import SearchConfig
 from ..errors import UserError
 from ..model.space import AdaBertSpace, factorized_embedding, resolve_space
-from ..nas.budget import budgets_of, check_budgets
+from ..nas.budget import budget_warnings, budgets_of, check_budgets
 from ..nas.distill import AdaBertDistillModule, val_metric_key
 from ..nas.strategy import AdaBertStrategy
 from ..teacher.knowledge import KnowledgeStore, holdout_split, row_loader
@@ -129,6 +129,8 @@ def _search(store: KnowledgeStore, out_dir: Path, config: SearchConfig, progress
     # Before anything is written: a budget no child meets is the user's to fix.
     budgets = budgets_of(space_config, config, latency)
     check_budgets(space_config, budgets)
+    for line in budget_warnings(space_config, budgets):
+        log.warning(line)
     train = train_loaders(store, config)  # and a split the store cannot make
     if not config.architecture_moves:
         log.warning("search: --warmup-epochs %d covers all %d epochs, so the architecture never moves; raise "
