@@ -7,7 +7,7 @@ against size and speed.
 One student per budget: ``nni-adabert teacher`` once, then per budget ``search`` with that budget
 (``--max-params N`` or ``--min-speedup S``, nothing else but the seed) and ``retrain`` with its
 defaults, as :mod:`pipeline` runs them; then every student's dev metric, params and speed (batch 128,
-1 thread, one process with the teacher and the BERT-base architecture). The result checks issue 17's
+1 thread, one round-robin with the teacher and the BERT-base architecture). The result checks issue 17's
 terms: each student within ``--tolerance`` of its budget (params, or the measured speedup over
 BERT-base), the metric non-increasing as the students get smaller, the smallest within 4 points of
 the teacher, the students at >= 100x BERT-base's speed within 2, none parameter-free. The commands
@@ -158,8 +158,9 @@ def markdown(result: dict) -> str:
                   f"{'yes' if f['non_increasing'] else 'no'}; the smallest {f['smallest_gap']:.2f} behind the "
                   f"teacher (goal <= 4); at >= 100x BERT-base's speed: {fast}; none parameter-free: "
                   f"{'yes' if f['parametric'] else 'no'}. **All met: {'yes' if f['met'] else 'no'}.**", "",
-              "Speed: the store's dev rows at batch 128, 1 thread, median of 3 passes, in one process with the "
-              "teacher and the BERT-base architecture (random weights: they do not change its speed).", "",
+              "Speed: the store's dev rows at batch 128, 1 thread, median of 3 passes, every student in one "
+              "round-robin with the teacher and the BERT-base architecture (random weights: they do not change "
+              "its speed).", "",
               "![accuracy against params and speed](tradeoff.png)", ""]
     lines += [f"Cell, {_label(s)}: ![cell](cell-{s['budget']['name']}-seed{s['seed']}.png)"
               for s in result["students"]]

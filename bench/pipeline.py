@@ -6,8 +6,8 @@ Each step is the ``nni-adabert`` command with its defaults and nothing else but 
 (``--max-params`` or ``--min-speedup``), the seed and, to compare with the default, a pair task's
 ``--space``: ``teacher``, then per seed ``search``
 and ``retrain`` (the seed of both), then the speed of every retrained student against the
-teacher and the BERT-base architecture at batch 128, 1 thread, in one process
-(``workflows.evaluate.compare_with_teacher``, as ``bench/compression.py``). The commands resume
+teacher and the BERT-base architecture at batch 128, 1 thread, in one process and one
+round-robin (``workflows.speed.measure_speeds``, as ``bench/compression.py``). The commands resume
 and skip finished steps, so the script can be started again after a stop.
 
 Runs in ``--runs-dir`` (default runs/bench/pipeline/<name>); writes
@@ -31,9 +31,11 @@ import torch  # noqa: E402
 
 from common import GLUE_DIR, ROOT, command_line, cpu_model, machine, results_dir, timed, write_results  # noqa: E402
 from nni_adabert.data.custom import TASK_FILE_SUFFIXES  # noqa: E402
+from nni_adabert.teacher.finetune import load_finetuned_teacher  # noqa: E402
 from nni_adabert.teacher.run import open_teacher_run  # noqa: E402
 from nni_adabert.workflows.evaluate import compare_with_teacher  # noqa: E402
-from nni_adabert.workflows.speed import bert_base  # noqa: E402
+from nni_adabert.workflows.export import load_exported, load_student  # noqa: E402
+from nni_adabert.workflows.speed import bert_base, dev_examples, measure_speeds  # noqa: E402
 
 REFERENCE = "BERT-base arch"
 
@@ -78,20 +80,25 @@ def student_steps(teacher: Path, runs: Path, name: str, seed: int, search_flags:
 
 
 def measure(store, students: list[dict], threads: int) -> dict:
-    """Dev metrics, size and speed (batch 128, ``threads``, against the teacher and the BERT-base
-    architecture in one process) of every retrained student on ``store`` (the teacher run's), added
-    to its entry; the teacher's dev metrics."""
+    """Dev metrics, size and speed of every retrained student on ``store`` (the teacher run's),
+    added to its entry; the teacher's dev metrics. Speed: batch 128, ``threads``, every student in
+    one round-robin with the teacher and the BERT-base architecture (each timed once, however many
+    students: BERT-base's passes are the slow part)."""
     torch.set_num_threads(threads)
+    models = {"teacher": load_finetuned_teacher(store.meta["teacher_dir"], store.spec).cpu(),
+              REFERENCE: bert_base(store.spec.num_labels)}
     teacher_metrics = {}
-    for entry in students:
-        compared = compare_with_teacher(store, entry["dir"], speed=True, references={REFERENCE: bert_base(
-            store.spec.num_labels)}, threads=threads)
+    for i, entry in enumerate(students):
+        compared = compare_with_teacher(store, entry["dir"], speed=False)
         student = compared["student"]
         entry.update(dev=student["dev_metrics"], params=student["params"],
-                     params_without_embedding=student["params_without_embedding"], depth=student["depth"],
-                     speedup_over_bert_base=student["speedup_over"][REFERENCE],
-                     speedup_over_teacher=student["speedup_over"]["teacher"])
+                     params_without_embedding=student["params_without_embedding"], depth=student["depth"])
+        models[f"student {i}"] = load_student(load_exported(entry["dir"], store))
         teacher_metrics = compared["teacher"]["dev_metrics"]
+    timing = measure_speeds(models, dev_examples(store), threads=threads)
+    for i, entry in enumerate(students):
+        faster = timing["speedup_over"][f"student {i}"]
+        entry.update(speedup_over_bert_base=faster[REFERENCE], speedup_over_teacher=faster["teacher"])
     return teacher_metrics
 
 
