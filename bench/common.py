@@ -64,10 +64,11 @@ def run_cli(argv: list[str]) -> str:
 
 
 def timed(argv: list[str]) -> dict:
-    """:func:`run_cli`, timed: ``{"command": ..., "minutes": ...}`` (wall time, one decimal)."""
+    """:func:`run_cli`, timed: ``{"command": ..., "minutes": ..., "seconds": ...}`` (wall time, one decimal)."""
     start = time.perf_counter()
     command = run_cli(argv)
-    return {"command": command, "minutes": round((time.perf_counter() - start) / 60, 1)}
+    seconds = time.perf_counter() - start
+    return {"command": command, "minutes": round(seconds / 60, 1), "seconds": round(seconds, 1)}
 
 
 def results_dir(benchmark: str, name: str | None = None, root: Path = RESULTS) -> Path:

@@ -27,7 +27,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
-from common import GLUE_DIR, ROOT, command_line, cpu_model, machine, run_cli, write_results  # noqa: E402
+from common import GLUE_DIR, ROOT, command_line, cpu_model, machine, timed, write_results  # noqa: E402
 from nni_adabert.teacher.run import open_teacher_run  # noqa: E402
 from nni_adabert.workflows.evaluate import compare_with_teacher  # noqa: E402
 
@@ -44,12 +44,6 @@ def parse_args(argv=None):
     p.add_argument("--runs-dir", type=Path, default=None, help="where the runs go (default: runs/gpu-check/<cpu|gpu>)")
     p.add_argument("--rows", type=int, default=None, help="train rows (default: 4000 on a GPU, 96 with --cpu)")
     return p.parse_args(argv)
-
-
-def timed(argv: list[str]) -> dict:
-    start = time.perf_counter()
-    command = run_cli(argv)
-    return {"command": command, "seconds": round(time.perf_counter() - start, 1)}
 
 
 def main(argv=None) -> int:
