@@ -33,8 +33,8 @@ from common import GLUE_DIR, ROOT, command_line, cpu_model, machine, results_dir
 from nni_adabert.data.custom import TASK_FILE_SUFFIXES  # noqa: E402
 from nni_adabert.teacher.finetune import load_finetuned_teacher  # noqa: E402
 from nni_adabert.teacher.run import open_teacher_run  # noqa: E402
-from nni_adabert.workflows.evaluate import compare_with_teacher  # noqa: E402
-from nni_adabert.workflows.export import load_exported, load_student  # noqa: E402
+from nni_adabert.workflows.evaluate import evaluate_student, teacher_dev_metrics  # noqa: E402
+from nni_adabert.workflows.export import check_fits, load_exported, load_student  # noqa: E402
 from nni_adabert.workflows.speed import bert_base, dev_examples, measure_speeds  # noqa: E402
 
 REFERENCE = "BERT-base arch"
@@ -87,19 +87,18 @@ def measure(store, students: list[dict], threads: int) -> dict:
     torch.set_num_threads(threads)
     models = {"teacher": load_finetuned_teacher(store.meta["teacher_dir"], store.spec).cpu(),
               REFERENCE: bert_base(store.spec.num_labels)}
-    teacher_metrics = {}
     for i, entry in enumerate(students):
-        compared = compare_with_teacher(store, entry["dir"], speed=False)
-        student = compared["student"]
-        entry.update(dev=student["dev_metrics"], params=student["params"],
-                     params_without_embedding=student["params_without_embedding"], depth=student["depth"])
-        models[f"student {i}"] = load_student(load_exported(entry["dir"], store))
-        teacher_metrics = compared["teacher"]["dev_metrics"]
+        exported = load_exported(entry["dir"], store)
+        check_fits(exported, store)
+        models[f"student {i}"] = student = load_student(exported)
+        evaluated = evaluate_student(student, store)
+        entry.update(dev=evaluated["dev_metrics"], params=evaluated["params"],
+                     params_without_embedding=evaluated["params_without_embedding"], depth=evaluated["depth"])
     timing = measure_speeds(models, dev_examples(store), threads=threads)
     for i, entry in enumerate(students):
         faster = timing["speedup_over"][f"student {i}"]
         entry.update(speedup_over_bert_base=faster[REFERENCE], speedup_over_teacher=faster["teacher"])
-    return teacher_metrics
+    return teacher_dev_metrics(store)
 
 
 def main(argv=None) -> int:

@@ -135,9 +135,11 @@ def budget_warnings(config, budgets: Sequence[Budget]) -> list[str]:
     does this."""
     lines = []
     for budget in budgets:
+        if budget.setting != "max_params" or budget.minimum <= 0:  # no floor: "at most" allows any size
+            continue
         cheapest = min(config.op_names, key=lambda op: budget.op_cost[op])
         weightless = budget.child(config, uniform_arch(config, cheapest, config.k_max))
-        if budget.setting == "max_params" and budget.op_cost[cheapest] == 0 and 0 < budget.minimum <= weightless:
+        if budget.op_cost[cheapest] == 0 and budget.minimum <= weightless:
             share = 1 - budget.minimum / budget.maximum
             lines.append(f"search setting max_params {int(budget.maximum):,}: its floor ({100 * share:.0f}% below, "
                          f"{int(budget.minimum):,}) admits students whose cells have no weights (up to "

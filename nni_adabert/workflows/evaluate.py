@@ -70,6 +70,13 @@ def evaluate_student(student: AdaBertStudent, store: KnowledgeStore, seq_len: in
     }
 
 
+def teacher_dev_metrics(store: KnowledgeStore) -> dict:
+    """The teacher's dev metrics, from the predictions in its store (its head is the last probe)."""
+    dev = store.data["dev"]
+    head = torch.tensor(dev["teacher_logits"])[:, -1]
+    return compute_metrics(store.spec, head.argmax(-1), torch.tensor(dev["label"]))
+
+
 def compare_with_teacher(store: KnowledgeStore, arch, weights=None, speed: bool = True, seq_len: int = 128,
                          references: Mapping[str, torch.nn.Module] | None = None, rows: int | None = None,
                          batch_size: int = 128, repeats: int = 3, warmup: int = 1, threads: int | None = None,
@@ -95,18 +102,14 @@ def compare_with_teacher(store: KnowledgeStore, arch, weights=None, speed: bool 
             graphs["deployed_int8"] = open_deployed(int8_path(graphs["deployed"].path), arch_file, threads)
     student_result = evaluate_student(student, store, seq_len)
     teacher = load_finetuned_teacher(store.meta["teacher_dir"], store.spec).cpu()
-    dev = store.data["dev"]
     examples = dev_examples(store)
-    # The teacher's dev predictions are in the store: its head is the last probe.
-    head = torch.tensor(dev["teacher_logits"])[:, -1]
 
     def sized(model) -> dict:
         return {"params": transformer_params(model), "params_without_embedding": transformer_params(model, False),
                 "flops": teacher_flops(model, pad_to(examples[0], seq_len)),
                 "layers": model.config.num_hidden_layers, "hidden": model.config.hidden_size}
 
-    teacher_result = {"dev_metrics": compute_metrics(store.spec, head.argmax(-1), torch.tensor(dev["label"])),
-                      **sized(teacher)}
+    teacher_result = {"dev_metrics": teacher_dev_metrics(store), **sized(teacher)}
     references = dict(references or {})
     result = {"task": store.meta["task"], "architecture": str(arch_file.path), "teacher": teacher_result,
               "student": student_result}
