@@ -174,6 +174,7 @@ def test_demo_steps_parse_with_every_demo_option(tmp_path):
     assert parsed[1].teacher == parsed[2].teacher == parsed[3].teacher == str(tmp_path / "demo")
     assert parsed[1].max_params == 6_400_000   # the search has a budget: no parameter-free cell
     assert parsed[2].arch == parsed[1].output_dir and parsed[3].arch == parsed[2].output_dir
+    assert parsed[2].dropout == 0.2  # the sample's 8,000 sentences: more dropout than the default (0.1)
 
 
 def test_a_student_no_better_than_the_majority_class_is_flagged(runs, caplog):
