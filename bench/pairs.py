@@ -15,7 +15,9 @@ defaults, per seed) with one thing changed against the first row ("default"):
 - ``weaker teacher``: the store of another teacher run (e.g. 3 epochs without augmentation; as every
   teacher run, its best epoch);
 - ``random cells``: no search; seeded random cells of the default space (``retrain --arch random:<seed>``,
-  seeds ``--random-seeds``) retrained with the defaults, the paper's Table 3 baseline for the default row.
+  seeds ``--random-seeds``) retrained with the defaults, the paper's Table 3 baseline for the default row;
+- ``table4``: the paper's Table 4 (knowledge losses) as three more rows, Base-KD, + Probe and + DA, each
+  adding one thing to the row above; the default row is its last, + L_CE (:data:`TABLE4`).
 
 A store is built once per (teacher, copies) and shared; runs resume and skip finished steps.
 Every store is built before the first search. Runs in ``--runs-dir`` (default runs/bench/pairs/<name>);
@@ -42,7 +44,17 @@ from nni_adabert.teacher.run import open_teacher_run  # noqa: E402
 from nni_adabert.workflows.evaluate import majority_class_metrics  # noqa: E402
 
 
-LEVERS = ["paper-space", "copies", "no-final-kd", "weak-teacher", "random"]
+LEVERS = ["paper-space", "copies", "no-final-kd", "weak-teacher", "random", "table4"]
+# The paper's Table 4 (knowledge losses, MRPC dev F1), each row adding one thing to the row above; its last
+# row, "+ L_CE (All)", is our default row. (row, store copies: None = the default store's, search flags,
+# retrain flags, the paper's F1). Without L_CE (γ = 1) the final-logit term stays in the search as well: nothing
+# else would train the final classifier.
+TABLE4 = [
+    ("Base-KD", 0, ["--no-probe-kd", "--final-kd", "--gamma", "1"], ["--no-probe-kd", "--gamma", "1"], 77.2),
+    ("+ Probe", 0, ["--final-kd", "--gamma", "1"], ["--gamma", "1"], 78.7),
+    ("+ DA", None, ["--final-kd", "--gamma", "1"], ["--gamma", "1"], 83.9),
+]
+TABLE4_ALL = ("+ L_CE (All): the default row", 84.7)
 
 
 def parse_args(argv=None):
@@ -91,9 +103,9 @@ def main(argv=None) -> int:
 
     # One dict per row: its store (teacher, copies), the search's flags (None: random cells, no search),
     # the retraining's flags, and the row whose searched cells it retrains (None: its own search).
-    def row(name, key, search=(), retrain=(), searched_by=None):
+    def row(name, key, search=(), retrain=(), searched_by=None, table="causes"):
         return {"name": name, "store": key, "search": None if search is None else list(search),
-                "retrain": list(retrain), "searched_by": searched_by}
+                "retrain": list(retrain), "searched_by": searched_by, "table": table}
 
     rows = [row("default", ("default", base_copies))]
     if "random" in args.levers:  # second: the table's headline comparison (searched against random)
@@ -107,6 +119,9 @@ def main(argv=None) -> int:
                         searched_by="default"))
     if "weak-teacher" in args.levers and args.weak_teacher_run:
         rows.append(row("weaker teacher", ("weak", base_copies)))
+    if "table4" in args.levers:
+        rows += [row(name, ("default", base_copies if copies is None else copies), search, retrain, table="table4")
+                 for name, copies, search, retrain, _ in TABLE4]
     for r in rows:  # every store first: a failing build stops the table before hours of searches
         store(*r["store"])
 
@@ -134,7 +149,8 @@ def main(argv=None) -> int:
             retrain = timed(["retrain", "--teacher", str(teacher), "--arch", str(arch), "--output-dir",
                              str(retrained), *r["retrain"], "--seed", str(seed), "--no-progress"])
             doc = json.loads((retrained / "architecture.json").read_text())
-            results.append({"row": r["name"], "seed": seed, "arch": str(arch), "teacher_run": str(teacher),
+            results.append({"row": r["name"], "table": r["table"], "seed": seed, "arch": str(arch),
+                            "teacher_run": str(teacher),
                             "copies": r["store"][1], "search": search, "retrain": retrain, "dev": doc["dev_metrics"],
                             "params": doc["params"], "depth": doc["depth"], "architecture": doc["architecture"],
                             "space": doc["student_config"]["space"],
@@ -151,8 +167,9 @@ def main(argv=None) -> int:
 
 
 def _slug(row_name: str) -> str:
-    """A row's folder name: "no final-logit KD" -> "no-final-KD"."""
-    return row_name.replace(" ", "-").replace("-logit", "")
+    """A row's folder name: "no final-logit KD" -> "no-final-KD", "+ Probe" -> "table4-Probe"."""
+    slug = row_name.replace(" ", "-").replace("-logit", "")
+    return "table4-" + slug.lstrip("+-") if row_name.startswith("+") else slug
 
 
 def row_means(runs: list[dict], metrics: list[str]) -> dict:
@@ -160,6 +177,25 @@ def row_means(runs: list[dict], metrics: list[str]) -> dict:
     names = dict.fromkeys(r["row"] for r in runs)
     return {name: {m: statistics.mean(100 * r["dev"][m] for r in runs if r["row"] == name) for m in metrics}
             for name in names}
+
+
+TABLE4_ROWS = [(name, f1) for name, *_, f1 in TABLE4] + [TABLE4_ALL]
+
+
+def table_row(result: dict, label: str, name: str | None = None) -> str:
+    """One Markdown table row, ``label`` in the first column, of the runs of row ``name`` (default ``label``):
+    each metric's mean (each run's value in brackets), the teacher, the params and depths."""
+    runs = [r for r in result["runs"] if r["row"] == (name or label)]
+    cells = []
+    for m in result["metrics"]:
+        values = [100 * r["dev"][m] for r in runs]
+        cells.append(f"{statistics.mean(values):.2f} ({', '.join(f'{v:.2f}' for v in values)})")
+    teacher = runs[0]["teacher_dev"] or {}
+    teacher_text = " / ".join(f"{100 * teacher[m]:.2f}" for m in result["metrics"] if m in teacher)
+    params = ", ".join(f"{r['params']:,}" for r in runs)
+    depths = ", ".join(str(r["depth"]) for r in runs)
+    return (f"| {label} | {runs[0]['space']} | {runs[0]['copies']} | {teacher_text} | " + " | ".join(cells)
+            + f" | {params} | {depths} |")
 
 
 def markdown(result: dict) -> str:
@@ -172,18 +208,7 @@ def markdown(result: dict) -> str:
              "| row | space | copies | teacher dev | " + " | ".join(metrics) + " | params | K |",
              "|---|---|---|---|" + "---|" * len(metrics) + "---|---|"]
     names = list(dict.fromkeys(r["row"] for r in result["runs"]))
-    for name in names:
-        runs = [r for r in result["runs"] if r["row"] == name]
-        cells = []
-        for m in metrics:
-            values = [100 * r["dev"][m] for r in runs]
-            cells.append(f"{statistics.mean(values):.2f} ({', '.join(f'{v:.2f}' for v in values)})")
-        teacher = runs[0]["teacher_dev"] or {}
-        teacher_text = " / ".join(f"{100 * teacher[m]:.2f}" for m in metrics if m in teacher)
-        params = ", ".join(f"{r['params']:,}" for r in runs)
-        depths = ", ".join(str(r["depth"]) for r in runs)
-        lines.append(f"| {name} | {runs[0]['space']} | {runs[0]['copies']} | {teacher_text} | "
-                     + " | ".join(cells) + f" | {params} | {depths} |")
+    lines += [table_row(result, name) for name in names if name not in dict(TABLE4_ROWS)]
     majority = result["majority"]
     means = {name: values[metrics[0]] for name, values in result["means"].items()}
     if {"default", "random cells"} <= set(means):
@@ -195,6 +220,16 @@ def markdown(result: dict) -> str:
         lines += ["", f"Data augmentation ({copies} cop{'y' if copies == 1 else 'ies'} against none), {metrics[0]}: "
                       f"{means['default'] - means['0 copies']:+.2f} points (the paper's Table 4 on MRPC: +DA "
                       "83.9 against 78.7 before it, +5.2)."]
+    if any(name in dict(TABLE4_ROWS) for name in names):
+        lines += ["", "## The paper's Table 4 on MRPC, rerun with the default pipeline", "",
+                  "Each row adds one thing to the row above: Base-KD (the final-logit KD term only, no augmented "
+                  "rows, no L_CE: γ = 1), + Probe (every teacher layer's probe), + DA (the default store's "
+                  "augmented rows), + L_CE (γ = 0.8: the defaults, whose search drops the final-logit term).", "",
+                  "| row | space | copies | teacher dev | " + " | ".join(metrics) + " | params | K | paper F1 |",
+                  "|---|---|---|---|" + "---|" * len(metrics) + "---|---|---|"]
+        paper = dict(TABLE4_ROWS)
+        lines += [table_row(result, name, "default" if name == TABLE4_ALL[0] else name) + f" {paper[name]} |"
+                  for name in paper if (name if name != TABLE4_ALL[0] else "default") in names]
     limit = result["settings"]["search_augmented_limit"]
     if limit is not None and any(name.endswith(" copies") for name in names):
         lines += ["", f"The search reads at most {limit:,} augmented rows (its default `--augmented-limit`), the "

@@ -9,6 +9,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import common  # noqa: E402
 import pairs  # noqa: E402
+from nni_adabert.cli import build_parser  # noqa: E402
+from nni_adabert.config import RetrainConfig, SearchConfig, from_options  # noqa: E402
 
 
 def test_the_cause_table_runs_each_lever_and_compares_searched_with_random(runs, tmp_path, monkeypatch):
@@ -40,3 +42,44 @@ def test_the_cause_table_runs_each_lever_and_compares_searched_with_random(runs,
     assert page.count("--arch random:") == 2
     no_aug_f1 = 100 * result["runs"][3]["dev"]["f1"]
     assert f"Data augmentation (1 copy against none), f1: {default_f1 - no_aug_f1:+.2f}" in page
+
+
+def test_table4_rows_add_one_knowledge_term_each():
+    """The Table 4 rows' flags give the paper's losses: Base-KD the final-logit term only with γ = 1,
+    + Probe adds the probes, + DA the augmented rows (store), the default row L_CE (γ = 0.8)."""
+    def configs(search, retrain):
+        parser = build_parser()
+        return (from_options(SearchConfig, parser.parse_args(["search", "--teacher", "t", "--output-dir", "o",
+                                                              *search])),
+                from_options(RetrainConfig, parser.parse_args(["retrain", "--teacher", "t", "--arch", "a",
+                                                               "--output-dir", "o", *retrain])))
+
+    losses = [(name, copies, [(c.probe_kd, c.final_kd, c.gamma) for c in configs(search, retrain)])
+              for name, copies, search, retrain, _ in pairs.TABLE4]
+    assert losses == [("Base-KD", 0, [(False, True, 1.0), (False, True, 1.0)]),
+                      ("+ Probe", 0, [(True, True, 1.0), (True, True, 1.0)]),
+                      ("+ DA", None, [(True, True, 1.0), (True, True, 1.0)])]
+    default = configs([], [])
+    assert [(c.probe_kd, c.gamma) for c in default] == [(True, 0.8), (True, 0.8)]
+
+
+def test_table4_section_lists_the_rows_in_the_papers_order_with_its_numbers():
+    def run(row, f1, copies):
+        return {"row": row, "dev": {"f1": f1, "accuracy": f1 - 0.001}, "teacher_dev": {"f1": 0.86, "accuracy": 0.8},
+                "params": 1000, "depth": 2, "space": "matching", "copies": copies, "search": None,
+                "retrain": {"command": "nni-adabert retrain", "minutes": 1.0}}
+
+    runs = [run("default", 0.84, 4), run("Base-KD", 0.77, 0), run("+ Probe", 0.79, 0), run("+ DA", 0.83, 4)]
+    result = {"task": "MRPC", "command": "bench/pairs.py", "cpu": "cpu", "machine": "m", "metrics": ["f1", "accuracy"],
+              "majority": {"f1": 0.81, "accuracy": 0.68}, "settings": {"search_augmented_limit": 20000},
+              "stores_built": {}, "runs": runs, "means": pairs.row_means(runs, ["f1", "accuracy"])}
+    page = pairs.markdown(result)
+    main_table, table4 = page.split("## The paper's Table 4")
+    assert "| Base-KD |" not in main_table and "| default |" in main_table
+    rows = [line.split(" | ") for line in table4.splitlines() if line.startswith("| ") and "---" not in line]
+    assert [r[0].lstrip("| ") for r in rows] == ["row", "Base-KD", "+ Probe", "+ DA", "+ L_CE (All): the default row"]
+    # Each row: its own runs' F1 and accuracy, then the paper's F1; the last row is the default row's.
+    assert [(r[4], r[5], r[-1]) for r in rows[1:]] == [("77.00 (77.00)", "76.90 (76.90)", "77.2 |"),
+                                                       ("79.00 (79.00)", "78.90 (78.90)", "78.7 |"),
+                                                       ("83.00 (83.00)", "82.90 (82.90)", "83.9 |"),
+                                                       ("84.00 (84.00)", "83.90 (83.90)", "84.7 |")]
