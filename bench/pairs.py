@@ -103,9 +103,9 @@ def main(argv=None) -> int:
 
     # One dict per row: its store (teacher, copies), the search's flags (None: random cells, no search),
     # the retraining's flags, and the row whose searched cells it retrains (None: its own search).
-    def row(name, key, search=(), retrain=(), searched_by=None, table="causes"):
+    def row(name, key, search=(), retrain=(), searched_by=None):
         return {"name": name, "store": key, "search": None if search is None else list(search),
-                "retrain": list(retrain), "searched_by": searched_by, "table": table}
+                "retrain": list(retrain), "searched_by": searched_by}
 
     rows = [row("default", ("default", base_copies))]
     if "random" in args.levers:  # second: the table's headline comparison (searched against random)
@@ -120,7 +120,7 @@ def main(argv=None) -> int:
     if "weak-teacher" in args.levers and args.weak_teacher_run:
         rows.append(row("weaker teacher", ("weak", base_copies)))
     if "table4" in args.levers:
-        rows += [row(name, ("default", base_copies if copies is None else copies), search, retrain, table="table4")
+        rows += [row(name, ("default", base_copies if copies is None else copies), search, retrain)
                  for name, copies, search, retrain, _ in TABLE4]
     for r in rows:  # every store first: a failing build stops the table before hours of searches
         store(*r["store"])
@@ -129,9 +129,13 @@ def main(argv=None) -> int:
     majority = majority_class_metrics(base)
     settings = {"copies": args.copies, "levers": args.levers, "seeds": args.seeds, "random_seeds": args.random_seeds,
                 "search_augmented_limit": SearchConfig().augmented_limit}
+    metrics = list(base.spec.metrics)
+    record = {"command": command_line(["bench/pairs.py", *argv]), "cpu": cpu_model(), "machine": machine(),
+              "torch": torch.__version__, "task": args.task, "metrics": metrics, "majority": majority,
+              "settings": settings, "stores_built": built}
     results = []
     for r in rows:
-        teacher = stores[tuple(r["store"])]
+        teacher = store(*r["store"])  # built above
         # (seed, architecture to retrain, retrain dir): a searched row per seed; the random row retrains each
         # random structure once, with the first seed.
         if r["search"] is None:
@@ -149,18 +153,14 @@ def main(argv=None) -> int:
             retrain = timed(["retrain", "--teacher", str(teacher), "--arch", str(arch), "--output-dir",
                              str(retrained), *r["retrain"], "--seed", str(seed), "--no-progress"])
             doc = json.loads((retrained / "architecture.json").read_text())
-            results.append({"row": r["name"], "table": r["table"], "seed": seed, "arch": str(arch),
-                            "teacher_run": str(teacher),
+            results.append({"row": r["name"], "seed": seed, "arch": str(arch), "teacher_run": str(teacher),
                             "copies": r["store"][1], "search": search, "retrain": retrain, "dev": doc["dev_metrics"],
                             "params": doc["params"], "depth": doc["depth"], "architecture": doc["architecture"],
                             "space": doc["student_config"]["space"],
                             "teacher_dev": open_teacher_run(teacher).teacher_info.get("dev_metrics")})
             print(f"{r['name']}, {arch if search is None else f'seed {seed}'}: {doc['dev_metrics']}", flush=True)
             # Written after every run: a table cut short (a failure, a kill) keeps the rows it has.
-            result = {"command": command_line(["bench/pairs.py", *argv]), "cpu": cpu_model(), "machine": machine(),
-                      "torch": torch.__version__, "task": args.task, "metrics": list(base.spec.metrics),
-                      "majority": majority, "settings": settings, "stores_built": built, "runs": results,
-                      "means": row_means(results, list(base.spec.metrics))}
+            result = {**record, "runs": results, "means": row_means(results, metrics)}
             write_results(out, result, markdown(result))
     print(markdown(result))
     return 0
@@ -179,7 +179,7 @@ def row_means(runs: list[dict], metrics: list[str]) -> dict:
             for name in names}
 
 
-TABLE4_ROWS = [(name, f1) for name, *_, f1 in TABLE4] + [TABLE4_ALL]
+TABLE4_NAMES = {name for name, *_ in TABLE4}
 
 
 def table_row(result: dict, label: str, name: str | None = None) -> str:
@@ -208,7 +208,7 @@ def markdown(result: dict) -> str:
              "| row | space | copies | teacher dev | " + " | ".join(metrics) + " | params | K |",
              "|---|---|---|---|" + "---|" * len(metrics) + "---|---|"]
     names = list(dict.fromkeys(r["row"] for r in result["runs"]))
-    lines += [table_row(result, name) for name in names if name not in dict(TABLE4_ROWS)]
+    lines += [table_row(result, name) for name in names if name not in TABLE4_NAMES]
     majority = result["majority"]
     means = {name: values[metrics[0]] for name, values in result["means"].items()}
     if {"default", "random cells"} <= set(means):
@@ -220,16 +220,15 @@ def markdown(result: dict) -> str:
         lines += ["", f"Data augmentation ({copies} cop{'y' if copies == 1 else 'ies'} against none), {metrics[0]}: "
                       f"{means['default'] - means['0 copies']:+.2f} points (the paper's Table 4 on MRPC: +DA "
                       "83.9 against 78.7 before it, +5.2)."]
-    if any(name in dict(TABLE4_ROWS) for name in names):
+    if TABLE4_NAMES & set(names):
         lines += ["", "## The paper's Table 4 on MRPC, rerun with the default pipeline", "",
                   "Each row adds one thing to the row above: Base-KD (the final-logit KD term only, no augmented "
                   "rows, no L_CE: γ = 1), + Probe (every teacher layer's probe), + DA (the default store's "
                   "augmented rows), + L_CE (γ = 0.8: the defaults, whose search drops the final-logit term).", "",
                   "| row | space | copies | teacher dev | " + " | ".join(metrics) + " | params | K | paper F1 |",
                   "|---|---|---|---|" + "---|" * len(metrics) + "---|---|---|"]
-        paper = dict(TABLE4_ROWS)
-        lines += [table_row(result, name, "default" if name == TABLE4_ALL[0] else name) + f" {paper[name]} |"
-                  for name in paper if (name if name != TABLE4_ALL[0] else "default") in names]
+        table4 = [(name, name, f1) for name, *_, f1 in TABLE4] + [(TABLE4_ALL[0], "default", TABLE4_ALL[1])]
+        lines += [table_row(result, label, name) + f" {f1} |" for label, name, f1 in table4 if name in names]
     limit = result["settings"]["search_augmented_limit"]
     if limit is not None and any(name.endswith(" copies") for name in names):
         lines += ["", f"The search reads at most {limit:,} augmented rows (its default `--augmented-limit`), the "
