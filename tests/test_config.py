@@ -84,6 +84,9 @@ def test_configs_split_by_what_they_configure():
     # Each candidate of an undecided search trains with a retraining's recipe on the search's rows.
     candidate = SearchConfig(candidate_epochs=2, gamma=0.5, lr=0.3, train_limit=7, seed=3).candidate_config()
     assert candidate == RetrainConfig(epochs=2, train_limit=7, augmented_limit=20000, seed=3)
+    # Both read the search's rows in the search's order (grouped by length or not).
+    plain = SearchConfig(group_by_length=False, finetune_epochs=1)
+    assert not plain.finetune_config().group_by_length and not plain.candidate_config().group_by_length
     assert RetrainConfig(lr=0.004).final_lr == pytest.approx(4e-5) and SearchConfig().final_lr == 5e-4
 
 

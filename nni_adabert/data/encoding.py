@@ -14,6 +14,8 @@ import os
 from pathlib import Path
 
 import datasets
+import numpy as np
+import pyarrow.compute as pc
 import torch
 
 from .tasks import TaskSpec
@@ -102,6 +104,14 @@ def tokenize(ds: datasets.Dataset, tokenizer, spec: TaskSpec, max_length: int = 
     if n:
         log.warning("%d of %d examples are longer than %d tokens and were truncated", n, len(ds), max_length)
     return ds.remove_columns("truncated")
+
+
+def row_lengths(rows: datasets.Dataset, keys: tuple[str, ...]) -> list[int]:
+    """Each row's length in tokens: its longest id column among ``keys`` (what :func:`pad_batch`
+    pads its batch to). Read from Arrow, without building the rows."""
+    table = rows.with_format("arrow")
+    lengths = [pc.list_value_length(table[key]).to_numpy(zero_copy_only=False) for key in keys]
+    return [int(n) for n in (lengths[0] if len(lengths) == 1 else np.maximum.reduce(lengths))]
 
 
 def pad_batch(features: list[dict], keys: tuple[str, ...], pad_id: int = 0) -> dict[str, torch.Tensor]:

@@ -25,17 +25,16 @@ from safetensors import safe_open
 from torch.utils.data import DataLoader
 from transformers import (AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoTokenizer,
                           get_linear_schedule_with_warmup)
-from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from .. import atomic, runs
 from ..config import Settings, setting
-from ..data.encoding import dataset_fingerprint, pad_batch, tokenize
+from ..data.encoding import dataset_fingerprint, pad_batch, row_lengths, tokenize
 from ..data.metrics import compute_metrics
 from ..data.tasks import TaskSpec, spec_identity
 from ..errors import UserError
 from ..logs import quiet_loggers
-from ..training import (KeepBestEpoch, check_finite, epoch_seed, fit, inference_batch_size, make_trainer, pick_device,
-                        pin_memory, weight_decay_groups)
+from ..training import (EpochLengthGroupedSampler, KeepBestEpoch, check_finite, fit, inference_batch_size,
+                        make_trainer, pick_device, pin_memory, weight_decay_groups)
 
 log = logging.getLogger(__name__)
 
@@ -166,19 +165,6 @@ def teacher_collate(features: list[dict]) -> dict[str, torch.Tensor]:
     return batch
 
 
-class EpochLengthGroupedSampler(LengthGroupedSampler):
-    """transformers' length-grouped shuffle, reseeded from ``(seed, epoch)`` when Lightning
-    calls :meth:`set_epoch`, so a resumed fine-tuning sees the batches an uninterrupted one would."""
-
-    def __init__(self, batch_size: int, lengths: list[int], seed: int):
-        super().__init__(batch_size, lengths=lengths)
-        self.seed = seed
-        self.set_epoch(0)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.generator = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
-
-
 def parse_label_map(text: str | None) -> dict[str, str] | None:
     """``--label-map NEGATIVE=0,POSITIVE=1``: the teacher's label name -> the task's label."""
     if not text:
@@ -257,7 +243,7 @@ def finetune_teacher(spec: TaskSpec, data: datasets.DatasetDict, model: str | No
     train_tok, dev_tok = (tokenize(ds, tokenizer, spec, cache_dir=cache_dir) for ds in (train, data["dev"]))
     columns = ["input_ids", "token_type_ids", "label"]
     # Batches of similar lengths (shuffled): far less padding, same examples per epoch.
-    sampler = EpochLengthGroupedSampler(config.batch_size, [len(ids) for ids in train_tok["input_ids"]], config.seed)
+    sampler = EpochLengthGroupedSampler(config.batch_size, row_lengths(train_tok, ("input_ids",)), config.seed)
     train_loader = DataLoader(train_tok.select_columns(columns), batch_size=config.batch_size, sampler=sampler,
                               collate_fn=teacher_collate, generator=torch.Generator().manual_seed(config.seed),
                               pin_memory=pin_memory())

@@ -32,10 +32,11 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .. import atomic
-from ..data.encoding import IGNORE_LABEL, MAX_LENGTH, dataset_fingerprint, pad_batch, tokenize
+from ..data.encoding import IGNORE_LABEL, MAX_LENGTH, dataset_fingerprint, pad_batch, row_lengths, tokenize
 from ..data.tasks import TaskSpec, get_task, spec_identity
 from ..errors import UserError
-from ..training import EpochShuffleSampler, bf16_available, inference_precision, pick_device, pin_memory
+from ..training import (EpochLengthGroupedSampler, EpochShuffleSampler, bf16_available, inference_precision,
+                        pick_device, pin_memory)
 from .augment import AugmentConfig, Augmenter
 from .finetune import load_finetuned_teacher, load_tokenizer, read_teacher_info, resolve_model, teacher_word_embeddings
 from .probes import LayerProbes, ProbeConfig, teacher_features, train_probes
@@ -116,9 +117,10 @@ class KnowledgeStore:
         return "origin" in self.data["train"].column_names
 
     def loader(self, split: str, batch_size: int, shuffle: bool = False, seed: int = 0,
-               limit: int | None = None, augmented_limit: int | None = None) -> DataLoader:
+               limit: int | None = None, augmented_limit: int | None = None,
+               group_by_length: bool = False) -> DataLoader:
         """Batches as the search and retraining read them of :meth:`rows` (:func:`row_loader`)."""
-        return row_loader(self.rows(split, limit, augmented_limit), batch_size, shuffle, seed)
+        return row_loader(self.rows(split, limit, augmented_limit), batch_size, shuffle, seed, group_by_length)
 
 
 def holdout_split(rows: datasets.Dataset, share: float, seed: int = 0) -> tuple[datasets.Dataset, datasets.Dataset]:
@@ -133,10 +135,17 @@ def holdout_split(rows: datasets.Dataset, share: float, seed: int = 0) -> tuple[
     return rows.select(np.flatnonzero(~is_held)), rows.select(np.flatnonzero(is_held))
 
 
-def row_loader(rows: datasets.Dataset, batch_size: int, shuffle: bool = False, seed: int = 0) -> DataLoader:
+def row_loader(rows: datasets.Dataset, batch_size: int, shuffle: bool = False, seed: int = 0,
+               group_by_length: bool = False) -> DataLoader:
     """Batches of store rows as the search and retraining read them (see :func:`student_collate`);
-    shuffled per epoch from ``seed`` (:class:`training.EpochShuffleSampler`)."""
-    sampler = EpochShuffleSampler(len(rows), seed) if shuffle else None
+    shuffled per epoch from ``seed`` (:class:`training.EpochShuffleSampler`), with ``group_by_length``
+    in batches of similar lengths (:class:`training.EpochLengthGroupedSampler`)."""
+    sampler = None
+    if shuffle and group_by_length:
+        keys = tuple(key for key in ("input_ids_a", "input_ids_b") if key in rows.column_names)
+        sampler = EpochLengthGroupedSampler(batch_size, row_lengths(rows, keys), seed)
+    elif shuffle:
+        sampler = EpochShuffleSampler(len(rows), seed)
     # Its own generator: creating an iterator must not draw from the global one (see training.py).
     return DataLoader(rows.with_format(None), batch_size=batch_size, sampler=sampler, collate_fn=student_collate,
                       generator=torch.Generator().manual_seed(seed), pin_memory=pin_memory())

@@ -77,7 +77,8 @@ def pick_candidate(store: KnowledgeStore, archs: Sequence[dict], config: SearchC
     rows = store.rows("train", config.train_limit, config.augmented_limit)
     kept, held_out = holdout_split(rows, HELD_OUT_SHARE, config.seed)
     held_out = held_out.filter(lambda label: label != IGNORE_LABEL, input_columns="label")  # gold labels only
-    train = row_loader(kept, training.batch_size, shuffle=True, seed=training.seed)
+    train = row_loader(kept, training.batch_size, shuffle=True, seed=training.seed,
+                       group_by_length=training.group_by_length)
     scoring = row_loader(held_out, 256)
     best, candidates = None, []
     for i, arch in enumerate(archs):

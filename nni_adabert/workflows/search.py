@@ -72,15 +72,16 @@ def train_loaders(store: KnowledgeStore, config: SearchConfig):
     (Lightning draws one batch of each per step; :class:`AdaBertLightningModule` steps the
     architecture on the held-out one)."""
     rows = store.rows("train", config.train_limit, config.augmented_limit)
+    grouped = config.group_by_length
     if config.arch_holdout == 0:
-        return row_loader(rows, config.batch_size, shuffle=True, seed=config.seed)
+        return row_loader(rows, config.batch_size, True, config.seed, grouped)
     if not store.records_origins:
         raise UserError(f"search setting arch_holdout needs a knowledge store that records each augmented row's "
                         f"original; {store.path} was built before stores did: run nni-adabert teacher again "
                         f"(it rebuilds the store, not the teacher) or pass --arch-holdout 0")
     weight_rows, arch_rows = holdout_split(rows, config.arch_holdout, config.seed)
-    return {"weights": row_loader(weight_rows, config.batch_size, shuffle=True, seed=config.seed),
-            "arch": row_loader(arch_rows, config.batch_size, shuffle=True, seed=config.seed + 1)}
+    return {"weights": row_loader(weight_rows, config.batch_size, True, config.seed, grouped),
+            "arch": row_loader(arch_rows, config.batch_size, True, config.seed + 1, grouped)}
 
 
 def search_run_settings(config: SearchConfig, store: KnowledgeStore) -> dict:

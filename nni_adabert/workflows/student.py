@@ -81,6 +81,6 @@ def train_student(student: AdaBertStudent, store: KnowledgeStore, run_dir: str |
                            gradient_clip_val=config.grad_clip or None)
     if train is None:
         train = store.loader("train", config.batch_size, shuffle=True, seed=config.seed, limit=config.train_limit,
-                             augmented_limit=config.augmented_limit)
+                             augmented_limit=config.augmented_limit, group_by_length=config.group_by_length)
     fit(trainer, module, train, val if val is not None else store.loader("dev", 256), run_dir, run_identity)
     return student.cpu().eval()
