@@ -26,7 +26,7 @@ import torch  # noqa: E402
 
 from common import ROOT, command_line, cpu_model, machine, results_dir, timed, write_results  # noqa: E402
 from nni_adabert.config import RetrainConfig, SearchConfig  # noqa: E402
-from nni_adabert.data.encoding import row_lengths  # noqa: E402
+from nni_adabert.data.encoding import row_lengths, student_id_keys  # noqa: E402
 from nni_adabert.teacher.knowledge import row_loader  # noqa: E402
 from nni_adabert.teacher.run import open_teacher_run  # noqa: E402
 
@@ -46,14 +46,10 @@ def parse_args(argv=None):
 
 def padded_tokens(rows: datasets.Dataset, batch_size: int, group_by_length: bool, seed: int = 0) -> int:
     """Tokens (real and padding) of one epoch's batches of store ``rows`` in that order."""
-    lengths = row_lengths(rows, id_keys(rows))
+    lengths = row_lengths(rows, student_id_keys(rows.column_names))
     order = list(row_loader(rows, batch_size, shuffle=True, seed=seed, group_by_length=group_by_length).sampler)
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     return sum(len(batch) * max(lengths[i] for i in batch) for batch in batches)
-
-
-def id_keys(rows: datasets.Dataset) -> tuple[str, ...]:
-    return tuple(key for key in ("input_ids_a", "input_ids_b") if key in rows.column_names)
 
 
 def main(argv=None) -> int:
@@ -64,11 +60,12 @@ def main(argv=None) -> int:
     rows = store.rows("train")  # a retraining's; a search reads its limits' rows
     search = SearchConfig()
     search_rows = store.rows("train", search.train_limit, search.augmented_limit)
-    real = sum(row_lengths(rows, id_keys(rows)))
+    keys = student_id_keys(rows.column_names)
+    real, search_real = sum(row_lengths(rows, keys)), sum(row_lengths(search_rows, keys))
     out = results_dir("group-by-length", args.name)
     result = {"command": command_line(["bench/group_by_length.py", *argv]), "cpu": cpu_model(), "machine": machine(),
               "torch": torch.__version__, "task": store.spec.name, "train_rows": len(rows), "real_tokens": real,
-              "search_rows": len(search_rows), "search_real_tokens": sum(row_lengths(search_rows, id_keys(rows))),
+              "search_rows": len(search_rows), "search_real_tokens": search_real,
               "metric": store.spec.main_metric, "teacher_dev": store.teacher_info.get("dev_metrics"),
               "padded_tokens": {}, "runs": []}
     for order, flags in ORDERS.items():

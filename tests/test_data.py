@@ -15,6 +15,7 @@ from nni_adabert.errors import UserError
 from nni_adabert.data.tasks import TASKS, get_task
 from nni_adabert.teacher.finetune import load_tokenizer
 from nni_adabert.teacher.knowledge import row_loader
+from nni_adabert.training import EpochLengthGroupedSampler
 
 
 def bundled_train_rows() -> list[int]:
@@ -239,3 +240,26 @@ def test_length_grouped_batches_pad_less_and_keep_every_row_once(glue_dir, minil
     assert grouped_padded <= 1.5 * sum(lengths)
     # Seeded by (seed, epoch) alone: the same epoch again is the same order, the next one another.
     assert epoch(True)[0] == grouped and epoch(True, epoch=1)[0] != grouped
+
+
+def test_a_students_grouped_batches_come_in_a_random_order_not_longest_to_shortest(glue_dir, minilm_dir):
+    """transformers' order sorts each group of batches longest first, so an epoch ends on the shortest rows of
+    its last group (and BatchNorm's running statistics with it); the student's loader keeps the same batches
+    but shuffles their order."""
+    rows = student_rows(glue_dir, minilm_dir, "SST-2").select(range(196))  # 24 full batches and one of 4
+    lengths = row_lengths(rows, ("input_ids_a",))
+
+    def batches(order):
+        return [order[i:i + 8] for i in range(0, len(order), 8)]
+
+    grouped = batches(list(EpochLengthGroupedSampler(8, lengths, seed=3)))
+    shuffled = batches(list(row_loader(rows, 8, shuffle=True, seed=3, group_by_length=True).sampler))
+    assert sorted(map(tuple, shuffled)) == sorted(map(tuple, grouped)) and shuffled != grouped
+    assert shuffled[-1] == grouped[-1] and len(shuffled[-1]) == 4  # the short batch stays last: cuts stay aligned
+    # In transformers' order the batches' longest rows only go up where a group of 6 batches starts; shuffled,
+    # they go up and down.
+    def rises(order):
+        longest = [max(lengths[i] for i in batch) for batch in order[:-1]]
+        return sum(b > a for a, b in zip(longest, longest[1:]))
+
+    assert rises(grouped) <= 4 < rises(shuffled)

@@ -106,6 +106,15 @@ def tokenize(ds: datasets.Dataset, tokenizer, spec: TaskSpec, max_length: int = 
     return ds.remove_columns("truncated")
 
 
+STUDENT_ID_KEYS = ("input_ids_a", "input_ids_b")
+
+
+def student_id_keys(columns) -> tuple[str, ...]:
+    """The student's id columns among ``columns`` (a dataset's column names, a row's keys):
+    ``input_ids_a``, and ``input_ids_b`` for a pair."""
+    return tuple(key for key in STUDENT_ID_KEYS if key in columns)
+
+
 def row_lengths(rows: datasets.Dataset, keys: tuple[str, ...]) -> list[int]:
     """Each row's length in tokens: its longest id column among ``keys`` (what :func:`pad_batch`
     pads its batch to). Read from Arrow, without building the rows."""

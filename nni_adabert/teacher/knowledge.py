@@ -32,7 +32,8 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .. import atomic
-from ..data.encoding import IGNORE_LABEL, MAX_LENGTH, dataset_fingerprint, pad_batch, row_lengths, tokenize
+from ..data.encoding import (IGNORE_LABEL, MAX_LENGTH, dataset_fingerprint, pad_batch, row_lengths, student_id_keys,
+                             tokenize)
 from ..data.tasks import TaskSpec, get_task, spec_identity
 from ..errors import UserError
 from ..training import (EpochLengthGroupedSampler, EpochShuffleSampler, bf16_available, inference_precision,
@@ -142,8 +143,8 @@ def row_loader(rows: datasets.Dataset, batch_size: int, shuffle: bool = False, s
     in batches of similar lengths (:class:`training.EpochLengthGroupedSampler`)."""
     sampler = None
     if shuffle and group_by_length:
-        keys = tuple(key for key in ("input_ids_a", "input_ids_b") if key in rows.column_names)
-        sampler = EpochLengthGroupedSampler(batch_size, row_lengths(rows, keys), seed)
+        lengths = row_lengths(rows, student_id_keys(rows.column_names))
+        sampler = EpochLengthGroupedSampler(batch_size, lengths, seed, shuffle_batches=True)  # BatchNorm: see there
     elif shuffle:
         sampler = EpochShuffleSampler(len(rows), seed)
     # Its own generator: creating an iterator must not draw from the global one (see training.py).
@@ -155,8 +156,7 @@ def student_collate(features: list[dict]) -> dict[str, torch.Tensor]:
     """A batch for the student: ``input_ids_a``/``attention_mask_a`` [B, L] (and ``_b``
     for pairs), ``labels`` LongTensor[B] (-100 for augmented examples), and
     ``teacher_logits`` FloatTensor[B, J, C]."""
-    keys = ("input_ids_a", "input_ids_b") if "input_ids_b" in features[0] else ("input_ids_a",)
-    batch = pad_batch(features, keys)
+    batch = pad_batch(features, student_id_keys(features[0]))
     batch["labels"] = torch.tensor([f["label"] for f in features], dtype=torch.long)
     batch["teacher_logits"] = torch.tensor([f["teacher_logits"] for f in features], dtype=torch.float)
     return batch

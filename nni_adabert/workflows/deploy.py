@@ -29,7 +29,7 @@ from onnxruntime.quantization import QuantType, quantize_dynamic
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from .. import atomic
-from ..data.encoding import pad_batches
+from ..data.encoding import pad_batches, student_id_keys
 from ..errors import UserError
 from ..logs import quiet_loggers
 from ..model.ops import MaskedMaxPool, ReLUConvBN
@@ -246,7 +246,7 @@ class OnnxStudent:
 def dev_batches(store, examples: int = 24, batch_size: int = 16) -> list[dict[str, torch.Tensor]]:
     """The first ``examples`` dev rows of a knowledge store, in batches of differing size and length."""
     dev = store.data["dev"]
-    keys = tuple(c for c in ("input_ids_a", "input_ids_b") if c in dev.column_names)
+    keys = student_id_keys(dev.column_names)
     rows = list(dev.select(range(min(examples, len(dev)))).select_columns(list(keys)))
     return pad_batches(rows, keys, batch_size)
 

@@ -26,7 +26,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from transformers import AutoConfig, BertConfig, BertForSequenceClassification
 
 from .. import atomic
-from ..data.encoding import pad_batch, pad_batches
+from ..data.encoding import pad_batch, pad_batches, student_id_keys
 from ..errors import UserError
 from ..model.latency import LatencyTable, measure_latency, time_runs
 from ..model.space import AdaBertStudent, StudentConfig
@@ -41,8 +41,7 @@ def _runner(model, rows: list[dict], batch_size: int) -> tuple[Callable, list]:
         return model, pad_batches(rows, model.id_keys, batch_size)
     model = model.eval().cpu()
     if isinstance(model, AdaBertStudent):
-        keys = ("input_ids_a", "input_ids_b") if "input_ids_b" in rows[0] else ("input_ids_a",)
-        return (lambda b: model(**b, return_probes=False)), pad_batches(rows, keys, batch_size)
+        return (lambda b: model(**b, return_probes=False)), pad_batches(rows, student_id_keys(rows[0]), batch_size)
     return (lambda b: model(**b)), pad_batches(rows, ("input_ids", "token_type_ids"), batch_size)
 
 
@@ -123,8 +122,7 @@ def dev_examples(store: KnowledgeStore, limit: int | None = None) -> list[dict]:
     dev = store.data["dev"]
     if limit is not None:
         dev = dev.select(range(min(limit, len(dev))))
-    return [with_teacher_input(r) for r in dev.select_columns([c for c in ("input_ids_a", "input_ids_b")
-                                                                 if c in dev.column_names])]
+    return [with_teacher_input(r) for r in dev.select_columns(list(student_id_keys(dev.column_names)))]
 
 
 def pad_to(row: dict, length: int) -> dict:
