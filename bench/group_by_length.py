@@ -5,7 +5,8 @@
 
 For each batch order (a plain shuffle: ``--no-group-by-length``; grouped by length: the default) the
 tokens one epoch of the store's train rows pads to at the default batch size, then ``nni-adabert
-retrain --arch ARCH`` and ``nni-adabert search``, defaults otherwise, each timed. Run it alone on the
+retrain --arch ARCH`` and ``nni-adabert search --max-params N`` (the default pipeline's budget),
+defaults otherwise, each timed. Run it alone on the
 machine: its times are the point. Runs in ``--runs-dir`` (default runs/bench/group-by-length/<name>);
 writes bench/results/group-by-length/<name>/result.{json,md} after every run.
 """
@@ -38,6 +39,8 @@ def parse_args(argv=None):
     p.add_argument("--teacher-run", required=True, help="a finished `nni-adabert teacher` run (its store)")
     p.add_argument("--arch", required=True, help="the architecture the retrainings train (an architecture.json)")
     p.add_argument("--steps", nargs="+", default=["retrain", "search"], choices=["retrain", "search"])
+    p.add_argument("--max-params", type=int, default=6_400_000, help="the search's budget, as the default pipeline's "
+                   "(0: none, the search's β alone)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--name", required=True, help="run name: bench/results/group-by-length/<name>/")
     p.add_argument("--runs-dir", default=None, help="where the runs go (default: runs/bench/group-by-length/<name>)")
@@ -76,7 +79,8 @@ def main(argv=None) -> int:
     for step in args.steps:
         for order, flags in ORDERS.items():
             run_dir = runs / f"{step}-{'plain' if flags else 'grouped'}"
-            command = ["retrain", "--arch", args.arch] if step == "retrain" else ["search"]
+            budget = ["--max-params", str(args.max_params)] if args.max_params else []
+            command = ["retrain", "--arch", args.arch] if step == "retrain" else ["search", *budget]
             timing = timed([*command, "--teacher", str(args.teacher_run), "--output-dir", str(run_dir), *flags,
                             "--seed", str(args.seed), "--no-progress"])
             doc = json.loads((run_dir / "architecture.json").read_text())
@@ -109,7 +113,7 @@ def markdown(result: dict) -> str:
                 for step in dict.fromkeys(run["step"] for run in result["runs"])
                 if (step, "plain shuffle") in by and (step, "grouped by length") in by]
     if speedups:
-        lines += ["", "Grouped by length, as fast as a plain shuffle times: " + ", ".join(speedups) + "."]
+        lines += ["", "Grouped by length against a plain shuffle, times faster: " + ", ".join(speedups) + "."]
     return "\n".join(lines) + "\n"
 
 

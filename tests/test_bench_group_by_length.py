@@ -33,3 +33,4 @@ def test_both_orders_of_a_retraining_and_a_search_are_timed_and_compared(runs, t
     page = (out / "result.md").read_text()
     ratio = result["runs"][0]["seconds"] / result["runs"][1]["seconds"]
     assert f"retrain: {ratio:.2f}x" in page and "| search | grouped by length |" in page
+    assert "--max-params 6400000" in result["runs"][2]["command"]  # the default pipeline's search
