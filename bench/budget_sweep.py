@@ -4,8 +4,9 @@ against size and speed.
     .venv/bin/python bench/budget_sweep.py --task SST-2 --max-params 6400000 5400000 4800000 \\
         --min-speedup 100 --name SST-2
 
-One student per budget: ``nni-adabert teacher`` once, then per budget ``search`` with that budget
-(``--max-params N`` or ``--min-speedup S``, nothing else but the seed) and ``retrain`` with its
+One student per budget: ``nni-adabert teacher`` once (or ``--teacher-run``: a finished one), then per
+budget ``search`` with that budget (``--max-params N`` or ``--min-speedup S``, nothing else but the
+seed) and ``retrain`` with its
 defaults, as :mod:`pipeline` runs them; then every student's dev metric, params and speed (batch 128,
 1 thread, one round-robin with the teacher and the BERT-base architecture). The result checks issue 17's
 terms: each student within ``--tolerance`` of its budget (params, or the measured speedup over
@@ -52,6 +53,8 @@ def parse_args(argv=None):
     p.add_argument("--data", default=GLUE_DIR, help="GLUE folder (default: ../shared/data/glue or $GLUE_DIR)")
     p.add_argument("--max-params", type=int, nargs="*", default=[], help="parameter budgets, one student each")
     p.add_argument("--min-speedup", type=float, nargs="*", default=[], help="speed budgets, one student each")
+    p.add_argument("--teacher-run", default=None, help="a finished `nni-adabert teacher` run to use instead of "
+                   "building one with the defaults (e.g. a smaller store for a quick sweep)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tolerance", type=float, default=0.15, help="how far from its budget a student may be")
     p.add_argument("--name", required=True, help="run name: bench/results/budget-sweep/<name>/")
@@ -107,8 +110,12 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     runs = Path(args.runs_dir) if args.runs_dir else ROOT / "runs" / "bench" / "budget-sweep" / args.name
-    teacher = runs / "teacher"
-    teacher_record = teacher_step(args.task, args.data, teacher, args.cache_dir or str(runs / "cache"))
+    if args.teacher_run:
+        teacher = Path(args.teacher_run)
+        teacher_record = {"command": f"# the finished teacher run {teacher}", "minutes": 0.0, "seconds": 0.0}
+    else:
+        teacher = runs / "teacher"
+        teacher_record = teacher_step(args.task, args.data, teacher, args.cache_dir or str(runs / "cache"))
     out = results_dir("budget-sweep", args.name)
     students = []
     for budget in budgets(args):
