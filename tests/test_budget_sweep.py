@@ -111,3 +111,30 @@ def test_the_result_page_lists_every_student_by_size_with_the_verdict():
     assert [row.split(" | ")[0] for row in rows] == ["| ≤6.4M", "| ≤5.0M", "| ≥100x"]  # largest first
     assert "| 4,300,000 | 393,184 | +8.0% | 2 | 79.00 | 87.20 | 1.70 | 108.0x |" in rows[2]
     assert "**All met: yes.**" in page and page.count("nni-adabert ...") == 6
+
+
+def test_a_finished_teacher_run_is_used_not_built(runs, tmp_path, monkeypatch):
+    """--teacher-run: every student searches and retrains on that run's store; no teacher is built."""
+    teachers = []
+
+    def steps(teacher, runs_dir, name, seed, flags, out):
+        teachers.append(teacher)
+        command = {"command": f"nni-adabert search {' '.join(flags)}", "minutes": 1.0}
+        return {"seed": seed, "search": command, "retrain": command, "architecture": CONV_CELL, "embed_dim": 128,
+                "searched": {"accuracy": 0.8}, "dir": str(runs_dir / name)}
+
+    def measure(store, students, threads):
+        for s, params in zip(students, (6_300_000, 5_300_000, 4_600_000)):
+            s.update(params=params, params_without_embedding=params - 3_906_816, depth=2, dev={"accuracy": 0.85},
+                     speedup_over_bert_base=110.0, speedup_over_teacher=10.0)
+        return {"accuracy": 0.87}
+
+    monkeypatch.setattr(budget_sweep, "teacher_step", lambda *args: pytest.fail("built a teacher"))
+    monkeypatch.setattr(budget_sweep, "student_steps", steps)
+    monkeypatch.setattr(budget_sweep, "measure", measure)
+    monkeypatch.setattr(budget_sweep, "results_dir", lambda benchmark, name: tmp_path)
+    assert budget_sweep.main(["--teacher-run", str(runs / "SST-2"), "--max-params", "6400000", "5400000",
+                              "4700000", "--name", "quick", "--runs-dir", str(tmp_path / "runs")]) == 0
+    assert teachers == [runs / "SST-2"] * 3
+    page = (tmp_path / "result.md").read_text()
+    assert f"# the finished teacher run {runs / 'SST-2'}" in page and "Teacher dev accuracy: 87.00" in page
