@@ -121,11 +121,11 @@ class TrainingConfig(Settings):
     dropout: float = setting(0.1, "the student's dropout (embedding, before probes and classifier)",
                              minimum=0, below=1)
     seed: int = setting(0, "seed of the weights, the data order and the Gumbel noise", minimum=0)
-    # Batches pad to their longest row: SST-2's plain-shuffle batches are 3.4x their real tokens, grouped 1.06x
+    # Batches pad to their longest row: SST-2's plain-shuffle batches are 3.4x their real tokens, grouped 1.05x
     # (bench/results/group-by-length).
     group_by_length: bool = setting(True, "batches of rows of similar lengths, shuffled (transformers' "
                                           "group_by_length): less padding, the same rows per epoch; off: a plain "
-                                          "shuffle")
+                                          "shuffle. One process only (with --devices > 1: a plain shuffle)")
     train_limit: int | None = setting(None, "use only the first N train rows of the store", minimum=1)
     augmented_limit: int | None = setting(None, "limit the kinds of rows apart: the first --train-limit original "
                                                 "rows plus the first N augmented rows (0 = no augmentation)",

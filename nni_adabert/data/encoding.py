@@ -116,8 +116,8 @@ def student_id_keys(columns) -> tuple[str, ...]:
 
 
 def row_lengths(rows: datasets.Dataset, keys: tuple[str, ...]) -> list[int]:
-    """Each row's length in tokens: its longest id column among ``keys`` (what :func:`pad_batch`
-    pads its batch to). Read from Arrow, without building the rows."""
+    """Each row's length in tokens: its longest id column among ``keys`` (the student pads both
+    texts of a pair to one length). Read from Arrow, without building the rows."""
     table = rows.with_format("arrow")
     lengths = [pc.list_value_length(table[key]).to_numpy(zero_copy_only=False) for key in keys]
     return [int(n) for n in (lengths[0] if len(lengths) == 1 else np.maximum.reduce(lengths))]

@@ -32,8 +32,8 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .. import atomic
-from ..data.encoding import (IGNORE_LABEL, MAX_LENGTH, dataset_fingerprint, pad_batch, row_lengths, student_id_keys,
-                             tokenize)
+from ..data.encoding import (IGNORE_LABEL, MAX_LENGTH, STUDENT_ID_KEYS, dataset_fingerprint, pad_batch, row_lengths,
+                             student_id_keys, tokenize)
 from ..data.tasks import TaskSpec, get_task, spec_identity
 from ..errors import UserError
 from ..training import (EpochLengthGroupedSampler, EpochShuffleSampler, bf16_available, inference_precision,
@@ -140,7 +140,8 @@ def row_loader(rows: datasets.Dataset, batch_size: int, shuffle: bool = False, s
                group_by_length: bool = False) -> DataLoader:
     """Batches of store rows as the search and retraining read them (see :func:`student_collate`);
     shuffled per epoch from ``seed`` (:class:`training.EpochShuffleSampler`), with ``group_by_length``
-    in batches of similar lengths (:class:`training.EpochLengthGroupedSampler`)."""
+    in batches of similar lengths (:class:`training.EpochLengthGroupedSampler`; it only changes a
+    shuffled order)."""
     sampler = None
     if shuffle and group_by_length:
         lengths = row_lengths(rows, student_id_keys(rows.column_names))
@@ -247,7 +248,7 @@ def build_knowledge(spec: TaskSpec, data: datasets.DatasetDict, teacher_dir: str
     dev_labels = torch.tensor(dev["label"])
     probe_acc = (dev_logits.argmax(-1) == dev_labels[:, None]).float().mean(0).tolist()
 
-    student_cols = ["input_ids_a", "input_ids_b"] if spec.is_pair else ["input_ids_a"]
+    student_cols = list(STUDENT_ID_KEYS if spec.is_pair else STUDENT_ID_KEYS[:1])
     train_rows = _rows(train, student_cols, train["label"], train_logits, origins=range(len(train)))
     if augment is not None and augment.copies > 0:
         train_rows = datasets.concatenate_datasets(

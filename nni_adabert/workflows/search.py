@@ -74,14 +74,16 @@ def train_loaders(store: KnowledgeStore, config: SearchConfig):
     rows = store.rows("train", config.train_limit, config.augmented_limit)
     grouped = config.group_by_length
     if config.arch_holdout == 0:
-        return row_loader(rows, config.batch_size, True, config.seed, grouped)
+        return row_loader(rows, config.batch_size, shuffle=True, seed=config.seed, group_by_length=grouped)
     if not store.records_origins:
         raise UserError(f"search setting arch_holdout needs a knowledge store that records each augmented row's "
                         f"original; {store.path} was built before stores did: run nni-adabert teacher again "
                         f"(it rebuilds the store, not the teacher) or pass --arch-holdout 0")
     weight_rows, arch_rows = holdout_split(rows, config.arch_holdout, config.seed)
-    return {"weights": row_loader(weight_rows, config.batch_size, True, config.seed, grouped),
-            "arch": row_loader(arch_rows, config.batch_size, True, config.seed + 1, grouped)}
+    return {"weights": row_loader(weight_rows, config.batch_size, shuffle=True, seed=config.seed,
+                                  group_by_length=grouped),
+            "arch": row_loader(arch_rows, config.batch_size, shuffle=True, seed=config.seed + 1,
+                               group_by_length=grouped)}
 
 
 def search_run_settings(config: SearchConfig, store: KnowledgeStore) -> dict:
