@@ -124,8 +124,8 @@ class TrainingConfig(Settings):
     # Batches pad to their longest row: SST-2's plain-shuffle batches are 3.4x their real tokens, grouped 1.05x
     # (bench/results/group-by-length).
     group_by_length: bool = setting(True, "batches of rows of similar lengths, shuffled (transformers' "
-                                          "group_by_length): less padding, the same rows per epoch; off: a plain "
-                                          "shuffle. One process only (with --devices > 1: a plain shuffle)")
+                                          "group_by_length): less padding, the same rows per epoch "
+                                          "(with --devices > 1: whole batches to each process); off: a plain shuffle")
     train_limit: int | None = setting(None, "use only the first N train rows of the store", minimum=1)
     augmented_limit: int | None = setting(None, "limit the kinds of rows apart: the first --train-limit original "
                                                 "rows plus the first N augmented rows (0 = no augmentation)",

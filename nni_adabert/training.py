@@ -122,8 +122,8 @@ class EpochLengthGroupedSampler(LengthGroupedSampler):
     into groups of up to 50 batches, each group sorted by length (longest first), so a batch pads to
     a length close to its rows' (on SST-2 3.2x fewer tokens, real and padding, than a plain shuffle).
     The order is a function of ``(seed, epoch)`` alone, like :class:`EpochShuffleSampler`'s, so a
-    resumed run sees the same batches. On one process only: with ``devices > 1`` Lightning's
-    distributed sampler reshuffles what this one gives (the rows stay right, the grouping is lost).
+    resumed run sees the same batches. With ``devices > 1`` each process gets whole batches of it
+    (:func:`deal_batches`).
 
     ``lengths``: each row's length in tokens (:func:`data.encoding.row_lengths`).
     ``shuffle_batches``: then the full batches in a random order (the short last one stays last), so
@@ -143,12 +143,37 @@ class EpochLengthGroupedSampler(LengthGroupedSampler):
             return iter([])
         generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
         order = get_length_grouped_indices(self.lengths, self.batch_size, generator=generator)
-        if not self.shuffle_batches:
-            return iter(order)
         size = self.batch_size
-        full = len(order) // size  # batches cut where the DataLoader will cut them
-        batches = [order[i * size:(i + 1) * size] for i in torch.randperm(full, generator=generator).tolist()]
-        return iter([i for batch in batches for i in batch] + order[full * size:])
+        if self.shuffle_batches:
+            full = len(order) // size  # batches cut where the DataLoader will cut them
+            batches = [order[i * size:(i + 1) * size] for i in torch.randperm(full, generator=generator).tolist()]
+            order = [i for batch in batches for i in batch] + order[full * size:]
+        return iter(deal_batches(order, size, distributed_replicas()))
+
+
+def distributed_replicas() -> int:
+    """How many processes share each step's rows: DDP's world size, 1 without a process group."""
+    dist = torch.distributed
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def deal_batches(order: list[int], batch_size: int, replicas: int) -> list[int]:
+    """``order`` rearranged so that each of ``replicas`` processes gets whole batches of it.
+
+    Under DDP, Lightning wraps a custom sampler in a DistributedSampler without shuffling, which
+    gives rank ``r`` the positions ``r, r + replicas, r + 2 * replicas, ...``: taken as they are,
+    each process's batch would mix rows of ``replicas`` neighbouring batches (of different lengths,
+    once the batches are shuffled). So each run of ``replicas`` full batches is interleaved row by
+    row, which the strided split undoes: rank ``r`` reads batch ``r`` of every run. The rows that do
+    not fill a run keep their order."""
+    if replicas == 1:
+        return order
+    run = replicas * batch_size
+    dealt = []
+    for start in range(0, len(order) - run + 1, run):
+        batches = [order[start + r * batch_size:start + (r + 1) * batch_size] for r in range(replicas)]
+        dealt += [batch[i] for i in range(batch_size) for batch in batches]
+    return dealt + order[len(dealt):]
 
 
 class SeedEachEpoch(Callback):

@@ -15,6 +15,9 @@ from nni_adabert.errors import UserError
 from nni_adabert.data.tasks import TASKS, get_task
 from nni_adabert.teacher.finetune import load_tokenizer
 from nni_adabert.teacher.knowledge import row_loader
+from lightning_fabric.utilities.distributed import DistributedSamplerWrapper
+
+from nni_adabert import training
 from nni_adabert.training import EpochLengthGroupedSampler
 
 
@@ -266,3 +269,33 @@ def test_a_students_grouped_batches_come_in_a_random_order_not_longest_to_shorte
         return sum(b > a for a, b in zip(longest, longest[1:]))
 
     assert rises(grouped) <= 4 < rises(shuffled)
+
+
+def test_under_ddp_each_process_reads_whole_grouped_batches(glue_dir, minilm_dir, monkeypatch):
+    """With --devices 2 Lightning wraps the sampler in a DistributedSampler that hands rank r every
+    second position: each process must still read whole batches of the grouped order (as little padding
+    as one process), together every row once."""
+    rows = student_rows(glue_dir, minilm_dir, "SST-2").select(range(196))
+    lengths = row_lengths(rows, ("input_ids_a",))
+    loader = row_loader(rows, 8, shuffle=True, seed=3, group_by_length=True)
+    alone = list(loader.sampler)
+    one_process = [tuple(alone[i:i + 8]) for i in range(0, len(alone), 8)]
+
+    monkeypatch.setattr(training, "distributed_replicas", lambda: 2)
+    ranks = [list(DistributedSamplerWrapper(loader.sampler, num_replicas=2, rank=r, shuffle=False))
+             for r in (0, 1)]
+    assert sorted(ranks[0] + ranks[1]) == list(range(196))                    # 196 rows: no row twice, none left out
+    per_rank = [[tuple(order[i:i + 8]) for i in range(0, len(order), 8)] for order in ranks]
+    full = [batch for batches in per_rank for batch in batches if len(batch) == 8]
+    assert len(full) == 24 and set(full) <= set(one_process)                  # the single process's batches
+    assert per_rank[0][:3] == one_process[0:6:2] and per_rank[1][:3] == one_process[1:6:2]
+
+    def padded(batches):
+        return sum(len(b) * max(lengths[i] for i in b) for b in batches)
+
+    assert padded([b for batches in per_rank for b in batches]) <= 1.1 * padded(one_process)
+    # Without dealing, the strided split mixes neighbouring batches of different lengths.
+    monkeypatch.setattr(training, "distributed_replicas", lambda: 1)
+    mixed = [list(DistributedSamplerWrapper(loader.sampler, num_replicas=2, rank=r, shuffle=False)) for r in (0, 1)]
+    mixed_batches = [tuple(order[i:i + 8]) for order in mixed for i in range(0, len(order), 8)]
+    assert padded(mixed_batches) > 1.1 * padded(one_process)
