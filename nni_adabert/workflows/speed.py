@@ -26,7 +26,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from transformers import AutoConfig, BertConfig, BertForSequenceClassification
 
 from .. import atomic
-from ..data.encoding import pad_batch, pad_batches, student_id_keys
+from ..data.encoding import pad_batch, pad_batches, row_lengths, student_id_keys
 from ..errors import UserError
 from ..model.latency import LatencyTable, measure_latency, time_runs
 from ..model.space import AdaBertStudent, StudentConfig
@@ -152,12 +152,11 @@ def batch_lengths(store: KnowledgeStore, batch_size: int, rows: int = LATENCY_RO
     ``batch_size``: each batch's padded length for the student (both texts of a pair padded to
     one) and for a BERT-style model (the packed ``[CLS] a [SEP] b [SEP]``)."""
     examples = dev_examples(store, rows)
-    student, reference = [], []
-    for start in range(0, len(examples), batch_size):
-        batch = examples[start:start + batch_size]
-        student.append(max(max(len(r["input_ids_a"]), len(r.get("input_ids_b") or ())) for r in batch))
-        reference.append(max(len(r["input_ids"]) for r in batch))
-    return student, reference
+    dev = store.data["dev"].select(range(len(examples)))
+    lengths = row_lengths(dev, student_id_keys(dev.column_names))
+    starts = range(0, len(examples), batch_size)
+    return ([max(lengths[start:start + batch_size]) for start in starts],
+            [max(len(r["input_ids"]) for r in examples[start:start + batch_size]) for start in starts])
 
 
 def reference_config(store: KnowledgeStore, speedup_over: str):
