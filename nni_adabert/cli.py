@@ -29,7 +29,7 @@ from .teacher.augment import AugmentConfig
 from .teacher.finetune import TeacherConfig, parse_label_map
 from .teacher.knowledge import DEFAULT_CACHE_DIR
 from .teacher.run import build_teacher_run, open_teacher_run
-from .training import INFERENCE_PRECISIONS, is_main_process
+from .training import PRECISIONS, is_main_process
 from .workflows.deploy import deploy
 from .workflows.evaluate import compare_with_teacher
 from .workflows.export import load_exported
@@ -70,7 +70,7 @@ def add_augment_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--aug-prob", type=float, default=None, help="probability to replace each word "
                    f"(default {defaults.replace_prob:g})")
     p.add_argument("--aug-seed", type=int, default=None, help=f"augmentation seed (default {defaults.seed})")
-    p.add_argument("--inference-precision", default="auto", choices=INFERENCE_PRECISIONS,
+    p.add_argument("--inference-precision", default="auto", choices=PRECISIONS,
                    help="precision of the teacher's passes that build the knowledge store: auto is bf16 where the "
                    "CPU (AVX512-BF16, AMX) or GPU computes it natively, else fp32 (default auto)")
 

@@ -47,12 +47,18 @@ def bf16_available() -> bool:
     return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
 
 
-def training_precision() -> str:
-    """Lightning's ``precision``: bf16 autocast on a GPU that has it, else fp32 (CPU runs unchanged)."""
-    return "bf16-mixed" if bf16_available() else "32-true"
+PRECISIONS = ("auto", "bf16", "fp32")
 
 
-INFERENCE_PRECISIONS = ("auto", "bf16", "fp32")
+def training_precision(precision: str = "auto", device: torch.device | str | None = None) -> str:
+    """Lightning's ``precision`` for a training run on ``device`` (default: :func:`pick_device`):
+    ``"bf16-mixed"`` (bf16 autocast, fp32 weights and optimizer) or ``"32-true"``. ``auto`` is bf16
+    on a GPU that has it; on a CPU fp32, unless ``precision`` asks for bf16."""
+    if precision not in PRECISIONS:
+        raise UserError(f"training precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "auto":
+        return "bf16-mixed" if bf16_available() else "32-true"
+    return "bf16-mixed" if precision == "bf16" else "32-true"
 
 
 def bf16_native(device: torch.device | str) -> bool:
@@ -68,8 +74,8 @@ def bf16_native(device: torch.device | str) -> bool:
 def inference_precision(device: torch.device | str, precision: str = "auto") -> str:
     """``"bf16"`` or ``"fp32"``: the precision of forward passes without gradients on ``device``;
     ``auto`` is bf16 where the device computes it natively (:func:`bf16_native`)."""
-    if precision not in INFERENCE_PRECISIONS:
-        raise UserError(f"inference precision must be one of {', '.join(INFERENCE_PRECISIONS)}, got {precision!r}")
+    if precision not in PRECISIONS:
+        raise UserError(f"inference precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if precision == "auto":
         return "bf16" if bf16_native(device) else "fp32"
     return precision

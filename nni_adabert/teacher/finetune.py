@@ -33,8 +33,8 @@ from ..data.metrics import compute_metrics
 from ..data.tasks import TaskSpec, spec_identity
 from ..errors import UserError
 from ..logs import quiet_loggers
-from ..training import (EpochLengthGroupedSampler, KeepBestEpoch, check_finite, fit, inference_batch_size,
-                        make_trainer, pick_device, pin_memory, weight_decay_groups)
+from ..training import (PRECISIONS, EpochLengthGroupedSampler, KeepBestEpoch, check_finite, fit, inference_batch_size,
+                        make_trainer, pick_device, pin_memory, training_precision, weight_decay_groups)
 
 log = logging.getLogger(__name__)
 
@@ -103,9 +103,17 @@ class TeacherConfig(Settings):
     weight_decay: float = setting(0.01, "AdamW weight decay", minimum=0)
     warmup_ratio: float = setting(0.1, "share of the steps that warm the learning rate up", minimum=0, maximum=1)
     seed: int = setting(42, "seed of the classifier's initialisation and the data order", minimum=0)
+    precision: str = setting("auto", "precision of the fine-tuning steps: bf16 (autocast; weights and optimizer "
+                                     "in fp32) or fp32; auto: bf16 on a GPU that has it, else fp32 (the knowledge "
+                                     "build's: --inference-precision)", choices=PRECISIONS)
 
 
 DEFAULT_EPOCHS = 3
+
+
+def teacher_precision(precision: str) -> str:
+    """Lightning's precision for the teacher's fine-tuning (:func:`training.training_precision`)."""
+    return training_precision(precision)
 
 
 def finetune_epochs(config: TeacherConfig, num_train: int) -> int:
@@ -225,8 +233,13 @@ def finetune_teacher(spec: TaskSpec, data: datasets.DatasetDict, model: str | No
     hf_config = load_teacher_config(base)
     tokenizer = load_tokenizer(base)
     train = data["train"]
-    settings = {**spec_identity(spec), "base_model": str(model or DEFAULT_TEACHER), "config": asdict(config),
-                "train_fingerprint": dataset_fingerprint(train), "dev_fingerprint": dataset_fingerprint(data["dev"])}
+    precision = teacher_precision(config.precision)
+    settings = {**spec_identity(spec), "base_model": str(model or DEFAULT_TEACHER),
+                "config": {k: v for k, v in asdict(config).items() if k != "precision"},
+                "train_fingerprint": dataset_fingerprint(train), "dev_fingerprint": dataset_fingerprint(data["dev"]),
+                # Named only when it is not what every teacher was fine-tuned in before the setting, so
+                # that their runs are still found.
+                **({"precision": precision} if precision != training_precision() else {})}
     order = None
     if config.epochs == 0:
         if model is None:
@@ -252,7 +265,8 @@ def finetune_teacher(spec: TaskSpec, data: datasets.DatasetDict, model: str | No
     module = TeacherModule(base, spec.to_dict(), config.lr, config.weight_decay, config.warmup_ratio)
     epochs = finetune_epochs(config, len(train))
     best = KeepBestEpoch(monitor=f"dev_{spec.main_metric}")
-    trainer = make_trainer(run_dir, max(epochs, 1), progress=progress, seed=config.seed, callbacks=(best,))
+    trainer = make_trainer(run_dir, max(epochs, 1), progress=progress, seed=config.seed, callbacks=(best,),
+                           precision=precision)
     if order is not None:
         reorder_classes(module.model, order)
     else:
@@ -260,7 +274,8 @@ def finetune_teacher(spec: TaskSpec, data: datasets.DatasetDict, model: str | No
     trainer.validate(module, dev_loader, verbose=False)  # the kept weights' metrics (the best epoch's)
 
     info = {"task": spec.name, "base_model": settings["base_model"], "model_type": hf_config.model_type,
-            "num_layers": hf_config.num_hidden_layers, "dev_metrics": module.dev_metrics, "epochs": epochs,
+            "num_layers": hf_config.num_hidden_layers, "precision": precision, "dev_metrics": module.dev_metrics,
+            "epochs": epochs,
             "best_epoch": best.best_epoch, "dev_history": best.history, runs.IDENTITY_KEY: runs.identity(settings)}
     with atomic.atomic_path(final_dir) as tmp:
         module.model.config.id2label = {i: label for i, label in enumerate(spec.labels)}
