@@ -65,6 +65,24 @@ def test_finetune_saves_hf_checkpoint_and_is_not_redone(tmp_path, sst2, minilm_d
                             progress=False) == {**info, "reused": True}
 
 
+def test_the_fine_tuning_precision_is_a_setting_and_fp32_runs_keep_their_identity(tmp_path, sst2):
+    """fp32 on a CPU is what every teacher was fine-tuned in before the setting: its run identity is the same
+    as then (no precision in it), so those runs are still found. bf16 autocast is another run."""
+    spec = get_task("SST-2")
+    fp32 = finetune_teacher(spec, sst2, None, tmp_path, TeacherConfig(epochs=1, batch_size=16, precision="fp32"),
+                            progress=False)
+    assert fp32["precision"] == "32-true"
+    assert "precision" not in fp32["run_identity"] and set(fp32["run_identity"]["config"]) == {
+        "epochs", "batch_size", "min_steps", "lr", "weight_decay", "warmup_ratio", "seed"}
+    bf16 = finetune_teacher(spec, sst2, None, tmp_path, TeacherConfig(epochs=1, batch_size=16, precision="bf16"),
+                            progress=False)
+    assert not bf16.get("reused") and bf16["precision"] == bf16["run_identity"]["precision"] == "bf16-mixed"
+    assert 0.0 <= bf16["dev_metrics"]["accuracy"] <= 1.0
+    assert read_teacher_info(tmp_path / "teacher")["precision"] == "bf16-mixed"  # the run now holds the bf16 teacher
+    with pytest.raises(UserError, match="teacher setting precision must be one of 'auto', 'bf16', 'fp32', got 'fp16'"):
+        TeacherConfig(precision="fp16")
+
+
 def test_small_train_sets_get_enough_update_steps():
     """--epochs none: 3 epochs, or as many as make --min-steps steps; an explicit --epochs is kept."""
     assert finetune_epochs(TeacherConfig(), 67349) == 3  # SST-2: 2,105 steps an epoch
