@@ -74,11 +74,13 @@ def test_the_fine_tuning_precision_is_a_setting_and_fp32_runs_keep_their_identit
     assert fp32["precision"] == "32-true"
     assert "precision" not in fp32["run_identity"] and set(fp32["run_identity"]["config"]) == {
         "epochs", "batch_size", "min_steps", "lr", "weight_decay", "warmup_ratio", "seed"}
-    bf16 = finetune_teacher(spec, sst2, None, tmp_path, TeacherConfig(epochs=1, batch_size=16, precision="bf16"),
-                            progress=False)
+    bf16_config = TeacherConfig(epochs=1, batch_size=16, precision="bf16")
+    with pytest.raises(UserError, match='another run [(]precision: unset there, "bf16-mixed" now[)]'):
+        finetune_teacher(spec, sst2, None, tmp_path, bf16_config, progress=False)   # not over the fp32 run's files
+    bf16 = finetune_teacher(spec, sst2, None, tmp_path / "bf16", bf16_config, progress=False)
     assert not bf16.get("reused") and bf16["precision"] == bf16["run_identity"]["precision"] == "bf16-mixed"
     assert 0.0 <= bf16["dev_metrics"]["accuracy"] <= 1.0
-    assert read_teacher_info(tmp_path / "teacher")["precision"] == "bf16-mixed"  # the run now holds the bf16 teacher
+    assert read_teacher_info(tmp_path / "bf16" / "teacher")["precision"] == "bf16-mixed"
     with pytest.raises(UserError, match="teacher setting precision must be one of 'auto', 'bf16', 'fp32', got 'fp16'"):
         TeacherConfig(precision="fp16")
 

@@ -34,7 +34,7 @@ from ..data.tasks import TaskSpec, spec_identity
 from ..errors import UserError
 from ..logs import quiet_loggers
 from ..training import (PRECISIONS, EpochLengthGroupedSampler, KeepBestEpoch, check_finite, fit, inference_batch_size,
-                        make_trainer, pick_device, pin_memory, training_precision, weight_decay_groups)
+                        bf16_native, make_trainer, pick_device, pin_memory, training_precision, weight_decay_groups)
 
 log = logging.getLogger(__name__)
 
@@ -104,15 +104,21 @@ class TeacherConfig(Settings):
     warmup_ratio: float = setting(0.1, "share of the steps that warm the learning rate up", minimum=0, maximum=1)
     seed: int = setting(42, "seed of the classifier's initialisation and the data order", minimum=0)
     precision: str = setting("auto", "precision of the fine-tuning steps: bf16 (autocast; weights and optimizer "
-                                     "in fp32) or fp32; auto: bf16 on a GPU that has it, else fp32 (the knowledge "
-                                     "build's: --inference-precision)", choices=PRECISIONS)
+                                     "in fp32) or fp32; auto: bf16 where the GPU or CPU (AMX, AVX512-BF16) computes "
+                                     "it natively, else fp32 (the knowledge build's: --inference-precision)",
+                             choices=PRECISIONS)
 
 
 DEFAULT_EPOCHS = 3
 
 
 def teacher_precision(precision: str) -> str:
-    """Lightning's precision for the teacher's fine-tuning (:func:`training.training_precision`)."""
+    """Lightning's precision for the teacher's fine-tuning: ``auto`` is bf16 autocast where the device
+    computes bf16 natively (:func:`training.bf16_native`: a GPU with bf16, a CPU with AMX or
+    AVX512-BF16), as for the knowledge build's passes: on such a CPU 1.13x faster than fp32, with the
+    same dev accuracy (bench/results/teacher/precision-SST-2-20k)."""
+    if precision == "auto":
+        return "bf16-mixed" if bf16_native(pick_device()) else "32-true"
     return training_precision(precision)
 
 
