@@ -50,10 +50,10 @@ def bf16_available() -> bool:
 PRECISIONS = ("auto", "bf16", "fp32")
 
 
-def training_precision(precision: str = "auto", device: torch.device | str | None = None) -> str:
-    """Lightning's ``precision`` for a training run on ``device`` (default: :func:`pick_device`):
-    ``"bf16-mixed"`` (bf16 autocast, fp32 weights and optimizer) or ``"32-true"``. ``auto`` is bf16
-    on a GPU that has it; on a CPU fp32, unless ``precision`` asks for bf16."""
+def training_precision(precision: str = "auto") -> str:
+    """Lightning's ``precision`` for a training run: ``"bf16-mixed"`` (bf16 autocast, fp32 weights
+    and optimizer) or ``"32-true"``. ``auto`` is bf16 on a GPU that has it, else fp32 (the students'
+    runs; the teacher's: :func:`teacher.finetune.teacher_precision`)."""
     if precision not in PRECISIONS:
         raise UserError(f"training precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if precision == "auto":
