@@ -11,24 +11,24 @@ from nni_adabert.workflows.export import load_exported
 from nni_adabert.model.pretrained import load_student
 from nni_adabert.workflows.student import recalibrate_batchnorm
 from nni_adabert.workflows.evaluate import dev_metrics
+from nni_adabert.nas.distill import model_inputs
 store = open_teacher_run('/work/exp/full/teacher')
 rows = store.rows("train")
 def acc(grouped, seed, momentum_none=True, batches=200):
     s = load_student(load_exported('/work/exp/full/retrain-seed0', store)).eval()
     bns = [m for m in s.modules() if isinstance(m, torch.nn.BatchNorm1d)]
     if not momentum_none:
-        import types
         # EMA 0.1 from reset, as the first diagnostic did
         for m in bns: m.reset_running_stats()
         s.train()
         with torch.no_grad():
             for i, b in enumerate(row_loader(rows, 64, shuffle=True, seed=seed, group_by_length=grouped)):
                 if i == batches: break
-                from nni_adabert.nas.distill import model_inputs
                 s(**model_inputs(b), return_probes=False)
         s.eval()
     else:
         recalibrate_batchnorm(s, row_loader(rows, 64, shuffle=True, seed=seed, group_by_length=grouped), batches)
     return round(100 * dev_metrics(lambda b: s(**b, return_probes=False).logits, store)["accuracy"], 2)
 for seed in (123, 7):
-    print(seed, "cumulative plain", acc(False, seed), "cumulative grouped", acc(True, seed), "EMA plain", acc(False, seed, False), "EMA grouped", acc(True, seed, False), flush=True)
+    print(seed, "cumulative plain", acc(False, seed), "cumulative grouped", acc(True, seed),
+          "EMA plain", acc(False, seed, False), "EMA grouped", acc(True, seed, False), flush=True)
