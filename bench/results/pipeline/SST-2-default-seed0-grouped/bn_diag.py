@@ -9,9 +9,27 @@ from nni_adabert.teacher.run import open_teacher_run
 from nni_adabert.teacher.knowledge import row_loader
 from nni_adabert.workflows.export import load_exported
 from nni_adabert.model.pretrained import load_student
-from nni_adabert.workflows.student import recalibrate_batchnorm
 from nni_adabert.workflows.evaluate import dev_metrics
 from nni_adabert.nas.distill import model_inputs
+
+
+def recalibrate_batchnorm(model, loader, batches):
+    """Running statistics reset, then a cumulative mean (momentum None) over ``batches`` batches."""
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm1d)]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None
+    model.train()
+    with torch.no_grad():
+        for i, batch in enumerate(loader):
+            if i == batches:
+                break
+            model(**model_inputs(batch), return_probes=False)
+    for norm in norms:
+        norm.momentum = 0.1
+    model.eval()
+
+
 store = open_teacher_run('/work/exp/full/teacher')
 rows = store.rows("train")
 def acc(grouped, seed, momentum_none=True, batches=200):
