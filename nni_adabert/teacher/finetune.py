@@ -34,7 +34,8 @@ from ..data.tasks import TaskSpec, spec_identity
 from ..errors import UserError
 from ..logs import quiet_loggers
 from ..training import (PRECISIONS, EpochLengthGroupedSampler, KeepBestEpoch, check_finite, fit, inference_batch_size,
-                        bf16_native, make_trainer, pick_device, pin_memory, training_precision, weight_decay_groups)
+                        inference_precision, make_trainer, pick_device, pin_memory, training_precision,
+                        weight_decay_groups)
 
 log = logging.getLogger(__name__)
 
@@ -114,12 +115,10 @@ DEFAULT_EPOCHS = 3
 
 def teacher_precision(precision: str) -> str:
     """Lightning's precision for the teacher's fine-tuning: ``auto`` is bf16 autocast where the device
-    computes bf16 natively (:func:`training.bf16_native`: a GPU with bf16, a CPU with AMX or
-    AVX512-BF16), as for the knowledge build's passes: on such a CPU 1.13x faster than fp32, with the
+    computes bf16 natively, the knowledge build's rule (:func:`training.inference_precision`: a GPU
+    with bf16, a CPU with AMX or AVX512-BF16): on such a CPU 1.13x faster than fp32, with the
     same dev accuracy (bench/results/teacher/precision-SST-2-20k)."""
-    if precision == "auto":
-        return "bf16-mixed" if bf16_native(pick_device()) else "32-true"
-    return training_precision(precision)
+    return training_precision(inference_precision(pick_device(), precision))
 
 
 def finetune_epochs(config: TeacherConfig, num_train: int) -> int:
