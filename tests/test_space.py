@@ -12,7 +12,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from nni_adabert.model.cost import child_flops, child_params, normalized_op_costs, op_flops, op_params
 from nni_adabert.errors import UserError
-from nni_adabert.model.ops import OP_NAMES, OPS, PAIR_OP_NAMES, CrossAlign, ReLUConvBN, build_op
+from nni_adabert.model.ops import (OP_NAMES, OPS, PAIR_OP_NAMES, CrossAlign, MaskedBatchNorm1d, ReLUConvBN,
+                                   build_op)
 from nni_adabert.model.pretrained import from_pretrained, save_pretrained
 from nni_adabert.model.space import (AdaBertSpace, AdaBertStudent, StudentConfig, edge_labels, factorized_embedding,
                                      random_arch, resolve_space, validate_arch)
@@ -94,6 +95,21 @@ def test_pools_ignore_padding_values():
     mask = torch.tensor([[[1.0, 1.0, 1.0, 0.0]]])
     assert build_op("max_pool_3", 1)(x, mask).tolist() == [[[-1.0, -1.0, -1.0, 0.0]]]
     assert build_op("avg_pool_3", 1)(x, mask).tolist() == [[[-2.0, -2.0, -1.5, 0.0]]]
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_masked_batchnorm_tracks_running_statistics_like_batchnorm(momentum):
+    """Without padding, the running statistics follow nn.BatchNorm1d's: an exponential
+    average for a momentum, the cumulative mean of the batches for None."""
+    torch.manual_seed(0)
+    masked, plain = MaskedBatchNorm1d(D, momentum=momentum), torch.nn.BatchNorm1d(D, momentum=momentum)
+    for _ in range(5):
+        x = torch.randn(3, D, 6) * 2 + torch.randn(1, D, 1)
+        masked(x, torch.ones(3, 1, 6))
+        plain(x)
+    assert torch.allclose(masked.running_mean, plain.running_mean, atol=1e-5)
+    assert torch.allclose(masked.running_var, plain.running_var, atol=1e-5)
+    assert masked.num_batches_tracked.item() == 5
 
 
 # ----------------------------------------------------------------------------- space

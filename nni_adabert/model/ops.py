@@ -64,11 +64,12 @@ class MaskedBatchNorm1d(nn.BatchNorm1d):
         var = (centered * centered).sum(dim=(0, 2)) / n                     # [D], biased
         if self.track_running_stats and self.running_mean is not None:
             with torch.no_grad():
-                momentum = 0.1 if self.momentum is None else self.momentum
+                self.num_batches_tracked.add_(1)
+                # momentum=None: a cumulative mean over the batches seen, as in nn.BatchNorm1d.
+                momentum = 1.0 / self.num_batches_tracked.item() if self.momentum is None else self.momentum
                 unbiased = var * (n / (n - 1.0).clamp_min(1.0))
                 self.running_mean.lerp_(mean.detach(), momentum)
                 self.running_var.lerp_(unbiased.detach(), momentum)
-                self.num_batches_tracked.add_(1)
         y = centered * torch.rsqrt(var + self.eps)[None, :, None]
         if self.affine:
             y = y * self.weight[None, :, None] + self.bias[None, :, None]

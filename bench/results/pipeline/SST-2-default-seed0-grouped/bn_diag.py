@@ -1,7 +1,7 @@
 """Diagnosis (bench/results/pipeline/SST-2-default-seed0-grouped): the seed-0 student's dev accuracy with its
 BatchNorm running statistics re-estimated over 200 train batches of 64, weights unchanged: plainly shuffled or
-grouped by length, as a cumulative mean (momentum None; it needs ops.MaskedBatchNorm1d to honour it, which it did
-not at 2397815: a local change) or as the usual moving average (momentum 0.1, from reset), two loader seeds.
+grouped by length, as a cumulative mean (momentum None; ops.MaskedBatchNorm1d honours it since the commit after
+022c4c3; at 2397815 it was a local change) or as the usual moving average (momentum 0.1, from reset), two loader seeds.
 
     PYTHONPATH=<checkout> python bn_diag.py"""
 import torch
