@@ -3,7 +3,7 @@
     .venv/bin/python bench/group_by_length.py --teacher-run runs/gl/teacher \\
         --arch bench/results/search/SST-2-default-budget6.4M/architecture.json --name SST-2-20k
 
-For each batch order (a plain shuffle: ``--no-group-by-length``; grouped by length: the default) the
+For each batch order (a plain shuffle: ``--no-group-by-length``; grouped by length: ``--group-by-length``) the
 tokens one epoch of the store's train rows pads to at the default batch size, then ``nni-adabert
 retrain --arch ARCH`` and ``nni-adabert search --max-params N`` (the default pipeline's budget),
 defaults otherwise, each timed. Run it alone on the
@@ -31,7 +31,7 @@ from nni_adabert.data.encoding import row_lengths, student_id_keys  # noqa: E402
 from nni_adabert.teacher.knowledge import row_loader  # noqa: E402
 from nni_adabert.teacher.run import open_teacher_run  # noqa: E402
 
-ORDERS = {"plain shuffle": ["--no-group-by-length"], "grouped by length": []}
+ORDERS = {"plain shuffle": False, "grouped by length": True}  # batch order -> group_by_length
 
 
 def parse_args(argv=None):
@@ -71,17 +71,17 @@ def main(argv=None) -> int:
               "search_rows": len(search_rows), "search_real_tokens": search_real,
               "metric": store.spec.main_metric, "teacher_dev": store.teacher_info.get("dev_metrics"),
               "padded_tokens": {}, "runs": []}
-    for order, flags in ORDERS.items():
-        grouped = not flags
+    for order, grouped in ORDERS.items():
         result["padded_tokens"][order] = {
             "retrain": padded_tokens(rows, RetrainConfig().batch_size, grouped, args.seed),
             "search": padded_tokens(search_rows, search.batch_size, grouped, args.seed)}
     for step in args.steps:
-        for order, flags in ORDERS.items():
-            run_dir = runs / f"{step}-{'plain' if flags else 'grouped'}"
+        for order, grouped in ORDERS.items():
+            run_dir = runs / f"{step}-{'grouped' if grouped else 'plain'}"
+            flag = "--group-by-length" if grouped else "--no-group-by-length"
             budget = ["--max-params", str(args.max_params)] if args.max_params else []
             command = ["retrain", "--arch", args.arch] if step == "retrain" else ["search", *budget]
-            timing = timed([*command, "--teacher", str(args.teacher_run), "--output-dir", str(run_dir), *flags,
+            timing = timed([*command, "--teacher", str(args.teacher_run), "--output-dir", str(run_dir), flag,
                             "--seed", str(args.seed), "--no-progress"])
             doc = json.loads((run_dir / "architecture.json").read_text())
             result["runs"].append({"step": step, "order": order, **timing, "dev": doc["dev_metrics"],

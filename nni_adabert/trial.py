@@ -119,7 +119,8 @@ def trial_settings(kind: str, argv: list[str] | None, tuned: dict | None) -> arg
         if dest not in known:
             raise UserError(f"unknown trial parameter {key!r} from the tuner; known: {', '.join(sorted(known))}")
         action = known[dest]
-        if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)) and not isinstance(value, bool):
+        on_off = (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse.BooleanOptionalAction)
+        if isinstance(action, on_off) and not isinstance(value, bool):
             if str(value).lower() not in ("true", "false", "1", "0"):
                 raise UserError(f"trial parameter {key!r}: {value!r} is not true or false")
             value = str(value).lower() in ("true", "1")

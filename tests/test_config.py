@@ -55,6 +55,10 @@ def test_parsed_defaults_give_the_default_config_and_flags_reach_it(command):
     base_kd = ["--no-probe-kd"] + ([] if final_kd else ["--final-kd"])   # the final-logit term alone
     assert not from_options(config_cls, build_parser().parse_args(head + base_kd)).probe_kd
     assert changed.train_limit is None   # `none` sets an optional setting to None
+    # An on/off setting takes both forms in every command, whatever its default there.
+    for flag, value in (("--group-by-length", True), ("--no-group-by-length", False)):
+        for parsed in (build_parser().parse_args(head + [flag]), trial.build_parser(command).parse_args([flag])):
+            assert from_options(config_cls, parsed).group_by_length is value
 
 
 def test_the_tuner_sets_any_setting_by_its_field_name():
@@ -77,14 +81,16 @@ def test_configs_split_by_what_they_configure():
         "beta", "embed_dim", "k_max", "space", "finetune_epochs", "candidates", "candidate_epochs"}
     assert names(RetrainConfig) == names(TrainingConfig)
     assert RetrainConfig().optimizer == "adamw" and SearchConfig().optimizer == "sgd"
+    assert SearchConfig().group_by_length and not RetrainConfig().group_by_length
     # The fine-tuning after a search is a retraining of the search's data and loss, with a
     # retraining's optimizer.
     finetune = SearchConfig(finetune_epochs=2, gamma=0.5, lr=0.3, train_limit=7).finetune_config()
-    assert finetune == RetrainConfig(epochs=2, gamma=0.5, train_limit=7, augmented_limit=20000, final_kd=False)
+    assert finetune == RetrainConfig(epochs=2, gamma=0.5, train_limit=7, augmented_limit=20000, final_kd=False,
+                                     group_by_length=True)
     # Each candidate of an undecided search trains with a retraining's recipe on the search's rows.
     candidate = SearchConfig(candidate_epochs=2, gamma=0.5, lr=0.3, train_limit=7, seed=3).candidate_config()
-    assert candidate == RetrainConfig(epochs=2, train_limit=7, augmented_limit=20000, seed=3)
-    # Both read the search's rows in the search's order (grouped by length or not).
+    assert candidate == RetrainConfig(epochs=2, train_limit=7, augmented_limit=20000, seed=3, group_by_length=True)
+    # Both read the search's rows in the search's order: grouped by length by default (a retraining: plain).
     plain = SearchConfig(group_by_length=False, finetune_epochs=1)
     assert not plain.finetune_config().group_by_length and not plain.candidate_config().group_by_length
     assert RetrainConfig(lr=0.004).final_lr == pytest.approx(4e-5) and SearchConfig().final_lr == 5e-4
