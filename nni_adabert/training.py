@@ -50,12 +50,16 @@ def bf16_available() -> bool:
 PRECISIONS = ("auto", "bf16", "fp32")
 
 
+def _check_precision(precision: str, what: str) -> None:
+    if precision not in PRECISIONS:
+        raise UserError(f"{what} precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+
+
 def training_precision(precision: str = "auto") -> str:
     """Lightning's ``precision`` for a training run: ``"bf16-mixed"`` (bf16 autocast, fp32 weights
     and optimizer) or ``"32-true"``. ``auto`` is bf16 on a GPU that has it, else fp32 (the students'
     runs; the teacher's: :func:`teacher.finetune.teacher_precision`)."""
-    if precision not in PRECISIONS:
-        raise UserError(f"training precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    _check_precision(precision, "training")
     if precision == "auto":
         return "bf16-mixed" if bf16_available() else "32-true"
     return "bf16-mixed" if precision == "bf16" else "32-true"
@@ -74,8 +78,7 @@ def bf16_native(device: torch.device | str) -> bool:
 def inference_precision(device: torch.device | str, precision: str = "auto") -> str:
     """``"bf16"`` or ``"fp32"``: the precision of forward passes without gradients on ``device``;
     ``auto`` is bf16 where the device computes it natively (:func:`bf16_native`)."""
-    if precision not in PRECISIONS:
-        raise UserError(f"inference precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    _check_precision(precision, "inference")
     if precision == "auto":
         return "bf16" if bf16_native(device) else "fp32"
     return precision
