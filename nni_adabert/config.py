@@ -174,8 +174,9 @@ class ArchitectureConfig(Settings):
     budget_excludes_embedding: bool = setting(False, "--max-params counts the student without its embedding")
     min_speedup: float | None = setting(None, "speed budget of the exported student: at least this many times "
                                               "faster than --speedup-over, predicted from a per-op latency table "
-                                              "measured once on this machine (cached); a ceiling on time "
-                                              "(max(0, E[time]/budget - 1)): faster students are welcome",
+                                              "measured once on this machine (cached); the search's penalty is a "
+                                              "ceiling on time (max(0, E[time]/budget - 1)), the exported child "
+                                              "is within --budget-tolerance of it",
                                   positive=True)
     speedup_over: str = setting("bert-base", "the reference of --min-speedup: the BERT-base architecture or the "
                                              "teacher's", choices=("bert-base", "teacher"))
@@ -184,8 +185,9 @@ class ArchitectureConfig(Settings):
     latency_batch_size: int = setting(128, "batch size the latency table is measured at", minimum=1)
     budget_weight: float = setting(1.0, "weight of each budget's penalty (with --max-params or --min-speedup)",
                                    minimum=0)
-    budget_tolerance: float = setting(0.15, "the exported child has at least (1 - tolerance) of --max-params "
-                                            "when the space has such a child (1: no floor; --min-speedup has none)",
+    budget_tolerance: float = setting(0.15, "the exported child has at least (1 - tolerance) of --max-params, "
+                                            "and of the time --min-speedup allows, when the space has such a "
+                                            "child with weights in its cell (1: no floor)",
                                       minimum=0, maximum=1)
 
     def __post_init__(self) -> None:

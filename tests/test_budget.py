@@ -46,6 +46,17 @@ def random_probs(cfg, seed):
     return ops, depth
 
 
+def preferred(cfg, children, score, in_band, within):
+    """What the derivation should export, found by brute force: the most probable child with cell
+    weights in the band, else with weights within the budget, else any in the band, else any within."""
+    def weighted(a):
+        return any(cost.op_params(a[e], cfg.embed_dim) > 0 for e in cfg.edge_labels)
+    for fits in (lambda a: weighted(a) and in_band(a), lambda a: weighted(a) and within(a), in_band, within):
+        pool = [a for a in children if fits(a)]
+        if pool:
+            return max(pool, key=score)
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_derivation_is_the_most_probable_child_within_the_budget(seed):
     """Against every child of a small space (2 edges x 8 ops x 3 depths)."""
@@ -62,13 +73,14 @@ def test_derivation_is_the_most_probable_child_within_the_budget(seed):
     for budget in (sizes[0], sizes[len(sizes) // 3], sizes[len(sizes) // 2], sizes[-1]):
         derived = derive(cfg, ops, depth, budget)
         assert child_params(cfg, derived) <= budget
-        best = max((a for a in children if child_params(cfg, a) <= budget), key=score)
+        best = preferred(cfg, children, score, lambda a: False, lambda a: child_params(cfg, a) <= budget)
         assert score(derived) == pytest.approx(score(best))
     # With a lower bound: the most probable child in the band, when the band holds one.
     for low, high in ((sizes[len(sizes) // 3], sizes[len(sizes) // 2]), (sizes[-2], sizes[-1])):
         derived = derive(cfg, ops, depth, high, min_params=low)
         assert low <= child_params(cfg, derived) <= high
-        best = max((a for a in children if low <= child_params(cfg, a) <= high), key=score)
+        best = preferred(cfg, children, score, lambda a: low <= child_params(cfg, a) <= high,
+                         lambda a: child_params(cfg, a) <= high)
         assert score(derived) == pytest.approx(score(best))
     # A band no child falls in: the most probable child under the budget.
     gap = next(a + 1 for a, b in zip(sizes, sizes[1:]) if b - a > 1)
@@ -95,19 +107,36 @@ def test_a_budget_no_child_meets_is_one_clear_error():
         check_budgets(cfg, [speed_budget(table, 2 * fastest)])
 
 
-def test_a_floor_that_admits_cells_without_weights_is_warned_about():
+def test_a_budget_only_cells_without_weights_meet_is_warned_about():
     cfg = tiny_config()
-    weightless = child_params(cfg, uniform_arch(cfg, "zero", cfg.k_max))  # the largest student without cell weights
-    # Within 15% above it, the band [0.85, 1] x budget holds that student: the export may collapse.
-    for budget in (weightless, int(weightless / 0.85)):
-        (line,) = budget_warnings(cfg, [params_budget(cfg, budget, tolerance=0.15)])
-        assert f"max_params {budget:,}: its floor (15% below" in line
-        assert f"up to {weightless:,} params" in line and f"above {math.floor(weightless / 0.85):,}" in line
-    # the warning's own advice: just above that, no such student is within the band
-    assert budget_warnings(cfg, [params_budget(cfg, math.floor(weightless / 0.85) + 1, tolerance=0.15)]) == []
-    # No floor (tolerance 1: "at most"), or a budget far above it: no warning.
-    assert budget_warnings(cfg, [params_budget(cfg, weightless)]) == []
-    assert budget_warnings(cfg, [params_budget(cfg, 10 * weightless, tolerance=0.15)]) == []
+    table = toy_latency_table(cfg)
+    for make in (lambda c: params_budget(cfg, c, tolerance=0.15), lambda c: speed_budget(table, 100 / c, 0.15)):
+        smallest = make(1).smallest_with_weights(cfg)  # one cell, one conv_3, zero elsewhere
+        conv3 = {**{e: "zero" for e in cfg.edge_labels}, cfg.edge_labels[0]: "std_conv_3", DEPTH_LABEL: 1}
+        assert smallest == pytest.approx(make(1).child(cfg, conv3))
+        (line,) = budget_warnings(cfg, [make(smallest * 0.99)])
+        assert "only students whose cells have no weights" in line and "will have none" in line
+        assert budget_warnings(cfg, [make(smallest)]) == []
+    assert "the smallest with weights has" in budget_warnings(cfg, [params_budget(cfg, 100)])[0]
+
+
+def test_derivation_prefers_a_cell_with_weights():
+    """Distributions that put almost all their mass on weightless ops (a collapsed search) still
+    export a cell with weights when the budgets admit one; only a budget below every such cell
+    gets the weightless one."""
+    cfg = StudentConfig(vocab_size=30, num_labels=2, embed_dim=8, k_max=3, num_nodes=1, max_positions=10)
+    ops = {e: {n: (0.9 if n == "zero" else 0.1 / (len(cfg.op_names) - 1)) for n in cfg.op_names}
+           for e in cfg.edge_labels}
+    depth = {1: 0.8, 2: 0.1, 3: 0.1}
+    budget = params_budget(cfg, 10**6)
+    derived = derive_within_budget(cfg, ops, depth, [budget])
+    assert any(cost.op_params(derived[e], cfg.embed_dim) > 0 for e in cfg.edge_labels)
+    assert derived[DEPTH_LABEL] == 1 and sorted(derived[e] for e in cfg.edge_labels).count("zero") == 1
+    below = int(budget.smallest_with_weights(cfg)) - 1
+    assert derive_within_budget(cfg, ops, depth, [params_budget(cfg, below)]) == uniform_arch(cfg, "zero", 1)
+    # a floor only cells without weights reach gives way to a cell with weights below it
+    band = dataclasses.replace(params_budget(cfg, 10**6), minimum=10**6 - 1)
+    assert child_params(cfg, derive_within_budget(cfg, ops, depth, [band])) < band.minimum
 
 
 def toy_latency_table(cfg, reference_seconds=100.0):
@@ -129,7 +158,7 @@ def test_budget_penalty_sends_gradient_to_op_and_depth_logits():
         grads = {name: p.grad for name, p in arch_params(space).items()}
         assert len(grads) == len(cfg.edge_labels) + 1
         assert all(g is not None and g.abs().sum() > 0 for g in grads.values()), kw
-    # A budget with a floor pulls from both sides; a ceiling (the speed budget) only from above.
+    # A size to reach pulls from both sides; a ceiling (the speed budget) only from above.
     for tolerance, floor in ((0.15, 85), (0.0, 100)):   # 0: exactly the budget, still a floor
         b = params_budget(cfg, 100, tolerance=tolerance)
         assert b.minimum == floor
@@ -137,10 +166,11 @@ def test_budget_penalty_sends_gradient_to_op_and_depth_logits():
         assert b.penalty(torch.tensor(50.0)).item() == pytest.approx(0.5)
     no_floor = params_budget(cfg, 100, tolerance=1.0)
     assert no_floor.minimum == 0 and no_floor.penalty(torch.tensor(50.0)).item() == 0
-    ceiling = speed_budget(table, table.reference_seconds / 100)
-    assert ceiling.minimum == 0 and ceiling.maximum == pytest.approx(100)
-    assert ceiling.penalty(torch.tensor(150.0)).item() == pytest.approx(0.5)
-    assert ceiling.penalty(torch.tensor(50.0)).item() == 0
+    for tolerance, floor in ((1.0, 0), (0.15, 85)):  # the export's floor; the penalty is a ceiling either way
+        ceiling = speed_budget(table, table.reference_seconds / 100, tolerance)
+        assert ceiling.minimum == pytest.approx(floor) and ceiling.maximum == pytest.approx(100)
+        assert ceiling.penalty(torch.tensor(150.0)).item() == pytest.approx(0.5)
+        assert ceiling.penalty(torch.tensor(50.0)).item() == 0
 
 
 def test_expected_cost_is_the_mean_over_children():
@@ -178,14 +208,16 @@ def test_derivation_meets_a_speed_budget_and_both_budgets_at_once():
         derived = derive_within_budget(cfg, ops, depth, [speed])
         assert 0.85 * target - 1e-9 <= table.child_seconds(cfg, derived) <= target + 1e-9
         assert table.speedup(cfg, derived) >= table.reference_seconds / target - 1e-9
-        best = max((a for a in children if 0.85 * target <= table.child_seconds(cfg, a) <= target), key=score)
+        best = preferred(cfg, children, score, lambda a: 0.85 * target <= table.child_seconds(cfg, a) <= target,
+                         lambda a: table.child_seconds(cfg, a) <= target)
         assert score(derived) == pytest.approx(score(best))
         size = params_budget(cfg, sorted(child_params(cfg, a) for a in children)[len(children) // 3])
         both = derive_within_budget(cfg, ops, depth, [speed, size])
-        fits = [a for a in children if 0.85 * target <= table.child_seconds(cfg, a) <= target
-                and child_params(cfg, a) <= size.maximum]
-        if fits:
-            assert score(both) == pytest.approx(score(max(fits, key=score)))
+        best = preferred(cfg, children, score,
+                         lambda a: 0.85 * target <= table.child_seconds(cfg, a) <= target
+                         and child_params(cfg, a) <= size.maximum,
+                         lambda a: table.child_seconds(cfg, a) <= target and child_params(cfg, a) <= size.maximum)
+        assert score(both) == pytest.approx(score(best))
         assert child_params(cfg, both) <= size.maximum and table.child_seconds(cfg, both) <= target + 1e-9
 
 

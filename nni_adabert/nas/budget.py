@@ -10,18 +10,20 @@ op_cost[op])``, and the range the exported child must keep it in:
 What the search does with them:
 
 - :meth:`Budget.penalty` (``E[cost]``: under the architecture distributions, differentiable in
-  the logits): for a budget with a floor (``--max-params``: a size to reach, within the tolerance)
-  ``|E[cost] / maximum - 1|``, the TuNAS-style absolute-value penalty, which pulls the
-  distributions towards the budget from both sides, so a search under a budget has no reason to
-  shrink past it (the paper's L_E rewards every parameter removed); for a ceiling only
-  (``--min-speedup``: at least that fast, faster is welcome) the hinge ``max(0, E[cost] / maximum - 1)``,
-  since pulling MRPC's students up to the slowest child allowed made them deep, wide and worse
-  (bench/results/pipeline/MRPC-speedup20-seed0);
-- :func:`derive_within_budget`: the most probable child within every budget (an exact search:
-  costs add up over edges, so a small dynamic programme over the edges, for every depth), so
-  the exported student always meets them;
+  the logits): for a size to reach (``--max-params`` with its tolerance) ``|E[cost] / maximum - 1|``,
+  the TuNAS-style absolute-value penalty, which pulls the distributions towards the budget from
+  both sides, so a search under a budget has no reason to shrink past it (the paper's L_E rewards
+  every parameter removed); for a speed (``--min-speedup``: at least that fast) the hinge
+  ``max(0, E[cost] / maximum - 1)``, since pulling MRPC's students up to the slowest child allowed
+  made them deep, wide and worse (bench/results/pipeline/MRPC-speedup20-seed0);
+- :func:`derive_within_budget`: the most probable child within every budget and its tolerance
+  (an exact search: costs add up over edges, so a small dynamic programme over the edges, for
+  every depth), preferring a cell with weights to one without, so the exported student always
+  meets the budgets and does not collapse to a bag of embeddings when a budget admits more: the
+  hinge lets the distributions fall far below a speed budget (SST-2 at 100x: a cell without
+  weights at 773x, bench/results/budget-sweep/SST-2), which the floor of the export undoes;
 - :func:`check_budgets`: a budget no child of the space can meet is an error before training;
-  :func:`budget_warnings`: one whose floor still admits a cell without weights is worth a warning.
+  :func:`budget_warnings`: one that only children without cell weights meet is worth a warning.
 """
 
 from __future__ import annotations
@@ -36,10 +38,9 @@ from ..errors import UserError
 from ..model import cost
 from ..model.depth import DEPTH_LABEL
 from ..model.latency import LatencyTable
-from ..model.space import uniform_arch
 
 __all__ = ["Budget", "params_budget", "speed_budget", "budgets_of", "check_budgets", "budget_warnings",
-           "derive_within_budget"]
+           "derive_within_budget", "has_weights"]
 
 SECONDS_RESOLUTION = 4000  # a time budget's dynamic programme tells costs apart to 1/4000 of the budget
 
@@ -49,7 +50,8 @@ class Budget:
     """One additive cost of a child and the range ``[minimum, maximum]`` the export keeps it in.
 
     ``setting`` names the option it comes from (for messages); ``unit`` is the resolution of the
-    derivation's dynamic programme (1 for parameter counts: exact)."""
+    derivation's dynamic programme (1 for parameter counts: exact); ``two_sided``: the penalty
+    pulls ``E[cost]`` to ``maximum`` from below too (a size to reach), not only from above."""
 
     setting: str
     op_cost: Mapping[str, float]
@@ -58,6 +60,7 @@ class Budget:
     maximum: float
     minimum: float = 0.0
     unit: float = 1.0
+    two_sided: bool = False
 
     def child(self, config, arch: Mapping[str, Any]) -> float:
         """The cost of the child ``arch``."""
@@ -72,11 +75,23 @@ class Budget:
         per_op = [self.op_cost[n] for n in config.op_names]
         return cost.expected_additive_cost(per_op, self.per_cell, self.once, op_probs, depth_probs)
 
+    def smallest_with_weights(self, config) -> float:
+        """The cost of the cheapest child whose cell has weights: one cell, the cheapest op with
+        weights on one edge and the cheapest op on the others."""
+        cheapest = min(self.op_cost[n] for n in config.op_names)
+        weighted = min(self.op_cost[n] for n in config.op_names if has_weights(config, n))
+        return self.once + self.per_cell + weighted + cheapest * (len(config.edge_labels) - 1)
+
     def penalty(self, expected: torch.Tensor) -> torch.Tensor:
-        """``|expected / maximum - 1|`` when the budget has a floor (0 at the budget, 1 at twice or at
-        none of it), else ``max(0, expected / maximum - 1)`` (0 anywhere within it)."""
+        """``|expected / maximum - 1|`` when :attr:`two_sided` (0 at the budget, 1 at twice or at none
+        of it), else ``max(0, expected / maximum - 1)`` (0 anywhere within it)."""
         excess = expected / float(self.maximum) - 1
-        return excess.abs() if self.minimum > 0 else excess.clamp(min=0)
+        return excess.abs() if self.two_sided else excess.clamp(min=0)
+
+
+def has_weights(config, op: str) -> bool:
+    """Whether the op ``op`` has weights (a convolution; not a pooling, ``skip`` or ``zero``)."""
+    return cost.op_params(op, config.embed_dim) > 0
 
 
 def params_budget(config, max_params: int, include_embedding: bool = True, tolerance: float = 1.0) -> Budget:
@@ -84,14 +99,16 @@ def params_budget(config, max_params: int, include_embedding: bool = True, toler
     has such a child, at least ``(1 - tolerance) * max_params`` (``tolerance`` 1: no floor, the
     ceiling's hinge penalty; 0: exactly ``max_params``)."""
     once = cost.head_params(config) + (cost.embedding_params(config) if include_embedding else 0)
+    minimum = math.ceil(max_params * (1 - tolerance))
     return Budget("max_params", {n: cost.op_params(n, config.embed_dim) for n in config.op_names},
-                  cost.attention_params(config), once, max_params, math.ceil(max_params * (1 - tolerance)))
+                  cost.attention_params(config), once, max_params, minimum, two_sided=minimum > 0)
 
 
 def speed_budget(table: LatencyTable, min_speedup: float, tolerance: float = 1.0) -> Budget:
     """Predicted seconds (:meth:`LatencyTable.child_seconds`) at most the reference's divided by
-    ``min_speedup``; with a ``tolerance`` below 1, also at least ``1 - tolerance`` of that when the
-    space has such a child (the search's speed budget has no floor: :func:`budgets_of`)."""
+    ``min_speedup`` and, for the export when the space has such a child, at least ``1 - tolerance``
+    of that (so at most ``min_speedup / (1 - tolerance)`` times as fast); its penalty is a ceiling
+    only (:class:`Budget`)."""
     maximum = table.reference_seconds / min_speedup
     return Budget("min_speedup", dict(table.op_seconds), table.cell_seconds, table.once_seconds, maximum,
                   maximum * (1 - tolerance), unit=maximum / SECONDS_RESOLUTION)
@@ -107,7 +124,7 @@ def budgets_of(space_config, config, latency: Optional[LatencyTable] = None) -> 
     if config.min_speedup is not None:
         if latency is None:
             raise ValueError("min_speedup needs the machine's latency table (workflows.speed.latency_table)")
-        budgets.append(speed_budget(latency, config.min_speedup))  # a ceiling on time: faster is welcome
+        budgets.append(speed_budget(latency, config.min_speedup, config.budget_tolerance))
     return budgets
 
 
@@ -129,60 +146,67 @@ def check_budgets(config, budgets: Sequence[Budget]) -> None:
 
 
 def budget_warnings(config, budgets: Sequence[Budget]) -> list[str]:
-    """A line for each parameter budget whose floor admits a child with no weights on any edge (the
-    largest one: ``k_max`` cells of a parameter-free op): the export may then be that collapsed
-    cell, which a floor is there to prevent. A budget within the tolerance of the embedding's size
-    does this."""
+    """A line for each budget that only children without cell weights meet (it is below the
+    cheapest child with weights, :meth:`Budget.smallest_with_weights`): the exported student is
+    then a bag of embeddings."""
     lines = []
     for budget in budgets:
-        if budget.setting != "max_params" or budget.minimum <= 0:  # no floor: "at most" allows any size
+        smallest = budget.smallest_with_weights(config)
+        if budget.maximum >= smallest:
             continue
-        cheapest = min(config.op_names, key=lambda op: budget.op_cost[op])
-        weightless = budget.child(config, uniform_arch(config, cheapest, config.k_max))
-        if budget.op_cost[cheapest] == 0 and budget.minimum <= weightless:
-            share = 1 - budget.minimum / budget.maximum
-            lines.append(f"search setting max_params {int(budget.maximum):,}: its floor ({100 * share:.0f}% below, "
-                         f"{int(budget.minimum):,}) admits students whose cells have no weights (up to "
-                         f"{int(weightless):,} params), so the exported cell may have none; a budget above "
-                         f"{math.floor(weightless / (1 - share)):,} keeps weights in it")
+        if budget.setting == "max_params":
+            lines.append(f"search setting max_params {int(budget.maximum):,}: only students whose cells have no "
+                         f"weights fit it (the smallest with weights has {int(smallest):,} params), so the exported "
+                         f"cell will have none; raise it to keep weights in the cell")
+        else:
+            lines.append(f"search setting {budget.setting}: only students whose cells have no weights are that fast "
+                         f"(the fastest with weights is predicted to take {smallest / budget.maximum:.2f}x the time "
+                         f"allowed), so the exported cell will have none; lower it to keep weights in the cell")
     return lines
 
 
 def derive_within_budget(config, op_probs: Mapping[str, Mapping[str, float]], depth_probs: Mapping[int, float],
                          budgets: Sequence[Budget]) -> Dict[str, object]:
     """The child of highest probability (sum of log-probabilities over the edges and the depth)
-    whose cost is within ``[minimum, maximum]`` of every budget when the space has such a child,
-    else the most probable child within every ``maximum``.
+    within every budget, in this order of preference: a cell with weights within ``[minimum,
+    maximum]`` of every budget; one with weights within every ``maximum``; any cell within
+    ``[minimum, maximum]``; any within every ``maximum``.
 
     ``op_probs``: ``{edge label: {op: probability}}``; ``depth_probs``: ``{K: probability}``
     (what :meth:`AdaBertLightningModule.export_probs` gives). For every depth K, a dynamic
-    programme over the edges keeps, for each cell cost (in each budget's ``unit``), the best
-    choice so far; the bounds are then checked on the exact costs.
-    The lower bound matters: distributions that meet the budget in expectation can still be
-    flat enough that their single most probable child is parameter-free.
+    programme over the edges keeps, for each cell cost (in each budget's ``unit``) and whether
+    the cell has weights yet, the best choice so far; the bounds are then checked on the exact costs.
+    The lower bound and the weights matter: distributions that meet a budget in expectation can
+    still be flat enough that their single most probable child is parameter-free, and under a
+    speed budget's hinge they fall far below it.
     """
     check_budgets(config, budgets)
 
     def log(p: float) -> float:
         return math.log(p) if p > 0 else -math.inf
 
-    # best[cell cost per budget, in units] = (log-probability, ops chosen so far)
-    best: Dict[Tuple[int, ...], Tuple[float, Sequence[str]]] = {(0,) * len(budgets): (0.0, ())}
+    # best[(cell cost per budget in units, has weights)] = (log-probability, ops chosen so far)
+    State = Tuple[Tuple[int, ...], bool]
+    best: Dict[State, Tuple[float, Sequence[str]]] = {((0,) * len(budgets), False): (0.0, ())}
     for label in config.edge_labels:
-        step: Dict[Tuple[int, ...], Tuple[float, Sequence[str]]] = {}
-        for total, (score, ops) in best.items():
+        step: Dict[State, Tuple[float, Sequence[str]]] = {}
+        for (total, weighted), (score, ops) in best.items():
             for op in config.op_names:
                 candidate = (score + log(op_probs[label][op]), (*ops, op))
-                key = tuple(t + round(b.op_cost[op] / b.unit) for t, b in zip(total, budgets))
+                key = (tuple(t + round(b.op_cost[op] / b.unit) for t, b in zip(total, budgets)),
+                       weighted or has_weights(config, op))
                 if key not in step or candidate[0] > step[key][0]:
                     step[key] = candidate
         best = step
-    cells = sorted(best.values(), key=lambda v: -v[0])  # most probable first
+    cells = sorted(((score, ops, weighted) for (_, weighted), (score, ops) in best.items()),
+                   key=lambda v: -v[0])  # most probable first
 
-    def most_probable(with_minimum: bool) -> Optional[Dict[str, object]]:
+    def most_probable(with_minimum: bool, with_weights: bool) -> Optional[Dict[str, object]]:
         chosen: Optional[Tuple[float, Dict[str, object]]] = None
         for depth in range(1, config.k_max + 1):
-            for score, ops in cells:
+            for score, ops, weighted in cells:
+                if with_weights and not weighted:
+                    continue
                 arch = {**dict(zip(config.edge_labels, ops)), DEPTH_LABEL: depth}
                 costs = [b.child(config, arch) for b in budgets]
                 if all((b.minimum if with_minimum else 0) <= c <= b.maximum for b, c in zip(budgets, costs)):
@@ -192,9 +216,11 @@ def derive_within_budget(config, op_probs: Mapping[str, Mapping[str, float]], de
                     break  # the most probable cell that fits at this depth
         return None if chosen is None else chosen[1]
 
-    arch = most_probable(with_minimum=True) if any(b.minimum > 0 for b in budgets) else None
-    arch = arch if arch is not None else most_probable(with_minimum=False)
-    if arch is None:
-        raise UserError("search settings " + " and ".join(b.setting for b in budgets) +
-                        ": no student of this space meets them all at once; relax one")
-    return arch
+    floors = [True, False] if any(b.minimum > 0 for b in budgets) else [False]
+    for with_weights in (True, False):
+        for with_minimum in floors:
+            arch = most_probable(with_minimum, with_weights)
+            if arch is not None:
+                return arch
+    raise UserError("search settings " + " and ".join(b.setting for b in budgets) +
+                    ": no student of this space meets them all at once; relax one")
