@@ -19,9 +19,10 @@ What the search does with them:
 - :func:`derive_within_budget`: the most probable child within every budget and its tolerance
   (an exact search: costs add up over edges, so a small dynamic programme over the edges, for
   every depth), preferring a cell with weights to one without, so the exported student always
-  meets the budgets and does not collapse to a bag of embeddings when a budget admits more: the
-  hinge lets the distributions fall far below a speed budget (SST-2 at 100x: a cell without
-  weights at 773x, bench/results/budget-sweep/SST-2), which the floor of the export undoes;
+  meets the budgets and does not collapse to a bag of embeddings when a budget admits more: with
+  E[time] at a speed budget, the most probable child of flat distributions can still be far faster
+  (SST-2 at 100x: a cell without weights at 773x, bench/results/budget-sweep/SST-2), which the
+  floor of the export undoes;
 - :func:`check_budgets`: a budget no child of the space can meet is an error before training;
   :func:`budget_warnings`: one that only children without cell weights meet is worth a warning.
 """
