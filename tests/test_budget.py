@@ -19,7 +19,8 @@ from nni_adabert.model.cost import child_params, embedding_params
 from nni_adabert.model.depth import DEPTH_LABEL
 from nni_adabert.model.space import StudentConfig, uniform_arch
 from nni_adabert.model.latency import LatencyTable
-from nni_adabert.nas.budget import budget_warnings, check_budgets, derive_within_budget, params_budget, speed_budget
+from nni_adabert.nas.budget import (budget_warnings, check_budgets, derive_within_budget, has_weights, params_budget,
+                                    speed_budget)
 from nni_adabert.teacher.run import open_teacher_run
 from nni_adabert.workflows.export import ARCH_FILE
 from nni_adabert.workflows.student import student_config
@@ -50,7 +51,7 @@ def preferred(cfg, children, score, in_band, within):
     """What the derivation should export, found by brute force: the most probable child with cell
     weights in the band, else with weights within the budget, else any in the band, else any within."""
     def weighted(a):
-        return any(cost.op_params(a[e], cfg.embed_dim) > 0 for e in cfg.edge_labels)
+        return any(has_weights(cfg, a[e]) for e in cfg.edge_labels)
     for fits in (lambda a: weighted(a) and in_band(a), lambda a: weighted(a) and within(a), in_band, within):
         pool = [a for a in children if fits(a)]
         if pool:
@@ -130,7 +131,7 @@ def test_derivation_prefers_a_cell_with_weights():
     depth = {1: 0.8, 2: 0.1, 3: 0.1}
     budget = params_budget(cfg, 10**6)
     derived = derive_within_budget(cfg, ops, depth, [budget])
-    assert any(cost.op_params(derived[e], cfg.embed_dim) > 0 for e in cfg.edge_labels)
+    assert any(has_weights(cfg, derived[e]) for e in cfg.edge_labels)
     assert derived[DEPTH_LABEL] == 1 and sorted(derived[e] for e in cfg.edge_labels).count("zero") == 1
     below = int(budget.smallest_with_weights(cfg)) - 1
     assert derive_within_budget(cfg, ops, depth, [params_budget(cfg, below)]) == uniform_arch(cfg, "zero", 1)

@@ -178,14 +178,16 @@ def derive_within_budget(config, op_probs: Mapping[str, Mapping[str, float]], de
     programme over the edges keeps, for each cell cost (in each budget's ``unit``) and whether
     the cell has weights yet, the best choice so far; the bounds are then checked on the exact costs.
     The lower bound and the weights matter: distributions that meet a budget in expectation can
-    still be flat enough that their single most probable child is parameter-free, and under a
-    speed budget's hinge they fall far below it.
+    still be flat enough that their single most probable child is parameter-free, or far cheaper.
     """
     check_budgets(config, budgets)
 
     def log(p: float) -> float:
         return math.log(p) if p > 0 else -math.inf
 
+    # Each op's cost per budget, in units, and whether it has weights: the same on every edge.
+    op_units = {op: tuple(round(b.op_cost[op] / b.unit) for b in budgets) for op in config.op_names}
+    op_weighted = {op: has_weights(config, op) for op in config.op_names}
     # best[(cell cost per budget in units, has weights)] = (log-probability, ops chosen so far)
     State = Tuple[Tuple[int, ...], bool]
     best: Dict[State, Tuple[float, Sequence[str]]] = {((0,) * len(budgets), False): (0.0, ())}
@@ -194,8 +196,7 @@ def derive_within_budget(config, op_probs: Mapping[str, Mapping[str, float]], de
         for (total, weighted), (score, ops) in best.items():
             for op in config.op_names:
                 candidate = (score + log(op_probs[label][op]), (*ops, op))
-                key = (tuple(t + round(b.op_cost[op] / b.unit) for t, b in zip(total, budgets)),
-                       weighted or has_weights(config, op))
+                key = (tuple(t + u for t, u in zip(total, op_units[op])), weighted or op_weighted[op])
                 if key not in step or candidate[0] > step[key][0]:
                     step[key] = candidate
         best = step
