@@ -132,7 +132,8 @@ def print_student(doc: dict, out_dir: Path) -> None:
     if predicted:
         print(f"  speed budget: at least {doc['search']['min_speedup']:g}x {predicted['over']}; the student is "
               f"predicted {predicted['speedup']:.1f}x (this machine's latency table, "
-              f"{predicted['latency_table']['threads']} thread(s), batch {predicted['latency_table']['batch_size']})")
+              f"{predicted['latency_table']['threads']} thread(s), batch {predicted['latency_table']['batch_size']})"
+              + (f", timed {predicted['measured']:.1f}x" if "measured" in predicted else ""))
     arch = ", ".join(f"{k}={v}" for k, v in doc["architecture"].items())
     print(f"  cell: {arch}")
     print(f"  wrote {out_dir / 'architecture.json'}, {out_dir / 'student.safetensors'}, {out_dir / 'cell.png'}")

@@ -223,10 +223,11 @@ class SearchConfig(ArchitectureConfig, TrainingConfig):
     finetune_epochs: int = setting(0, "epochs that train the derived child alone after the search "
                                       "(as nni-adabert retrain does, from its searched weights)", minimum=0)
     # A flat distribution's argmax is about a random child, and random MRPC children retrain to 74-85 F1.
-    candidates: int = setting(8, "when the search ends undecided (top_prob_ratio below 1.2): children drawn from "
-                                 "its distributions (the argmax first) trained --candidate-epochs each on the "
-                                 "train examples but a held-out fifth; the best on that fifth is exported "
-                                 "(0 or 1: the argmax)", minimum=0)
+    candidates: int = setting(8, "when the search ends undecided (top_prob_ratio below 1.2) or under "
+                                 "--min-speedup: children drawn from its distributions (the export first) within "
+                                 "the budgets, timed under --min-speedup (those slower than asked dropped), trained "
+                                 "--candidate-epochs each on the train examples but a held-out fifth; the best on "
+                                 "that fifth is exported (0 or 1: the export)", minimum=0)
     candidate_epochs: int = setting(1, "epochs of each candidate's training (with --candidates)", minimum=1)
 
     @property

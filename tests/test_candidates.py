@@ -1,5 +1,6 @@
-"""An undecided search picks its exported child among candidates drawn from its distributions,
-each trained briefly and scored on held-out train examples (workflows/candidates.py)."""
+"""An undecided search, or one under a speed budget, picks its exported child among candidates drawn
+from its distributions, each timed (under a speed budget), trained briefly and scored on held-out
+train examples (workflows/candidates.py)."""
 
 import json
 
@@ -10,7 +11,8 @@ from nni_adabert.config import SearchConfig
 from nni_adabert.model import cost
 from nni_adabert.model.space import StudentConfig
 from nni_adabert.nas.budget import budgets_of, params_budget
-from nni_adabert.workflows.candidates import draw_candidates
+from nni_adabert.workflows.candidates import draw_candidates, fast_enough
+from nni_adabert.workflows.search import picks_among_candidates
 from test_budget import toy_latency_table
 
 CONFIG = StudentConfig(vocab_size=40, num_labels=2, embed_dim=8, k_max=3, max_positions=16)
@@ -95,3 +97,24 @@ def test_budgets_keep_candidates_in_their_band():
     in_time = draw_candidates(CONFIG, uniform_probs(CONFIG), first, 8, seed=0, budgets=[speed])
     times = [table.child_seconds(CONFIG, a) for a in in_time[1:]]
     assert len(times) == 7 and all(speed.minimum <= t <= speed.maximum for t in times)
+
+
+def test_a_speed_budget_picks_among_candidates_even_when_its_skew_looks_decided():
+    """The hinge leaves flat distributions skewed towards cheap ops (top_prob_ratio 2.87 at 100x on
+    SST-2): under --min-speedup the export is picked among candidates whatever the ratio."""
+    decided, flat = [{"top_prob_ratio": 2.87}], [{"top_prob_ratio": 1.1}]
+    assert not picks_among_candidates(decided, SearchConfig(max_params=6_400_000))
+    assert picks_among_candidates(decided, SearchConfig(min_speedup=100))
+    assert picks_among_candidates(flat, SearchConfig(max_params=6_400_000))
+    assert not picks_among_candidates(decided, SearchConfig(min_speedup=100, candidates=1))
+    # An architecture that never moved (all epochs warm-up) has nothing to pick from.
+    assert not picks_among_candidates(decided, SearchConfig(min_speedup=100, epochs=2, warmup_epochs=2))
+    assert not picks_among_candidates([], SearchConfig(min_speedup=100))
+
+
+def test_candidates_slower_than_the_speed_budget_when_timed_are_dropped():
+    """The table predicts; the child timed decides: a candidate timed below --min-speedup is not
+    trained, and when none meets it the fastest is kept alone."""
+    assert fast_enough([104.0, 97.0, 86.1, 112.0], 100) == [0, 3]
+    assert fast_enough([97.0, 86.1], 100) == [0]
+    assert fast_enough([86.1, 97.0], 100) == [1]

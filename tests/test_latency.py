@@ -8,7 +8,7 @@ import torch
 from transformers import BertConfig
 
 from nni_adabert.cli import main
-from nni_adabert.model.latency import LatencyTable, fit_additive, measure_latency
+from nni_adabert.model.latency import LatencyTable, fit_additive, measure_latency, measure_speedups
 from nni_adabert.model.space import uniform_arch
 from nni_adabert.teacher.run import open_teacher_run
 from nni_adabert.workflows import speed
@@ -33,6 +33,9 @@ def test_measured_table_orders_children_and_round_trips():
     assert table.child_seconds(cfg, slow) > 3 * table.child_seconds(cfg, fast)
     assert table.speedup(cfg, fast) > table.speedup(cfg, slow)
     assert LatencyTable.from_dict(json.loads(json.dumps(table.to_dict()))) == table
+    # Children timed on the table's batches, beside the reference: the slow one is measured slower.
+    timed_slow, timed_fast = measure_speedups(cfg, [slow, fast], table, TINY_BERT, repeats=3)
+    assert 0 < timed_slow < timed_fast / 3
 
 
 def test_fit_recovers_an_additive_model_from_children():
@@ -100,8 +103,16 @@ def test_search_command_meets_a_speed_budget(runs, tmp_path, capsys):
     predicted = doc["predicted_speedup"]["speedup"]
     assert predicted == pytest.approx(table.speedup(space, doc["architecture"]))
     assert predicted >= asked and doc["search"]["min_speedup"] == asked
+    # Picked among candidates, each timed: the export is timed at the budget, or the fastest of them.
+    timed = {json.dumps(t["arch"], sort_keys=True): t["measured"] for t in doc["search"]["candidates_timed"]}
+    tried = [json.dumps(c["arch"], sort_keys=True) for c in doc["search"]["candidates_tried"]]
+    assert len(timed) > 1 and all(t > 0 for t in timed.values()) and set(tried) <= set(timed)
+    assert all(timed[a] >= asked for a in tried) or tried == [max(timed, key=timed.get)]
+    measured = doc["predicted_speedup"]["measured"]
+    assert measured == timed[json.dumps(doc["architecture"], sort_keys=True)]
+    assert measured >= asked or measured == max(timed.values())
     assert f"speed budget: at least {asked:g}x teacher; the student is predicted {predicted:.1f}x" \
-        in capsys.readouterr().out
+        f" (this machine's latency table, 1 thread(s), batch 128), timed {measured:.1f}x" in capsys.readouterr().out
 
     refused = tmp_path / "refused"
     assert main(["search", "--teacher", str(teacher), "--output-dir", str(refused), "--epochs", "1",

@@ -24,6 +24,7 @@ real dev lengths), so only ratios mean anything.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import statistics
 import time
@@ -36,7 +37,7 @@ from transformers import AutoModelForSequenceClassification, PretrainedConfig
 from . import cost
 from .space import AdaBertStudent, StudentConfig, uniform_arch
 
-__all__ = ["LatencyTable", "measure_latency", "fit_additive", "time_runs"]
+__all__ = ["LatencyTable", "measure_latency", "measure_speedups", "fit_additive", "time_runs"]
 
 # 2: ops timed inside 2-cell children (1 timed them alone, 15-25% off); 3: contiguous cell inputs, a faster average
 # pool (2 predicted pool-heavy deep children up to 3x too fast) and a least-squares fit of 1- and 2-cell children (2
@@ -163,6 +164,23 @@ def fit_additive(config: StudentConfig, seconds: Mapping[tuple[str, int], float]
     return solution[0], solution[1], op_seconds
 
 
+def _with_reference(runs: Mapping[Any, tuple[Callable, list]], reference_config: PretrainedConfig, batch_size: int,
+                    reference_lengths: Sequence[int], repeats: int) -> tuple[float, dict[Any, float]]:
+    """Time ``runs`` and the reference's 1- and 2-layer copies in one round-robin (a speedup is a
+    ratio of times, which a load change between two measurements would bias: the reference timed
+    after the children was 8-14% off); ``(reference seconds extrapolated to all its layers,
+    {key: median seconds})``."""
+    runs = {**runs, **{("reference", layers): run
+                       for layers, run in _reference_runs(reference_config, batch_size, reference_lengths).items()}}
+    seconds = {key: statistics.median(times) for key, times in time_runs(runs, repeats).items()}
+    one, two = seconds.pop(("reference", 1)), seconds.pop(("reference", 2))
+    return one + (reference_config.num_hidden_layers - 1) * max(two - one, 0.0), seconds
+
+
+def _child_run(child: AdaBertStudent, batches: list) -> tuple[Callable, list]:
+    return (lambda b: child(**b, return_probes=False)), batches
+
+
 def measure_latency(config: StudentConfig, lengths: Sequence[int], reference_lengths: Sequence[int],
                     reference_config: PretrainedConfig, reference: str, batch_size: int = 128,
                     repeats: int = 5, threads: int | None = 1) -> LatencyTable:
@@ -175,30 +193,43 @@ def measure_latency(config: StudentConfig, lengths: Sequence[int], reference_len
         reference_config: a Hugging Face config of the reference (its weights do not matter).
         threads: intra-op threads during the measurement (restored after); ``None``: as set.
     """
-    previous = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
+    with _threads(threads):
         batches = _student_batches(config, batch_size, lengths)
-
-        # Ops are timed inside children, not alone (an op alone ran 15-25% off its time in a child): every
-        # op at depths 1 and 2, with the reference's copies, in one round-robin: a speedup is a ratio of
-        # times, which a load change between two measurements would bias (the reference timed after the
-        # children was 8-14% off).
-        children = {(op, depth): _uniform_child(config, op, depth) for op in config.op_names for depth in (1, 2)}
-        runs = {key: ((lambda c: lambda b: c(**b, return_probes=False))(child), batches)
-                for key, child in children.items()}
-        runs.update({("reference", layers): run
-                     for layers, run in _reference_runs(reference_config, batch_size, reference_lengths).items()})
-        seconds = {key: statistics.median(times) for key, times in time_runs(runs, repeats).items()}
-        one, two = seconds.pop(("reference", 1)), seconds.pop(("reference", 2))
-        reference_seconds = one + (reference_config.num_hidden_layers - 1) * max(two - one, 0.0)
+        # Ops are timed inside children, not alone (an op alone ran 15-25% off its time in a child):
+        # every op at depths 1 and 2.
+        runs = {(op, depth): _child_run(_uniform_child(config, op, depth), batches)
+                for op in config.op_names for depth in (1, 2)}
+        reference_seconds, seconds = _with_reference(runs, reference_config, batch_size, reference_lengths, repeats)
         once_seconds, cell_seconds, op_seconds = fit_additive(config, seconds)
         setting = {"batch_size": batch_size, "lengths": list(lengths), "reference_lengths": list(reference_lengths),
                    "threads": torch.get_num_threads(), "repeats": repeats, "embed_dim": config.embed_dim,
                    "op_names": list(config.op_names), "is_pair": config.is_pair, "num_labels": config.num_labels,
                    "num_nodes": config.num_nodes, "torch": torch.__version__}
-    finally:
-        torch.set_num_threads(previous)
     return LatencyTable(op_seconds, cell_seconds, once_seconds, reference, reference_seconds, setting)
 
+
+def measure_speedups(config: StudentConfig, archs: Sequence[Mapping[str, Any]], table: LatencyTable,
+                     reference_config: PretrainedConfig, repeats: int = 5) -> List[float]:
+    """Measured speedup over the reference of each child of ``archs``, on the batches ``table`` was
+    measured on (its lengths, batch size and threads). The table predicts a child's time by
+    adding its ops' (median error 4% on SST-2, but cells of pools up to 14% too fast); the
+    budget's last word is the child itself, timed."""
+    setting = table.setting
+    with _threads(setting["threads"]):
+        batches = _student_batches(config, setting["batch_size"], setting["lengths"])
+        runs = {i: _child_run(AdaBertStudent(config, arch).eval(), batches) for i, arch in enumerate(archs)}
+        reference_seconds, seconds = _with_reference(runs, reference_config, setting["batch_size"],
+                                                     setting["reference_lengths"], repeats)
+    return [reference_seconds / seconds[i] for i in range(len(archs))]
+
+
+@contextlib.contextmanager
+def _threads(threads: int | None):
+    """``threads`` intra-op threads inside the block (``None``: as set), restored after."""
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

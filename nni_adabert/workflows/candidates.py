@@ -1,10 +1,14 @@
-"""When a search ends undecided: the exported child is picked among a few children drawn from the
-search's distributions, each trained briefly and scored on train examples held out from it.
+"""When a search ends undecided, or under a speed budget: the exported child is picked among a few
+children drawn from the search's distributions, each trained briefly and scored on train examples
+held out from it.
 
 The argmax of nearly uniform distributions is close to a random child, and random children of one
 space retrain to very different students (MRPC: 74 to 85 F1, docs/results.md). A short training
 of each candidate tells them apart where the supernet's shared weights do not: the search's
-distributions say which children to try, the held-out examples which one to keep.
+distributions say which children to try, the held-out examples which one to keep. Under a speed
+budget the distributions end flat too (the hinge stops at the budget), and each child drawn is
+timed before it is trained, and only those timed within the budget are (:func:`fast_enough`): the
+latency table's prediction was 14% too fast for a cell of pools.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import pytorch_lightning as pl
 from ..config import SearchConfig
 from ..data.encoding import IGNORE_LABEL
 from ..model import cost
+from ..model.latency import LatencyTable, measure_speedups
 from ..model.space import AdaBertStudent
 from ..nas.budget import Budget
 from ..teacher.knowledge import KnowledgeStore, holdout_split, row_loader
@@ -60,6 +65,29 @@ def draw_candidates(config, probs: Mapping[str, Mapping[Any, float]], first: Map
     return chosen
 
 
+def time_candidates(config, archs: Sequence[dict], latency: LatencyTable, reference_config) -> list[dict]:
+    """``{"arch", "predicted", "measured"}`` speedup over the reference of each child of ``archs``:
+    predicted by ``latency``, and measured (:func:`latency.measure_speedups`, one round-robin)."""
+    timed = [{"arch": arch, "predicted": latency.speedup(config, arch), "measured": measured}
+             for arch, measured in zip(archs, measure_speedups(config, archs, latency, reference_config))]
+    for t in timed:
+        log.info("candidate (depth %d): timed %.1fx, predicted %.1fx", t["arch"]["depth"], t["measured"],
+                 t["predicted"])
+    return timed
+
+
+def fast_enough(speedups: Sequence[float], min_speedup: float) -> list[int]:
+    """Which of the candidates timed at ``speedups`` (:func:`latency.measure_speedups`) to train: those
+    at least ``min_speedup`` times as fast as the reference, or the fastest alone when none is."""
+    kept = [i for i, speedup in enumerate(speedups) if speedup >= min_speedup]
+    if kept:
+        return kept
+    fastest = max(range(len(speedups)), key=speedups.__getitem__)
+    log.warning("search: no candidate runs at %sx the reference's speed when timed (the fastest: %.1fx); keeping "
+                "the fastest", f"{min_speedup:g}", speedups[fastest])
+    return [fastest]
+
+
 def task_score(metrics: Mapping[str, float]) -> float:
     """The mean of a task's metrics, as GLUE scores a task (MRPC: F1 and accuracy). F1 alone would
     favour a child that calls every pair a paraphrase (F1 81 on MRPC with 68% positive pairs)."""
@@ -67,12 +95,14 @@ def task_score(metrics: Mapping[str, float]) -> float:
 
 
 def pick_candidate(store: KnowledgeStore, archs: Sequence[dict], config: SearchConfig, run_dir: Path,
-                   run_identity: dict, progress: bool = True) -> tuple[AdaBertStudent, list[Candidate]]:
-    """Train each child of ``archs`` from fresh weights (:meth:`SearchConfig.candidate_config`) on the
-    search's train rows less a seeded :data:`HELD_OUT_SHARE` of the examples, score it on those held-out
-    examples' labels (:func:`task_score`) and return the best one, trained (ties: the earlier one,
-    so the more probable), with every candidate's scores. Each training checkpoints under
-    ``run_dir/<i>`` and resumes."""
+                   run_identity: dict, progress: bool = True, only: Sequence[int] | None = None
+                   ) -> tuple[AdaBertStudent, list[Candidate]]:
+    """Train each child of ``archs`` (or those at the indices ``only``: :func:`fast_enough`'s) from fresh
+    weights (:meth:`SearchConfig.candidate_config`) on the search's train rows less a seeded
+    :data:`HELD_OUT_SHARE` of the examples, score it on those held-out examples' labels
+    (:func:`task_score`) and return the best one, trained (ties: the earlier one, so the more
+    probable), with every candidate's scores. Each training checkpoints under ``run_dir/<index>``
+    and resumes."""
     training = config.candidate_config()
     rows = store.rows("train", config.train_limit, config.augmented_limit)
     kept, held_out = holdout_split(rows, HELD_OUT_SHARE, config.seed)
@@ -81,7 +111,9 @@ def pick_candidate(store: KnowledgeStore, archs: Sequence[dict], config: SearchC
                        group_by_length=training.group_by_length)
     scoring = row_loader(held_out, 256)
     best, candidates = None, []
-    for i, arch in enumerate(archs):
+    trained = range(len(archs)) if only is None else only
+    for n, i in enumerate(trained):
+        arch = archs[i]
         pl.seed_everything(training.seed)  # each candidate's fresh weights, whatever ran before it
         student = fresh_student(arch, store, config.embed_dim, config.k_max, config.dropout, config.space)
         identity = {**run_identity, "candidate": arch}
@@ -90,7 +122,7 @@ def pick_candidate(store: KnowledgeStore, archs: Sequence[dict], config: SearchC
         metrics = dev_metrics(lambda inputs: student(**inputs, return_probes=False).logits, store, scoring)
         candidates.append(Candidate(arch, metrics, cost.child_params(student.config, arch)))
         score = task_score(metrics)
-        log.info("candidate %d of %d (depth %d, %s params): held-out %s", i + 1, len(archs), arch["depth"],
+        log.info("candidate %d of %d (depth %d, %s params): held-out %s", n + 1, len(trained), arch["depth"],
                  f"{candidates[-1].params:,}", ", ".join(f"{k} {100 * v:.2f}" for k, v in metrics.items()))
         if best is None or score > best[0]:
             best = (score, student)
