@@ -67,6 +67,11 @@ class Budget:
         """The cost of the child ``arch``."""
         return cost.additive_cost(config, arch, self.op_cost, self.per_cell, self.once)
 
+    def fits(self, config, arch: Mapping[str, Any], with_minimum: bool = True) -> bool:
+        """Whether the child ``arch`` costs at most :attr:`maximum` (and, ``with_minimum``, at least
+        :attr:`minimum`)."""
+        return (self.minimum if with_minimum else 0) <= self.child(config, arch) <= self.maximum
+
     def smallest(self, config) -> float:
         """The cost of the cheapest child: one cell of the cheapest op on every edge."""
         return self.once + self.per_cell + min(self.op_cost[n] for n in config.op_names) * len(config.edge_labels)
@@ -210,8 +215,7 @@ def derive_within_budget(config, op_probs: Mapping[str, Mapping[str, float]], de
                 if with_weights and not weighted:
                     continue
                 arch = {**dict(zip(config.edge_labels, ops)), DEPTH_LABEL: depth}
-                costs = [b.child(config, arch) for b in budgets]
-                if all((b.minimum if with_minimum else 0) <= c <= b.maximum for b, c in zip(budgets, costs)):
+                if all(b.fits(config, arch, with_minimum) for b in budgets):
                     score += log(depth_probs[depth])
                     if chosen is None or score > chosen[0]:
                         chosen = (score, arch)

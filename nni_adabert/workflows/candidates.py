@@ -60,7 +60,7 @@ def draw_candidates(config, probs: Mapping[str, Mapping[Any, float]], first: Map
         if len(chosen) >= count:
             break
         arch = {label: rng.choices(list(p), weights=list(p.values()))[0] for label, p in probs.items()}
-        if arch not in chosen and all(b.minimum <= b.child(config, arch) <= b.maximum for b in budgets):
+        if arch not in chosen and all(b.fits(config, arch) for b in budgets):
             chosen.append(arch)
     return chosen
 
