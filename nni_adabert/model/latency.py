@@ -19,7 +19,9 @@ A child's time is additive like its size: ``once + K * (cell + sum over edges of
 expected time under the architecture distributions is differentiable like
 :func:`cost.expected_child_params`, and the budgeted derivation (:mod:`nas.budget`) handles
 both alike. All times are of one pass over the same timing batches (batch 128 by default,
-real dev lengths), so only ratios mean anything.
+real dev lengths), so only ratios mean anything. The sum is a prediction: :func:`measure_speedups`
+times given children beside the reference on the same batches, as ``search`` does with its
+candidates under a speed budget.
 """
 
 from __future__ import annotations
