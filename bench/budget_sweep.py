@@ -12,7 +12,9 @@ defaults, as :mod:`pipeline` runs them; then every student's dev metric, params 
 terms: each student within ``--tolerance`` of its budget (params, or the measured speedup over
 BERT-base), the metric non-increasing as the students get smaller, the smallest within 4 points of
 the teacher, the students at >= 100x BERT-base's speed within 2, none parameter-free. The commands
-resume and skip finished steps.
+resume and skip finished steps. ``--also-without-candidates``: each search is also exported without
+candidates (``search --candidates 0`` on a copy of its finished search phase, so only the export runs:
+the budget-constrained argmax) and retrained, to measure what the pick among candidates gains.
 
 Runs in ``--runs-dir`` (default runs/bench/budget-sweep/<name>); writes
 bench/results/budget-sweep/<name>/result.{json,md}, tradeoff.png and each student's cell picture.
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -61,6 +64,8 @@ def parse_args(argv=None):
     p.add_argument("--runs-dir", default=None, help="where the runs go (default: runs/bench/budget-sweep/<name>)")
     p.add_argument("--cache-dir", default=None, help="knowledge stores (default: <runs-dir>/cache)")
     p.add_argument("--threads", type=int, default=1, help="torch threads of the speed measurement")
+    p.add_argument("--also-without-candidates", action="store_true", help="also export each search with "
+                   "--candidates 0 (the budget-constrained argmax) and retrain it: what the candidates gain")
     args = p.parse_args(argv)
     if len(args.max_params) + len(args.min_speedup) < 1:
         p.error("give at least one budget (--max-params N ... and/or --min-speedup S ...)")
@@ -73,6 +78,15 @@ def budgets(args) -> list[dict]:
             for n in args.max_params] + \
            [{"kind": "speedup", "value": s, "flags": ["--min-speedup", f"{s:g}"], "name": f"speedup{s:g}"}
             for s in args.min_speedup]
+
+
+def copy_search_phase(runs: Path, name: str, to: str) -> None:
+    """Give ``runs/search-<to>`` the finished search phase of ``runs/search-<name>`` (its Lightning run
+    directory), so that ``search`` there with other export settings resumes from its last checkpoint and
+    only exports."""
+    target = runs / f"search-{to}" / "search"
+    if not target.exists():
+        shutil.copytree(runs / f"search-{name}" / "search", target)
 
 
 def parametric_edges(arch: dict, dim: int) -> int:
@@ -117,14 +131,20 @@ def main(argv=None) -> int:
         teacher = runs / "teacher"
         teacher_record = teacher_step(args.task, args.data, teacher, args.cache_dir or str(runs / "cache"))
     out = results_dir("budget-sweep", args.name)
-    students = []
+    students, argmax_exports = [], []
     for budget in budgets(args):
-        entry = student_steps(teacher, runs, f"{budget['name']}-seed{args.seed}", args.seed, budget["flags"], out)
+        name = f"{budget['name']}-seed{args.seed}"
+        entry = student_steps(teacher, runs, name, args.seed, budget["flags"], out)
         students.append({"budget": {k: budget[k] for k in ("kind", "value", "name")}, **entry})
+        if args.also_without_candidates:
+            copy_search_phase(runs, name, f"{name}-argmax")
+            entry = student_steps(teacher, runs, f"{name}-argmax", args.seed, [*budget["flags"], "--candidates", "0"],
+                                  out)
+            argmax_exports.append({"budget": students[-1]["budget"], **entry})
     store = open_teacher_run(teacher)
-    teacher_metrics = measure(store, students, args.threads)
+    teacher_metrics = measure(store, students + argmax_exports, args.threads)
     metric = store.spec.main_metric
-    for s in students:
+    for s in students + argmax_exports:
         s["value"] = 100 * s["dev"][metric]
         s["parametric_edges"] = parametric_edges(s["architecture"], s["embed_dim"])
     teacher_value = 100 * teacher_metrics[metric]
@@ -132,7 +152,7 @@ def main(argv=None) -> int:
               "torch": torch.__version__, "task": store.meta["task"], "metric": metric,
               "teacher": {"dev": teacher_metrics, **teacher_record}, "students": students,
               "findings": findings(students, teacher_value, metric, args.tolerance), "tolerance": args.tolerance,
-              "references": REFERENCES}
+              "references": REFERENCES, "argmax_exports": argmax_exports}
     plot_accuracy_vs_cost([{"label": _label(s), "params": s["params"], "speedup": s["speedup_over_bert_base"],
                             "value": s["value"]} for s in students], REFERENCES, out / "tradeoff.png",
                           f"{result['task']}: students of the budget sweep", metric, teacher_value)
@@ -150,7 +170,8 @@ def _label(student: dict) -> str:
 def markdown(result: dict) -> str:
     metric, teacher, f = result["metric"], result["teacher"], result["findings"]
     teacher_value = 100 * teacher["dev"][metric]
-    lines = steps_markdown(result, "a budget sweep of the default pipeline", result["students"])
+    argmax_exports = result.get("argmax_exports", [])
+    lines = steps_markdown(result, "a budget sweep of the default pipeline", result["students"] + argmax_exports)
     lines += ["| budget | K | params | params without embedding | off budget | conv/pool edges with weights "
               "| searched | retrained | behind the teacher | speedup over BERT-base arch | over teacher |",
               "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -169,6 +190,17 @@ def markdown(result: dict) -> str:
               "round-robin with the teacher and the BERT-base architecture (random weights: they do not change "
               "its speed).", "",
               "![accuracy against params and speed](tradeoff.png)", ""]
+    if argmax_exports:
+        picked = {s["budget"]["name"]: s for s in result["students"]}
+        lines += ["The same searches exported without candidates (`--candidates 0`: the budget-constrained argmax), "
+                  "retrained with the defaults:", "",
+                  "| budget | K | params | searched | retrained | the default's export minus this | "
+                  "speedup over BERT-base arch |", "|---|---|---|---|---|---|---|"]
+        for s in argmax_exports:
+            gain = picked[s["budget"]["name"]]["value"] - s["value"]
+            lines.append(f"| {_label(s)} | {s['depth']} | {s['params']:,} | {100 * s['searched'][metric]:.2f} "
+                         f"| {s['value']:.2f} | {gain:+.2f} | {s['speedup_over_bert_base']:.1f}x |")
+        lines.append("")
     lines += [f"Cell, {_label(s)}: ![cell](cell-{s['budget']['name']}-seed{s['seed']}.png)"
               for s in result["students"]]
     return "\n".join(lines) + "\n"

@@ -1,5 +1,6 @@
 """The budget sweep's verdict (bench/budget_sweep.py) and its picture (plots.plot_accuracy_vs_cost)."""
 
+import json
 import sys
 from pathlib import Path
 
@@ -138,3 +139,41 @@ def test_a_finished_teacher_run_is_used_not_built(runs, tmp_path, monkeypatch):
     assert teachers == [runs / "SST-2"] * 3
     page = (tmp_path / "result.md").read_text()
     assert f"# the finished teacher run {runs / 'SST-2'}" in page and "Teacher dev accuracy: 87.00" in page
+
+
+def test_each_search_is_also_exported_without_candidates_from_a_copy_of_its_search_phase(runs, tmp_path,
+                                                                                         monkeypatch):
+    """--also-without-candidates: per budget a second `search --candidates 0` in its own directory, started from
+    a copy of the first search's finished Lightning run (so only the export runs), retrained and measured with
+    the others; the page shows what the pick among candidates gained."""
+    calls = []
+
+    def steps(teacher, runs_dir, name, seed, flags, out):
+        calls.append((name, flags))
+        if not name.endswith("-argmax"):  # the search phase a real `search` leaves behind
+            (runs_dir / f"search-{name}" / "search" / "checkpoints").mkdir(parents=True)
+            (runs_dir / f"search-{name}" / "search" / "checkpoints" / "last.ckpt").write_text("weights")
+        command = {"command": f"nni-adabert search {' '.join(flags)}", "minutes": 1.0}
+        return {"seed": seed, "search": command, "retrain": command, "architecture": CONV_CELL, "embed_dim": 128,
+                "searched": {"accuracy": 0.8}, "dir": str(runs_dir / name)}
+
+    def measure(store, students, threads):
+        assert len(students) == 2  # the argmax export is timed in the same round-robin
+        for s, value in zip(students, (0.86, 0.84)):
+            s.update(params=4_400_000, params_without_embedding=493_184, depth=3, dev={"accuracy": value},
+                     speedup_over_bert_base=109.0, speedup_over_teacher=15.0)
+        return {"accuracy": 0.87}
+
+    monkeypatch.setattr(budget_sweep, "student_steps", steps)
+    monkeypatch.setattr(budget_sweep, "measure", measure)
+    monkeypatch.setattr(budget_sweep, "results_dir", lambda benchmark, name: tmp_path)
+    runs_dir = tmp_path / "runs"
+    assert budget_sweep.main(["--teacher-run", str(runs / "SST-2"), "--min-speedup", "100", "--name", "quick",
+                              "--runs-dir", str(runs_dir), "--also-without-candidates"]) == 0
+    assert calls == [("speedup100-seed0", ["--min-speedup", "100"]),
+                     ("speedup100-seed0-argmax", ["--min-speedup", "100", "--candidates", "0"])]
+    copied = runs_dir / "search-speedup100-seed0-argmax" / "search" / "checkpoints" / "last.ckpt"
+    assert copied.read_text() == "weights"
+    page = (tmp_path / "result.md").read_text()
+    assert "| ≥100x | 3 | 4,400,000 | 80.00 | 84.00 | +2.00 | 109.0x |" in page
+    assert "findings" in json.loads((tmp_path / "result.json").read_text())
