@@ -14,7 +14,8 @@ BERT-base), the metric non-increasing as the students get smaller, the smallest 
 the teacher, the students at >= 100x BERT-base's speed within 2, none parameter-free. The commands
 resume and skip finished steps. ``--also-without-candidates``: each search is also exported without
 candidates (``search --candidates 0`` on a copy of its finished search phase, so only the export runs:
-the budget-constrained argmax) and retrained, to measure what the pick among candidates gains.
+the budget-constrained argmax) and retrained (unless it is the picked child), to measure what the pick among
+candidates gains.
 
 Runs in ``--runs-dir`` (default runs/bench/budget-sweep/<name>); writes
 bench/results/budget-sweep/<name>/result.{json,md}, tradeoff.png and each student's cell picture.
@@ -34,7 +35,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 
 from common import GLUE_DIR, ROOT, command_line, cpu_model, machine, results_dir, write_results  # noqa: E402
-from pipeline import measure, steps_markdown, student_steps, teacher_step  # noqa: E402
+from pipeline import (MEASURED, measure, retrain_step, search_step, steps_markdown, student_steps,  # noqa: E402
+                      teacher_step)
 from nni_adabert.model.cost import op_params  # noqa: E402
 from nni_adabert.plots import plot_accuracy_vs_cost  # noqa: E402
 from nni_adabert.teacher.run import open_teacher_run  # noqa: E402
@@ -89,6 +91,19 @@ def copy_search_phase(runs: Path, name: str, to: str) -> None:
         shutil.copytree(runs / f"search-{name}" / "search", target)
 
 
+def export_without_candidates(teacher: Path, runs: Path, picked: dict, flags: list[str], out: Path) -> dict:
+    """The search of ``picked`` (a student entry) exported again with ``--candidates 0`` from a copy of its
+    search phase, and retrained unless it is the same child (then ``same_child_as``: the picked entry, whose
+    retraining and measurements it shares)."""
+    name = f"{picked['budget']['name']}-seed{picked['seed']}"
+    copy_search_phase(runs, name, f"{name}-argmax")
+    entry = {"budget": picked["budget"],
+             **search_step(teacher, runs, f"{name}-argmax", picked["seed"], [*flags, "--candidates", "0"], out)}
+    if entry["architecture"] == picked["architecture"]:  # the pick was the argmax: nothing else to retrain
+        return {**entry, "retrain": picked["retrain"], "dir": picked["dir"], "same_child_as": picked}
+    return {**entry, **retrain_step(teacher, runs, f"{name}-argmax", picked["seed"], out)}
+
+
 def parametric_edges(arch: dict, dim: int) -> int:
     """Edges of the cell (at its depth) whose op has weights: 0 is the collapse the sweep must not show."""
     return sum(op_params(op, dim) > 0 for label, op in arch.items() if label.startswith("edge_"))
@@ -137,12 +152,15 @@ def main(argv=None) -> int:
         entry = student_steps(teacher, runs, name, args.seed, budget["flags"], out)
         students.append({"budget": {k: budget[k] for k in ("kind", "value", "name")}, **entry})
         if args.also_without_candidates:
-            copy_search_phase(runs, name, f"{name}-argmax")
-            entry = student_steps(teacher, runs, f"{name}-argmax", args.seed, [*budget["flags"], "--candidates", "0"],
-                                  out)
-            argmax_exports.append({"budget": students[-1]["budget"], **entry})
+            argmax_exports.append(export_without_candidates(teacher, runs, students[-1], budget["flags"], out))
     store = open_teacher_run(teacher)
-    teacher_metrics = measure(store, students + argmax_exports, args.threads)
+    retrained_again = [e for e in argmax_exports if "same_child_as" not in e]
+    teacher_metrics = measure(store, students + retrained_again, args.threads)
+    for e in argmax_exports:
+        if "same_child_as" in e:
+            e.update({k: e["same_child_as"][k] for k in MEASURED})
+            del e["same_child_as"]  # the entry is the pick's measurements; the JSON keeps a flag, not a copy
+            e["same_child"] = True
     metric = store.spec.main_metric
     for s in students + argmax_exports:
         s["value"] = 100 * s["dev"][metric]
@@ -198,7 +216,8 @@ def markdown(result: dict) -> str:
                   "speedup over BERT-base arch |", "|---|---|---|---|---|---|---|"]
         for s in argmax_exports:
             gain = picked[s["budget"]["name"]]["value"] - s["value"]
-            lines.append(f"| {_label(s)} | {s['depth']} | {s['params']:,} | {100 * s['searched'][metric]:.2f} "
+            same = " (the same child: not retrained again)" if s.get("same_child") else ""
+            lines.append(f"| {_label(s)}{same} | {s['depth']} | {s['params']:,} | {100 * s['searched'][metric]:.2f} "
                          f"| {s['value']:.2f} | {gain:+.2f} | {s['speedup_over_bert_base']:.1f}x |")
         lines.append("")
     lines += [f"Cell, {_label(s)}: ![cell](cell-{s['budget']['name']}-seed{s['seed']}.png)"

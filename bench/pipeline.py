@@ -63,20 +63,34 @@ def teacher_step(task: str, data: str, teacher: Path, cache: str) -> dict:
                   "--no-progress"])
 
 
-def student_steps(teacher: Path, runs: Path, name: str, seed: int, search_flags: list[str], out: Path) -> dict:
-    """``search`` then ``retrain`` of one student (runs ``runs/search-<name>``, ``runs/retrain-<name>``),
-    timed; copies its cell picture and architecture into ``out``."""
-    searched, retrained = runs / f"search-{name}", runs / f"retrain-{name}"
+def search_step(teacher: Path, runs: Path, name: str, seed: int, search_flags: list[str], out: Path) -> dict:
+    """``search`` of one student into ``runs/search-<name>``, timed; copies its cell picture into ``out``."""
+    searched = runs / f"search-{name}"
     search = timed(["search", "--teacher", str(teacher), "--output-dir", str(searched), *search_flags,
                     "--seed", str(seed), "--no-progress"])
-    retrain = timed(["retrain", "--teacher", str(teacher), "--arch", str(searched), "--output-dir",
-                     str(retrained), "--seed", str(seed), "--no-progress"])
-    doc = json.loads((retrained / "architecture.json").read_text())
+    doc = json.loads((searched / "architecture.json").read_text())
     shutil.copy(searched / "cell.png", out / f"cell-{name}.png")
+    return {"seed": seed, "search": search, "architecture": doc["architecture"], "embed_dim": doc["embed_dim"],
+            "searched": doc["dev_metrics"]}
+
+
+def retrain_step(teacher: Path, runs: Path, name: str, seed: int, out: Path) -> dict:
+    """``retrain`` of the cell searched in ``runs/search-<name>`` into ``runs/retrain-<name>``, timed; copies
+    the retrained architecture into ``out``."""
+    retrained = runs / f"retrain-{name}"
+    retrain = timed(["retrain", "--teacher", str(teacher), "--arch", str(runs / f"search-{name}"), "--output-dir",
+                     str(retrained), "--seed", str(seed), "--no-progress"])
     shutil.copy(retrained / "architecture.json", out / f"architecture-{name}.json")
-    return {"seed": seed, "search": search, "retrain": retrain, "architecture": doc["architecture"],
-            "embed_dim": doc["embed_dim"],
-            "searched": json.loads((searched / "architecture.json").read_text())["dev_metrics"], "dir": str(retrained)}
+    return {"retrain": retrain, "dir": str(retrained)}
+
+
+def student_steps(teacher: Path, runs: Path, name: str, seed: int, search_flags: list[str], out: Path) -> dict:
+    """:func:`search_step` then :func:`retrain_step` of one student."""
+    return {**search_step(teacher, runs, name, seed, search_flags, out), **retrain_step(teacher, runs, name, seed, out)}
+
+
+# What measure() adds to a student's entry.
+MEASURED = ("dev", "params", "params_without_embedding", "depth", "speedup_over_bert_base", "speedup_over_teacher")
 
 
 def measure(store, students: list[dict], threads: int) -> dict:

@@ -141,39 +141,78 @@ def test_a_finished_teacher_run_is_used_not_built(runs, tmp_path, monkeypatch):
     assert f"# the finished teacher run {runs / 'SST-2'}" in page and "Teacher dev accuracy: 87.00" in page
 
 
+def _steps_recording(calls, archs):
+    """Stand-ins for pipeline's search_step and retrain_step: record (step, name, flags), leave the search phase
+    a real `search` leaves, and export ``archs[name]`` (default: CONV_CELL)."""
+    def search_step(teacher, runs_dir, name, seed, flags, out):
+        calls.append(("search", name, flags))
+        if not name.endswith("-argmax"):
+            (runs_dir / f"search-{name}" / "search" / "checkpoints").mkdir(parents=True)
+            (runs_dir / f"search-{name}" / "search" / "checkpoints" / "last.ckpt").write_text("weights")
+        command = {"command": f"nni-adabert search {' '.join(flags)}", "minutes": 1.0}
+        return {"seed": seed, "search": command, "architecture": archs.get(name, CONV_CELL), "embed_dim": 128,
+                "searched": {"accuracy": 0.8}}
+
+    def retrain_step(teacher, runs_dir, name, seed, out):
+        calls.append(("retrain", name, None))
+        return {"retrain": {"command": "nni-adabert retrain", "minutes": 1.0}, "dir": str(runs_dir / f"retrain-{name}")}
+
+    def student_steps(teacher, runs_dir, name, seed, flags, out):
+        return {**search_step(teacher, runs_dir, name, seed, flags, out),
+                **retrain_step(teacher, runs_dir, name, seed, out)}
+    return search_step, retrain_step, student_steps
+
+
+def _sweep_with_recorded_steps(monkeypatch, tmp_path, runs, archs, values):
+    calls, measured = [], []
+
+    def measure(store, students, threads):
+        measured.extend(s["dir"] for s in students)
+        for s, value in zip(students, values):
+            s.update(params=4_400_000, params_without_embedding=493_184, depth=3, dev={"accuracy": value},
+                     speedup_over_bert_base=109.0, speedup_over_teacher=15.0)
+        return {"accuracy": 0.87}
+
+    search_step, retrain_step, student_steps = _steps_recording(calls, archs)
+    monkeypatch.setattr(budget_sweep, "search_step", search_step)
+    monkeypatch.setattr(budget_sweep, "retrain_step", retrain_step)
+    monkeypatch.setattr(budget_sweep, "student_steps", student_steps)
+    monkeypatch.setattr(budget_sweep, "measure", measure)
+    monkeypatch.setattr(budget_sweep, "results_dir", lambda benchmark, name: tmp_path)
+    assert budget_sweep.main(["--teacher-run", str(runs / "SST-2"), "--min-speedup", "100", "--name", "quick",
+                              "--runs-dir", str(tmp_path / "runs"), "--also-without-candidates"]) == 0
+    return calls, measured
+
+
 def test_each_search_is_also_exported_without_candidates_from_a_copy_of_its_search_phase(runs, tmp_path,
                                                                                          monkeypatch):
     """--also-without-candidates: per budget a second `search --candidates 0` in its own directory, started from
     a copy of the first search's finished Lightning run (so only the export runs), retrained and measured with
     the others; the page shows what the pick among candidates gained."""
-    calls = []
-
-    def steps(teacher, runs_dir, name, seed, flags, out):
-        calls.append((name, flags))
-        if not name.endswith("-argmax"):  # the search phase a real `search` leaves behind
-            (runs_dir / f"search-{name}" / "search" / "checkpoints").mkdir(parents=True)
-            (runs_dir / f"search-{name}" / "search" / "checkpoints" / "last.ckpt").write_text("weights")
-        command = {"command": f"nni-adabert search {' '.join(flags)}", "minutes": 1.0}
-        return {"seed": seed, "search": command, "retrain": command, "architecture": CONV_CELL, "embed_dim": 128,
-                "searched": {"accuracy": 0.8}, "dir": str(runs_dir / name)}
-
-    def measure(store, students, threads):
-        assert len(students) == 2  # the argmax export is timed in the same round-robin
-        for s, value in zip(students, (0.86, 0.84)):
-            s.update(params=4_400_000, params_without_embedding=493_184, depth=3, dev={"accuracy": value},
-                     speedup_over_bert_base=109.0, speedup_over_teacher=15.0)
-        return {"accuracy": 0.87}
-
-    monkeypatch.setattr(budget_sweep, "student_steps", steps)
-    monkeypatch.setattr(budget_sweep, "measure", measure)
-    monkeypatch.setattr(budget_sweep, "results_dir", lambda benchmark, name: tmp_path)
+    other = {**CONV_CELL, "edge_0_0": "max_pool_3"}
+    calls, measured = _sweep_with_recorded_steps(monkeypatch, tmp_path, runs, {"speedup100-seed0-argmax": other},
+                                                 (0.86, 0.84))
+    assert calls == [("search", "speedup100-seed0", ["--min-speedup", "100"]),
+                     ("retrain", "speedup100-seed0", None),
+                     ("search", "speedup100-seed0-argmax", ["--min-speedup", "100", "--candidates", "0"]),
+                     ("retrain", "speedup100-seed0-argmax", None)]
     runs_dir = tmp_path / "runs"
-    assert budget_sweep.main(["--teacher-run", str(runs / "SST-2"), "--min-speedup", "100", "--name", "quick",
-                              "--runs-dir", str(runs_dir), "--also-without-candidates"]) == 0
-    assert calls == [("speedup100-seed0", ["--min-speedup", "100"]),
-                     ("speedup100-seed0-argmax", ["--min-speedup", "100", "--candidates", "0"])]
     copied = runs_dir / "search-speedup100-seed0-argmax" / "search" / "checkpoints" / "last.ckpt"
     assert copied.read_text() == "weights"
+    assert len(measured) == 2  # the argmax export is timed in the same round-robin
     page = (tmp_path / "result.md").read_text()
     assert "| ≥100x | 3 | 4,400,000 | 80.00 | 84.00 | +2.00 | 109.0x |" in page
     assert "findings" in json.loads((tmp_path / "result.json").read_text())
+
+
+def test_an_export_without_candidates_that_is_the_picked_child_is_not_retrained_again(runs, tmp_path, monkeypatch):
+    """When --candidates 0 exports the child the candidates picked, its retraining and measurements are the
+    pick's: no second retraining, no second timing, a gain of 0 on the page."""
+    calls, measured = _sweep_with_recorded_steps(monkeypatch, tmp_path, runs, {}, (0.86,))
+    assert [c[:2] for c in calls] == [("search", "speedup100-seed0"), ("retrain", "speedup100-seed0"),
+                                      ("search", "speedup100-seed0-argmax")]
+    assert measured == [str(tmp_path / "runs" / "retrain-speedup100-seed0")]
+    page = (tmp_path / "result.md").read_text()
+    assert "| ≥100x (the same child: not retrained again) | 3 | 4,400,000 | 80.00 | 86.00 | +0.00 | 109.0x |" in page
+    doc = json.loads((tmp_path / "result.json").read_text())
+    assert doc["argmax_exports"][0]["same_child"] is True and doc["argmax_exports"][0]["value"] == 86.0
