@@ -37,6 +37,9 @@ from .runs import last_checkpoint
 
 log = logging.getLogger(__name__)
 
+# The prefix of the choice probabilities NNI's one-shot module logs (BaseOneShotLightningModule.log_probs).
+CHOICE_PROBABILITIES = "prob/"
+
 
 def pick_device() -> str:
     """``"cuda"`` when a GPU is present, else ``"cpu"``."""
@@ -210,8 +213,10 @@ class EpochLog(Callback):
         if not is_main_process():
             return
         # A metric logged per step and per epoch is in callback_metrics three times: keep the epoch's mean.
+        # The search's choice probabilities (one per op of every edge, over 100) stay in the metrics logger.
         metrics = ", ".join(f"{name} {float(value):.4f}" for name, value in sorted(trainer.callback_metrics.items())
-                            if value.numel() == 1 and not name.endswith(("_step", "_epoch")))
+                            if value.numel() == 1 and not name.endswith(("_step", "_epoch"))
+                            and not name.startswith(CHOICE_PROBABILITIES))
         minutes = (time.perf_counter() - getattr(self, "started", time.perf_counter())) / 60
         log.info("epoch %d/%d: %s (%.1f min)", trainer.current_epoch + 1, trainer.max_epochs, metrics or "no metrics",
                  minutes)

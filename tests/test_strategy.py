@@ -422,6 +422,21 @@ def test_the_epoch_log_line_shows_epoch_means_of_the_training_terms(tmp_path, ca
     assert len(set(steps.ce)) > 1 and shown == pytest.approx(mean, abs=1e-4)   # the epoch's mean, not the last step
 
 
+def test_a_search_epoch_line_leaves_the_choice_probabilities_to_the_metrics_logger(tmp_path, caplog):
+    """NNI's one-shot module logs every choice's probability (``prob/<edge>/<op>``: over 100 in the real
+    space); the epoch line keeps what a reader of a log uses: the losses, dev metrics, architecture stats."""
+    cfg = tiny_config(k_max=2)
+    space, module = supernet(cfg, seed=0, arc_lr=0.05)
+    train, dev = loaders()
+    trainer = pl.Trainer(max_epochs=1, enable_progress_bar=False, enable_model_summary=False, logger=False,
+                         enable_checkpointing=False, default_root_dir=tmp_path, callbacks=[EpochLog()])
+    with caplog.at_level("INFO", logger="nni_adabert.training"):
+        trainer.fit(module, train, dev)
+    assert sum(name.startswith("prob/") for name in trainer.callback_metrics) > len(cfg.edge_labels)
+    [line] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch 1/1")]
+    assert "prob/" not in line and "arch/top_prob_ratio" in line and "train_ce" in line and "val_acc" in line
+
+
 def test_weight_decay_shrinks_matrices_not_biases_or_norms(tmp_path):
     """With no gradient at all (lr-only steps), AdamW's decoupled decay alone moves the
     parameters: matrices shrink by (1 - lr * wd) per step, biases and norm scales stay."""
