@@ -249,9 +249,12 @@ class SearchConfig(ArchitectureConfig, TrainingConfig):
 
     def candidate_config(self) -> "RetrainConfig":
         """The short training of each candidate child (``candidates``): a retraining's recipe for
-        ``candidate_epochs``, on this search's rows, seed, batch size and dropout."""
+        ``candidate_epochs``, on this search's rows, seed, batch size and dropout, with this search's
+        loss (γ, T, probe KD), so that an ablation of the loss reaches the children it scores; the
+        final-logit term stays the retraining's (on), which trains the classifier with γ = 1."""
         shared = {name: getattr(self, name) for name in ("batch_size", "dropout", "seed", "group_by_length",
-                                                          "train_limit", "augmented_limit", "devices")}
+                                                          "train_limit", "augmented_limit", "devices", "gamma",
+                                                          "temperature", "probe_kd")}
         return RetrainConfig(**shared, epochs=self.candidate_epochs)
 
 

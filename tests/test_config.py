@@ -87,9 +87,15 @@ def test_configs_split_by_what_they_configure():
     finetune = SearchConfig(finetune_epochs=2, gamma=0.5, lr=0.3, train_limit=7).finetune_config()
     assert finetune == RetrainConfig(epochs=2, gamma=0.5, train_limit=7, augmented_limit=20000, final_kd=False,
                                      group_by_length=True)
-    # Each candidate of an undecided search trains with a retraining's recipe on the search's rows.
+    # Each candidate of an undecided search trains with a retraining's recipe on the search's rows and with
+    # the search's loss (an ablation such as the paper's Base-KD reaches the candidates), the final-logit term on.
     candidate = SearchConfig(candidate_epochs=2, gamma=0.5, lr=0.3, train_limit=7, seed=3).candidate_config()
-    assert candidate == RetrainConfig(epochs=2, train_limit=7, augmented_limit=20000, seed=3, group_by_length=True)
+    assert candidate == RetrainConfig(epochs=2, gamma=0.5, train_limit=7, augmented_limit=20000, seed=3,
+                                      group_by_length=True)
+    base_kd = SearchConfig(probe_kd=False, final_kd=True, gamma=1.0, temperature=2.0).candidate_config()
+    assert (base_kd.probe_kd, base_kd.final_kd, base_kd.gamma, base_kd.temperature) == (False, True, 1.0, 2.0)
+    assert SearchConfig().candidate_config() == RetrainConfig(epochs=1, train_limit=20000, augmented_limit=20000,
+                                                              group_by_length=True)  # the defaults: as before
     # Both read the search's rows in the search's order: grouped by length by default (a retraining: plain).
     plain = SearchConfig(group_by_length=False, finetune_epochs=1)
     assert not plain.finetune_config().group_by_length and not plain.candidate_config().group_by_length
