@@ -93,14 +93,15 @@ def copy_search_phase(runs: Path, name: str, to: str) -> None:
 
 def export_without_candidates(teacher: Path, runs: Path, picked: dict, flags: list[str], out: Path) -> dict:
     """The search of ``picked`` (a student entry) exported again with ``--candidates 0`` from a copy of its
-    search phase, and retrained unless it is the same child (then ``same_child_as``: the picked entry, whose
-    retraining and measurements it shares)."""
+    search phase, and retrained unless it is the same child (``same_child``: then it shares the picked entry's
+    retraining, and after :func:`measure` its measurements)."""
     name = f"{picked['budget']['name']}-seed{picked['seed']}"
     copy_search_phase(runs, name, f"{name}-argmax")
     entry = {"budget": picked["budget"],
              **search_step(teacher, runs, f"{name}-argmax", picked["seed"], [*flags, "--candidates", "0"], out)}
-    if entry["architecture"] == picked["architecture"]:  # the pick was the argmax: nothing else to retrain
-        return {**entry, "retrain": picked["retrain"], "dir": picked["dir"], "same_child_as": picked}
+    entry["same_child"] = entry["architecture"] == picked["architecture"]  # the pick was the argmax
+    if entry["same_child"]:
+        return {**entry, "retrain": picked["retrain"], "dir": picked["dir"]}
     return {**entry, **retrain_step(teacher, runs, f"{name}-argmax", picked["seed"], out)}
 
 
@@ -154,13 +155,11 @@ def main(argv=None) -> int:
         if args.also_without_candidates:
             argmax_exports.append(export_without_candidates(teacher, runs, students[-1], budget["flags"], out))
     store = open_teacher_run(teacher)
-    retrained_again = [e for e in argmax_exports if "same_child_as" not in e]
-    teacher_metrics = measure(store, students + retrained_again, args.threads)
+    teacher_metrics = measure(store, students + [e for e in argmax_exports if not e["same_child"]], args.threads)
+    picked = {s["budget"]["name"]: s for s in students}
     for e in argmax_exports:
-        if "same_child_as" in e:
-            e.update({k: e["same_child_as"][k] for k in MEASURED})
-            del e["same_child_as"]  # the entry is the pick's measurements; the JSON keeps a flag, not a copy
-            e["same_child"] = True
+        if e["same_child"]:
+            e.update({k: picked[e["budget"]["name"]][k] for k in MEASURED})
     metric = store.spec.main_metric
     for s in students + argmax_exports:
         s["value"] = 100 * s["dev"][metric]

@@ -189,7 +189,7 @@ def test_each_search_is_also_exported_without_candidates_from_a_copy_of_its_sear
     """--also-without-candidates: per budget a second `search --candidates 0` in its own directory, started from
     a copy of the first search's finished Lightning run (so only the export runs), retrained and measured with
     the others; the page shows what the pick among candidates gained."""
-    other = {**CONV_CELL, "edge_0_0": "max_pool_3"}
+    other = {**CONV_CELL, "edge_2_0": "max_pool_3"}  # another op on one edge: another child
     calls, measured = _sweep_with_recorded_steps(monkeypatch, tmp_path, runs, {"speedup100-seed0-argmax": other},
                                                  (0.86, 0.84))
     assert calls == [("search", "speedup100-seed0", ["--min-speedup", "100"]),
