@@ -17,7 +17,10 @@ defaults, per seed) with one thing changed against the first row ("default"):
 - ``random cells``: no search; seeded random cells of the default space (``retrain --arch random:<seed>``,
   seeds ``--random-seeds``) retrained with the defaults, the paper's Table 3 baseline for the default row;
 - ``table4``: the paper's Table 4 (knowledge losses) as three more rows, Base-KD, + Probe and + DA, each
-  adding one thing to the row above; the default row is its last, + L_CE (:data:`TABLE4`).
+  adding one thing to the row above; the default row is its last, + L_CE (:data:`TABLE4`);
+- ``table4-cells``: the same rows without their searches: the default row's searched cells retrained under each
+  row's loss and store, so that a row differs from the next by its knowledge terms alone, not by the child its
+  own search exported (retrainings only: minutes a row).
 
 A store is built once per (teacher, copies) and shared; runs resume and skip finished steps.
 Every store is built before the first search. Runs in ``--runs-dir`` (default runs/bench/pairs/<name>);
@@ -44,7 +47,7 @@ from nni_adabert.teacher.run import open_teacher_run  # noqa: E402
 from nni_adabert.workflows.evaluate import majority_class_metrics  # noqa: E402
 
 
-LEVERS = ["paper-space", "copies", "no-final-kd", "weak-teacher", "random", "table4"]
+LEVERS = ["paper-space", "copies", "no-final-kd", "weak-teacher", "random", "table4", "table4-cells"]
 # The paper's Table 4 (knowledge losses, MRPC dev F1), each row adding one thing to the row above; its last
 # row, "+ L_CE (All)", is our default row. (row, store copies: None = the default store's, search flags,
 # retrain flags, the paper's F1). Without L_CE (γ = 1) the final-logit term stays in the search as well: nothing
@@ -55,6 +58,7 @@ TABLE4 = [
     ("+ DA", None, ["--final-kd", "--gamma", "1"], ["--gamma", "1"], 83.9),
 ]
 TABLE4_ALL = ("+ L_CE (All): the default row", 84.7)
+ON_DEFAULT_CELLS = " on the default cells"  # the table4-cells rows' names: "Base-KD on the default cells", ...
 
 
 def parse_args(argv=None):
@@ -122,6 +126,9 @@ def main(argv=None) -> int:
     if "table4" in args.levers:
         rows += [row(name, ("default", base_copies if copies is None else copies), search, retrain)
                  for name, copies, search, retrain, _ in TABLE4]
+    if "table4-cells" in args.levers:
+        rows += [row(name + ON_DEFAULT_CELLS, ("default", base_copies if copies is None else copies), retrain=retrain,
+                     searched_by="default") for name, copies, _, retrain, _ in TABLE4]
     for r in rows:  # every store first: a failing build stops the table before hours of searches
         store(*r["store"])
 
@@ -167,7 +174,8 @@ def main(argv=None) -> int:
 
 
 def _slug(row_name: str) -> str:
-    """A row's folder name: "no final-logit KD" -> "no-final-KD", "+ Probe" -> "table4-Probe"."""
+    """A row's folder name: "no final-logit KD" -> "no-final-KD", "+ Probe" -> "table4-Probe",
+    "+ DA on the default cells" -> "table4-DA-on-the-default-cells"."""
     slug = row_name.replace(" ", "-").replace("-logit", "")
     return "table4-" + slug.lstrip("+-") if row_name.startswith("+") else slug
 
@@ -179,7 +187,7 @@ def row_means(runs: list[dict], metrics: list[str]) -> dict:
             for name in names}
 
 
-TABLE4_NAMES = {name for name, *_ in TABLE4}
+TABLE4_NAMES = {name + suffix for name, *_ in TABLE4 for suffix in ("", ON_DEFAULT_CELLS)}
 
 
 def table_row(result: dict, label: str, name: str | None = None) -> str:
@@ -220,14 +228,20 @@ def markdown(result: dict) -> str:
         lines += ["", f"Data augmentation ({copies} cop{'y' if copies == 1 else 'ies'} against none), {metrics[0]}: "
                       f"{means['default'] - means['0 copies']:+.2f} points (the paper's Table 4 on MRPC: +DA "
                       "83.9 against 78.7 before it, +5.2)."]
-    if TABLE4_NAMES & set(names):
-        lines += ["", "## The paper's Table 4 on MRPC, rerun with the default pipeline", "",
-                  "Each row adds one thing to the row above: Base-KD (the final-logit KD term only, no augmented "
-                  "rows, no L_CE: γ = 1), + Probe (every teacher layer's probe), + DA (the default store's "
-                  "augmented rows), + L_CE (γ = 0.8: the defaults, whose search drops the final-logit term).", "",
-                  "| row | space | copies | teacher dev | " + " | ".join(metrics) + " | params | K | paper F1 |",
+    for suffix, title, how in [
+            ("", "The paper's Table 4 on MRPC, rerun with the default pipeline", "Each row searches and retrains"),
+            (ON_DEFAULT_CELLS, "Table 4 on one structure: the default row's cells",
+             "No row searches: each retrains the default row's searched cells (per seed)")]:
+        table4 = [(name, name + suffix, f1) for name, *_, f1 in TABLE4]
+        if not any(name in names for _, name, _ in table4):
+            continue
+        lines += ["", f"## {title}", "",
+                  f"{how} with one thing added to the row above: Base-KD (the final-logit KD term only, no "
+                  "augmented rows, no L_CE: γ = 1), + Probe (every teacher layer's probe), + DA (the default "
+                  "store's augmented rows), + L_CE (γ = 0.8: the defaults, whose search drops the final-logit term).",
+                  "", "| row | space | copies | teacher dev | " + " | ".join(metrics) + " | params | K | paper F1 |",
                   "|---|---|---|---|" + "---|" * len(metrics) + "---|---|---|"]
-        table4 = [(name, name, f1) for name, *_, f1 in TABLE4] + [(TABLE4_ALL[0], "default", TABLE4_ALL[1])]
+        table4.append((TABLE4_ALL[0], "default", TABLE4_ALL[1]))
         lines += [table_row(result, label, name) + f" {f1} |" for label, name, f1 in table4 if name in names]
     limit = result["settings"]["search_augmented_limit"]
     if limit is not None and any(name.endswith(" copies") for name in names):

@@ -1,6 +1,6 @@
 """bench/pairs.py end to end on the tiny MRPC teacher run: a store-only lever (no augmentation) and the
-random-cells row and the retraining-only lever (no final-logit KD), down to the result page that compares
-searched with random and augmented with not."""
+random-cells row and the retraining-only levers (no final-logit KD, Table 4 on the default cells), down to the
+result page that compares searched with random and augmented with not."""
 
 import json
 import sys
@@ -18,16 +18,27 @@ def test_the_cause_table_runs_each_lever_and_compares_searched_with_random(runs,
     monkeypatch.setattr(pairs, "results_dir", lambda benchmark, name: common.results_dir(
         benchmark, name, root=tmp_path / "results"))
     assert pairs.main(["--teacher-run", str(runs / "MRPC"), "--data", str(runs / "glue"), "--levers", "copies",
-                       "random", "no-final-kd", "--copies", "0", "--seeds", "0", "--random-seeds", "0", "1",
-                       "--runs-dir", str(tmp_path / "runs"), "--name", "tiny"]) == 0
+                       "random", "no-final-kd", "table4-cells", "--copies", "0", "--seeds", "0",
+                       "--random-seeds", "0", "1", "--runs-dir", str(tmp_path / "runs"), "--name", "tiny"]) == 0
     result = json.loads((tmp_path / "results" / "pairs" / "tiny" / "result.json").read_text())
     rows = [(r["row"], r["arch"].rsplit("/", 1)[-1], r["copies"]) for r in result["runs"]]
     assert rows == [("default", "search-seed0", 1), ("random cells", "random:0", 1), ("random cells", "random:1", 1),
-                    ("0 copies", "search-seed0", 0), ("no final-logit KD", "search-seed0", 1)]
+                    ("0 copies", "search-seed0", 0), ("no final-logit KD", "search-seed0", 1),
+                    ("Base-KD on the default cells", "search-seed0", 0),
+                    ("+ Probe on the default cells", "search-seed0", 0),
+                    ("+ DA on the default cells", "search-seed0", 1)]
     # Without the final-logit KD term only the retraining changes: the default row's cells, not a new search.
-    no_kd, default = result["runs"][-1], result["runs"][0]
+    no_kd, default = result["runs"][4], result["runs"][0]
     assert no_kd["search"] is None and no_kd["arch"] == default["arch"]
     assert "--no-final-kd" in no_kd["retrain"]["command"]
+    # Table 4 on the default cells: no search, the default row's child, each row's store and loss flags.
+    cells = result["runs"][5:]
+    assert all(r["search"] is None and r["arch"] == default["arch"] for r in cells)
+    assert all(r["architecture"] == default["architecture"] for r in cells)
+    assert [r["teacher_run"] == default["teacher_run"] for r in cells] == [False, False, True]
+    assert ["--no-probe-kd" in r["retrain"]["command"] for r in cells] == [True, False, False]
+    assert all("--gamma 1" in r["retrain"]["command"] for r in cells)
+    assert len({r["retrain"]["command"].split("--output-dir ")[1].split()[0] for r in cells}) == 3
     assert result["means"]["default"]["f1"] == 100 * default["dev"]["f1"]
     random_runs = [r for r in result["runs"] if r["row"] == "random cells"]
     assert all(r["search"] is None and r["space"] == "matching" for r in random_runs)
@@ -42,6 +53,11 @@ def test_the_cause_table_runs_each_lever_and_compares_searched_with_random(runs,
     assert page.count("--arch random:") == 2
     no_aug_f1 = 100 * result["runs"][3]["dev"]["f1"]
     assert f"Data augmentation (1 copy against none), f1: {default_f1 - no_aug_f1:+.2f}" in page
+    main_table, table4 = page.split("## Table 4 on one structure: the default row's cells")
+    assert "on the default cells" not in main_table and "## The paper's Table 4" not in page
+    labels = [line.split(" | ")[0].lstrip("| ") for line in table4.splitlines() if line.startswith("| Base")
+              or line.startswith("| +")]
+    assert labels == ["Base-KD", "+ Probe", "+ DA", "+ L_CE (All): the default row"]
 
 
 def test_table4_rows_add_one_knowledge_term_each():
