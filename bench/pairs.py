@@ -165,7 +165,7 @@ def main(argv=None) -> int:
                             "params": doc["params"], "depth": doc["depth"], "architecture": doc["architecture"],
                             "space": doc["student_config"]["space"],
                             "teacher_dev": open_teacher_run(teacher).teacher_info.get("dev_metrics")})
-            print(f"{r['name']}, {arch if search is None else f'seed {seed}'}: {doc['dev_metrics']}", flush=True)
+            print(f"{r['name']}, {arch if r['search'] is None else f'seed {seed}'}: {doc['dev_metrics']}", flush=True)
             # Written after every run: a table cut short (a failure, a kill) keeps the rows it has.
             result = {**record, "runs": results, "means": row_means(results, metrics)}
             write_results(out, result, markdown(result))
