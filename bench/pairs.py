@@ -22,7 +22,8 @@ defaults, per seed) with one thing changed against the first row ("default"):
   row's loss and store, so that a row differs from the next by its knowledge terms alone, not by the child its
   own search exported (retrainings only: minutes a row).
 
-A store is built once per (teacher, copies) and shared; runs resume and skip finished steps.
+A store is built once per (teacher, copies) and shared; runs resume and skip finished steps (a step
+found finished keeps the minutes this page recorded for it when it ran).
 Every store is built before the first search. Runs in ``--runs-dir`` (default runs/bench/pairs/<name>);
 writes bench/results/pairs/<name>/result.{json,md} after every run, so a table cut short keeps its rows.
 """
@@ -41,7 +42,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
-from common import GLUE_DIR, ROOT, command_line, cpu_model, machine, results_dir, timed, write_results  # noqa: E402
+from common import (GLUE_DIR, RESULT_JSON, ROOT, command_line, cpu_model, machine, results_dir, timed,  # noqa: E402
+                    write_results)
 from nni_adabert.config import SearchConfig  # noqa: E402
 from nni_adabert.teacher.run import open_teacher_run  # noqa: E402
 from nni_adabert.workflows.evaluate import majority_class_metrics  # noqa: E402
@@ -91,18 +93,29 @@ def main(argv=None) -> int:
     precision = base.meta["inputs"].get("teacher_precision", "fp32")
     stores: dict[tuple, Path] = {("default", base_copies): teacher_run}
     built: dict[str, dict] = {}
+    out = results_dir("pairs", args.name)
+    # A step this page timed before was finished then, and is only found finished now: keep its first timing.
+    previous = _read_json(out / RESULT_JSON)
+    timings = [*previous.get("stores_built", {}).values(),
+               *(t for run in previous.get("runs", []) for t in (run["search"], run["retrain"]) if t)]
+    earlier = {t["command"]: t for t in timings}
+
+    def step(argv: list[str]) -> dict:
+        """:func:`timed`, or this page's earlier timing of the same command."""
+        timing = timed(argv)
+        return earlier.get(timing["command"], timing)
 
     def store(teacher: str, copies: int) -> Path:
         """The run directory of a store of ``teacher`` ("default" or "weak") with ``copies`` copies."""
         key = (teacher, copies)
         if key not in stores:
             source = teacher_run if teacher == "default" else Path(args.weak_teacher_run)
-            out = runs / f"teacher-{teacher}-aug{copies}"
-            built[out.name] = timed(["teacher", "--task", args.task, "--data", args.data, "--model",
-                                     str(source / "teacher"), "--no-finetune", "--aug-copies", str(copies),
-                                     "--inference-precision", precision,
-                                     "--output-dir", str(out), "--cache-dir", str(runs / "cache"), "--no-progress"])
-            stores[key] = out
+            store_dir = runs / f"teacher-{teacher}-aug{copies}"
+            built[store_dir.name] = step(["teacher", "--task", args.task, "--data", args.data, "--model",
+                                          str(source / "teacher"), "--no-finetune", "--aug-copies", str(copies),
+                                          "--inference-precision", precision, "--output-dir", str(store_dir),
+                                          "--cache-dir", str(runs / "cache"), "--no-progress"])
+            stores[key] = store_dir
         return stores[key]
 
     # One dict per row: its store (teacher, copies), the search's flags (None: random cells, no search),
@@ -132,7 +145,6 @@ def main(argv=None) -> int:
     for r in rows:  # every store first: a failing build stops the table before hours of searches
         store(*r["store"])
 
-    out = results_dir("pairs", args.name)
     majority = majority_class_metrics(base)
     settings = {"copies": args.copies, "levers": args.levers, "seeds": args.seeds, "random_seeds": args.random_seeds,
                 "search_augmented_limit": SearchConfig().augmented_limit}
@@ -155,10 +167,10 @@ def main(argv=None) -> int:
         for seed, arch, retrained in plan:
             search = None
             if r["search"] is not None and r["searched_by"] is None:
-                search = timed(["search", "--teacher", str(teacher), "--output-dir", str(arch), *r["search"],
-                                "--seed", str(seed), "--no-progress"])
-            retrain = timed(["retrain", "--teacher", str(teacher), "--arch", str(arch), "--output-dir",
-                             str(retrained), *r["retrain"], "--seed", str(seed), "--no-progress"])
+                search = step(["search", "--teacher", str(teacher), "--output-dir", str(arch), *r["search"],
+                               "--seed", str(seed), "--no-progress"])
+            retrain = step(["retrain", "--teacher", str(teacher), "--arch", str(arch), "--output-dir",
+                            str(retrained), *r["retrain"], "--seed", str(seed), "--no-progress"])
             doc = json.loads((retrained / "architecture.json").read_text())
             results.append({"row": r["name"], "seed": seed, "arch": str(arch), "teacher_run": str(teacher),
                             "copies": r["store"][1], "search": search, "retrain": retrain, "dev": doc["dev_metrics"],
@@ -171,6 +183,10 @@ def main(argv=None) -> int:
             write_results(out, result, markdown(result))
     print(markdown(result))
     return 0
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def _slug(row_name: str) -> str:
@@ -249,7 +265,8 @@ def markdown(result: dict) -> str:
                       "retraining all of them: a store of more copies than that changes the retraining's data "
                       "more than the search's."]
     lines += ["", "Majority class: " + " / ".join(f"{100 * majority[m]:.2f}" for m in metrics if m in majority) + ".",
-              "", "Commands and minutes (wall time on this machine):", ""]
+              "", "Commands and minutes (wall time on this machine; 0.0: found finished, run by an earlier "
+              "command):", ""]
     for name, step in result["stores_built"].items():
         lines.append(f"    {step['command']}    # {step['minutes']} min")
     for r in result["runs"]:

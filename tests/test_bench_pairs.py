@@ -17,10 +17,17 @@ def test_the_cause_table_runs_each_lever_and_compares_searched_with_random(runs,
     monkeypatch.setattr(common, "RESULTS", tmp_path / "results")
     monkeypatch.setattr(pairs, "results_dir", lambda benchmark, name: common.results_dir(
         benchmark, name, root=tmp_path / "results"))
-    assert pairs.main(["--teacher-run", str(runs / "MRPC"), "--data", str(runs / "glue"), "--levers", "copies",
-                       "random", "no-final-kd", "table4-cells", "--copies", "0", "--seeds", "0",
-                       "--random-seeds", "0", "1", "--runs-dir", str(tmp_path / "runs"), "--name", "tiny"]) == 0
+    argv = ["--teacher-run", str(runs / "MRPC"), "--data", str(runs / "glue"), "--levers", "copies", "random",
+            "no-final-kd", "table4-cells", "--copies", "0", "--seeds", "0", "--random-seeds", "0", "1",
+            "--runs-dir", str(tmp_path / "runs"), "--name", "tiny"]
+    assert pairs.main(argv) == 0
     result = json.loads((tmp_path / "results" / "pairs" / "tiny" / "result.json").read_text())
+    # The same command again finds every run finished: the same rows, and the page keeps the first timings.
+    assert pairs.main(argv) == 0
+    again = json.loads((tmp_path / "results" / "pairs" / "tiny" / "result.json").read_text())
+    assert [(r["row"], r["dev"], r["search"], r["retrain"]) for r in again["runs"]] == \
+        [(r["row"], r["dev"], r["search"], r["retrain"]) for r in result["runs"]]
+    assert again["stores_built"] == result["stores_built"]
     rows = [(r["row"], r["arch"].rsplit("/", 1)[-1], r["copies"]) for r in result["runs"]]
     assert rows == [("default", "search-seed0", 1), ("random cells", "random:0", 1), ("random cells", "random:1", 1),
                     ("0 copies", "search-seed0", 0), ("no final-logit KD", "search-seed0", 1),
