@@ -347,6 +347,45 @@ def test_architecture_files_without_a_space_load_as_the_papers_with_the_same_log
     assert torch.equal(loaded(ids_a, None, ids_b, None).logits, child(ids_a, None, ids_b, None).logits)
 
 
+def test_matching_files_without_norm_texts_load_the_head_they_were_trained_with(tmp_path):
+    torch.manual_seed(0)
+    cfg = tiny_config(is_pair=True, space="matching", norm_texts=False)
+    arch = {**random_arch(cfg, seed=1), "depth": 2}
+    child = AdaBertStudent(cfg, arch).eval()
+    save_pretrained(child, tmp_path, {"task": "MRPC"})
+    doc = json.loads((tmp_path / "architecture.json").read_text())
+    del doc["student_config"]["norm_texts"]                      # as written before the field existed
+    (tmp_path / "architecture.json").write_text(json.dumps(doc))
+    ids_a, ids_b = torch.randint(1, 40, (3, 7)), torch.randint(1, 40, (3, 5))
+    loaded = from_pretrained(tmp_path)
+    assert loaded.config.norm_texts is False
+    assert torch.equal(loaded(ids_a, None, ids_b, None).logits, child(ids_a, None, ids_b, None).logits)
+    # New configs normalise, and the field round-trips; the same weights then give other logits.
+    normed = AdaBertStudent(tiny_config(is_pair=True, space="matching"), arch).eval()
+    assert normed.config.norm_texts and StudentConfig.from_dict(normed.config.to_dict()).norm_texts
+    normed.load_state_dict(child.state_dict())
+    assert not torch.allclose(normed(ids_a, None, ids_b, None).logits, child(ids_a, None, ids_b, None).logits)
+
+
+@pytest.mark.parametrize("norm_texts", [True, False])
+def test_the_matching_head_keeps_its_classifier_input_at_unit_scale(norm_texts):
+    """u * v squares the texts' scale: a search whose cells grew their outputs exploded its loss (MRPC,
+    classifier inputs past 1,000) until the texts were layer-normalised first."""
+    torch.manual_seed(0)
+    cfg = tiny_config(is_pair=True, space="matching", norm_texts=norm_texts)
+    child = AdaBertStudent(cfg, {**{label: "skip" for label in cfg.edge_labels}, "depth": 1}).eval()
+    with torch.no_grad():
+        child.embed.norm.weight.mul_(100.0)                      # texts at 100x their scale
+    seen = []
+    child.classifier.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0]))
+    child(torch.randint(1, 40, (4, 7)), None, torch.randint(1, 40, (4, 5)), None)
+    largest = seen[0].abs().max().item()
+    if norm_texts:   # no entry of a layer-normalised D-vector exceeds sqrt(D - 1): none of u * v exceeds D - 1
+        assert largest <= D - 1 + 1e-4
+    else:
+        assert largest > 100.0
+
+
 def test_a_retraining_keeps_the_pair_space_between_pair_tasks_only():
     on = lambda is_pair: SimpleNamespace(spec=SimpleNamespace(is_pair=is_pair))  # noqa: E731
     assert retrain_space(tiny_config(is_pair=True), on(True)) == "paper"        # a paper-space pair structure

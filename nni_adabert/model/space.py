@@ -13,7 +13,10 @@ Text pairs enter one of two spaces (``StudentConfig.space``):
   on its own (the batch stacks the B first texts, then the B second texts, the same
   weights for both), an ``align`` op among the candidates compares every position with
   its soft match in the other text, and the probes and the classifier read
-  ``[u; v; |u - v|; u * v]`` of the two pooled texts (InferSent / ESIM-style matching).
+  ``[u; v; |u - v|; u * v]`` of the two pooled texts (InferSent / ESIM-style matching),
+  each text layer-normalised first (``StudentConfig.norm_texts``): ``u * v`` squares the
+  texts' scale, and without the norm a search's classifier input reached |x| > 1,000 and its
+  loss exploded.
 
 Single-text tasks have one space (recorded as ``paper``).
 
@@ -93,6 +96,9 @@ class StudentConfig:
         position_embeddings: add learned position embeddings (pooling/skip ops are
             order-blind; this gives them position information for 128*D params).
         dropout: on the embedding and before the probes / classifier.
+        norm_texts: in the matching space, layer-normalise each pooled text (no parameters) before
+            the matching features; architecture files written before it existed load without it,
+            so their students give the logits they gave.
     """
 
     vocab_size: int
@@ -108,6 +114,7 @@ class StudentConfig:
     dropout: float = 0.1
 
     space: str = "paper"
+    norm_texts: bool = True
 
     def __post_init__(self) -> None:
         _check_space(self.space, self.is_pair, SPACES, "student config: ")
@@ -158,8 +165,9 @@ class StudentConfig:
         unknown = sorted(set(d) - names)
         if unknown:
             raise UserError(f"student config: unknown field(s) {unknown}; known: {sorted(names)}")
+        d = {"norm_texts": False, **d}   # written before the matching head normalised its texts
         try:
-            return cls(**dict(d))
+            return cls(**d)
         except TypeError as exc:
             raise UserError(f"student config: {exc}") from None
 
@@ -417,8 +425,11 @@ def _embed_inputs(embed: Embedder, config: StudentConfig, input_ids_a, attention
     return xa, ma, xb, mb
 
 
-def matching_features(pooled: torch.Tensor) -> torch.Tensor:
-    """``[u; v; |u - v|; u * v]`` ``[B, 4D]`` of the pooled texts ``[2B, D]`` (first texts, then second)."""
+def matching_features(pooled: torch.Tensor, norm_texts: bool = True) -> torch.Tensor:
+    """``[u; v; |u - v|; u * v]`` ``[B, 4D]`` of the pooled texts ``[2B, D]`` (first texts, then second),
+    each text layer-normalised first when ``norm_texts`` (keeps ``u * v`` at unit scale)."""
+    if norm_texts:
+        pooled = nn.functional.layer_norm(pooled, pooled.shape[-1:])
     u, v = pooled.reshape(2, -1, pooled.shape[-1]).unbind(0)   # a reshape: torch.export keeps B dynamic
     return torch.cat([u, v, (u - v).abs(), u * v], dim=-1)
 
@@ -433,7 +444,7 @@ def _run_cells(config: StudentConfig, cells: Sequence[Cell], probes: Sequence[nn
         s0, m0, s1, m1 = s1, m1, c, m
         p = masked_mean(c, m, dim=-1)                           # [B, D] ([2B, D] in the matching space)
         if config.space == "matching":
-            p = matching_features(p)                            # [B, 4D]
+            p = matching_features(p, config.norm_texts)         # [B, 4D]
         pooled.append(p)
         if with_probes:
             probe_logits.append(probes[k](dropout(p)))

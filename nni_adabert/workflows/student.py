@@ -37,8 +37,11 @@ def retrain_space(source: StudentConfig, store: KnowledgeStore) -> str:
 
 def space_identity(space: str) -> dict:
     """What a run's identity records of its (resolved) space: nothing for the paper's, so the runs
-    made before pair tasks had a choice keep their identities."""
-    return {} if space == "paper" else {"space": space}
+    made before pair tasks had a choice keep their identities; the matching space's head (runs of its
+    head before the texts were normalised are other runs)."""
+    if space == "paper":
+        return {}
+    return {"space": space, "norm_texts": StudentConfig.norm_texts}
 
 
 def fresh_student(arch: dict, store: KnowledgeStore, embed_dim: int = 128, k_max: int = 8,
