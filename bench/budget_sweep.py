@@ -34,7 +34,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
-from common import GLUE_DIR, ROOT, command_line, cpu_model, machine, results_dir, write_results  # noqa: E402
+from common import (GLUE_DIR, ROOT, command_line, cpu_model, keep_earlier_timings, machine, results_dir,  # noqa: E402
+                    write_results)
 from pipeline import (MEASURED, measure, retrain_step, search_step, steps_markdown, student_steps,  # noqa: E402
                       teacher_step)
 from nni_adabert.model.cost import op_params  # noqa: E402
@@ -140,13 +141,14 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     runs = Path(args.runs_dir) if args.runs_dir else ROOT / "runs" / "bench" / "budget-sweep" / args.name
+    out = results_dir("budget-sweep", args.name)
+    keep_earlier_timings(out)
     if args.teacher_run:
         teacher = Path(args.teacher_run)
         teacher_record = {"command": f"# the finished teacher run {teacher}", "minutes": 0.0, "seconds": 0.0}
     else:
         teacher = runs / "teacher"
         teacher_record = teacher_step(args.task, args.data, teacher, args.cache_dir or str(runs / "cache"))
-    out = results_dir("budget-sweep", args.name)
     students, argmax_exports = [], []
     for budget in budgets(args):
         name = f"{budget['name']}-seed{args.seed}"

@@ -63,12 +63,34 @@ def run_cli(argv: list[str]) -> str:
     return command
 
 
+TIMING_KEYS = ("command", "minutes", "seconds")
+# The timings of the result page being rewritten (keep_earlier_timings), by command.
+_earlier_timings: dict[str, dict] = {}
+
+
 def timed(argv: list[str]) -> dict:
-    """:func:`run_cli`, timed: ``{"command": ..., "minutes": ..., "seconds": ...}`` (wall time, one decimal)."""
+    """:func:`run_cli`, timed: ``{"command": ..., "minutes": ..., "seconds": ...}`` (wall time, one decimal);
+    a command the page being rewritten timed before keeps that timing (:func:`keep_earlier_timings`)."""
     start = time.perf_counter()
     command = run_cli(argv)
     seconds = time.perf_counter() - start
-    return {"command": command, "minutes": round(seconds / 60, 1), "seconds": round(seconds, 1)}
+    return _earlier_timings.get(command, {"command": command, "minutes": round(seconds / 60, 1),
+                                          "seconds": round(seconds, 1)})
+
+
+def keep_earlier_timings(out: Path) -> None:
+    """From now on :func:`timed` gives a command the timing that the result page in ``out`` recorded
+    for it (any object of its result.json with a command and its minutes). The benches resume: a step
+    the page timed when it ran is only found finished when the bench is started again, and its
+    minutes should stay those it took, not the 0.0 of finding it."""
+    _earlier_timings.clear()
+    page = out / RESULT_JSON
+    stack = [json.loads(page.read_text())] if page.is_file() else []
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict) and isinstance(node.get("command"), str) and "minutes" in node:
+            _earlier_timings[node["command"]] = {k: node[k] for k in TIMING_KEYS if k in node}
+        stack += node.values() if isinstance(node, dict) else node if isinstance(node, list) else []
 
 
 def results_dir(benchmark: str, name: str | None = None, root: Path = RESULTS) -> Path:

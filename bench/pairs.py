@@ -42,8 +42,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
-from common import (GLUE_DIR, RESULT_JSON, ROOT, command_line, cpu_model, machine, results_dir, timed,  # noqa: E402
-                    write_results)
+from common import (GLUE_DIR, ROOT, command_line, cpu_model, keep_earlier_timings, machine, results_dir,  # noqa: E402
+                    timed, write_results)
 from nni_adabert.config import SearchConfig  # noqa: E402
 from nni_adabert.teacher.run import open_teacher_run  # noqa: E402
 from nni_adabert.workflows.evaluate import majority_class_metrics  # noqa: E402
@@ -94,24 +94,14 @@ def main(argv=None) -> int:
     stores: dict[tuple, Path] = {("default", base_copies): teacher_run}
     built: dict[str, dict] = {}
     out = results_dir("pairs", args.name)
-    # A step this page timed before was finished then, and is only found finished now: keep its first timing.
-    previous = _read_json(out / RESULT_JSON)
-    timings = [*previous.get("stores_built", {}).values(),
-               *(t for run in previous.get("runs", []) for t in (run["search"], run["retrain"]) if t)]
-    earlier = {t["command"]: t for t in timings}
-
-    def step(argv: list[str]) -> dict:
-        """:func:`timed`, or this page's earlier timing of the same command."""
-        timing = timed(argv)
-        return earlier.get(timing["command"], timing)
-
+    keep_earlier_timings(out)
     def store(teacher: str, copies: int) -> Path:
         """The run directory of a store of ``teacher`` ("default" or "weak") with ``copies`` copies."""
         key = (teacher, copies)
         if key not in stores:
             source = teacher_run if teacher == "default" else Path(args.weak_teacher_run)
             store_dir = runs / f"teacher-{teacher}-aug{copies}"
-            built[store_dir.name] = step(["teacher", "--task", args.task, "--data", args.data, "--model",
+            built[store_dir.name] = timed(["teacher", "--task", args.task, "--data", args.data, "--model",
                                           str(source / "teacher"), "--no-finetune", "--aug-copies", str(copies),
                                           "--inference-precision", precision, "--output-dir", str(store_dir),
                                           "--cache-dir", str(runs / "cache"), "--no-progress"])
@@ -136,12 +126,14 @@ def main(argv=None) -> int:
                         searched_by="default"))
     if "weak-teacher" in args.levers and args.weak_teacher_run:
         rows.append(row("weaker teacher", ("weak", base_copies)))
+    def table4_store(copies):  # a Table 4 row's store: the default teacher's, with its copies (None: the default's)
+        return "default", base_copies if copies is None else copies
+
     if "table4" in args.levers:
-        rows += [row(name, ("default", base_copies if copies is None else copies), search, retrain)
-                 for name, copies, search, retrain, _ in TABLE4]
+        rows += [row(name, table4_store(copies), search, retrain) for name, copies, search, retrain, _ in TABLE4]
     if "table4-cells" in args.levers:
-        rows += [row(name + ON_DEFAULT_CELLS, ("default", base_copies if copies is None else copies), retrain=retrain,
-                     searched_by="default") for name, copies, _, retrain, _ in TABLE4]
+        rows += [row(name + ON_DEFAULT_CELLS, table4_store(copies), retrain=retrain, searched_by="default")
+                 for name, copies, _, retrain, _ in TABLE4]
     for r in rows:  # every store first: a failing build stops the table before hours of searches
         store(*r["store"])
 
@@ -167,9 +159,9 @@ def main(argv=None) -> int:
         for seed, arch, retrained in plan:
             search = None
             if r["search"] is not None and r["searched_by"] is None:
-                search = step(["search", "--teacher", str(teacher), "--output-dir", str(arch), *r["search"],
+                search = timed(["search", "--teacher", str(teacher), "--output-dir", str(arch), *r["search"],
                                "--seed", str(seed), "--no-progress"])
-            retrain = step(["retrain", "--teacher", str(teacher), "--arch", str(arch), "--output-dir",
+            retrain = timed(["retrain", "--teacher", str(teacher), "--arch", str(arch), "--output-dir",
                             str(retrained), *r["retrain"], "--seed", str(seed), "--no-progress"])
             doc = json.loads((retrained / "architecture.json").read_text())
             results.append({"row": r["name"], "seed": seed, "arch": str(arch), "teacher_run": str(teacher),
@@ -183,10 +175,6 @@ def main(argv=None) -> int:
             write_results(out, result, markdown(result))
     print(markdown(result))
     return 0
-
-
-def _read_json(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def _slug(row_name: str) -> str:

@@ -8,7 +8,8 @@ Each step is the ``nni-adabert`` command with its defaults and nothing else but 
 and ``retrain`` (the seed of both), then the speed of every retrained student against the
 teacher and the BERT-base architecture at batch 128, 1 thread, in one process and one
 round-robin (``workflows.speed.measure_speeds``, as ``bench/compression.py``). The commands resume
-and skip finished steps, so the script can be started again after a stop.
+and skip finished steps, so the script can be started again after a stop (a step the page timed
+keeps its minutes).
 
 Runs in ``--runs-dir`` (default runs/bench/pipeline/<name>); writes
 bench/results/pipeline/<name>/result.{json,md} and each seed's architecture.json and cell picture.
@@ -29,7 +30,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
-from common import GLUE_DIR, ROOT, command_line, cpu_model, machine, results_dir, timed, write_results  # noqa: E402
+from common import (GLUE_DIR, ROOT, command_line, cpu_model, keep_earlier_timings, machine, results_dir, timed,  # noqa: E402
+                    write_results)
 from nni_adabert.data.custom import TASK_FILE_SUFFIXES  # noqa: E402
 from nni_adabert.teacher.finetune import load_finetuned_teacher  # noqa: E402
 from nni_adabert.teacher.run import open_teacher_run  # noqa: E402
@@ -123,8 +125,9 @@ def main(argv=None) -> int:
              (["--min-speedup", str(args.min_speedup)] if args.min_speedup else []) + \
              (["--space", args.space] if args.space else [])
     teacher = runs / "teacher"
-    teacher_step_record = teacher_step(args.task, args.data, teacher, args.cache_dir or str(runs / "cache"))
     out = results_dir("pipeline", f"pipeline-{args.name}")
+    keep_earlier_timings(out)
+    teacher_step_record = teacher_step(args.task, args.data, teacher, args.cache_dir or str(runs / "cache"))
     seeds = [student_steps(teacher, runs, f"seed{seed}", seed, search_flags, out) for seed in args.seeds]
     store = open_teacher_run(teacher)
     teacher_metrics = measure(store, seeds, args.threads)
@@ -146,7 +149,7 @@ def steps_markdown(result: dict, title: str, students: list[dict]) -> list[str]:
     metric, teacher = result["metric"], result["teacher"]
     lines = [f"# {result['task']}: {title}", "", f"Command: `{result['command']}`", "",
              f"Machine: {result['cpu']} ({result['machine']}).", "", "Steps (each as a user types it; minutes of "
-             "wall time on this machine, 0 when a finished step was found and not redone):", "",
+             "wall time on this machine, 0 when a step finished by another command was found and not redone):", "",
              f"    {teacher['command']}    # {teacher['minutes']} min"]
     for e in students:
         lines += [f"    {e['search']['command']}    # {e['search']['minutes']} min",

@@ -40,3 +40,23 @@ def test_per_task_options():
         common.per_task(["MRPC=lots"], "--rows", int)
     with pytest.raises(SystemExit, match="--teacher-runs: expected TASK=VALUE"):
         common.per_task(["teacher-MRPC-5ep"], "--teacher-runs")
+
+
+def test_a_step_the_page_timed_before_keeps_its_minutes_when_found_finished(tmp_path, monkeypatch):
+    """The benches resume: started again, a step is only found finished, and the page keeps the minutes it took."""
+    ran = []
+    monkeypatch.setattr(common, "run_cli", lambda argv: ran.append(argv) or "nni-adabert " + " ".join(argv))
+    page = {"command": "python bench/pipeline.py --name x",
+            "teacher": {"dev": {"f1": 0.86}, "command": "nni-adabert teacher --task MRPC", "minutes": 16.0,
+                        "seconds": 960.2},
+            "seeds": [{"search": {"command": "nni-adabert search --seed 0", "minutes": 31.9, "seconds": 1914.0}}]}
+    common.write_results(tmp_path, page, "")
+    common.keep_earlier_timings(tmp_path)
+    assert common.timed(["search", "--seed", "0"]) == page["seeds"][0]["search"]
+    assert common.timed(["teacher", "--task", "MRPC"]) == {"command": "nni-adabert teacher --task MRPC",
+                                                            "minutes": 16.0, "seconds": 960.2}   # not its dev
+    fresh = common.timed(["search", "--seed", "1"])                 # a step the page never timed: this run's time
+    assert fresh["command"] == "nni-adabert search --seed 1" and fresh["minutes"] == 0.0
+    assert len(ran) == 3                                            # every step still runs (and is found finished)
+    common.keep_earlier_timings(tmp_path / "another-page")         # a page without a result yet: nothing kept
+    assert common.timed(["search", "--seed", "0"])["minutes"] == 0.0
