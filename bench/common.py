@@ -88,9 +88,12 @@ def keep_earlier_timings(out: Path) -> None:
     stack = [json.loads(page.read_text())] if page.is_file() else []
     while stack:
         node = stack.pop()
-        if isinstance(node, dict) and isinstance(node.get("command"), str) and "minutes" in node:
-            _earlier_timings[node["command"]] = {k: node[k] for k in TIMING_KEYS if k in node}
-        stack += node.values() if isinstance(node, dict) else node if isinstance(node, list) else []
+        if isinstance(node, list):
+            stack.extend(node)
+        elif isinstance(node, dict):
+            if isinstance(node.get("command"), str) and "minutes" in node:
+                _earlier_timings[node["command"]] = {k: node[k] for k in TIMING_KEYS if k in node}
+            stack.extend(node.values())
 
 
 def results_dir(benchmark: str, name: str | None = None, root: Path = RESULTS) -> Path:

@@ -95,6 +95,7 @@ def main(argv=None) -> int:
     built: dict[str, dict] = {}
     out = results_dir("pairs", args.name)
     keep_earlier_timings(out)
+
     def store(teacher: str, copies: int) -> Path:
         """The run directory of a store of ``teacher`` ("default" or "weak") with ``copies`` copies."""
         key = (teacher, copies)
@@ -102,9 +103,9 @@ def main(argv=None) -> int:
             source = teacher_run if teacher == "default" else Path(args.weak_teacher_run)
             store_dir = runs / f"teacher-{teacher}-aug{copies}"
             built[store_dir.name] = timed(["teacher", "--task", args.task, "--data", args.data, "--model",
-                                          str(source / "teacher"), "--no-finetune", "--aug-copies", str(copies),
-                                          "--inference-precision", precision, "--output-dir", str(store_dir),
-                                          "--cache-dir", str(runs / "cache"), "--no-progress"])
+                                           str(source / "teacher"), "--no-finetune", "--aug-copies", str(copies),
+                                           "--inference-precision", precision, "--output-dir", str(store_dir),
+                                           "--cache-dir", str(runs / "cache"), "--no-progress"])
             stores[key] = store_dir
         return stores[key]
 
@@ -126,14 +127,14 @@ def main(argv=None) -> int:
                         searched_by="default"))
     if "weak-teacher" in args.levers and args.weak_teacher_run:
         rows.append(row("weaker teacher", ("weak", base_copies)))
-    def table4_store(copies):  # a Table 4 row's store: the default teacher's, with its copies (None: the default's)
-        return "default", base_copies if copies is None else copies
-
+    # Table 4's rows with their stores: the default teacher's, with the row's copies (None: the default's).
+    table4 = [(name, ("default", base_copies if copies is None else copies), search, retrain)
+              for name, copies, search, retrain, _ in TABLE4]
     if "table4" in args.levers:
-        rows += [row(name, table4_store(copies), search, retrain) for name, copies, search, retrain, _ in TABLE4]
+        rows += [row(name, key, search, retrain) for name, key, search, retrain in table4]
     if "table4-cells" in args.levers:
-        rows += [row(name + ON_DEFAULT_CELLS, table4_store(copies), retrain=retrain, searched_by="default")
-                 for name, copies, _, retrain, _ in TABLE4]
+        rows += [row(name + ON_DEFAULT_CELLS, key, retrain=retrain, searched_by="default")
+                 for name, key, _, retrain in table4]
     for r in rows:  # every store first: a failing build stops the table before hours of searches
         store(*r["store"])
 
@@ -160,9 +161,9 @@ def main(argv=None) -> int:
             search = None
             if r["search"] is not None and r["searched_by"] is None:
                 search = timed(["search", "--teacher", str(teacher), "--output-dir", str(arch), *r["search"],
-                               "--seed", str(seed), "--no-progress"])
+                                "--seed", str(seed), "--no-progress"])
             retrain = timed(["retrain", "--teacher", str(teacher), "--arch", str(arch), "--output-dir",
-                            str(retrained), *r["retrain"], "--seed", str(seed), "--no-progress"])
+                             str(retrained), *r["retrain"], "--seed", str(seed), "--no-progress"])
             doc = json.loads((retrained / "architecture.json").read_text())
             results.append({"row": r["name"], "seed": seed, "arch": str(arch), "teacher_run": str(teacher),
                             "copies": r["store"][1], "search": search, "retrain": retrain, "dev": doc["dev_metrics"],
