@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from nni_adabert import atomic, runs
 from nni_adabert.cli import main
@@ -33,7 +34,7 @@ RESULTS = ROOT / "bench" / "results"
 # The folders of bench/results: one per benchmark, one per run inside it (bench/results/README.md).
 BENCHMARKS = ("teacher", "search", "retrain", "compression", "adaptiveness", "ablation", "beta-sweep",
               "beta-calibration", "search-step", "latency", "pipeline", "pairs", "knowledge-build", "budget-sweep",
-              "candidates", "group-by-length")
+              "candidates", "group-by-length", "retrain-recipes")
 DEFAULT_RUN = "default"
 RESULT_JSON, RESULT_MD = "result.json", "result.md"
 GLUE_DIR = os.environ.get("GLUE_DIR", str(ROOT.parent / "shared" / "data" / "glue"))
@@ -94,6 +95,25 @@ def keep_earlier_timings(out: Path) -> None:
             if isinstance(node.get("command"), str) and "minutes" in node:
                 _earlier_timings[node["command"]] = {k: node[k] for k in TIMING_KEYS if k in node}
             stack.extend(node.values())
+
+
+def logged_epochs(log_dir: Path, prefix: str) -> list[dict]:
+    """Per-epoch scalars named ``<prefix>*`` in a run's TensorBoard log (``log_dir``), one dict per epoch:
+    a teacher's ``dev_accuracy``, a student's ``val_acc``. Empty when nothing was logged."""
+    events = EventAccumulator(str(log_dir)).Reload()
+    per_name = {tag: [event.value for event in events.Scalars(tag)]
+                for tag in events.Tags()["scalars"] if tag.startswith(prefix)}
+    epochs = min((len(values) for values in per_name.values()), default=0)
+    return [{"epoch": i + 1, **{tag: values[i] for tag, values in per_name.items()}} for i in range(epochs)]
+
+
+def store_step(task: str, data: str, model: Path, copies: int, precision: str, out_dir: Path, cache_dir: Path) -> dict:
+    """:func:`timed` ``nni-adabert teacher --no-finetune``: a knowledge store of the fine-tuned teacher ``model``
+    with ``copies`` augmented copies per row, built in ``precision`` (a table's stores in one precision, so
+    that its rows differ by their copies alone)."""
+    return timed(["teacher", "--task", task, "--data", data, "--model", str(model), "--no-finetune",
+                  "--aug-copies", str(copies), "--inference-precision", precision, "--output-dir", str(out_dir),
+                  "--cache-dir", str(cache_dir), "--no-progress"])
 
 
 def results_dir(benchmark: str, name: str | None = None, root: Path = RESULTS) -> Path:

@@ -43,7 +43,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 
 from common import (GLUE_DIR, ROOT, command_line, cpu_model, keep_earlier_timings, machine, results_dir,  # noqa: E402
-                    timed, write_results)
+                    store_step, timed, write_results)
 from nni_adabert.config import SearchConfig  # noqa: E402
 from nni_adabert.teacher.run import open_teacher_run  # noqa: E402
 from nni_adabert.workflows.evaluate import majority_class_metrics  # noqa: E402
@@ -102,10 +102,8 @@ def main(argv=None) -> int:
         if key not in stores:
             source = teacher_run if teacher == "default" else Path(args.weak_teacher_run)
             store_dir = runs / f"teacher-{teacher}-aug{copies}"
-            built[store_dir.name] = timed(["teacher", "--task", args.task, "--data", args.data, "--model",
-                                           str(source / "teacher"), "--no-finetune", "--aug-copies", str(copies),
-                                           "--inference-precision", precision, "--output-dir", str(store_dir),
-                                           "--cache-dir", str(runs / "cache"), "--no-progress"])
+            built[store_dir.name] = store_step(args.task, args.data, source / "teacher", copies, precision, store_dir,
+                                               runs / "cache")
             stores[key] = store_dir
         return stores[key]
 

@@ -26,9 +26,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
 
-from common import GLUE_DIR, ROOT, command_line, cpu_model, machine, results_dir, write_results  # noqa: E402
+from common import (GLUE_DIR, ROOT, command_line, cpu_model, logged_epochs, machine, results_dir,  # noqa: E402
+                    write_results)
 from nni_adabert.data.glue import load_task  # noqa: E402
 from nni_adabert.data.metrics import majority_class_metrics  # noqa: E402
 from nni_adabert.data.tasks import get_task  # noqa: E402
@@ -44,15 +44,6 @@ def parse_args(argv=None):
     p.add_argument("--epochs-run", default=None, help="a finished 3-epoch teacher run whose per-epoch dev metrics "
                    "stand for both recipes when they train the same epochs")
     return p.parse_args(argv)
-
-
-def logged_history(run_dir: Path) -> list[dict]:
-    """Per-epoch ``dev_*`` scalars of a teacher run's TensorBoard log (``teacher_train/logs``)."""
-    events = EventAccumulator(str(run_dir / "teacher_train" / "logs")).Reload()
-    names = [tag for tag in events.Tags()["scalars"] if tag.startswith("dev_")]
-    per_name = {name: [event.value for event in events.Scalars(name)] for name in names}
-    epochs = len(next(iter(per_name.values())))
-    return [{"epoch": i + 1, **{name: values[i] for name, values in per_name.items()}} for i in range(epochs)]
 
 
 def kept(history: list[dict], metric: str, best: bool) -> dict:
@@ -71,8 +62,8 @@ def main(argv=None) -> int:
     after_epochs = finetune_epochs(after_config, len(data["train"]))
     recipes = {}
     if args.epochs_run and after_epochs == DEFAULT_EPOCHS:
-        recipes["before"] = recipes["after"] = {"history": logged_history(Path(args.epochs_run)),
-                                                "run": str(args.epochs_run), "minutes": None}
+        history = logged_epochs(Path(args.epochs_run) / "teacher_train" / "logs", "dev_")
+        recipes["before"] = recipes["after"] = {"history": history, "run": str(args.epochs_run), "minutes": None}
     else:
         for name, config in (("before", before_config), ("after", after_config)):
             if name == "after" and after_epochs == DEFAULT_EPOCHS:

@@ -1,0 +1,152 @@
+"""Retraining recipes on fixed searched children: which of them closes the gap to the teacher (issue 17's levers).
+
+    .venv/bin/python bench/retrain_recipes.py --teacher-run runs/bench/pipeline/SST-2-default/teacher \\
+        --arch runs/bench/pipeline/SST-2-default/search-seed0 runs/bench/pipeline/SST-2-default/search-seed1 \\
+        --seeds 0 1 --name SST-2
+
+The children stay fixed (``--arch``: one search run or architecture.json per seed of ``--seeds``), so a row differs
+from the first only by how they are retrained: ``nni-adabert retrain`` with the defaults plus the row's flags
+(``--recipes NAME=FLAGS ...``, the first row: the defaults), or with the defaults on a store of N augmented copies of
+the same teacher (``--copies N``; built once with ``teacher --no-finetune``, in the teacher run's precision). Each
+run's dev metric per epoch comes from its TensorBoard log, so a row of more epochs also shows where the default's
+epochs would have stopped. Run it alone on the machine: minutes per epoch are a column. Runs resume and skip
+finished steps (a step found finished keeps the minutes this page recorded for it). Runs in ``--runs-dir``
+(default runs/bench/retrain-recipes/<name>); writes bench/results/retrain-recipes/<name>/result.{json,md} after every
+run, so a table cut short keeps its rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import statistics
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch  # noqa: E402
+
+from common import (GLUE_DIR, ROOT, command_line, cpu_model, keep_earlier_timings, logged_epochs,  # noqa: E402
+                    machine, results_dir, store_step, timed, write_results)
+from nni_adabert.config import RetrainConfig  # noqa: E402
+from nni_adabert.nas.distill import val_metric_key  # noqa: E402
+from nni_adabert.teacher.run import open_teacher_run  # noqa: E402
+
+# Grouped batches take half a plain epoch's time (bench/results/group-by-length): 6 grouped epochs cost 3 plain ones.
+RECIPES = ["default=", "grouped batches=--group-by-length", "grouped batches, 6 epochs=--group-by-length --epochs 6",
+           "5 epochs=--epochs 5", "gamma 0.5=--gamma 0.5"]
+
+
+def recipe(text: str) -> tuple[str, list[str]]:
+    """``"NAME=FLAGS"`` -> ``(NAME, [flags])``."""
+    name, sep, flags = text.partition("=")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME=FLAGS (e.g. 'grouped=--group-by-length'), got {text!r}")
+    return name.strip(), shlex.split(flags)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--teacher-run", required=True, help="a finished `nni-adabert teacher` run (its store)")
+    p.add_argument("--arch", nargs="+", required=True, help="the children: one search run (or architecture.json) "
+                   "per seed of --seeds")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--recipes", type=recipe, nargs="+", default=[recipe(r) for r in RECIPES],
+                   help="rows as NAME=FLAGS (retrain flags added to the defaults); the first is the baseline")
+    p.add_argument("--copies", type=int, nargs="*", default=[8], help="more rows: the defaults on a store of N "
+                   "augmented copies of the teacher's rows")
+    p.add_argument("--data", default=GLUE_DIR, help="the task's data folder (default: "
+                   "../shared/data/glue or $GLUE_DIR)")
+    p.add_argument("--name", default="SST-2", help="run name: bench/results/retrain-recipes/<name>/")
+    p.add_argument("--runs-dir", default=None, help="where the runs go (default: runs/bench/retrain-recipes/<name>)")
+    args = p.parse_args(argv)
+    if len(args.arch) != len(args.seeds):
+        p.error(f"--arch: expected one child per seed of --seeds ({len(args.seeds)}), got {len(args.arch)}")
+    return args
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    runs = Path(args.runs_dir) if args.runs_dir else ROOT / "runs" / "bench" / "retrain-recipes" / args.name
+    teacher_run = Path(args.teacher_run)
+    base = open_teacher_run(teacher_run)
+    base_copies = (base.meta["inputs"]["augment"] or {}).get("copies", 0)
+    precision = base.meta["inputs"].get("teacher_precision", "fp32")
+    out = results_dir("retrain-recipes", args.name)
+    keep_earlier_timings(out)
+    # (row name, retrain flags, store run, its copies); every store first: a failing build stops the table early.
+    rows = [(name, flags, teacher_run, base_copies) for name, flags in args.recipes]
+    built = {}
+    for copies in args.copies:
+        if copies != base_copies:
+            store_dir = runs / f"teacher-aug{copies}"
+            built[store_dir.name] = store_step(base.spec.name, args.data, teacher_run / "teacher", copies, precision,
+                                               store_dir, runs / "cache")
+            rows.append((f"{copies} copies", [], store_dir, copies))
+    metric = base.spec.main_metric
+    record = {"command": command_line(["bench/retrain_recipes.py", *argv]), "cpu": cpu_model(), "machine": machine(),
+              "torch": torch.__version__, "task": base.spec.name, "metric": metric,
+              "teacher_dev": base.teacher_info["dev_metrics"][metric], "base_copies": base_copies,
+              "retrain_epochs": RetrainConfig().epochs, "stores_built": built}
+    results = []
+    for name, flags, store, copies in rows:
+        for seed, arch in zip(args.seeds, args.arch):
+            retrained = runs / _slug(name) / f"retrain-seed{seed}"
+            step = timed(["retrain", "--teacher", str(store), "--arch", str(arch), "--output-dir", str(retrained),
+                          *flags, "--seed", str(seed), "--no-progress"])
+            doc = json.loads((retrained / "architecture.json").read_text())
+            history = logged_epochs(retrained / "retrain" / "logs", val_metric_key(metric))
+            results.append({"row": name, "flags": flags, "copies": copies, "seed": seed, "arch": str(arch),
+                            "retrain": step, "epochs": doc["retrain"]["epochs"], "dev": doc["dev_metrics"][metric],
+                            "dev_per_epoch": [h[val_metric_key(metric)] for h in history],
+                            "params": doc["params"], "depth": doc["depth"]})
+            print(f"{name}, seed {seed}: {doc['dev_metrics']}", flush=True)
+            result = {**record, "runs": results, "means": row_means(results)}
+            write_results(out, result, markdown(result))  # after every run: a table cut short keeps its rows
+    print(markdown(result))
+    return 0
+
+
+def _slug(row_name: str) -> str:
+    """A row's folder name: "grouped batches, 6 epochs" -> "grouped-batches-6-epochs"."""
+    return "-".join(row_name.replace(",", " ").split())
+
+
+def row_means(runs: list[dict]) -> dict:
+    """``{row: mean dev metric in points}`` over each row's seeds."""
+    names = dict.fromkeys(r["row"] for r in runs)
+    return {name: statistics.mean(100 * r["dev"] for r in runs if r["row"] == name) for name in names}
+
+
+def markdown(result: dict) -> str:
+    teacher = 100 * result["teacher_dev"]
+    lines = [f"# {result['task']}: retraining recipes on fixed searched children", "",
+             f"Command: `{result['command']}`", "", f"Machine: {result['cpu']} ({result['machine']}).", "",
+             f"Every row retrains the same children (one per seed) with `nni-adabert retrain`'s defaults "
+             f"({result['retrain_epochs']} epochs, {result['base_copies']} augmented copies) and the row's change; "
+             f"dev {result['metric']} per epoch, the last one kept (**bold**); teacher {teacher:.2f}.", "",
+             f"| row | retrain flags | copies | seed | params | K | dev {result['metric']} per epoch | kept | "
+             "minutes per epoch |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in result["runs"]:
+        curve = ", ".join(f"{100 * v:.2f}" for v in r["dev_per_epoch"])
+        flags = f"`{shlex.join(r['flags'])}`" if r["flags"] else ""
+        lines.append(f"| {r['row']} | {flags} | {r['copies']} | {r['seed']} | {r['params']:,} | {r['depth']} | "
+                     f"{curve} | **{100 * r['dev']:.2f}** | {r['retrain']['minutes'] / r['epochs']:.1f} |")
+    lines += ["", "| row | mean over the seeds | behind the teacher | against the first row |", "|---|---|---|---|"]
+    means = result["means"]
+    first = next(iter(means.values()))
+    lines += [f"| {name} | {mean:.2f} | {teacher - mean:.2f} | {mean - first:+.2f} |" for name, mean in means.items()]
+    lines += ["", "Commands and minutes (wall time on this machine; 0.0: found finished, run by an earlier command):",
+              ""]
+    lines += [f"    {step['command']}    # {step['minutes']} min" for step in result["stores_built"].values()]
+    lines += [f"    {r['retrain']['command']}    # {r['retrain']['minutes']} min" for r in result["runs"]]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

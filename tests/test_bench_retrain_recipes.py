@@ -1,0 +1,58 @@
+"""bench/retrain_recipes.py end to end on the tiny SST-2 teacher run: one fixed child retrained by the defaults,
+by a row of its own flags and on a store of other copies, each run's dev curve read back from its log, and the
+page that compares the rows with the teacher."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+import common  # noqa: E402
+import retrain_recipes  # noqa: E402
+
+ARCH = Path(__file__).resolve().parents[1] / "bench" / "results" / "search" / "SST-2-default-budget6.4M" / \
+    "architecture.json"
+
+
+def test_every_row_retrains_the_same_child_and_the_page_compares_them_with_the_teacher(runs, tmp_path, monkeypatch):
+    monkeypatch.setattr(retrain_recipes, "results_dir", lambda benchmark, name: common.results_dir(
+        benchmark, name, root=tmp_path / "results"))
+    argv = ["--teacher-run", str(runs / "SST-2"), "--data", str(runs / "glue"), "--arch", str(ARCH), "--seeds", "0",
+            "--recipes", "default=", "grouped, 2 epochs=--group-by-length --epochs 2", "--copies", "0",
+            "--runs-dir", str(tmp_path / "runs"), "--name", "tiny"]
+    assert retrain_recipes.main(argv) == 0
+    out = tmp_path / "results" / "retrain-recipes" / "tiny"
+    result = json.loads((out / "result.json").read_text())
+    assert [(r["row"], r["seed"], r["copies"], r["epochs"]) for r in result["runs"]] == [
+        ("default", 0, 1, 3), ("grouped, 2 epochs", 0, 1, 2), ("0 copies", 0, 0, 3)]
+    assert "--group-by-length --epochs 2 --seed 0" in result["runs"][1]["retrain"]["command"]
+    assert "--teacher " + str(tmp_path / "runs" / "teacher-aug0") in result["runs"][2]["retrain"]["command"]
+    assert set(result["stores_built"]) == {"teacher-aug0"}
+    child = json.loads(ARCH.read_text())["params"]
+    for r in result["runs"]:  # the same child in every row; one dev value per epoch, the last one kept
+        assert r["params"] == child
+        assert len(r["dev_per_epoch"]) == r["epochs"]
+        assert r["dev_per_epoch"][-1] == pytest.approx(r["dev"], abs=1e-6)
+    assert result["means"] == {r["row"]: 100 * r["dev"] for r in result["runs"]}
+    page = (out / "result.md").read_text()
+    teacher, first = 100 * result["teacher_dev"], result["means"]["default"]
+    grouped = result["means"]["grouped, 2 epochs"]
+    assert f"| grouped, 2 epochs | {grouped:.2f} | {teacher - grouped:.2f} | {grouped - first:+.2f} |" in page
+    assert "`--group-by-length --epochs 2`" in page
+    # Again: every run found finished, the same rows, and the page keeps the minutes of the runs that made them.
+    assert retrain_recipes.main(argv) == 0
+    again = json.loads((out / "result.json").read_text())
+    assert [(r["row"], r["dev"], r["retrain"]) for r in again["runs"]] == \
+        [(r["row"], r["dev"], r["retrain"]) for r in result["runs"]]
+
+
+def test_a_recipe_without_flags_or_a_child_per_seed_is_refused(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        retrain_recipes.parse_args(["--teacher-run", "t", "--arch", "a", "--recipes", "grouped"])
+    assert exit_info.value.code == 2 and "expected NAME=FLAGS" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        retrain_recipes.parse_args(["--teacher-run", "t", "--arch", "a", "--seeds", "0", "1"])
+    assert exit_info.value.code == 2 and "--arch: expected one child per seed of --seeds (2), got 1" in \
+        capsys.readouterr().err
