@@ -118,7 +118,7 @@ def test_retrain_killed_mid_run_resumes_only_with_its_settings(runs, tmp_path, c
     assert json.loads((tmp_path / "retrained" / "architecture.json").read_text())["retrain"]["epochs"] == 3
 
 
-def test_finished_retrain_is_not_redone(runs, tmp_path, caplog, capsys):
+def test_finished_retrain_is_not_redone(runs, tmp_path, caplog, capsys, monkeypatch):
     caplog.set_level(logging.INFO, logger="nni_adabert")
     assert main(search_argv(runs, tmp_path / "student", epochs=1)) == 0
     argv = ["retrain", "--arch", str(tmp_path / "student"), "--teacher", str(runs / "MRPC"),
@@ -131,6 +131,16 @@ def test_finished_retrain_is_not_redone(runs, tmp_path, caplog, capsys):
     assert main(argv) == 0
     assert "not redoing it" in caplog.text
     assert (tmp_path / "moved" / "architecture.json").stat().st_mtime_ns == stamp
+    # The same search reached through a link, or by a relative path, is the same retraining.
+    (tmp_path / "linked").symlink_to(tmp_path / "student")
+    caplog.clear()
+    assert main(argv[:2] + [str(tmp_path / "linked")] + argv[3:]) == 0
+    assert "not redoing it" in caplog.text
+    monkeypatch.chdir(tmp_path)
+    caplog.clear()
+    assert main(argv[:2] + ["student"] + argv[3:]) == 0
+    assert "not redoing it" in caplog.text
+    assert doc["retrain"]["from"] == str((tmp_path / "student" / "architecture.json").resolve())
     # β weighs L_E, which a fixed child has not: it names no retraining, and `retrain` does not take it.
     assert "beta" not in doc["retrain"]
     with pytest.raises(SystemExit) as exit_:

@@ -52,8 +52,10 @@ def arch_to_retrain(name: str, store: KnowledgeStore, embed_dim: int = 128, k_ma
         arch = random_arch(student_config(store, embed_dim, k_max, space=space), seed)
         return ArchToRetrain(arch, {"from": name, "searched_on": None}, embed_dim, k_max, space)
     exported = load_exported(name, store)
-    return ArchToRetrain(exported.arch, {"from": str(exported.path), "searched_on": exported.doc.get("task")},
-                         exported.config.embed_dim, exported.config.k_max, retrain_space(exported.config, store))
+    # Resolved: the same file reached by a relative path or a link names the same run.
+    source = {"from": str(Path(exported.path).resolve()), "searched_on": exported.doc.get("task")}
+    return ArchToRetrain(exported.arch, source, exported.config.embed_dim, exported.config.k_max,
+                         retrain_space(exported.config, store))
 
 
 def retrain_run_settings(arch: dict, source: dict, config: RetrainConfig, embed_dim: int, k_max: int,
