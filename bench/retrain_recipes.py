@@ -4,15 +4,15 @@
         --arch runs/bench/pipeline/SST-2-default/search-seed0 runs/bench/pipeline/SST-2-default/search-seed1 \\
         --seeds 0 1 --name SST-2
 
-The children stay fixed (``--arch``: one search run or architecture.json per seed of ``--seeds``), so a row differs
-from the first only by how they are retrained: ``nni-adabert retrain`` with the defaults plus the row's flags
-(``--recipes NAME=FLAGS ...``, the first row: the defaults), or with the defaults on a store of N augmented copies of
-the same teacher (``--copies N``; built once with ``teacher --no-finetune``, in the teacher run's precision). Each
-run's dev metric per epoch comes from its TensorBoard log, so a row of more epochs also shows where the default's
-epochs would have stopped. Run it alone on the machine: minutes per epoch are a column. Runs resume and skip
-finished steps (a step found finished keeps the minutes this page recorded for it). Runs in ``--runs-dir``
-(default runs/bench/retrain-recipes/<name>); writes bench/results/retrain-recipes/<name>/result.{json,md} after every
-run, so a table cut short keeps its rows.
+The children stay fixed (``--arch``: one search run or architecture.json per seed of ``--seeds``), so a row
+differs from the first only by how they are retrained: ``nni-adabert retrain`` with the defaults plus the row's
+flags (``--recipes NAME=FLAGS ...``, the first row: the defaults). ``--aug-copies N`` among a row's flags is the
+teacher's: the row retrains on a store of N augmented copies per row of the same teacher (built once with
+``teacher --no-finetune``, in the teacher run's precision). Each run's dev metric per epoch comes from its
+TensorBoard log, so a row of more epochs also shows where the default's epochs would have stopped. Run it alone
+on the machine: minutes per epoch are a column. Runs resume and skip finished steps (a step found finished keeps
+the minutes this page recorded for it). Runs in ``--runs-dir`` (default runs/bench/retrain-recipes/<name>);
+writes bench/results/retrain-recipes/<name>/result.{json,md} after every run, so a table cut short keeps its rows.
 """
 
 from __future__ import annotations
@@ -37,16 +37,25 @@ from nni_adabert.nas.distill import val_metric_key  # noqa: E402
 from nni_adabert.teacher.run import open_teacher_run  # noqa: E402
 
 # Grouped batches take half a plain epoch's time (bench/results/group-by-length): 6 grouped epochs cost 3 plain ones.
+# A store of 8 copies doubles an epoch: grouped, it costs what the default's plain epochs do.
 RECIPES = ["default=", "grouped batches=--group-by-length", "grouped batches, 6 epochs=--group-by-length --epochs 6",
-           "5 epochs=--epochs 5", "gamma 0.5=--gamma 0.5"]
+           "8 copies, grouped batches=--aug-copies 8 --group-by-length", "5 epochs=--epochs 5"]
+STORE_FLAG = "--aug-copies"
 
 
-def recipe(text: str) -> tuple[str, list[str]]:
-    """``"NAME=FLAGS"`` -> ``(NAME, [flags])``."""
+def recipe(text: str) -> tuple[str, list[str], int | None]:
+    """``"NAME=FLAGS"`` -> ``(NAME, [retrain flags], augmented copies of its store or None: the teacher run's)``."""
     name, sep, flags = text.partition("=")
     if not sep or not name.strip():
         raise argparse.ArgumentTypeError(f"expected NAME=FLAGS (e.g. 'grouped=--group-by-length'), got {text!r}")
-    return name.strip(), shlex.split(flags)
+    flags = shlex.split(flags)
+    if STORE_FLAG not in flags:
+        return name.strip(), flags, None
+    at = flags.index(STORE_FLAG)
+    copies = flags[at + 1] if at + 1 < len(flags) else ""
+    if not copies.isdigit():
+        raise argparse.ArgumentTypeError(f"{name.strip()}: {STORE_FLAG} takes a number of copies, got {copies!r}")
+    return name.strip(), flags[:at] + flags[at + 2:], int(copies)
 
 
 def parse_args(argv=None):
@@ -56,9 +65,8 @@ def parse_args(argv=None):
                    "per seed of --seeds")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--recipes", type=recipe, nargs="+", default=[recipe(r) for r in RECIPES],
-                   help="rows as NAME=FLAGS (retrain flags added to the defaults); the first is the baseline")
-    p.add_argument("--copies", type=int, nargs="*", default=[8], help="more rows: the defaults on a store of N "
-                   "augmented copies of the teacher's rows")
+                   help="rows as NAME=FLAGS (retrain flags added to the defaults, and --aug-copies N: a store of N "
+                   "copies); the first is the baseline")
     p.add_argument("--data", default=GLUE_DIR, help="the task's data folder (default: "
                    "../shared/data/glue or $GLUE_DIR)")
     p.add_argument("--name", default="SST-2", help="run name: bench/results/retrain-recipes/<name>/")
@@ -80,14 +88,15 @@ def main(argv=None) -> int:
     out = results_dir("retrain-recipes", args.name)
     keep_earlier_timings(out)
     # (row name, retrain flags, store run, its copies); every store first: a failing build stops the table early.
-    rows = [(name, flags, teacher_run, base_copies) for name, flags in args.recipes]
-    built = {}
-    for copies in args.copies:
-        if copies != base_copies:
-            store_dir = runs / f"teacher-aug{copies}"
-            built[store_dir.name] = store_step(base.spec.name, args.data, teacher_run / "teacher", copies, precision,
-                                               store_dir, runs / "cache")
-            rows.append((f"{copies} copies", [], store_dir, copies))
+    rows, built = [], {}
+    for name, flags, copies in args.recipes:
+        store = teacher_run
+        if copies is not None and copies != base_copies:
+            store = runs / f"teacher-aug{copies}"
+            if store.name not in built:
+                built[store.name] = store_step(base.spec.name, args.data, teacher_run / "teacher", copies, precision,
+                                               store, runs / "cache")
+        rows.append((name, flags, store, base_copies if copies is None else copies))
     metric = base.spec.main_metric
     record = {"command": command_line(["bench/retrain_recipes.py", *argv]), "cpu": cpu_model(), "machine": machine(),
               "torch": torch.__version__, "task": base.spec.name, "metric": metric,

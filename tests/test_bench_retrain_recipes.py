@@ -20,7 +20,7 @@ def test_every_row_retrains_the_same_child_and_the_page_compares_them_with_the_t
     monkeypatch.setattr(retrain_recipes, "results_dir", lambda benchmark, name: common.results_dir(
         benchmark, name, root=tmp_path / "results"))
     argv = ["--teacher-run", str(runs / "SST-2"), "--data", str(runs / "glue"), "--arch", str(ARCH), "--seeds", "0",
-            "--recipes", "default=", "grouped, 2 epochs=--group-by-length --epochs 2", "--copies", "0",
+            "--recipes", "default=", "grouped, 2 epochs=--group-by-length --epochs 2", "0 copies=--aug-copies 0",
             "--runs-dir", str(tmp_path / "runs"), "--name", "tiny"]
     assert retrain_recipes.main(argv) == 0
     out = tmp_path / "results" / "retrain-recipes" / "tiny"
@@ -52,6 +52,12 @@ def test_a_recipe_without_flags_or_a_child_per_seed_is_refused(capsys):
     with pytest.raises(SystemExit) as exit_info:
         retrain_recipes.parse_args(["--teacher-run", "t", "--arch", "a", "--recipes", "grouped"])
     assert exit_info.value.code == 2 and "expected NAME=FLAGS" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        retrain_recipes.parse_args(["--teacher-run", "t", "--arch", "a", "--recipes", "more=--aug-copies many"])
+    assert exit_info.value.code == 2 and "more: --aug-copies takes a number of copies, got 'many'" in \
+        capsys.readouterr().err
+    assert retrain_recipes.recipe("8, grouped=--aug-copies 8 --group-by-length") == \
+        ("8, grouped", ["--group-by-length"], 8)
     with pytest.raises(SystemExit) as exit_info:
         retrain_recipes.parse_args(["--teacher-run", "t", "--arch", "a", "--seeds", "0", "1"])
     assert exit_info.value.code == 2 and "--arch: expected one child per seed of --seeds (2), got 1" in \
