@@ -107,6 +107,16 @@ def logged_epochs(log_dir: Path, prefix: str) -> list[dict]:
     return [{"epoch": i + 1, **{tag: values[i] for tag, values in per_name.items()}} for i in range(epochs)]
 
 
+def store_copies(store) -> int:
+    """The augmented copies per original train row a knowledge store was built with (0: none)."""
+    return ((store.meta.get("inputs") or {}).get("augment") or {}).get("copies", 0)
+
+
+def store_precision(store) -> str:
+    """The precision a knowledge store's teacher pass ran in (stores of before the setting: fp32)."""
+    return (store.meta.get("inputs") or {}).get("teacher_precision", "fp32")
+
+
 def store_step(task: str, data: str, model: Path, copies: int, precision: str, out_dir: Path, cache_dir: Path) -> dict:
     """:func:`timed` ``nni-adabert teacher --no-finetune``: a knowledge store of the fine-tuned teacher ``model``
     with ``copies`` augmented copies per row, built in ``precision`` (a table's stores in one precision, so
@@ -186,8 +196,7 @@ def train_rows(store, originals: int | None, augmented: bool = True) -> dict:
     original, in the originals' order), else none."""
     n_orig = store.meta["num_train_original"]
     n = n_orig if originals is None else min(originals, n_orig)
-    copies = ((store.meta.get("inputs") or {}).get("augment") or {}).get("copies", 0)
-    return {"train_limit": n, "augmented_limit": n * copies if augmented else 0}
+    return {"train_limit": n, "augmented_limit": n * store_copies(store) if augmented else 0}
 
 
 def run_dir(kind: str, task: str, run_identity: dict) -> Path:

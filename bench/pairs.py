@@ -43,7 +43,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 
 from common import (GLUE_DIR, ROOT, command_line, cpu_model, keep_earlier_timings, machine, results_dir,  # noqa: E402
-                    store_step, timed, write_results)
+                    store_copies, store_precision, store_step, timed, write_results)
 from nni_adabert.config import SearchConfig  # noqa: E402
 from nni_adabert.teacher.run import open_teacher_run  # noqa: E402
 from nni_adabert.workflows.evaluate import majority_class_metrics  # noqa: E402
@@ -88,9 +88,9 @@ def main(argv=None) -> int:
     runs = Path(args.runs_dir) if args.runs_dir else ROOT / "runs" / "bench" / "pairs" / args.name
     teacher_run = Path(args.teacher_run)
     base = open_teacher_run(teacher_run)
-    base_copies = (base.meta["inputs"]["augment"] or {}).get("copies", 0)
+    base_copies = store_copies(base)
     # Every store of the table in the default row's precision: the rows change one thing only.
-    precision = base.meta["inputs"].get("teacher_precision", "fp32")
+    precision = store_precision(base)
     stores: dict[tuple, Path] = {("default", base_copies): teacher_run}
     built: dict[str, dict] = {}
     out = results_dir("pairs", args.name)

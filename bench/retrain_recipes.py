@@ -31,7 +31,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 
 from common import (GLUE_DIR, ROOT, command_line, cpu_model, keep_earlier_timings, logged_epochs,  # noqa: E402
-                    machine, results_dir, store_step, timed, write_results)
+                    machine, results_dir, store_copies, store_precision, store_step, timed,
+                    write_results)
 from nni_adabert.config import RetrainConfig  # noqa: E402
 from nni_adabert.nas.distill import val_metric_key  # noqa: E402
 from nni_adabert.teacher.run import open_teacher_run  # noqa: E402
@@ -83,8 +84,8 @@ def main(argv=None) -> int:
     runs = Path(args.runs_dir) if args.runs_dir else ROOT / "runs" / "bench" / "retrain-recipes" / args.name
     teacher_run = Path(args.teacher_run)
     base = open_teacher_run(teacher_run)
-    base_copies = (base.meta["inputs"]["augment"] or {}).get("copies", 0)
-    precision = base.meta["inputs"].get("teacher_precision", "fp32")
+    base_copies = store_copies(base)
+    precision = store_precision(base)
     out = results_dir("retrain-recipes", args.name)
     keep_earlier_timings(out)
     # (row name, retrain flags, store run, its copies); every store first: a failing build stops the table early.
@@ -98,6 +99,7 @@ def main(argv=None) -> int:
                                                store, runs / "cache")
         rows.append((name, flags, store, base_copies if copies is None else copies))
     metric = base.spec.main_metric
+    logged_metric = val_metric_key(metric)  # its name in a retraining's log
     record = {"command": command_line(["bench/retrain_recipes.py", *argv]), "cpu": cpu_model(), "machine": machine(),
               "torch": torch.__version__, "task": base.spec.name, "metric": metric,
               "teacher_dev": base.teacher_info["dev_metrics"][metric], "base_copies": base_copies,
@@ -109,10 +111,10 @@ def main(argv=None) -> int:
             step = timed(["retrain", "--teacher", str(store), "--arch", str(arch), "--output-dir", str(retrained),
                           *flags, "--seed", str(seed), "--no-progress"])
             doc = json.loads((retrained / "architecture.json").read_text())
-            history = logged_epochs(retrained / "retrain" / "logs", val_metric_key(metric))
+            history = logged_epochs(retrained / "retrain" / "logs", logged_metric)
             results.append({"row": name, "flags": flags, "copies": copies, "seed": seed, "arch": str(arch),
                             "retrain": step, "epochs": doc["retrain"]["epochs"], "dev": doc["dev_metrics"][metric],
-                            "dev_per_epoch": [h[val_metric_key(metric)] for h in history],
+                            "dev_per_epoch": [h[logged_metric] for h in history],
                             "params": doc["params"], "depth": doc["depth"]})
             print(f"{name}, seed {seed}: {doc['dev_metrics']}", flush=True)
             result = {**record, "runs": results, "means": row_means(results)}
