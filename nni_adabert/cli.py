@@ -29,7 +29,7 @@ from .teacher.augment import AugmentConfig
 from .teacher.finetune import TeacherConfig, parse_label_map
 from .teacher.knowledge import DEFAULT_CACHE_DIR
 from .teacher.run import build_teacher_run, open_teacher_run
-from .training import PRECISIONS, is_main_process
+from .training import PRECISIONS, checkpoint_minutes, is_main_process
 from .workflows.deploy import deploy
 from .workflows.evaluate import compare_with_teacher
 from .workflows.export import load_exported
@@ -404,6 +404,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with stop_on_signals():
             check_outputs(args)
+            checkpoint_minutes()  # a bad $NNI_ADABERT_CHECKPOINT_MINUTES: refused before anything is written
             args.func(args)
     except RunStopped as stopped:
         print(stopped_message(args.command, stopped), file=sys.stderr)

@@ -1,5 +1,6 @@
 """What every training command shares: device choice, a Trainer that checkpoints
-each epoch and resumes, seeding, and the check that stops a diverged run.
+each epoch (and every few minutes within one) and resumes, seeding, and the check that
+stops a diverged run.
 
 Checkpoints are Lightning's own, written by us into the run's directory under a temporary
 name and renamed (:class:`AtomicCheckpointIO`); they are resumed with ``weights_only=True``
@@ -7,7 +8,9 @@ so that loading never executes code.
 
 A resumed run must continue exactly as the uninterrupted one would have: every
 epoch's randomness (data order, dropout, Gumbel noise) is a function of the seed
-and the epoch number alone, never of how many epochs this process has run.
+and the epoch number alone, never of how many epochs this process has run; a run
+resumed within an epoch skips the batches it trained and continues the generators
+from their saved states (:class:`CheckpointWithinEpochs`).
 """
 
 from __future__ import annotations
@@ -39,6 +42,11 @@ log = logging.getLogger(__name__)
 
 # The prefix of the choice probabilities NNI's one-shot module logs (BaseOneShotLightningModule.log_probs).
 CHOICE_PROBABILITIES = "prob/"
+
+# An epoch takes 10-20 minutes on 2 CPU cores (teacher, retraining): a killed run loses at most this
+# much (0: a checkpoint after every step). It changes no result, so it is not a setting of the run.
+CHECKPOINT_MINUTES_ENV = "NNI_ADABERT_CHECKPOINT_MINUTES"
+DEFAULT_CHECKPOINT_MINUTES = 10.0
 
 
 def pick_device() -> str:
@@ -109,33 +117,54 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return (int(seed) * 1_000_003 + int(epoch)) % 2**31
 
 
-class EpochShuffleSampler(Sampler[int]):
-    """A shuffle whose order depends on ``(seed, epoch)`` only. Lightning calls
-    :meth:`set_epoch` before every epoch, also after resuming from a checkpoint, so a
-    resumed run sees the same batches as an uninterrupted one (a ``DataLoader`` with
-    ``shuffle=True`` would restart its generator's stream instead)."""
+class EpochOrder:
+    """A sampler whose order is a function of ``(seed, epoch)`` alone (:meth:`order`). Lightning
+    calls :meth:`set_epoch` before every epoch, also after resuming from a checkpoint, so a resumed
+    run sees the same batches as an uninterrupted one; :meth:`resume_after` starts the next pass
+    further into the order, for a run resumed within an epoch (:class:`CheckpointWithinEpochs`)."""
 
-    def __init__(self, num_rows: int, seed: int = 0):
-        self.num_rows, self.seed, self.epoch = num_rows, seed, 0
+    seed: int
+    epoch: int = 0
+    skip: int = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def resume_after(self, rows: int) -> None:
+        """The next pass starts at position ``rows`` of its order (once; later passes are whole)."""
+        self.skip = rows
+
+    def epoch_generator(self) -> torch.Generator:
+        return torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
+
+    def order(self) -> list[int]:
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[int]:
+        skip, self.skip = self.skip, 0
+        return iter(self.order()[skip:])
+
+
+class EpochShuffleSampler(EpochOrder, Sampler[int]):
+    """A shuffle of ``num_rows`` rows (a ``DataLoader`` with ``shuffle=True`` would restart its
+    generator's stream after a resume instead: :class:`EpochOrder`)."""
+
+    def __init__(self, num_rows: int, seed: int = 0):
+        self.num_rows, self.seed = num_rows, seed
+
     def __len__(self) -> int:
         return self.num_rows
 
-    def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
-        return iter(torch.randperm(self.num_rows, generator=generator).tolist())
+    def order(self) -> list[int]:
+        return torch.randperm(self.num_rows, generator=self.epoch_generator()).tolist()
 
 
-class EpochLengthGroupedSampler(LengthGroupedSampler):
+class EpochLengthGroupedSampler(EpochOrder, LengthGroupedSampler):
     """transformers' length-grouped shuffle (``group_by_length``): each epoch a permutation, cut
     into groups of up to 50 batches, each group sorted by length (longest first), so a batch pads to
     a length close to its rows' (on SST-2 3.2x fewer tokens, real and padding, than a plain shuffle).
-    The order is a function of ``(seed, epoch)`` alone, like :class:`EpochShuffleSampler`'s, so a
-    resumed run sees the same batches. With ``devices > 1`` each process gets whole batches of it
-    (:func:`deal_batches`).
+    The order is a function of ``(seed, epoch)`` alone (:class:`EpochOrder`). With ``devices > 1``
+    each process gets whole batches of it (:func:`deal_batches`).
 
     ``lengths``: each row's length in tokens (:func:`data.encoding.row_lengths`).
     ``shuffle_batches``: then the full batches in a random order (the short last one stays last), so
@@ -145,22 +174,19 @@ class EpochLengthGroupedSampler(LengthGroupedSampler):
 
     def __init__(self, batch_size: int, lengths: list[int], seed: int = 0, shuffle_batches: bool = False):
         super().__init__(batch_size, lengths=lengths)
-        self.seed, self.shuffle_batches, self.epoch = seed, shuffle_batches, 0
+        self.seed, self.shuffle_batches = seed, shuffle_batches
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self) -> Iterator[int]:
+    def order(self) -> list[int]:
         if not self.lengths:
-            return iter([])
-        generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
+            return []
+        generator = self.epoch_generator()
         order = get_length_grouped_indices(self.lengths, self.batch_size, generator=generator)
         size = self.batch_size
         if self.shuffle_batches:
             full = len(order) // size  # batches cut where the DataLoader will cut them
             batches = [order[i * size:(i + 1) * size] for i in torch.randperm(full, generator=generator).tolist()]
             order = [i for batch in batches for i in batch] + order[full * size:]
-        return iter(deal_batches(order, size, distributed_replicas()))
+        return deal_batches(order, size, distributed_replicas())
 
 
 def distributed_replicas() -> int:
@@ -188,6 +214,107 @@ def deal_batches(order: list[int], batch_size: int, replicas: int) -> list[int]:
     return dealt + order[len(dealt):]
 
 
+def checkpoint_minutes() -> float:
+    """Minutes of training between checkpoints within an epoch: ``$NNI_ADABERT_CHECKPOINT_MINUTES``,
+    else :data:`DEFAULT_CHECKPOINT_MINUTES`."""
+    text = os.environ.get(CHECKPOINT_MINUTES_ENV, "").strip()
+    if not text:
+        return DEFAULT_CHECKPOINT_MINUTES
+    try:
+        minutes = float(text)
+    except ValueError:
+        minutes = math.nan
+    if not math.isfinite(minutes) or minutes < 0:
+        raise UserError(f"{CHECKPOINT_MINUTES_ENV} must be a number of minutes >= 0, got {text!r}")
+    return minutes
+
+
+def generator_states() -> dict:
+    """The global generators' states (Python, NumPy, torch, CUDA), as plain values and tensors
+    that a ``weights_only`` checkpoint load accepts."""
+    numpy_state = np.random.get_state(legacy=False)
+    return {"python": random.getstate(), "torch": torch.get_rng_state(),
+            "numpy": {"key": numpy_state["state"]["key"].tolist(), "pos": numpy_state["state"]["pos"],
+                      "has_gauss": numpy_state["has_gauss"], "gauss": numpy_state["gauss"]},
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_generator_states(states: dict) -> None:
+    """The inverse of :func:`generator_states`."""
+    version, internal, gauss_next = states["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    torch.set_rng_state(states["torch"])
+    numpy_state = states["numpy"]
+    np.random.set_state({"bit_generator": "MT19937", "has_gauss": numpy_state["has_gauss"],
+                         "gauss": numpy_state["gauss"],
+                         "state": {"key": np.array(numpy_state["key"], dtype=np.uint32), "pos": numpy_state["pos"]}})
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def train_loaders_of(trainer: pl.Trainer) -> list:
+    """The DataLoaders of the run's training batches, one or several (a dict or list of them)."""
+    loaders = trainer.train_dataloader
+    if isinstance(loaders, dict):
+        return list(loaders.values())
+    return list(loaders) if isinstance(loaders, (list, tuple)) else [loaders]
+
+
+class CheckpointWithinEpochs(Callback):
+    """Saves the run's checkpoint (``path``, the epoch's own) also every ``minutes`` of training
+    within an epoch, and resumes such a checkpoint where it was taken: each training loader's sampler
+    skips the batches of the epoch already trained (its order is a function of seed and epoch:
+    :meth:`EpochOrder.resume_after`) and the global generators continue from their saved
+    states, so the resumed run trains on the batches, with the dropout masks and Gumbel noise, of
+    an uninterrupted one. One process only (the processes of a DDP run would have to agree on the
+    moment) and only on loaders with such samplers; otherwise a run checkpoints at epoch ends."""
+
+    def __init__(self, path: str | os.PathLike, minutes: float):
+        self.path, self.minutes = Path(path), minutes
+        self.resume_at: dict | None = None   # a checkpoint within an epoch, being resumed
+        self.saving: dict | None = None      # what the checkpoint being written records
+        self.last_save = time.monotonic()
+        self.enabled = False
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        loaders = train_loaders_of(trainer)
+        self.enabled = trainer.world_size == 1 and all(hasattr(getattr(loader, "sampler", None), "resume_after")
+                                                       for loader in loaders)
+        self.last_save = time.monotonic()
+        resume, self.resume_at = self.resume_at, None
+        if not resume or resume["epoch"] != trainer.current_epoch:
+            return
+        for loader in loaders:  # a shorter loader cycled in max_size_cycle mode: where it stood
+            loader.sampler.resume_after(resume["batches"] % len(loader) * loader.batch_size)
+        set_generator_states(resume["generators"])
+        log.info("resuming epoch %d at batch %d of %d", trainer.current_epoch + 1, resume["batches"] + 1,
+                 trainer.num_training_batches)
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.last_save = time.monotonic()  # the previous epoch's checkpoint was just written
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch,
+                           batch_idx: int) -> None:
+        if not self.enabled or batch_idx + 1 >= trainer.num_training_batches or not self.due(trainer):
+            return  # (after the epoch's last batch, the epoch's own checkpoint follows)
+        self.saving = {"epoch": trainer.current_epoch, "batches": batch_idx + 1, "generators": generator_states()}
+        try:
+            trainer.save_checkpoint(self.path)
+        finally:
+            self.saving = None
+        self.last_save = time.monotonic()
+
+    def due(self, trainer: pl.Trainer) -> bool:
+        """Whether a checkpoint is due: ``minutes`` of training since the last one."""
+        return time.monotonic() - self.last_save >= self.minutes * 60
+
+    def state_dict(self) -> dict:
+        return self.saving or {}  # an epoch's end: nothing to skip when resumed
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.resume_at = state_dict or None
+
+
 class SeedEachEpoch(Callback):
     """Reseed Python, NumPy and torch at the start of every training epoch (dropout
     masks and any other draw from the global generators)."""
@@ -205,6 +332,9 @@ class SeedEachEpoch(Callback):
 class EpochLog(Callback):
     """One log line per finished epoch, with the epoch's metrics and time: what a run without
     progress bars says, so that a long run on a server is never silent for minutes."""
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.started = time.perf_counter()  # an epoch resumed where it was checkpointed starts no epoch
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.started = time.perf_counter()
@@ -298,8 +428,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 def make_trainer(run_dir: str | os.PathLike, max_epochs: int, *, progress: bool = True,
                  name: str = "logs", trainer_cls: type = pl.Trainer, seed: int | None = None,
                  devices: int = 1, callbacks: tuple[Callback, ...] = (), **kwargs) -> pl.Trainer:
-    """A Trainer that saves ``run_dir/checkpoints/last.ckpt`` after every epoch
-    (atomically: :class:`AtomicCheckpointIO`) and logs to TensorBoard under ``run_dir/<name>``;
+    """A Trainer that saves ``run_dir/checkpoints/last.ckpt`` after every epoch and every
+    :func:`checkpoint_minutes` within one (:class:`CheckpointWithinEpochs`), atomically
+    (:class:`AtomicCheckpointIO`), and logs to TensorBoard under ``run_dir/<name>``;
     ``callbacks`` are added to these. With ``seed``, every epoch reseeds the global
     generators from ``(seed, epoch)`` (:class:`SeedEachEpoch`). ``devices`` > 1 trains on that
     many GPUs (or CPU processes) with DDP; every process draws the same Gumbel sample, since
@@ -312,7 +443,9 @@ def make_trainer(run_dir: str | os.PathLike, max_epochs: int, *, progress: bool 
     # save only when training ends: Lightning writes "last" only after a top-k save.)
     checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", save_top_k=1,
                                  every_n_epochs=1, save_on_train_epoch_end=True, enable_version_counter=False)
-    callbacks = [checkpoint, *callbacks] + ([TQDMProgressBar(refresh_rate=20)] if progress else [EpochLog()])
+    within_epochs = CheckpointWithinEpochs(run_dir / "checkpoints" / "last.ckpt", checkpoint_minutes())
+    callbacks = [checkpoint, within_epochs, *callbacks] + ([TQDMProgressBar(refresh_rate=20)] if progress
+                                                          else [EpochLog()])
     callbacks += [SeedEachEpoch(seed)] if seed is not None else []
     return trainer_cls(
         max_epochs=max_epochs,

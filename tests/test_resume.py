@@ -23,6 +23,8 @@ from nni_adabert.data.tasks import get_task
 from nni_adabert.teacher.probes import ProbeConfig
 from nni_adabert import runs as run_identity
 from nni_adabert.runs import last_checkpoint
+from nni_adabert.nas.distill import AdaBertDistillModule
+from nni_adabert.training import CHECKPOINT_MINUTES_ENV, CheckpointWithinEpochs
 
 
 def search_argv(runs, out, epochs=3):
@@ -73,6 +75,75 @@ def test_search_killed_mid_run_resumes_to_the_same_export(runs, tmp_path, caplog
     assert main(search_argv(runs, whole)) == 0
     assert "already finished" in caplog.text and "resuming" not in caplog.text
     assert (whole / "architecture.json").stat().st_mtime_ns == stamp
+
+
+class Crash(Exception):
+    """Stands for a kill: raised from a training step after the checkpoints before it were written."""
+
+
+def crash_at_step(monkeypatch, step):
+    """The next run's ``step``-th training step (from 1, counted in this process) raises :class:`Crash`."""
+    calls = []
+    original = AdaBertDistillModule.training_step
+
+    def crashing(self, batch, batch_idx):
+        calls.append(batch_idx)
+        if len(calls) == step:
+            raise Crash(f"killed at step {step}")
+        return original(self, batch, batch_idx)
+
+    monkeypatch.setattr(AdaBertDistillModule, "training_step", crashing)
+    return calls
+
+
+@pytest.mark.parametrize("command", ["search", "retrain"])
+def test_a_run_killed_within_an_epoch_resumes_there_to_the_same_result(runs, tmp_path, monkeypatch, caplog,
+                                                                        command):
+    """A checkpoint within an epoch: the resumed run skips the steps it trained and ends as the
+    uninterrupted one, weights and metrics to the bit (the dropout and Gumbel draws continue)."""
+    caplog.set_level(logging.INFO, logger="nni_adabert")
+    if command == "search":
+        def argv(out):
+            return search_argv(runs, out, epochs=2)
+        run = "search"
+    else:
+        assert main(search_argv(runs, tmp_path / "student", epochs=1)) == 0
+
+        def argv(out):
+            return ["retrain", "--arch", str(tmp_path / "student"), "--teacher", str(runs / "SST-2"),
+                    "--output-dir", str(out), "--epochs", "2", "--batch-size", "2", "--seed", "1", "--no-progress"]
+        run = "retrain"
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    assert main(argv(whole)) == 0   # the default interval: no checkpoint within these short epochs
+
+    # A checkpoint after every step of the second epoch (64 steps an epoch), killed in its 6th step.
+    monkeypatch.setattr(CheckpointWithinEpochs, "due", lambda self, trainer: trainer.current_epoch == 1)
+    crash_at_step(monkeypatch, 64 + 6)
+    with pytest.raises(Crash):
+        main(argv(killed))
+    checkpoint = killed / run / "checkpoints" / "last.ckpt"
+    saved = torch.load(checkpoint, weights_only=True, map_location="cpu")
+    within = [state for state in saved["callbacks"].values() if "batches" in state]
+    assert saved["epoch"] == 1 and [(state["epoch"], state["batches"]) for state in within] == [(1, 5)]
+    assert not (killed / "architecture.json").exists()
+
+    monkeypatch.undo()
+    caplog.clear()
+    assert main(argv(killed)) == 0
+    assert "resuming epoch 2 at batch 6 of 64" in caplog.text
+    expected, resumed = (json.loads((d / "architecture.json").read_text()) for d in (whole, killed))
+    assert resumed["weights_sha256"] == expected["weights_sha256"]
+    assert resumed["dev_metrics"] == expected["dev_metrics"]
+    assert resumed["architecture"] == expected["architecture"]
+
+
+@pytest.mark.parametrize("value", ["soon", "-1", "nan"])
+def test_a_bad_checkpoint_interval_is_one_line(runs, tmp_path, monkeypatch, capsys, value):
+    monkeypatch.setenv(CHECKPOINT_MINUTES_ENV, value)
+    assert main(search_argv(runs, tmp_path / "student", epochs=1)) == 2
+    error = capsys.readouterr().err
+    assert f"{CHECKPOINT_MINUTES_ENV} must be a number of minutes >= 0, got {value!r}" in error
+    assert error.count("\n") == 1 and not (tmp_path / "student" / "search").exists()
 
 
 def test_checkpoint_of_other_settings_is_refused_not_resumed(runs, tmp_path, capsys):

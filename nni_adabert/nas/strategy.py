@@ -326,15 +326,17 @@ class AdaBertLightningModule(BaseOneShotLightningModule):
 
     def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
         # The architecture logits are parameters of the model (in state_dict); the Adam state
-        # is saved by Lightning. The Gumbel noise needs only the seed: every epoch reseeds from it
-        # (a drawn seed, with seed=None, must survive the resume).
-        checkpoint["adabert"] = {"seed": self.seed, "history": self.history}
+        # is saved by Lightning. Every epoch reseeds the Gumbel noise from the seed (a drawn seed, with
+        # seed=None, must survive the resume); a checkpoint within an epoch resumes its generator's state.
+        checkpoint["adabert"] = {"seed": self.seed, "history": self.history, "generator": self.generator.get_state()}
 
     def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
         state = checkpoint.get("adabert")
         if state:
             self.seed = int(state.get("seed", self.seed))
             self.history = list(state.get("history", []))
+            if "generator" in state:
+                self.generator.set_state(state["generator"])
 
 
 class AdaBertStrategy(OneShotStrategy):
