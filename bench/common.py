@@ -55,9 +55,14 @@ def command_line(argv: list[str]) -> str:
     return env + nice + shlex.join([str(python), *argv])
 
 
+def cli_command(argv: list[str]) -> str:
+    """The command line of ``nni-adabert argv``, as the result pages record it."""
+    return "nni-adabert " + shlex.join(argv)
+
+
 def run_cli(argv: list[str]) -> str:
     """Run ``nni-adabert argv`` in this process; fail loudly; return the command line."""
-    command = "nni-adabert " + shlex.join(argv)
+    command = cli_command(argv)
     print(f"\n$ {command}\n", flush=True)
     if main(argv) != 0:
         sys.exit(f"failed: {command}")

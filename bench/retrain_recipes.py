@@ -11,8 +11,11 @@ teacher's: the row retrains on a store of N augmented copies per row of the same
 ``teacher --no-finetune``, in the teacher run's precision). Each run's dev metric per epoch comes from its
 TensorBoard log, so a row of more epochs also shows where the default's epochs would have stopped. Run it alone
 on the machine: minutes per epoch are a column. Runs resume and skip finished steps (a step found finished keeps
-the minutes this page recorded for it). Runs in ``--runs-dir`` (default runs/bench/retrain-recipes/<name>);
-writes bench/results/retrain-recipes/<name>/result.{json,md} after every run, so a table cut short keeps its rows.
+the minutes this page recorded for it). A run whose directory is gone (another machine, a cleaned runs directory)
+but which this page recorded, with a teacher of the same dev metric and copies, keeps its recorded row and is not
+retrained, so a table can grow over several sessions: rows or seeds added later run, the recorded ones stay
+(marked on the page). Runs in ``--runs-dir`` (default runs/bench/retrain-recipes/<name>); writes
+bench/results/retrain-recipes/<name>/result.{json,md} after every run, so a table cut short keeps its rows.
 """
 
 from __future__ import annotations
@@ -30,9 +33,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
-from common import (GLUE_DIR, ROOT, command_line, cpu_model, keep_earlier_timings, logged_epochs,  # noqa: E402
-                    machine, results_dir, store_copies, store_precision, store_step, timed,
-                    write_results)
+from common import (GLUE_DIR, RESULT_JSON, ROOT, cli_command, command_line, cpu_model,  # noqa: E402
+                    keep_earlier_timings, logged_epochs, machine, results_dir, store_copies, store_precision,
+                    store_step, timed, write_results)
 from nni_adabert.config import RetrainConfig  # noqa: E402
 from nni_adabert.nas.distill import val_metric_key  # noqa: E402
 from nni_adabert.teacher.run import open_teacher_run  # noqa: E402
@@ -88,39 +91,64 @@ def main(argv=None) -> int:
     precision = store_precision(base)
     out = results_dir("retrain-recipes", args.name)
     keep_earlier_timings(out)
-    # (row name, retrain flags, store run, its copies); every store first: a failing build stops the table early.
+    metric = base.spec.main_metric
+    teacher_dev = base.teacher_info["dev_metrics"][metric]
+    recorded = recorded_runs(out, teacher_dev, base_copies)
+    # Per row: its name, retrain flags, store run, copies and runs (seed, output dir, retrain argv). Every store
+    # a run still needs first: a failing build stops the table early.
     rows, built = [], {}
     for name, flags, copies in args.recipes:
-        store = teacher_run
-        if copies is not None and copies != base_copies:
-            store = runs / f"teacher-aug{copies}"
-            if store.name not in built:
-                built[store.name] = store_step(base.spec.name, args.data, teacher_run / "teacher", copies, precision,
-                                               store, runs / "cache")
-        rows.append((name, flags, store, base_copies if copies is None else copies))
-    metric = base.spec.main_metric
+        store = teacher_run if copies is None or copies == base_copies else runs / f"teacher-aug{copies}"
+        row_runs = []
+        for seed, arch in zip(args.seeds, args.arch):
+            retrained = runs / _slug(name) / f"retrain-seed{seed}"
+            row_runs.append((seed, arch, retrained, ["retrain", "--teacher", str(store), "--arch", str(arch),
+                                                     "--output-dir", str(retrained), *flags, "--seed", str(seed),
+                                                     "--no-progress"]))
+        to_run = [r for r in row_runs if not is_recorded(r[2], r[3], recorded)]
+        if store != teacher_run and to_run and store.name not in built:
+            built[store.name] = store_step(base.spec.name, args.data, teacher_run / "teacher", copies, precision,
+                                           store, runs / "cache")
+        rows.append((name, flags, base_copies if copies is None else copies, row_runs))
     logged_metric = val_metric_key(metric)  # its name in a retraining's log
     record = {"command": command_line(["bench/retrain_recipes.py", *argv]), "cpu": cpu_model(), "machine": machine(),
               "torch": torch.__version__, "task": base.spec.name, "metric": metric,
-              "teacher_dev": base.teacher_info["dev_metrics"][metric], "base_copies": base_copies,
+              "teacher_dev": teacher_dev, "base_copies": base_copies,
               "retrain_epochs": RetrainConfig().epochs, "stores_built": built}
     results = []
-    for name, flags, store, copies in rows:
-        for seed, arch in zip(args.seeds, args.arch):
-            retrained = runs / _slug(name) / f"retrain-seed{seed}"
-            step = timed(["retrain", "--teacher", str(store), "--arch", str(arch), "--output-dir", str(retrained),
-                          *flags, "--seed", str(seed), "--no-progress"])
-            doc = json.loads((retrained / "architecture.json").read_text())
-            history = logged_epochs(retrained / "retrain" / "logs", logged_metric)
-            results.append({"row": name, "flags": flags, "copies": copies, "seed": seed, "arch": str(arch),
-                            "retrain": step, "epochs": doc["retrain"]["epochs"], "dev": doc["dev_metrics"][metric],
-                            "dev_per_epoch": [h[logged_metric] for h in history],
-                            "params": doc["params"], "depth": doc["depth"]})
-            print(f"{name}, seed {seed}: {doc['dev_metrics']}", flush=True)
+    for name, flags, copies, row_runs in rows:
+        for seed, arch, retrained, retrain_argv in row_runs:
+            if is_recorded(retrained, retrain_argv, recorded):
+                results.append({**recorded[cli_command(retrain_argv)], "recorded": True})
+                print(f"{name}, seed {seed}: recorded on the page, its run is gone: not retrained", flush=True)
+            else:
+                step = timed(retrain_argv)
+                doc = json.loads((retrained / "architecture.json").read_text())
+                history = logged_epochs(retrained / "retrain" / "logs", logged_metric)
+                results.append({"row": name, "flags": flags, "copies": copies, "seed": seed, "arch": str(arch),
+                                "retrain": step, "epochs": doc["retrain"]["epochs"], "dev": doc["dev_metrics"][metric],
+                                "dev_per_epoch": [h[logged_metric] for h in history],
+                                "params": doc["params"], "depth": doc["depth"]})
+                print(f"{name}, seed {seed}: {doc['dev_metrics']}", flush=True)
             result = {**record, "runs": results, "means": row_means(results)}
             write_results(out, result, markdown(result))  # after every run: a table cut short keeps its rows
     print(markdown(result))
     return 0
+
+
+def recorded_runs(out: Path, teacher_dev: float, copies: int) -> dict[str, dict]:
+    """The runs that the page in ``out`` recorded, by their retrain command, if it was made with a teacher of
+    the same dev metric and copies (a teacher rebuilt by the same command); else none."""
+    page = out / RESULT_JSON
+    earlier = json.loads(page.read_text()) if page.is_file() else {}
+    if earlier.get("teacher_dev") != teacher_dev or earlier.get("base_copies") != copies:
+        return {}
+    return {run["retrain"]["command"]: run for run in earlier.get("runs", [])}
+
+
+def is_recorded(retrained: Path, retrain_argv: list[str], recorded: dict[str, dict]) -> bool:
+    """A run kept as the page recorded it: its directory holds no finished retraining, the page has its command."""
+    return not (retrained / "architecture.json").is_file() and cli_command(retrain_argv) in recorded
 
 
 def _slug(row_name: str) -> str:
@@ -146,8 +174,12 @@ def markdown(result: dict) -> str:
     for r in result["runs"]:
         curve = ", ".join(f"{100 * v:.2f}" for v in r["dev_per_epoch"])
         flags = f"`{shlex.join(r['flags'])}`" if r["flags"] else ""
-        lines.append(f"| {r['row']} | {flags} | {r['copies']} | {r['seed']} | {r['params']:,} | {r['depth']} | "
+        mark = " (recorded)" if r.get("recorded") else ""
+        lines.append(f"| {r['row']} | {flags} | {r['copies']} | {r['seed']}{mark} | {r['params']:,} | {r['depth']} | "
                      f"{curve} | **{100 * r['dev']:.2f}** | {r['retrain']['minutes'] / r['epochs']:.1f} |")
+    if any(r.get("recorded") for r in result["runs"]):
+        lines += ["", "(recorded): kept as an earlier run of this page recorded it (its run directory was gone), with "
+                      "a teacher of the same dev metric; not retrained by this run of the command."]
     lines += ["", "| row | mean over the seeds | behind the teacher | against the first row |", "|---|---|---|---|"]
     means = result["means"]
     first = next(iter(means.values()))

@@ -3,6 +3,7 @@ by a row of its own flags and on a store of other copies, each run's dev curve r
 page that compares the rows with the teacher."""
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -46,6 +47,23 @@ def test_every_row_retrains_the_same_child_and_the_page_compares_them_with_the_t
     again = json.loads((out / "result.json").read_text())
     assert [(r["row"], r["dev"], r["retrain"]) for r in again["runs"]] == \
         [(r["row"], r["dev"], r["retrain"]) for r in result["runs"]]
+
+    # Runs gone (another machine): the page's rows stay as recorded, nothing is retrained or rebuilt.
+    shutil.rmtree(tmp_path / "runs" / "grouped-2-epochs")
+    shutil.rmtree(tmp_path / "runs" / "teacher-aug0")
+    shutil.rmtree(tmp_path / "runs" / "0-copies")
+    assert retrain_recipes.main(argv) == 0
+    kept = json.loads((out / "result.json").read_text())
+    assert [(r["row"], r["dev"], r["retrain"], r.get("recorded", False)) for r in kept["runs"]] == \
+        [(r["row"], r["dev"], r["retrain"], r["row"] != "default") for r in result["runs"]]
+    assert kept["means"] == result["means"] and kept["stores_built"] == {}
+    assert not any((tmp_path / "runs" / d).exists() for d in ("grouped-2-epochs", "teacher-aug0", "0-copies"))
+    page = (out / "result.md").read_text()
+    assert "| grouped, 2 epochs | `--group-by-length --epochs 2` | 1 | 0 (recorded) |" in page
+    # A page made with another teacher keeps nothing.
+    assert retrain_recipes.recorded_runs(out, kept["teacher_dev"], 1) and \
+        not retrain_recipes.recorded_runs(out, kept["teacher_dev"] + 0.01, 1) and \
+        not retrain_recipes.recorded_runs(out, kept["teacher_dev"], 4)
 
 
 def test_a_recipe_without_flags_or_a_child_per_seed_is_refused(capsys):
