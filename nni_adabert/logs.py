@@ -26,6 +26,10 @@ LIBRARY_NOISE = (
     # Lightning's advice for tiny data sets and in-process loading, which we choose on purpose.
     (Warning, r"The number of training batches \(\d+\) is smaller than the logging interval"),
     (Warning, r"The '\w+_dataloader' does not have many workers which may be a bottleneck"),
+    # Resuming on purpose: our samplers skip an epoch's trained batches (training.CheckpointWithinEpochs),
+    # which Lightning cannot see (it knows stateful DataLoaders only), and the run's folder holds its checkpoint.
+    (Warning, r"You're resuming from a checkpoint that ended before the epoch ended"),
+    (Warning, r"Checkpoint directory .* exists and is not empty"),
 )
 
 
