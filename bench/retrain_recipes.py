@@ -102,10 +102,10 @@ def main(argv=None) -> int:
         row_runs = []
         for seed, arch in zip(args.seeds, args.arch):
             retrained = runs / _slug(name) / f"retrain-seed{seed}"
-            row_runs.append((seed, arch, retrained, ["retrain", "--teacher", str(store), "--arch", str(arch),
-                                                     "--output-dir", str(retrained), *flags, "--seed", str(seed),
-                                                     "--no-progress"]))
-        to_run = [r for r in row_runs if not is_recorded(r[2], r[3], recorded)]
+            retrain_argv = ["retrain", "--teacher", str(store), "--arch", str(arch), "--output-dir", str(retrained),
+                            *flags, "--seed", str(seed), "--no-progress"]
+            row_runs.append((seed, arch, retrained, retrain_argv, recorded_run(retrained, retrain_argv, recorded)))
+        to_run = [r for r in row_runs if r[-1] is None]
         if store != teacher_run and to_run and store.name not in built:
             built[store.name] = store_step(base.spec.name, args.data, teacher_run / "teacher", copies, precision,
                                            store, runs / "cache")
@@ -117,9 +117,9 @@ def main(argv=None) -> int:
               "retrain_epochs": RetrainConfig().epochs, "stores_built": built}
     results = []
     for name, flags, copies, row_runs in rows:
-        for seed, arch, retrained, retrain_argv in row_runs:
-            if is_recorded(retrained, retrain_argv, recorded):
-                results.append({**recorded[cli_command(retrain_argv)], "recorded": True})
+        for seed, arch, retrained, retrain_argv, earlier in row_runs:
+            if earlier is not None:
+                results.append({**earlier, "recorded": True})
                 print(f"{name}, seed {seed}: recorded on the page, its run is gone: not retrained", flush=True)
             else:
                 step = timed(retrain_argv)
@@ -146,9 +146,10 @@ def recorded_runs(out: Path, teacher_dev: float, copies: int) -> dict[str, dict]
     return {run["retrain"]["command"]: run for run in earlier.get("runs", [])}
 
 
-def is_recorded(retrained: Path, retrain_argv: list[str], recorded: dict[str, dict]) -> bool:
-    """A run kept as the page recorded it: its directory holds no finished retraining, the page has its command."""
-    return not (retrained / "architecture.json").is_file() and cli_command(retrain_argv) in recorded
+def recorded_run(retrained: Path, retrain_argv: list[str], recorded: dict[str, dict]) -> dict | None:
+    """The page's record of a run to keep as it is (its directory holds no finished retraining, the page has
+    its command), else None: the run is retrained or found finished."""
+    return None if (retrained / "architecture.json").is_file() else recorded.get(cli_command(retrain_argv))
 
 
 def _slug(row_name: str) -> str:

@@ -64,6 +64,11 @@ def finished(record_path: str | os.PathLike, run_identity: dict) -> dict | None:
     return None
 
 
+def checkpoint_file(run_dir: str | os.PathLike) -> Path:
+    """Where a run's one checkpoint lives (replaced at every save; :func:`training.make_trainer`)."""
+    return Path(run_dir) / "checkpoints" / "last.ckpt"
+
+
 def last_checkpoint(run_dir: str | os.PathLike, run_identity: dict) -> Path | None:
     """The checkpoint to resume from, or ``None`` for a fresh start.
 
@@ -71,7 +76,7 @@ def last_checkpoint(run_dir: str | os.PathLike, run_identity: dict) -> Path | No
     recorded under another identity, or under none, is refused.
     """
     run_dir = Path(run_dir)
-    path = run_dir / "checkpoints" / "last.ckpt"
+    path = checkpoint_file(run_dir)
     run_identity = json.loads(json.dumps(run_identity))
     recorded = read_run_file(run_dir)
     if path.is_file() and recorded != run_identity:

@@ -36,7 +36,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_group
 
 from . import atomic
 from .errors import UserError
-from .runs import last_checkpoint
+from .runs import checkpoint_file, last_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -441,9 +441,10 @@ def make_trainer(run_dir: str | os.PathLike, max_epochs: int, *, progress: bool 
     run_dir = Path(run_dir)
     # One checkpoint named "last", replaced every epoch. (save_last=True with save_top_k=0 would
     # save only when training ends: Lightning writes "last" only after a top-k save.)
-    checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", save_top_k=1,
+    path = checkpoint_file(run_dir)
+    checkpoint = ModelCheckpoint(dirpath=path.parent, filename=path.stem, save_top_k=1,
                                  every_n_epochs=1, save_on_train_epoch_end=True, enable_version_counter=False)
-    within_epochs = CheckpointWithinEpochs(run_dir / "checkpoints" / "last.ckpt", checkpoint_minutes())
+    within_epochs = CheckpointWithinEpochs(path, checkpoint_minutes())
     callbacks = [checkpoint, within_epochs, *callbacks] + ([TQDMProgressBar(refresh_rate=20)] if progress
                                                           else [EpochLog()])
     callbacks += [SeedEachEpoch(seed)] if seed is not None else []
