@@ -331,13 +331,21 @@ class SeedEachEpoch(Callback):
 
 class EpochLog(Callback):
     """One log line per finished epoch, with the epoch's metrics and time: what a run without
-    progress bars says, so that a long run on a server is never silent for minutes."""
+    progress bars says, so that a long run on a server is never silent for minutes. An epoch resumed
+    within (:class:`CheckpointWithinEpochs`) says so: its means and minutes are of the resumed part."""
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.started = time.perf_counter()  # an epoch resumed where it was checkpointed starts no epoch
+        self.start_epoch()  # an epoch resumed where it was checkpointed starts no epoch
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.started = time.perf_counter()
+        self.start_epoch()
+
+    def start_epoch(self) -> None:
+        self.started, self.batches = time.perf_counter(), 0
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch,
+                           batch_idx: int) -> None:
+        self.batches += 1
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not is_main_process():
@@ -347,9 +355,12 @@ class EpochLog(Callback):
         metrics = ", ".join(f"{name} {float(value):.4f}" for name, value in sorted(trainer.callback_metrics.items())
                             if value.numel() == 1 and not name.endswith(("_step", "_epoch"))
                             and not name.startswith(CHOICE_PROBABILITIES))
-        minutes = (time.perf_counter() - getattr(self, "started", time.perf_counter())) / 60
-        log.info("epoch %d/%d: %s (%.1f min)", trainer.current_epoch + 1, trainer.max_epochs, metrics or "no metrics",
-                 minutes)
+        minutes = (time.perf_counter() - self.started) / 60
+        total = trainer.num_training_batches
+        part = (f"; resumed at batch {total - self.batches + 1} of {total}: means and minutes of that part"
+                if math.isfinite(total) and 0 < self.batches < total else "")
+        log.info("epoch %d/%d: %s (%.1f min%s)", trainer.current_epoch + 1, trainer.max_epochs,
+                 metrics or "no metrics", minutes, part)
 
 
 class KeepBestEpoch(Callback):

@@ -131,6 +131,8 @@ def test_a_run_killed_within_an_epoch_resumes_there_to_the_same_result(runs, tmp
     caplog.clear()
     assert main(argv(killed)) == 0
     assert "resuming epoch 2 at batch 6 of 64" in caplog.text
+    # Its epoch line says that its means and minutes are of the resumed part; the next epoch's would not.
+    assert "resumed at batch 6 of 64: means and minutes of that part" in caplog.text
     expected, resumed = (json.loads((d / "architecture.json").read_text()) for d in (whole, killed))
     assert resumed["weights_sha256"] == expected["weights_sha256"]
     assert resumed["dev_metrics"] == expected["dev_metrics"]
