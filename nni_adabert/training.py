@@ -16,13 +16,14 @@ from their saved states (:class:`CheckpointWithinEpochs`).
 from __future__ import annotations
 
 import io
+import itertools
 import logging
 import math
 import os
 import random
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 import pytorch_lightning as pl
@@ -31,7 +32,7 @@ from pytorch_lightning.callbacks import Callback, ModelCheckpoint, TQDMProgressB
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.utilities import rank_zero_only
-from torch.utils.data import Sampler
+from torch.utils.data import DataLoader, Sampler
 from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 
 from . import atomic
@@ -361,6 +362,64 @@ class EpochLog(Callback):
                 if math.isfinite(total) and 0 < self.batches < total else "")
         log.info("epoch %d/%d: %s (%.1f min%s)", trainer.current_epoch + 1, trainer.max_epochs,
                  metrics or "no metrics", minutes, part)
+
+
+@torch.no_grad()
+def recompute_batchnorm_statistics(module: torch.nn.Module, batches: Iterable, seed: int = 0) -> int:
+    """Replace every BatchNorm layer's running statistics in ``module`` by their mean over ``batches``
+    (each passed whole to ``module``, which must already be on their device), forwarded in training mode
+    (dropout on, as the weights learnt) without gradients; returns how many batches there were. The
+    module's modes and its layers' momenta are restored; the dropout draws come from ``seed`` and leave
+    the global generators as they were. Without batches the statistics are left as they were."""
+    norms = [m for m in module.modules()
+             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not norms:
+        return 0
+    saved = [{k: v.clone() for k, v in m.state_dict().items()} for m in norms]
+    modes = [(m, m.training) for m in module.modules()]
+    momenta = [m.momentum for m in norms]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # a cumulative mean over the batches, not a moving average
+    module.train()
+    seen = 0
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    try:
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            for batch in batches:
+                module(batch)
+                seen += 1
+    finally:
+        for norm, momentum, state in zip(norms, momenta, saved):
+            norm.momentum = momentum
+            if not seen:
+                norm.load_state_dict(state)
+        for m, training in modes:
+            m.training = training
+    return seen
+
+
+class PreciseBatchNorm(Callback):
+    """Before every dev evaluation, BatchNorm's running statistics are re-estimated over the first
+    ``batches`` batches of ``loader`` (:func:`recompute_batchnorm_statistics`; PreciseBN: Wu & Johnson,
+    "Rethinking 'Batch' in BatchNorm", 2021). The moving average BatchNorm keeps remembers the last few
+    dozen steps only, so it describes whatever lengths of rows they held: after a full-SST-2 retraining
+    in batches grouped by length the same weights scored 86.24 with it and 88.07 re-estimated
+    (bench/results/retrain-recipes). The weights and the training's generators are untouched, so
+    the training itself is the same; the epoch's checkpoint and the exported student keep the
+    re-estimated statistics. ``loader``: training rows in a plain shuffle (every length mixed)."""
+
+    def __init__(self, loader: DataLoader, batches: int, seed: int = 0):
+        self.loader, self.batches, self.seed = loader, batches, seed
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        on_device = (pl_module.transfer_batch_to_device(batch, pl_module.device, 0)
+                     for batch in itertools.islice(self.loader, self.batches))
+        with trainer.precision_plugin.forward_context():
+            recompute_batchnorm_statistics(pl_module, on_device, self.seed)
 
 
 class KeepBestEpoch(Callback):

@@ -12,6 +12,7 @@ import datasets
 import pytest
 import torch
 from conftest import write_tsv
+from safetensors.torch import load_file
 
 from nni_adabert.cli import main
 from nni_adabert.model.space import random_arch
@@ -77,6 +78,26 @@ def test_search_evaluate_and_cross_task_retrain(runs, capsys):
     assert retrained["student_config"]["dropout"] == 0.25 and retrained["retrain"]["weight_decay"] == 0.01
     reloaded = load_student(read_architecture(moved / "architecture.json"))
     assert {m.p for m in reloaded.modules() if isinstance(m, torch.nn.Dropout)} == {0.25}
+
+
+def test_retrain_re_estimates_batchnorm_statistics_and_trains_the_same(runs, tmp_path):
+    """PreciseBN (the retraining's default) changes BatchNorm's statistics only: the same weights as a
+    retraining with BatchNorm's moving averages, other running statistics, and dev metrics of its own."""
+    def retrain(out, *extra):
+        assert main(["retrain", "--arch", "random:1", "--teacher", str(runs / "SST-2"),
+                     "--output-dir", str(out), "--epochs", "2", "--batch-size", "8", "--no-progress", *extra]) == 0
+        doc = json.loads((out / "architecture.json").read_text())
+        return doc, load_file(str(out / "student.safetensors"))
+
+    precise, precise_weights = retrain(tmp_path / "precise")
+    moving, moving_weights = retrain(tmp_path / "moving", "--precise-bn-batches", "0")
+    assert precise["retrain"]["precise_bn_batches"] == 200 and moving["retrain"]["precise_bn_batches"] == 0
+    statistics = {k for k in precise_weights if k.endswith(("running_mean", "running_var", "num_batches_tracked"))}
+    assert statistics  # the random child has convolutions, each with its BatchNorm
+    for name, tensor in precise_weights.items():
+        same = torch.equal(tensor, moving_weights[name])
+        assert same != (name in statistics), name
+    assert precise["dev_metrics"].keys() == moving["dev_metrics"].keys()
 
 
 def test_retrain_a_seeded_random_architecture_of_the_space(runs, tmp_path, capsys):

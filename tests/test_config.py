@@ -79,23 +79,25 @@ def test_configs_split_by_what_they_configure():
     # search-only setting (β, the space, the architecture's optimizer).
     assert names(SearchConfig) == names(TrainingConfig) | names(ArchitectureConfig) | {
         "beta", "embed_dim", "k_max", "space", "finetune_epochs", "candidates", "candidate_epochs"}
-    assert names(RetrainConfig) == names(TrainingConfig)
+    # A retraining re-estimates BatchNorm's statistics before each dev evaluation; the search does not.
+    assert names(RetrainConfig) == names(TrainingConfig) | {"precise_bn_batches"}
+    assert RetrainConfig().precise_bn_batches == 200
     assert RetrainConfig().optimizer == "adamw" and SearchConfig().optimizer == "sgd"
     assert SearchConfig().group_by_length and not RetrainConfig().group_by_length
     # The fine-tuning after a search is a retraining of the search's data and loss, with a
     # retraining's optimizer.
     finetune = SearchConfig(finetune_epochs=2, gamma=0.5, lr=0.3, train_limit=7).finetune_config()
     assert finetune == RetrainConfig(epochs=2, gamma=0.5, train_limit=7, augmented_limit=20000, final_kd=False,
-                                     group_by_length=True)
+                                     group_by_length=True, precise_bn_batches=0)
     # Each candidate of an undecided search trains with a retraining's recipe on the search's rows and with
     # the search's loss (an ablation such as the paper's Base-KD reaches the candidates), the final-logit term on.
     candidate = SearchConfig(candidate_epochs=2, gamma=0.5, lr=0.3, train_limit=7, seed=3).candidate_config()
     assert candidate == RetrainConfig(epochs=2, gamma=0.5, train_limit=7, augmented_limit=20000, seed=3,
-                                      group_by_length=True)
+                                      group_by_length=True, precise_bn_batches=0)
     base_kd = SearchConfig(probe_kd=False, final_kd=True, gamma=1.0, temperature=2.0).candidate_config()
     assert (base_kd.probe_kd, base_kd.final_kd, base_kd.gamma, base_kd.temperature) == (False, True, 1.0, 2.0)
     assert SearchConfig().candidate_config() == RetrainConfig(epochs=1, train_limit=20000, augmented_limit=20000,
-                                                              group_by_length=True)  # the defaults: as before
+                                                              group_by_length=True, precise_bn_batches=0)  # as before
     # Both read the search's rows in the search's order: grouped by length by default (a retraining: plain).
     plain = SearchConfig(group_by_length=False, finetune_epochs=1)
     assert not plain.finetune_config().group_by_length and not plain.candidate_config().group_by_length

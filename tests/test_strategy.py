@@ -19,7 +19,8 @@ from nni_adabert.nas.distill import AdaBertDistillModule, model_inputs
 from nni_adabert.nas.losses import final_kd_loss
 from nni_adabert.nas.strategy import AdaBertStrategy, top_prob_ratio
 from nni_adabert.nas.supermodules import efficiency_loss, gumbel_straight_through
-from nni_adabert.training import EpochLog
+from nni_adabert.model.ops import MaskedBatchNorm1d
+from nni_adabert.training import EpochLog, recompute_batchnorm_statistics
 from nni_adabert.workflows.search import UNDECIDED_RATIO, warn_if_undecided
 
 V, C, J = 30, 2, 3
@@ -394,6 +395,56 @@ def test_distill_module_retrains_a_frozen_child(tmp_path):
     trainer.fit(distill, train, dev)
     assert 0.0 <= distill.last_val_metrics["val_acc"] <= 1.0
     assert not torch.equal(before["classifier.weight"], child.state_dict()["classifier.weight"])
+
+
+def conv_child(cfg):
+    """A frozen child with a convolution (and so a BatchNorm) on every edge, at depth 2."""
+    return AdaBertStudent(cfg, {**{label: "std_conv_3" for label in cfg.edge_labels}, "depth": 2})
+
+
+def batchnorm_statistics(model):
+    return [(m.running_mean.clone(), m.running_var.clone()) for m in model.modules()
+            if isinstance(m, MaskedBatchNorm1d)]
+
+
+def test_batchnorm_statistics_are_recomputed_as_a_mean_over_the_batches():
+    """PreciseBN: the statistics are a cumulative mean (the batches' order does not matter, unlike
+    BatchNorm's moving average); the module's modes and momenta, the global generators and the weights
+    are left as they were; the same batches give the same statistics; without batches nothing changes."""
+    torch.manual_seed(0)
+    child = conv_child(tiny_config()).eval()  # no dropout: each batch's pass is then the same in any order
+    batches = [model_inputs(collate(synthetic_examples(8, seed))) for seed in range(4)]
+    weights = {k: v.clone() for k, v in child.named_parameters()}
+
+    class Wrapper(torch.nn.Module):  # batches passed whole, as the Lightning module takes them
+        def __init__(self):
+            super().__init__()
+            self.child = child
+
+        def forward(self, batch):
+            return self.child(**batch)
+
+    wrapper = Wrapper().eval()
+
+    def recompute(order):
+        rng = torch.get_rng_state()
+        assert recompute_batchnorm_statistics(wrapper, order, seed=5) == len(order)
+        assert torch.equal(torch.get_rng_state(), rng)
+        return batchnorm_statistics(child)
+
+    initial = batchnorm_statistics(child)
+    forward = recompute(batches)
+    backward = recompute(batches[::-1])
+    assert len(forward) == 2 * len(tiny_config().edge_labels)
+    for (mean, var), (mean_r, var_r), (mean_0, _) in zip(forward, backward, initial):
+        assert torch.allclose(mean, mean_r, atol=1e-6) and torch.allclose(var, var_r, atol=1e-6)
+        assert not torch.allclose(mean, mean_0)
+    assert not wrapper.training and not any(m.training for m in child.modules())
+    assert {m.momentum for m in child.modules() if isinstance(m, MaskedBatchNorm1d)} == {0.1}
+    assert all(torch.equal(v, weights[k]) for k, v in child.named_parameters())
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(recompute(batches), forward))
+    assert recompute_batchnorm_statistics(wrapper, [], seed=5) == 0
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(batchnorm_statistics(child), forward))
 
 
 def test_the_epoch_log_line_shows_epoch_means_of_the_training_terms(tmp_path, caplog):

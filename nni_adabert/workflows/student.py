@@ -12,8 +12,8 @@ from ..config import RetrainConfig
 from ..data.encoding import vocab_fingerprint
 from ..model.space import AdaBertStudent, StudentConfig, factorized_embedding, resolve_space
 from ..nas.distill import AdaBertDistillModule, val_metric_key
-from ..teacher.knowledge import KnowledgeStore
-from ..training import fit, make_trainer
+from ..teacher.knowledge import KnowledgeStore, row_loader
+from ..training import PreciseBatchNorm, fit, make_trainer
 
 
 def student_config(store: KnowledgeStore, embed_dim: int = 128, k_max: int = 8, dropout: float = 0.1,
@@ -80,10 +80,13 @@ def train_student(student: AdaBertStudent, store: KnowledgeStore, run_dir: str |
     module = AdaBertDistillModule(store.meta["num_labels"], config, report_to_nni=report_to_nni,
                                   main_metric=val_metric_key(store.spec.main_metric), task=store.spec.to_dict())
     module.set_model(student.train())  # Lightning keeps each module's mode: BatchNorm must learn
-    trainer = make_trainer(run_dir, config.epochs, progress=progress, seed=config.seed, devices=config.devices,
-                           gradient_clip_val=config.grad_clip or None)
     if train is None:
         train = store.loader("train", config.batch_size, shuffle=True, seed=config.seed, limit=config.train_limit,
                              augmented_limit=config.augmented_limit, group_by_length=config.group_by_length)
+    # The same rows in a plain shuffle: every length mixed, whatever the training's batches.
+    precise_bn = (PreciseBatchNorm(row_loader(train.dataset, config.batch_size, shuffle=True, seed=config.seed),
+                                   config.precise_bn_batches, config.seed),) if config.precise_bn_batches else ()
+    trainer = make_trainer(run_dir, config.epochs, progress=progress, seed=config.seed, devices=config.devices,
+                           gradient_clip_val=config.grad_clip or None, callbacks=precise_bn)
     fit(trainer, module, train, val if val is not None else store.loader("dev", 256), run_dir, run_identity)
     return student.cpu().eval()
