@@ -14,12 +14,12 @@ from nni_adabert.cli import build_parser
 from nni_adabert.config import RetrainConfig, SearchConfig, TrainingConfig, from_options
 from nni_adabert.errors import UserError
 from nni_adabert.model.cost import child_params
+from nni_adabert.model.ops import MaskedBatchNorm1d
 from nni_adabert.model.space import AdaBertSpace, AdaBertStudent, StudentConfig, validate_arch
 from nni_adabert.nas.distill import AdaBertDistillModule, model_inputs
 from nni_adabert.nas.losses import final_kd_loss
 from nni_adabert.nas.strategy import AdaBertStrategy, top_prob_ratio
 from nni_adabert.nas.supermodules import efficiency_loss, gumbel_straight_through
-from nni_adabert.model.ops import MaskedBatchNorm1d
 from nni_adabert.training import EpochLog, recompute_batchnorm_statistics
 from nni_adabert.workflows.search import UNDECIDED_RATIO, warn_if_undecided
 
@@ -416,19 +416,13 @@ def test_batchnorm_statistics_are_recomputed_as_a_mean_over_the_batches():
     batches = [model_inputs(collate(synthetic_examples(8, seed))) for seed in range(4)]
     weights = {k: v.clone() for k, v in child.named_parameters()}
 
-    class Wrapper(torch.nn.Module):  # batches passed whole, as the Lightning module takes them
-        def __init__(self):
-            super().__init__()
-            self.child = child
-
-        def forward(self, batch):
-            return self.child(**batch)
-
-    wrapper = Wrapper().eval()
+    module = AdaBertDistillModule(C)  # takes batches whole, as in training
+    module.set_model(child)
+    module.eval()
 
     def recompute(order):
         rng = torch.get_rng_state()
-        assert recompute_batchnorm_statistics(wrapper, order, seed=5) == len(order)
+        assert recompute_batchnorm_statistics(module, order, seed=5) == len(order)
         assert torch.equal(torch.get_rng_state(), rng)
         return batchnorm_statistics(child)
 
@@ -439,11 +433,11 @@ def test_batchnorm_statistics_are_recomputed_as_a_mean_over_the_batches():
     for (mean, var), (mean_r, var_r), (mean_0, _) in zip(forward, backward, initial):
         assert torch.allclose(mean, mean_r, atol=1e-6) and torch.allclose(var, var_r, atol=1e-6)
         assert not torch.allclose(mean, mean_0)
-    assert not wrapper.training and not any(m.training for m in child.modules())
+    assert not module.training and not any(m.training for m in child.modules())
     assert {m.momentum for m in child.modules() if isinstance(m, MaskedBatchNorm1d)} == {0.1}
     assert all(torch.equal(v, weights[k]) for k, v in child.named_parameters())
     assert all(torch.equal(a[0], b[0]) for a, b in zip(recompute(batches), forward))
-    assert recompute_batchnorm_statistics(wrapper, [], seed=5) == 0
+    assert recompute_batchnorm_statistics(module, [], seed=5) == 0
     assert all(torch.equal(a[0], b[0]) for a, b in zip(batchnorm_statistics(child), forward))
 
 
