@@ -38,7 +38,8 @@ for path in sorted(Path(sys.argv[3]).glob("*.ckpt")):
     saved = torch.load(path, map_location="cpu", weights_only=True)
     mid = [s["batches"] for s in saved["callbacks"].values() if isinstance(s, dict) and "batches" in s]
     label = f"e{saved['epoch'] + 1}" + (f"@{mid[0]}" if mid else "end")
-    points.append((label, {k.removeprefix("_model."): v for k, v in saved["state_dict"].items() if k.startswith("_model.")}))
+    points.append((label, {k.removeprefix("_model."): v for k, v in saved["state_dict"].items()
+                           if k.startswith("_model.")}))
 points.append(("final", final))
 print([p[0] for p in points], flush=True)
 
