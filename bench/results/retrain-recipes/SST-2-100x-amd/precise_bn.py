@@ -21,12 +21,10 @@ from nni_adabert.training import recompute_batchnorm_statistics
 from nni_adabert.workflows.evaluate import dev_metrics
 from nni_adabert.workflows.export import load_exported
 
-torch.set_num_threads(2)
-store = open_teacher_run(sys.argv[1])
-config = RetrainConfig()
+CONFIG = RetrainConfig()
 
 
-def accuracies(student) -> tuple[float, float]:
+def accuracies(student, store) -> tuple[float, float]:
     """Dev accuracy (%) with the statistics as they are, then re-estimated (the retraining's callback)."""
     def score():
         student.eval()
@@ -34,26 +32,41 @@ def accuracies(student) -> tuple[float, float]:
                                        store)["accuracy"], 2)
 
     as_trained = score()
-    module = AdaBertDistillModule(store.meta["num_labels"], config)
+    module = AdaBertDistillModule(store.meta["num_labels"], CONFIG)
     module.set_model(student)
-    loader = row_loader(store.rows("train"), config.batch_size, shuffle=True, seed=config.seed)
-    batches = (batch for _, batch in zip(range(config.precise_bn_batches), loader))
-    recompute_batchnorm_statistics(module, batches, config.seed)
+    loader = row_loader(store.rows("train"), CONFIG.batch_size, shuffle=True, seed=CONFIG.seed)
+    batches = (batch for _, batch in zip(range(CONFIG.precise_bn_batches), loader))
+    recompute_batchnorm_statistics(module, batches, CONFIG.seed)
     return as_trained, score()
 
 
-for spec in sys.argv[2:]:
-    run, _, checkpoints = spec.partition(":")
-    student = load_student(load_exported(run, store))
-    if checkpoints:
-        ends = {}
-        for path in sorted(Path(checkpoints).glob("*.ckpt")):
-            saved = torch.load(path, map_location="cpu", weights_only=True)
-            if not any("batches" in state for state in saved["callbacks"].values() if isinstance(state, dict)):
-                ends[saved["epoch"] + 1] = {k.removeprefix("_model."): v for k, v in saved["state_dict"].items()
-                                            if k.startswith("_model.")}
-        for epoch in sorted(ends):
-            student.load_state_dict(ends[epoch])
-            print(f"{run} epoch {epoch}: as trained, re-estimated: {accuracies(student)}", flush=True)
+def saved_weights(checkpoints: str) -> list[tuple[int, int | None, dict]]:
+    """``(epoch from 1, batch within it or None at its end, the student's weights)`` of each Lightning
+    checkpoint in the folder ``checkpoints``, in file-name order (the copies are named by time)."""
+    found = []
+    for path in sorted(Path(checkpoints).glob("*.ckpt")):
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        within = [state["batches"] for state in saved["callbacks"].values()
+                  if isinstance(state, dict) and "batches" in state]
+        weights = {k.removeprefix("_model."): v for k, v in saved["state_dict"].items() if k.startswith("_model.")}
+        found.append((saved["epoch"] + 1, within[0] if within else None, weights))
+    return found
+
+
+def main(argv):
+    torch.set_num_threads(2)
+    store = open_teacher_run(argv[0])
+    for spec in argv[1:]:
+        run, _, checkpoints = spec.partition(":")
         student = load_student(load_exported(run, store))
-    print(f"{run} exported: as trained, re-estimated: {accuracies(student)}", flush=True)
+        if checkpoints:
+            ends = {epoch: weights for epoch, within, weights in saved_weights(checkpoints) if within is None}
+            for epoch in sorted(ends):
+                student.load_state_dict(ends[epoch])
+                print(f"{run} epoch {epoch}: as trained, re-estimated: {accuracies(student, store)}", flush=True)
+            student = load_student(load_exported(run, store))
+        print(f"{run} exported: as trained, re-estimated: {accuracies(student, store)}", flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
