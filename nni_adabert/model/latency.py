@@ -124,12 +124,13 @@ def _uniform_child(config: StudentConfig, op: str, depth: int) -> AdaBertStudent
     return AdaBertStudent(config, uniform_arch(config, op, depth)).eval()
 
 
-def _reference_runs(reference_config: PretrainedConfig, batch_size: int, lengths: Sequence[int]
-                    ) -> dict[int, tuple[Callable, list]]:
-    """``{layers: (fn, batches)}`` of 1- and 2-layer copies of the reference model over batches of
-    ``lengths``: its layers are identical, so its time is ``t1 + (layers - 1) * (t2 - t1)``."""
+def _reference_runs(reference_config: PretrainedConfig, batch_size: int, lengths: Sequence[int],
+                    layer_counts: Sequence[int] = (1, 2)) -> dict[int, tuple[Callable, list]]:
+    """``{layers: (fn, batches)}`` of copies of the reference model with each of ``layer_counts`` layers
+    (1 and 2 by default) over batches of ``lengths``: its layers are identical, so its time is
+    ``t1 + (layers - 1) * (t2 - t1)``."""
     runs = {}
-    for layers in (1, 2):
+    for layers in layer_counts:
         cfg = copy.deepcopy(reference_config)
         cfg.num_hidden_layers = layers
         torch.manual_seed(0)

@@ -26,27 +26,14 @@ EXTRAPOLATIONS = {"1 and 2 layers (today)": (1, 2), "1 and 3 layers": (1, 3), "1
 
 
 def measure(table_path: str, repeats: int) -> dict:
-    import copy
+    from transformers import BertConfig
 
-    import torch
-    from transformers import AutoModelForSequenceClassification, BertConfig
-
-    from nni_adabert.model.latency import _threads, time_runs
+    from nni_adabert.model.latency import _reference_runs, _threads, time_runs
 
     setting = json.loads(Path(table_path).read_text())["setting"]
-    runs = {}
     with _threads(1):
-        for layers in LAYERS:
-            cfg = copy.deepcopy(BertConfig(num_labels=2))
-            cfg.num_hidden_layers = layers
-            torch.manual_seed(0)
-            model = AutoModelForSequenceClassification.from_config(cfg).eval()
-            g = torch.Generator().manual_seed(0)
-            batches = [{"input_ids": torch.randint(1, cfg.vocab_size, (setting["batch_size"], n), generator=g),
-                        "token_type_ids": torch.zeros(setting["batch_size"], n, dtype=torch.long)}
-                       for n in setting["reference_lengths"]]
-            runs[str(layers)] = ((lambda m: lambda b: m(**b))(model), batches)
-        times = time_runs(runs, repeats)
+        runs = _reference_runs(BertConfig(num_labels=2), setting["batch_size"], setting["reference_lengths"], LAYERS)
+        times = time_runs({str(layers): run for layers, run in runs.items()}, repeats)
     return {"command": f"python {Path(__file__).name} {table_path} --repeats {repeats}",
             "reference_lengths": setting["reference_lengths"], "batch_size": setting["batch_size"], "times": times}
 
