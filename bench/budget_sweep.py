@@ -4,13 +4,14 @@ against size and speed.
     .venv/bin/python bench/budget_sweep.py --task SST-2 --max-params 6400000 5400000 4800000 \\
         --min-speedup 100 --name SST-2
 
-One student per budget: ``nni-adabert teacher`` once (or ``--teacher-run``: a finished one), then per
-budget ``search`` with that budget (``--max-params N`` or ``--min-speedup S``, nothing else but the
-seed) and ``retrain`` with its
-defaults, as :mod:`pipeline` runs them; then every student's dev metric, params and speed (batch 128,
-1 thread, one round-robin with the teacher and the BERT-base architecture). The result checks issue 17's
+One student per budget and seed (``--seeds``, default 0): ``nni-adabert teacher`` once (or ``--teacher-run``:
+a finished one), then per budget and seed ``search`` with that budget (``--max-params N`` or ``--min-speedup S``,
+nothing else but the seed) and ``retrain`` with its defaults, as :mod:`pipeline` runs them; then every
+student's dev metric, params and speed (batch 128, 1 thread, one round-robin with the teacher and the
+BERT-base architecture). The result checks issue 17's
 terms: each student within ``--tolerance`` of its budget (params, or the measured speedup over
-BERT-base), the metric non-increasing as the students get smaller, the smallest within 4 points of
+BERT-base), the metric non-increasing as the budgets' students get smaller (with several seeds: each budget's
+mean, so that the order compares means, not single draws), the smallest within 4 points of
 the teacher, the students at >= 100x BERT-base's speed within 2, none parameter-free. The commands
 resume and skip finished steps. ``--also-without-candidates``: each search is also exported without
 candidates (``search --candidates 0`` on a copy of its finished search phase, so only the export runs:
@@ -26,6 +27,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import statistics
 import sys
 from pathlib import Path
 
@@ -61,7 +63,8 @@ def parse_args(argv=None):
     p.add_argument("--min-speedup", type=float, nargs="*", default=[], help="speed budgets, one student each")
     p.add_argument("--teacher-run", default=None, help="a finished `nni-adabert teacher` run to use instead of "
                    "building one with the defaults (e.g. a smaller store for a quick sweep)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", "--seed", dest="seeds", type=int, nargs="+", default=[0],
+                   help="one student per budget and seed; issue 17's terms on each budget's mean")
     p.add_argument("--tolerance", type=float, default=0.15, help="how far from its budget a student may be")
     p.add_argument("--name", required=True, help="run name: bench/results/budget-sweep/<name>/")
     p.add_argument("--runs-dir", default=None, help="where the runs go (default: runs/bench/budget-sweep/<name>)")
@@ -119,11 +122,25 @@ def off_budget(student: dict) -> float:
     return measured / budget["value"] - 1
 
 
+def budget_means(students: list[dict]) -> list[dict]:
+    """One point per budget, in the order of ``students``: the mean ``params``, ``speedup_over_bert_base`` and
+    ``value`` of its seeds' students, the fewest ``parametric_edges`` among them and their ``seeds``."""
+    by_budget: dict[str, list[dict]] = {}
+    for s in students:
+        by_budget.setdefault(s["budget"]["name"], []).append(s)
+    return [{"budget": group[0]["budget"], "seeds": [s.get("seed") for s in group],
+             **{key: statistics.mean(s[key] for s in group) for key in ("params", "speedup_over_bert_base", "value")},
+             "parametric_edges": min(s["parametric_edges"] for s in group)} for group in by_budget.values()]
+
+
 def findings(students: list[dict], teacher_value: float, metric: str, tolerance: float) -> dict:
     """Issue 17's terms over the sweep's ``students`` (entries with ``budget``, ``params``,
-    ``speedup_over_bert_base``, ``value`` in points, ``parametric_edges``), ``teacher_value`` in points."""
-    by_size = sorted(students, key=lambda s: -s["params"])
-    fast = [s for s in students if s["speedup_over_bert_base"] >= FAST]
+    ``speedup_over_bert_base``, ``value`` in points, ``parametric_edges``), ``teacher_value`` in points:
+    every student within budget and with weights; the order and the gaps on each budget's mean
+    (:func:`budget_means`; with one seed, the students themselves)."""
+    points = budget_means(students)
+    by_size = sorted(points, key=lambda p: -p["params"])
+    fast = [p for p in points if p["speedup_over_bert_base"] >= FAST]
     terms = {
         "within_budget": all(abs(off_budget(s)) <= tolerance for s in students),
         "non_increasing": all(b["value"] <= a["value"] for a, b in zip(by_size, by_size[1:])),
@@ -131,7 +148,7 @@ def findings(students: list[dict], teacher_value: float, metric: str, tolerance:
         "fast_gap": min((teacher_value - s["value"] for s in fast), default=None),
         "parametric": all(s["parametric_edges"] > 0 for s in students),
     }
-    terms["met"] = (len(students) >= 3 and terms["within_budget"] and terms["non_increasing"]
+    terms["met"] = (len(points) >= 3 and terms["within_budget"] and terms["non_increasing"]
                     and terms["smallest_gap"] <= 4 and terms["fast_gap"] is not None and terms["fast_gap"] <= 2
                     and terms["parametric"])
     return terms
@@ -151,17 +168,17 @@ def main(argv=None) -> int:
         teacher_record = teacher_step(args.task, args.data, teacher, args.cache_dir or str(runs / "cache"))
     students, argmax_exports = [], []
     for budget in budgets(args):
-        name = f"{budget['name']}-seed{args.seed}"
-        entry = student_steps(teacher, runs, name, args.seed, budget["flags"], out)
-        students.append({"budget": {k: budget[k] for k in ("kind", "value", "name")}, **entry})
-        if args.also_without_candidates:
-            argmax_exports.append(export_without_candidates(teacher, runs, students[-1], budget["flags"], out))
+        for seed in args.seeds:
+            entry = student_steps(teacher, runs, f"{budget['name']}-seed{seed}", seed, budget["flags"], out)
+            students.append({"budget": {k: budget[k] for k in ("kind", "value", "name")}, **entry})
+            if args.also_without_candidates:
+                argmax_exports.append(export_without_candidates(teacher, runs, students[-1], budget["flags"], out))
     store = open_teacher_run(teacher)
     teacher_metrics = measure(store, students + [e for e in argmax_exports if not e["same_child"]], args.threads)
-    picked = {s["budget"]["name"]: s for s in students}
+    picked = {_key(s): s for s in students}
     for e in argmax_exports:
         if e["same_child"]:
-            e.update({k: picked[e["budget"]["name"]][k] for k in MEASURED})
+            e.update({k: picked[_key(e)][k] for k in MEASURED})
     metric = store.spec.main_metric
     for s in students + argmax_exports:
         s["value"] = 100 * s["dev"][metric]
@@ -172,8 +189,8 @@ def main(argv=None) -> int:
               "teacher": {"dev": teacher_metrics, **teacher_record}, "students": students,
               "findings": findings(students, teacher_value, metric, args.tolerance), "tolerance": args.tolerance,
               "references": REFERENCES, "argmax_exports": argmax_exports}
-    plot_accuracy_vs_cost([{"label": _label(s), "params": s["params"], "speedup": s["speedup_over_bert_base"],
-                            "value": s["value"]} for s in students], REFERENCES, out / "tradeoff.png",
+    plot_accuracy_vs_cost([{"label": _label(p), "params": p["params"], "speedup": p["speedup_over_bert_base"],
+                            "value": p["value"]} for p in budget_means(students)], REFERENCES, out / "tradeoff.png",
                           f"{result['task']}: students of the budget sweep", metric, teacher_value)
     text = markdown(result)
     write_results(out, result, text)
@@ -181,27 +198,43 @@ def main(argv=None) -> int:
     return 0
 
 
-def _label(student: dict) -> str:
+def _key(student: dict) -> tuple:
+    """A student's budget and seed: what names it among the sweep's students."""
+    return student["budget"]["name"], student.get("seed")
+
+
+def _label(student: dict, with_seed: bool = False) -> str:
     budget = student["budget"]
-    return f"≤{budget['value'] / 1e6:.1f}M" if budget["kind"] == "params" else f"≥{budget['value']:g}x"
+    label = f"≤{budget['value'] / 1e6:.1f}M" if budget["kind"] == "params" else f"≥{budget['value']:g}x"
+    return f"{label}, seed {student['seed']}" if with_seed else label
 
 
 def markdown(result: dict) -> str:
     metric, teacher, f = result["metric"], result["teacher"], result["findings"]
     teacher_value = 100 * teacher["dev"][metric]
     argmax_exports = result.get("argmax_exports", [])
+    points = budget_means(result["students"])
+    seeds = len(result["students"]) > len(points)  # several seeds per budget: rows say which, means below
     lines = steps_markdown(result, "a budget sweep of the default pipeline", result["students"] + argmax_exports)
     lines += ["| budget | K | params | params without embedding | off budget | conv/pool edges with weights "
               "| searched | retrained | behind the teacher | speedup over BERT-base arch | over teacher |",
               "|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in sorted(result["students"], key=lambda s: -s["params"]):
-        lines.append(f"| {_label(s)} | {s['depth']} | {s['params']:,} | {s['params_without_embedding']:,} "
+        lines.append(f"| {_label(s, seeds)} | {s['depth']} | {s['params']:,} | {s['params_without_embedding']:,} "
                      f"| {100 * off_budget(s):+.1f}% | {s['parametric_edges']} "
                      f"| {100 * s['searched'][metric]:.2f} | {s['value']:.2f} | {teacher_value - s['value']:.2f} "
                      f"| {s['speedup_over_bert_base']:.1f}x | {s['speedup_over_teacher']:.1f}x |")
+    if seeds:
+        lines += ["", "Each budget's mean over its seeds (what the order and the gaps below compare):", "",
+                  "| budget | seeds | params | retrained | behind the teacher | speedup over BERT-base arch |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {_label(p)} | {', '.join(str(seed) for seed in p['seeds'])} | {p['params']:,.0f} "
+                  f"| {p['value']:.2f} | {teacher_value - p['value']:.2f} | {p['speedup_over_bert_base']:.1f}x |"
+                  for p in sorted(points, key=lambda p: -p["params"])]
     fast = "none at >= 100x" if f["fast_gap"] is None else f"{f['fast_gap']:.2f} behind (goal <= 2)"
+    students = "the budgets' means" if seeds else "the students"
     lines += ["", f"Issue 17's terms: every student within ±{100 * result['tolerance']:.0f}% of its budget: "
-                  f"{'yes' if f['within_budget'] else 'no'}; {metric} non-increasing as the students get smaller: "
+                  f"{'yes' if f['within_budget'] else 'no'}; {metric} non-increasing as {students} get smaller: "
                   f"{'yes' if f['non_increasing'] else 'no'}; the smallest {f['smallest_gap']:.2f} behind the "
                   f"teacher (goal <= 4); at >= 100x BERT-base's speed: {fast}; none parameter-free: "
                   f"{'yes' if f['parametric'] else 'no'}. **All met: {'yes' if f['met'] else 'no'}.**", "",
@@ -210,18 +243,19 @@ def markdown(result: dict) -> str:
               "its speed).", "",
               "![accuracy against params and speed](tradeoff.png)", ""]
     if argmax_exports:
-        picked = {s["budget"]["name"]: s for s in result["students"]}
+        picked = {_key(s): s for s in result["students"]}
         lines += ["The same searches exported without candidates (`--candidates 0`: the budget-constrained argmax), "
                   "retrained with the defaults:", "",
                   "| budget | K | params | searched | retrained | the default's export minus this | "
                   "speedup over BERT-base arch |", "|---|---|---|---|---|---|---|"]
         for s in argmax_exports:
-            gain = picked[s["budget"]["name"]]["value"] - s["value"]
+            gain = picked[_key(s)]["value"] - s["value"]
             same = " (the same child: not retrained again)" if s.get("same_child") else ""
-            lines.append(f"| {_label(s)}{same} | {s['depth']} | {s['params']:,} | {100 * s['searched'][metric]:.2f} "
-                         f"| {s['value']:.2f} | {gain:+.2f} | {s['speedup_over_bert_base']:.1f}x |")
+            lines.append(f"| {_label(s, seeds)}{same} | {s['depth']} | {s['params']:,} "
+                         f"| {100 * s['searched'][metric]:.2f} | {s['value']:.2f} | {gain:+.2f} "
+                         f"| {s['speedup_over_bert_base']:.1f}x |")
         lines.append("")
-    lines += [f"Cell, {_label(s)}: ![cell](cell-{s['budget']['name']}-seed{s['seed']}.png)"
+    lines += [f"Cell, {_label(s, seeds)}: ![cell](cell-{s['budget']['name']}-seed{s['seed']}.png)"
               for s in result["students"]]
     return "\n".join(lines) + "\n"
 

@@ -68,9 +68,30 @@ def test_the_smallest_must_stay_within_4_points_and_two_students_are_not_a_sweep
     assert f["smallest_gap"] == pytest.approx(4.4) and not f["met"]
 
 
+def test_with_several_seeds_the_order_and_the_gaps_compare_each_budgets_mean():
+    """Two seeds a budget: 5.0M's seed 0 (87.8) beats 6.4M's seed 1 (87.0), a draw an order over single
+    students would count, but the means (87.5 >= 87.35 >= 86.9) are ordered; every student must still be
+    within its budget and keep weights."""
+    students = [{**s, "seed": seed, "value": value} for s, seeds in zip(sweep(), ((88.0, 87.0), (87.8, 86.9),
+                                                                                  (87.2, 86.6)))
+                for seed, value in enumerate(seeds)]
+    points = budget_sweep.budget_means(students)
+    assert [p["value"] for p in points] == pytest.approx([87.5, 87.35, 86.9]) and points[0]["seeds"] == [0, 1]
+    f = budget_sweep.findings(students, 88.9, "accuracy", 0.15)
+    assert f["met"] and f["non_increasing"]
+    assert f["smallest_gap"] == pytest.approx(88.9 - 86.9) and f["fast_gap"] == pytest.approx(88.9 - 86.9)
+    students[3]["value"] = 88.9                   # 5.0M's mean now 88.35, above 6.4M's 87.5
+    assert not budget_sweep.findings(students, 88.9, "accuracy", 0.15)["non_increasing"]
+    students[3]["value"], students[5]["parametric_edges"] = 86.9, 0  # one seed's cell without weights fails it
+    assert not budget_sweep.findings(students, 88.9, "accuracy", 0.15)["parametric"]
+
+
 def test_budgets_become_search_flags():
     args = budget_sweep.parse_args(["--name", "x", "--max-params", "6400000", "--min-speedup", "100"])
     assert [b["flags"] for b in budget_sweep.budgets(args)] == [["--max-params", "6400000"], ["--min-speedup", "100"]]
+    assert args.seeds == [0]
+    assert budget_sweep.parse_args(["--name", "x", "--min-speedup", "100", "--seeds", "0", "1"]).seeds == [0, 1]
+    assert budget_sweep.parse_args(["--name", "x", "--min-speedup", "100", "--seed", "1"]).seeds == [1]
     with pytest.raises(SystemExit):
         budget_sweep.parse_args(["--name", "x"])
 
@@ -139,6 +160,34 @@ def test_a_finished_teacher_run_is_used_not_built(runs, tmp_path, monkeypatch):
     assert teachers == [runs / "SST-2"] * 3
     page = (tmp_path / "result.md").read_text()
     assert f"# the finished teacher run {runs / 'SST-2'}" in page and "Teacher dev accuracy: 87.00" in page
+
+
+def test_two_seeds_make_a_student_per_budget_and_seed_and_the_page_shows_the_means(runs, tmp_path, monkeypatch):
+    calls = []
+    _, _, student_steps = _steps_recording(calls, {})
+
+    def measure(store, students, threads):
+        for s, (params, value) in zip(students, ((6_300_000, 0.88), (6_200_000, 0.86), (5_300_000, 0.865),
+                                                 (5_200_000, 0.855), (4_600_000, 0.85), (4_500_000, 0.84))):
+            s.update(params=params, params_without_embedding=params - 3_906_816, depth=2, dev={"accuracy": value},
+                     speedup_over_bert_base=110.0, speedup_over_teacher=10.0)
+        return {"accuracy": 0.89}
+
+    monkeypatch.setattr(budget_sweep, "student_steps", student_steps)
+    monkeypatch.setattr(budget_sweep, "measure", measure)
+    monkeypatch.setattr(budget_sweep, "results_dir", lambda benchmark, name: tmp_path)
+    assert budget_sweep.main(["--teacher-run", str(runs / "SST-2"), "--max-params", "6400000", "5400000", "4700000",
+                              "--seeds", "0", "1", "--name", "quick", "--runs-dir", str(tmp_path / "runs")]) == 0
+    assert [c[1] for c in calls if c[0] == "search"] == ["params6400000-seed0", "params6400000-seed1",
+                                                         "params5400000-seed0", "params5400000-seed1",
+                                                         "params4700000-seed0", "params4700000-seed1"]
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["findings"]["non_increasing"]   # means 87.0 >= 86.0 >= 84.5, though 6.4M's seed 1 < 5.4M's seed 0
+    assert result["findings"]["smallest_gap"] == pytest.approx(89.0 - 84.5)
+    page = (tmp_path / "result.md").read_text()
+    assert "| ≤6.4M, seed 1 | 2 | 6,200,000 |" in page
+    assert "| ≤4.7M | 0, 1 | 4,550,000 | 84.50 | 4.50 | 110.0x |" in page
+    assert "non-increasing as the budgets' means get smaller: yes" in page
 
 
 def _steps_recording(calls, archs):
