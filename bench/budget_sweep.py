@@ -214,17 +214,17 @@ def markdown(result: dict) -> str:
     teacher_value = 100 * teacher["dev"][metric]
     argmax_exports = result.get("argmax_exports", [])
     points = budget_means(result["students"])
-    seeds = len(result["students"]) > len(points)  # several seeds per budget: rows say which, means below
+    several_seeds = len(result["students"]) > len(points)  # rows say which seed, means below
     lines = steps_markdown(result, "a budget sweep of the default pipeline", result["students"] + argmax_exports)
     lines += ["| budget | K | params | params without embedding | off budget | conv/pool edges with weights "
               "| searched | retrained | behind the teacher | speedup over BERT-base arch | over teacher |",
               "|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in sorted(result["students"], key=lambda s: -s["params"]):
-        lines.append(f"| {_label(s, seeds)} | {s['depth']} | {s['params']:,} | {s['params_without_embedding']:,} "
-                     f"| {100 * off_budget(s):+.1f}% | {s['parametric_edges']} "
+        lines.append(f"| {_label(s, several_seeds)} | {s['depth']} | {s['params']:,} "
+                     f"| {s['params_without_embedding']:,} | {100 * off_budget(s):+.1f}% | {s['parametric_edges']} "
                      f"| {100 * s['searched'][metric]:.2f} | {s['value']:.2f} | {teacher_value - s['value']:.2f} "
                      f"| {s['speedup_over_bert_base']:.1f}x | {s['speedup_over_teacher']:.1f}x |")
-    if seeds:
+    if several_seeds:
         lines += ["", "Each budget's mean over its seeds (what the order and the gaps below compare):", "",
                   "| budget | seeds | params | retrained | behind the teacher | speedup over BERT-base arch |",
                   "|---|---|---|---|---|---|"]
@@ -232,9 +232,9 @@ def markdown(result: dict) -> str:
                   f"| {p['value']:.2f} | {teacher_value - p['value']:.2f} | {p['speedup_over_bert_base']:.1f}x |"
                   for p in sorted(points, key=lambda p: -p["params"])]
     fast = "none at >= 100x" if f["fast_gap"] is None else f"{f['fast_gap']:.2f} behind (goal <= 2)"
-    students = "the budgets' means" if seeds else "the students"
+    compared = "the budgets' means" if several_seeds else "the students"
     lines += ["", f"Issue 17's terms: every student within ±{100 * result['tolerance']:.0f}% of its budget: "
-                  f"{'yes' if f['within_budget'] else 'no'}; {metric} non-increasing as {students} get smaller: "
+                  f"{'yes' if f['within_budget'] else 'no'}; {metric} non-increasing as {compared} get smaller: "
                   f"{'yes' if f['non_increasing'] else 'no'}; the smallest {f['smallest_gap']:.2f} behind the "
                   f"teacher (goal <= 4); at >= 100x BERT-base's speed: {fast}; none parameter-free: "
                   f"{'yes' if f['parametric'] else 'no'}. **All met: {'yes' if f['met'] else 'no'}.**", "",
@@ -251,11 +251,11 @@ def markdown(result: dict) -> str:
         for s in argmax_exports:
             gain = picked[_key(s)]["value"] - s["value"]
             same = " (the same child: not retrained again)" if s.get("same_child") else ""
-            lines.append(f"| {_label(s, seeds)}{same} | {s['depth']} | {s['params']:,} "
+            lines.append(f"| {_label(s, several_seeds)}{same} | {s['depth']} | {s['params']:,} "
                          f"| {100 * s['searched'][metric]:.2f} | {s['value']:.2f} | {gain:+.2f} "
                          f"| {s['speedup_over_bert_base']:.1f}x |")
         lines.append("")
-    lines += [f"Cell, {_label(s, seeds)}: ![cell](cell-{s['budget']['name']}-seed{s['seed']}.png)"
+    lines += [f"Cell, {_label(s, several_seeds)}: ![cell](cell-{s['budget']['name']}-seed{s['seed']}.png)"
               for s in result["students"]]
     return "\n".join(lines) + "\n"
 
