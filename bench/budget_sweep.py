@@ -189,13 +189,27 @@ def main(argv=None) -> int:
               "teacher": {"dev": teacher_metrics, **teacher_record}, "students": students,
               "findings": findings(students, teacher_value, metric, args.tolerance), "tolerance": args.tolerance,
               "references": REFERENCES, "argmax_exports": argmax_exports}
-    plot_accuracy_vs_cost([{"label": _label(p), "params": p["params"], "speedup": p["speedup_over_bert_base"],
-                            "value": p["value"]} for p in budget_means(students)], REFERENCES, out / "tradeoff.png",
-                          f"{result['task']}: students of the budget sweep", metric, teacher_value)
+    plot_tradeoff(result, teacher_value, out / "tradeoff.png")
     text = markdown(result)
     write_results(out, result, text)
     print(text)
     return 0
+
+
+def several_seeds(students: list[dict]) -> bool:
+    """Whether some budget has more than one student (then the order compares each budget's mean)."""
+    return len(budget_means(students)) < len(students)
+
+
+def plot_tradeoff(result: dict, teacher_value: float, path: Path) -> None:
+    """The sweep's picture: each budget's mean (:func:`budget_means`) and, with several seeds, each student."""
+    def point(s: dict) -> dict:
+        return {"label": _label(s), "params": s["params"], "speedup": s["speedup_over_bert_base"], "value": s["value"]}
+
+    students = result["students"]
+    plot_accuracy_vs_cost([point(p) for p in budget_means(students)], REFERENCES, path,
+                          f"{result['task']}: students of the budget sweep", result["metric"], teacher_value,
+                          each_seed=[point(s) for s in students] if several_seeds(students) else None)
 
 
 def _key(student: dict) -> tuple:
@@ -214,17 +228,17 @@ def markdown(result: dict) -> str:
     teacher_value = 100 * teacher["dev"][metric]
     argmax_exports = result.get("argmax_exports", [])
     points = budget_means(result["students"])
-    several_seeds = len(result["students"]) > len(points)  # rows say which seed, means below
+    with_seed = several_seeds(result["students"])  # rows say which seed, means below
     lines = steps_markdown(result, "a budget sweep of the default pipeline", result["students"] + argmax_exports)
     lines += ["| budget | K | params | params without embedding | off budget | conv/pool edges with weights "
               "| searched | retrained | behind the teacher | speedup over BERT-base arch | over teacher |",
               "|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in sorted(result["students"], key=lambda s: -s["params"]):
-        lines.append(f"| {_label(s, several_seeds)} | {s['depth']} | {s['params']:,} "
+        lines.append(f"| {_label(s, with_seed)} | {s['depth']} | {s['params']:,} "
                      f"| {s['params_without_embedding']:,} | {100 * off_budget(s):+.1f}% | {s['parametric_edges']} "
                      f"| {100 * s['searched'][metric]:.2f} | {s['value']:.2f} | {teacher_value - s['value']:.2f} "
                      f"| {s['speedup_over_bert_base']:.1f}x | {s['speedup_over_teacher']:.1f}x |")
-    if several_seeds:
+    if with_seed:
         lines += ["", "Each budget's mean over its seeds (what the order and the gaps below compare):", "",
                   "| budget | seeds | params | retrained | behind the teacher | speedup over BERT-base arch |",
                   "|---|---|---|---|---|---|"]
@@ -232,7 +246,7 @@ def markdown(result: dict) -> str:
                   f"| {p['value']:.2f} | {teacher_value - p['value']:.2f} | {p['speedup_over_bert_base']:.1f}x |"
                   for p in sorted(points, key=lambda p: -p["params"])]
     fast = "none at >= 100x" if f["fast_gap"] is None else f"{f['fast_gap']:.2f} behind (goal <= 2)"
-    compared = "the budgets' means" if several_seeds else "the students"
+    compared = "the budgets' means" if with_seed else "the students"
     lines += ["", f"Issue 17's terms: every student within ±{100 * result['tolerance']:.0f}% of its budget: "
                   f"{'yes' if f['within_budget'] else 'no'}; {metric} non-increasing as {compared} get smaller: "
                   f"{'yes' if f['non_increasing'] else 'no'}; the smallest {f['smallest_gap']:.2f} behind the "
@@ -251,11 +265,11 @@ def markdown(result: dict) -> str:
         for s in argmax_exports:
             gain = picked[_key(s)]["value"] - s["value"]
             same = " (the same child: not retrained again)" if s.get("same_child") else ""
-            lines.append(f"| {_label(s, several_seeds)}{same} | {s['depth']} | {s['params']:,} "
+            lines.append(f"| {_label(s, with_seed)}{same} | {s['depth']} | {s['params']:,} "
                          f"| {100 * s['searched'][metric]:.2f} | {s['value']:.2f} | {gain:+.2f} "
                          f"| {s['speedup_over_bert_base']:.1f}x |")
         lines.append("")
-    lines += [f"Cell, {_label(s, several_seeds)}: ![cell](cell-{s['budget']['name']}-seed{s['seed']}.png)"
+    lines += [f"Cell, {_label(s, with_seed)}: ![cell](cell-{s['budget']['name']}-seed{s['seed']}.png)"
               for s in result["students"]]
     return "\n".join(lines) + "\n"
 

@@ -125,12 +125,14 @@ def plot_tradeoff(points: list[tuple[str, int, float]], path, title: str, metric
 
 
 def plot_accuracy_vs_cost(students: list[dict], references: list[dict], path, title: str,
-                          metric: str = "accuracy", teacher_value: float | None = None) -> None:
+                          metric: str = "accuracy", teacher_value: float | None = None,
+                          each_seed: list[dict] | None = None) -> None:
     """Dev metric against params (left) and against speedup over BERT-base (right, log scale).
 
     ``students``: ``{"label", "params", "speedup", "value"}`` (value in points), joined by a line in
     order of size; ``references``: published points in grey, drawn on the right only where they give
-    a speedup (``None``: not published); ``teacher_value``: a dashed line."""
+    a speedup (``None``: not published); ``teacher_value``: a dashed line; ``each_seed``: the single
+    runs behind points that are means over seeds (same keys, no label needed), as hollow markers."""
     fig, (by_params, by_speed) = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
     ours = sorted(students, key=lambda s: s["params"])
     for ax, x in ((by_params, lambda p: p["params"] / 1e6), (by_speed, lambda p: p["speedup"])):
@@ -140,7 +142,11 @@ def plot_accuracy_vs_cost(students: list[dict], references: list[dict], path, ti
         for p in shown:
             ax.annotate(p["label"], (x(p), p["value"]), textcoords="offset points", xytext=(5, -10), fontsize=8,
                         color="grey")
-        ax.plot([x(s) for s in ours], [s["value"] for s in ours], "o-", color="#4C72B0", label="ours")
+        ax.plot([x(s) for s in ours], [s["value"] for s in ours], "o-", color="#4C72B0",
+                label="ours (mean of seeds)" if each_seed else "ours")
+        if each_seed:  # the spread a mean hides
+            ax.plot([x(s) for s in each_seed], [s["value"] for s in each_seed], "o", markerfacecolor="none",
+                    color="#4C72B0", alpha=0.6, markersize=5, label="ours, each seed")
         for s in ours:
             ax.annotate(s["label"], (x(s), s["value"]), textcoords="offset points", xytext=(5, 5), fontsize=8)
         if teacher_value is not None:

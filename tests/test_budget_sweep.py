@@ -114,6 +114,31 @@ def test_the_picture_has_our_points_on_both_panels_and_published_speedups_only_w
     assert published_speed[1] == [29.3]  # only the paper's Table 1 student has a published speedup
 
 
+@pytest.mark.parametrize("seeds", [(0,), (0, 1)])
+def test_with_several_seeds_the_picture_joins_the_means_and_marks_each_seed(tmp_path, monkeypatch, seeds):
+    drawn = []
+    line_plot = matplotlib.axes.Axes.plot
+
+    def record(self, x, y, *args, **kwargs):
+        drawn.append((kwargs.get("label"), list(x), list(y)))
+        return line_plot(self, x, y, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot", record)
+    students = [{**s, "seed": seed, "value": s["value"] - seed} for s in sweep() for seed in seeds]
+    budget_sweep.plot_tradeoff({"students": students, "task": "SST-2", "metric": "accuracy"}, 88.9,
+                               tmp_path / "tradeoff.png")
+    assert (tmp_path / "tradeoff.png").stat().st_size > 0
+    ours = [d for d in drawn if d[0] and d[0].startswith("ours")]
+    if len(seeds) == 1:  # one line a panel through the students themselves
+        assert [d[0] for d in ours] == ["ours", "ours"]
+        assert sorted(ours[0][2]) == sorted(s["value"] for s in students)
+    else:                # per panel: the means joined (sorted by params), then every student hollow
+        assert [d[0] for d in ours] == ["ours (mean of seeds)", "ours, each seed"] * 2
+        assert ours[0][2] == pytest.approx([86.7, 87.4, 87.8])
+        assert sorted(ours[1][2]) == sorted(s["value"] for s in students) and len(ours[3][1]) == 6
+        assert ours[3][1] == [s["speedup_over_bert_base"] for s in students]
+
+
 def test_the_result_page_lists_every_student_by_size_with_the_verdict():
     """The page main() writes after hours of runs: built from the same entries (a formatting error here
     would otherwise surface only at the end of a sweep)."""
