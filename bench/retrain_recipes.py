@@ -163,6 +163,19 @@ def row_means(runs: list[dict]) -> dict:
     return {name: statistics.mean(100 * r["dev"] for r in runs if r["row"] == name) for name in names}
 
 
+def against_first_row(runs: list[dict]) -> dict[str, tuple[float | None, list[int]]]:
+    """``{row: (its mean minus the first row's, in points, or None; the seeds compared)}``, both means over
+    the seeds the two rows share: a row stopped after one seed is compared with that seed of the first row,
+    not with its mean over every seed."""
+    dev = {(r["row"], r["seed"]): 100 * r["dev"] for r in runs}
+    names = list(dict.fromkeys(r["row"] for r in runs))
+    out = {}
+    for name in names:
+        seeds = [s for (row, s) in dev if row == name and (names[0], s) in dev]
+        out[name] = (statistics.mean(dev[name, s] - dev[names[0], s] for s in seeds) if seeds else None, seeds)
+    return out
+
+
 def markdown(result: dict) -> str:
     teacher = 100 * result["teacher_dev"]
     lines = [f"# {result['task']}: retraining recipes on fixed searched children", "",
@@ -181,10 +194,17 @@ def markdown(result: dict) -> str:
     if any(r.get("recorded") for r in result["runs"]):
         lines += ["", "(recorded): kept as an earlier run of this page recorded it (its run directory was gone), with "
                       "a teacher of the same dev metric; not retrained by this run of the command."]
-    lines += ["", "| row | mean over the seeds | behind the teacher | against the first row |", "|---|---|---|---|"]
-    means = result["means"]
-    first = next(iter(means.values()))
-    lines += [f"| {name} | {mean:.2f} | {teacher - mean:.2f} | {mean - first:+.2f} |" for name, mean in means.items()]
+    lines += ["", "| row | seeds | mean over its seeds | behind the teacher | against the first row, on the seeds "
+                  "both have |", "|---|---|---|---|---|"]
+    seeds = {name: [r["seed"] for r in result["runs"] if r["row"] == name] for name in result["means"]}
+    first_seeds = next(iter(seeds.values()))
+    for name, (difference, shared) in against_first_row(result["runs"]).items():
+        mean = result["means"][name]
+        compared = "no seed in common" if difference is None else f"{difference:+.2f}"
+        if shared and (shared != seeds[name] or shared != first_seeds):  # not the two means: say on what
+            compared += f" (seed{'s' if len(shared) > 1 else ''} {', '.join(map(str, shared))})"
+        lines.append(f"| {name} | {', '.join(map(str, seeds[name]))} | {mean:.2f} | {teacher - mean:.2f} | "
+                     f"{compared} |")
     lines += ["", "Commands and minutes (wall time on this machine; 0.0: found finished, run by an earlier command):",
               ""]
     lines += [f"    {step['command']}    # {step['minutes']} min" for step in result["stores_built"].values()]

@@ -40,7 +40,7 @@ def test_every_row_retrains_the_same_child_and_the_page_compares_them_with_the_t
     page = (out / "result.md").read_text()
     teacher, first = 100 * result["teacher_dev"], result["means"]["default"]
     grouped = result["means"]["grouped, 2 epochs"]
-    assert f"| grouped, 2 epochs | {grouped:.2f} | {teacher - grouped:.2f} | {grouped - first:+.2f} |" in page
+    assert f"| grouped, 2 epochs | 0 | {grouped:.2f} | {teacher - grouped:.2f} | {grouped - first:+.2f} |" in page
     assert "`--group-by-length --epochs 2`" in page
     # Again: every run found finished, the same rows, and the page keeps the minutes of the runs that made them.
     assert retrain_recipes.main(argv) == 0
@@ -64,6 +64,27 @@ def test_every_row_retrains_the_same_child_and_the_page_compares_them_with_the_t
     assert retrain_recipes.recorded_runs(out, kept["teacher_dev"], 1) and \
         not retrain_recipes.recorded_runs(out, kept["teacher_dev"] + 0.01, 1) and \
         not retrain_recipes.recorded_runs(out, kept["teacher_dev"], 4)
+
+
+def test_a_row_stopped_after_one_seed_is_compared_on_that_seed():
+    def run(row, seed, dev):
+        return {"row": row, "seed": seed, "dev": dev, "flags": [], "copies": 4, "params": 1, "depth": 2,
+                "dev_per_epoch": [dev], "epochs": 1, "retrain": {"command": f"{row} {seed}", "minutes": 1.0}}
+    runs = [run("default", 0, 0.8784), run("default", 1, 0.8830), run("hotter", 0, 0.8761), run("more", 0, 0.8800),
+            run("more", 1, 0.8900), run("other seed", 2, 0.9)]
+    compared = retrain_recipes.against_first_row(runs)
+    assert compared["default"] == (0.0, [0, 1])
+    assert compared["hotter"][0] == pytest.approx(87.61 - 87.84) and compared["hotter"][1] == [0]
+    assert compared["more"][0] == pytest.approx(((88.00 - 87.84) + (89.00 - 88.30)) / 2)
+    assert compared["other seed"] == (None, [])
+    result = {"task": "SST-2", "command": "c", "cpu": "cpu", "machine": "m", "metric": "accuracy",
+              "teacher_dev": 0.8956, "base_copies": 4, "retrain_epochs": 3, "stores_built": {}, "runs": runs,
+              "means": retrain_recipes.row_means(runs)}
+    page = retrain_recipes.markdown(result)
+    # Its own mean (one seed) against the first row's two-seed mean would say -0.46; on seed 0 it is -0.23.
+    assert "| hotter | 0 | 87.61 | 1.95 | -0.23 (seed 0) |" in page
+    assert "| default | 0, 1 | 88.07 | 1.49 | +0.00 |" in page and "| more | 0, 1 | 88.50 | 1.06 | +0.43 |" in page
+    assert "| other seed | 2 | 90.00 | -0.44 | no seed in common |" in page
 
 
 def test_a_recipe_without_flags_or_a_child_per_seed_is_refused(capsys):
