@@ -23,7 +23,7 @@ defaults, per seed) with one thing changed against the first row ("default"):
   own search exported (retrainings only: minutes a row).
 
 A store is built once per (teacher, copies) and shared; runs resume and skip finished steps (a step
-found finished keeps the minutes this page recorded for it when it ran).
+found finished keeps the minutes this page recorded for it when it ran, or its run's own record of them).
 Every store is built before the first search. Runs in ``--runs-dir`` (default runs/bench/pairs/<name>);
 writes bench/results/pairs/<name>/result.{json,md} after every run, so a table cut short keeps its rows.
 """
@@ -42,8 +42,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
-from common import (GLUE_DIR, ROOT, command_line, cpu_model, keep_earlier_timings, machine, results_dir,  # noqa: E402
-                    store_copies, store_precision, store_step, timed, write_results)
+from common import (GLUE_DIR, ROOT, command_line, cpu_model, keep_earlier_timings, machine, MINUTES_NOTE,  # noqa: E402
+                    results_dir, store_copies, store_precision, store_step, timed, write_results)
 from nni_adabert.config import SearchConfig  # noqa: E402
 from nni_adabert.teacher.run import open_teacher_run  # noqa: E402
 from nni_adabert.workflows.evaluate import majority_class_metrics  # noqa: E402
@@ -252,8 +252,7 @@ def markdown(result: dict) -> str:
                       "retraining all of them: a store of more copies than that changes the retraining's data "
                       "more than the search's."]
     lines += ["", "Majority class: " + " / ".join(f"{100 * majority[m]:.2f}" for m in metrics if m in majority) + ".",
-              "", "Commands and minutes (wall time on this machine; 0.0: found finished, run by an earlier "
-              "command):", ""]
+              "", f"Commands and minutes ({MINUTES_NOTE}):", ""]
     for name, step in result["stores_built"].items():
         lines.append(f"    {step['command']}    # {step['minutes']} min")
     for r in result["runs"]:

@@ -31,7 +31,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 
 from common import (GLUE_DIR, ROOT, command_line, cpu_model, keep_earlier_timings, machine, results_dir, timed,  # noqa: E402
-                    write_results)
+                    MINUTES_NOTE, write_results)
 from nni_adabert.data.custom import TASK_FILE_SUFFIXES  # noqa: E402
 from nni_adabert.teacher.finetune import load_finetuned_teacher  # noqa: E402
 from nni_adabert.teacher.run import open_teacher_run  # noqa: E402
@@ -148,8 +148,8 @@ def steps_markdown(result: dict, title: str, students: list[dict]) -> list[str]:
     the teacher's dev metric."""
     metric, teacher = result["metric"], result["teacher"]
     lines = [f"# {result['task']}: {title}", "", f"Command: `{result['command']}`", "",
-             f"Machine: {result['cpu']} ({result['machine']}).", "", "Steps (each as a user types it; minutes of "
-             "wall time on this machine, 0 when a step finished by another command was found and not redone):", "",
+             f"Machine: {result['cpu']} ({result['machine']}).", "", f"Steps (each as a user types it; minutes: "
+             f"{MINUTES_NOTE}):", "",
              f"    {teacher['command']}    # {teacher['minutes']} min"]
     for e in students:
         lines += [f"    {e['search']['command']}    # {e['search']['minutes']} min",

@@ -9,13 +9,14 @@ differs from the first only by how they are retrained: ``nni-adabert retrain`` w
 flags (``--recipes NAME=FLAGS ...``, the first row: the defaults). ``--aug-copies N`` among a row's flags is the
 teacher's: the row retrains on a store of N augmented copies per row of the same teacher (built once with
 ``teacher --no-finetune``, in the teacher run's precision). Each run's dev metric per epoch comes from its
-TensorBoard log, so a row of more epochs also shows where the default's epochs would have stopped. Run it alone
-on the machine: minutes per epoch are a column. Runs resume and skip finished steps (a step found finished keeps
-the minutes this page recorded for it). A run whose directory is gone (another machine, a cleaned runs directory)
-but which this page recorded, with a teacher of the same dev metric and copies, keeps its recorded row and is not
-retrained, so a table can grow over several sessions: rows or seeds added later run, the recorded ones stay
-(marked on the page). Runs in ``--runs-dir`` (default runs/bench/retrain-recipes/<name>); writes
-bench/results/retrain-recipes/<name>/result.{json,md} after every run, so a table cut short keeps its rows.
+TensorBoard log, so a row of more epochs also shows where the default's epochs would have stopped. Run it alone on
+the machine: minutes per epoch are a column. Runs resume and skip finished steps (a step found finished keeps the
+minutes this page recorded for it, or its run's own record of them). A run whose directory is gone (another
+machine, a cleaned runs directory) but which this page recorded, with a teacher of the same dev metric and copies,
+keeps its recorded row and is not retrained, so a table can grow over several sessions: rows or seeds added later
+run, the recorded ones stay (marked on the page). Runs in ``--runs-dir`` (default
+runs/bench/retrain-recipes/<name>); writes bench/results/retrain-recipes/<name>/result.{json,md} after every run,
+so a table cut short keeps its rows.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
-from common import (GLUE_DIR, RESULT_JSON, ROOT, cli_command, command_line, cpu_model,  # noqa: E402
+from common import (GLUE_DIR, MINUTES_NOTE, RESULT_JSON, ROOT, cli_command, command_line, cpu_model,  # noqa: E402
                     keep_earlier_timings, logged_epochs, machine, results_dir, store_copies, store_precision,
                     store_step, timed, write_results)
 from nni_adabert.config import RetrainConfig  # noqa: E402
@@ -205,8 +206,7 @@ def markdown(result: dict) -> str:
             compared += f" (seed{'s' if len(shared) > 1 else ''} {', '.join(map(str, shared))})"
         lines.append(f"| {name} | {', '.join(map(str, seeds[name]))} | {mean:.2f} | {teacher - mean:.2f} | "
                      f"{compared} |")
-    lines += ["", "Commands and minutes (wall time on this machine; 0.0: found finished, run by an earlier command):",
-              ""]
+    lines += ["", f"Commands and minutes ({MINUTES_NOTE}):", ""]
     lines += [f"    {step['command']}    # {step['minutes']} min" for step in result["stores_built"].values()]
     lines += [f"    {r['retrain']['command']}    # {r['retrain']['minutes']} min" for r in result["runs"]]
     return "\n".join(lines) + "\n"

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import json
 import logging
 import math
 import os
@@ -316,6 +317,51 @@ class CheckpointWithinEpochs(Callback):
         self.resume_at = state_dict or None
 
 
+# Beside a run's checkpoint: the seconds it has trained, over every start (TrainingClock).
+CLOCK_FILE = "training_time.json"
+
+
+class TrainingClock(Callback):
+    """The wall time a run has trained (its epochs and their validation), over every start: the seconds
+    ride in each checkpoint, so a resumed run adds to those of the checkpoint it resumes (time spent after
+    it, redone, counts once). Each save and the end also write them to ``CLOCK_FILE`` beside the
+    checkpoint, for the exported record (:func:`trained_seconds`) to read without loading the checkpoint."""
+
+    def __init__(self, run_dir: str | os.PathLike):
+        self.path = checkpoint_file(run_dir).with_name(CLOCK_FILE)
+        self.before, self.started = 0.0, None
+
+    @property
+    def seconds(self) -> float:
+        return self.before + (time.monotonic() - self.started if self.started is not None else 0.0)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.started = time.monotonic()
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.before, self.started = self.seconds, None
+        self.write()
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        self.write()
+
+    def write(self) -> None:
+        if is_main_process():
+            atomic.write_json(self.path, {"seconds": round(self.seconds, 1)})
+
+    def state_dict(self) -> dict:
+        return {"seconds": self.seconds}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.before = state_dict.get("seconds", 0.0)  # checkpoints of before the clock: from 0
+
+
+def trained_seconds(out_dir: str | os.PathLike) -> float:
+    """Seconds trained by every run under ``out_dir`` (a search's phases and candidates, a retraining),
+    over all their starts (:class:`TrainingClock`), one decimal."""
+    return round(sum(json.loads(f.read_text())["seconds"] for f in Path(out_dir).rglob(CLOCK_FILE)), 1)
+
+
 class SeedEachEpoch(Callback):
     """Reseed Python, NumPy and torch at the start of every training epoch (dropout
     masks and any other draw from the global generators)."""
@@ -500,11 +546,11 @@ def make_trainer(run_dir: str | os.PathLike, max_epochs: int, *, progress: bool 
                  devices: int = 1, callbacks: tuple[Callback, ...] = (), **kwargs) -> pl.Trainer:
     """A Trainer that saves ``run_dir/checkpoints/last.ckpt`` after every epoch and every
     :func:`checkpoint_minutes` within one (:class:`CheckpointWithinEpochs`), atomically
-    (:class:`AtomicCheckpointIO`), and logs to TensorBoard under ``run_dir/<name>``;
-    ``callbacks`` are added to these. With ``seed``, every epoch reseeds the global
-    generators from ``(seed, epoch)`` (:class:`SeedEachEpoch`). ``devices`` > 1 trains on that
-    many GPUs (or CPU processes) with DDP; every process draws the same Gumbel sample, since
-    all start from the same seed.
+    (:class:`AtomicCheckpointIO`), keeps the time trained over every start (:class:`TrainingClock`),
+    and logs to TensorBoard under ``run_dir/<name>``; ``callbacks`` are added to these. With ``seed``,
+    every epoch reseeds the global generators from ``(seed, epoch)`` (:class:`SeedEachEpoch`).
+    ``devices`` > 1 trains on that many GPUs (or CPU processes) with DDP; every process draws the
+    same Gumbel sample, since all start from the same seed.
 
     ``trainer_cls``: NNI's evaluators want ``nni.nas.evaluator.pytorch.Trainer``
     (the same Trainer, traced so that NNI can record its arguments)."""
@@ -515,8 +561,8 @@ def make_trainer(run_dir: str | os.PathLike, max_epochs: int, *, progress: bool 
     checkpoint = ModelCheckpoint(dirpath=path.parent, filename=path.stem, save_top_k=1,
                                  every_n_epochs=1, save_on_train_epoch_end=True, enable_version_counter=False)
     within_epochs = CheckpointWithinEpochs(path, checkpoint_minutes())
-    callbacks = [checkpoint, within_epochs, *callbacks] + ([TQDMProgressBar(refresh_rate=20)] if progress
-                                                          else [EpochLog()])
+    callbacks = [checkpoint, within_epochs, TrainingClock(run_dir), *callbacks]
+    callbacks += [TQDMProgressBar(refresh_rate=20)] if progress else [EpochLog()]
     callbacks += [SeedEachEpoch(seed)] if seed is not None else []
     return trainer_cls(
         max_epochs=max_epochs,

@@ -1,5 +1,6 @@
 """The benchmarks' run naming and options (bench/common.py)."""
 
+import json
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -60,3 +61,10 @@ def test_a_step_the_page_timed_before_keeps_its_minutes_when_found_finished(tmp_
     assert len(ran) == 3                                            # every step still runs (and is found finished)
     common.keep_earlier_timings(tmp_path / "another-page")         # a page without a result yet: nothing kept
     assert common.timed(["search", "--seed", "0"])["minutes"] == 0.0
+    # A run found finished that no page timed: the time its own record says it trained, over all its starts.
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "architecture.json").write_text(json.dumps({"train_seconds": 754.0}))
+    found = common.timed(["retrain", "--output-dir", str(tmp_path / "run")])
+    assert (found["minutes"], found["seconds"]) == (12.6, 754.0)
+    (tmp_path / "run" / "architecture.json").write_text("{}")      # a record of before the clock: this run's time
+    assert common.timed(["retrain", "--output-dir", str(tmp_path / "run")])["minutes"] == 0.0

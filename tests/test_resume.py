@@ -24,7 +24,7 @@ from nni_adabert.teacher.probes import ProbeConfig
 from nni_adabert import runs as run_identity
 from nni_adabert.runs import last_checkpoint
 from nni_adabert.nas.distill import AdaBertDistillModule
-from nni_adabert.training import CHECKPOINT_MINUTES_ENV, CheckpointWithinEpochs
+from nni_adabert.training import CHECKPOINT_MINUTES_ENV, CheckpointWithinEpochs, TrainingClock, trained_seconds
 
 
 def search_argv(runs, out, epochs=3):
@@ -77,6 +77,11 @@ def test_search_killed_mid_run_resumes_to_the_same_export(runs, tmp_path, caplog
     assert (whole / "architecture.json").stat().st_mtime_ns == stamp
 
 
+def resumed_seconds(out):
+    """The training seconds an exported student's record gives."""
+    return json.loads((out / "architecture.json").read_text())["train_seconds"]
+
+
 class Crash(Exception):
     """Stands for a kill: raised from a training step after the checkpoints before it were written."""
 
@@ -126,10 +131,19 @@ def test_a_run_killed_within_an_epoch_resumes_there_to_the_same_result(runs, tmp
     within = [state for state in saved["callbacks"].values() if "batches" in state]
     assert saved["epoch"] == 1 and [(state["epoch"], state["batches"]) for state in within] == [(1, 5)]
     assert not (killed / "architecture.json").exists()
+    trained_before_kill = saved["callbacks"]["TrainingClock"]["seconds"]
+    assert trained_before_kill > 0
 
     monkeypatch.undo()
+    clock_starts = []  # the seconds each trainer's clock starts from
+    start_clock = TrainingClock.on_train_start
+    monkeypatch.setattr(TrainingClock, "on_train_start",
+                        lambda self, *args: clock_starts.append(self.before) or start_clock(self, *args))
     caplog.clear()
     assert main(argv(killed)) == 0
+    # The resumed run's clock went on from the checkpoint's: the record counts both starts.
+    assert clock_starts[0] == trained_before_kill
+    assert resumed_seconds(killed) == trained_seconds(killed) >= round(trained_before_kill, 1)
     assert "resuming epoch 2 at batch 6 of 64" in caplog.text
     # Its epoch line says that its means and minutes are of the resumed part; the next epoch's would not.
     assert "resumed at batch 6 of 64: means and minutes of that part" in caplog.text
@@ -431,3 +445,27 @@ def test_a_run_directory_holds_one_run_at_a_time(runs, tmp_path, capsys, caplog)
     with locked(tmp_path / "fresh"):
         pass
     assert not (tmp_path / "fresh").exists()
+
+
+def test_the_training_clock_adds_each_start_to_the_seconds_of_the_checkpoint_it_resumes(tmp_path, monkeypatch):
+    now = [1000.0]
+    monkeypatch.setattr(time, "monotonic", lambda: now[0])
+    clock = TrainingClock(tmp_path / "retrain")
+    clock.load_state_dict({"seconds": 50.0})  # Lightning restores a checkpoint's callbacks before training starts
+    clock.on_train_start(None, None)
+    now[0] += 30
+    clock.on_save_checkpoint(None, None, {})
+    assert clock.state_dict() == {"seconds": 80.0} and trained_seconds(tmp_path) == 80.0
+    now[0] += 10.04
+    clock.on_train_end(None, None)
+    now[0] += 99  # after the end: not training
+    assert clock.state_dict()["seconds"] == pytest.approx(90.04) and trained_seconds(tmp_path) == 90.0
+    clock.load_state_dict({})  # a checkpoint of before the clock
+    assert clock.seconds == 0.0
+    # Every run under an exported student's folder counts (a search's phases and candidates).
+    TrainingClock(tmp_path / "finetune").write()
+    (tmp_path / "candidates" / "1").mkdir(parents=True)
+    other = TrainingClock(tmp_path / "candidates" / "1")
+    other.before = 12.0
+    other.write()
+    assert trained_seconds(tmp_path) == 102.0

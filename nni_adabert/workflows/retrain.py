@@ -15,7 +15,7 @@ from ..config import RetrainConfig
 from ..errors import UserError
 from ..model.space import random_arch, resolve_space
 from ..teacher.knowledge import KnowledgeStore
-from ..training import is_main_process
+from ..training import is_main_process, trained_seconds
 from .evaluate import evaluate_student, warn_if_no_better_than_majority
 from .export import ARCH_FILE, load_exported, write_student
 from .student import fresh_student, retrain_space, space_identity, student_config, student_info, train_student
@@ -91,7 +91,7 @@ def _retrain(arch: dict, source: dict, store: KnowledgeStore, out_dir: Path, con
     student = fresh_student(arch, store, embed_dim, k_max, config.dropout, space)
     student = train_student(student, store, out_dir / "retrain", config, run_identity, progress, report_to_nni)
     info = {**student_info(store), **evaluate_student(student, store), "retrain": settings,
-            runs.IDENTITY_KEY: run_identity}
+            "train_seconds": trained_seconds(out_dir / "retrain"), runs.IDENTITY_KEY: run_identity}
     if not is_main_process():
         return info
     warn_if_no_better_than_majority(info["dev_metrics"], store, "train it longer (--epochs) or with another --lr")

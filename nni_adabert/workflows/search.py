@@ -25,7 +25,7 @@ from ..nas.budget import budget_warnings, budgets_of, check_budgets
 from ..nas.distill import AdaBertDistillModule, val_metric_key
 from ..nas.strategy import AdaBertStrategy
 from ..teacher.knowledge import KnowledgeStore, holdout_split, row_loader
-from ..training import is_main_process, make_trainer
+from ..training import is_main_process, make_trainer, trained_seconds
 from .candidates import draw_candidates, fast_enough, pick_candidate, time_candidates
 from .evaluate import evaluate_student, warn_if_no_better_than_majority
 from .export import ARCH_FILE, write_student
@@ -200,7 +200,7 @@ def _search(store: KnowledgeStore, out_dir: Path, config: SearchConfig, progress
             "search": {**config.to_dict(), "history": history,
                        **({"candidates_tried": [c.to_dict() for c in candidates]} if candidates else {}),
                        **({"candidates_timed": timed} if timed else {})},
-            runs.IDENTITY_KEY: run_identity}
+            "train_seconds": trained_seconds(out_dir), runs.IDENTITY_KEY: run_identity}
     if not is_main_process():
         return info  # the other DDP processes: the first one warns and writes
     warn_if_undecided(history, config, len(candidates or ()))
