@@ -92,11 +92,11 @@ def timed(argv: list[str]) -> dict:
 
 def run_training_seconds(argv: list[str]) -> float:
     """The seconds the student run that ``nni-adabert argv`` wrote (its ``--output-dir``) trained, over
-    all its starts, as its architecture.json records them; 0 for other commands and older records."""
+    all its starts, as its architecture.json records them; 0 for other commands and records without them."""
     if "--output-dir" not in argv:
         return 0.0
     record = Path(argv[argv.index("--output-dir") + 1]) / "architecture.json"
-    return json.loads(record.read_text()).get("train_seconds", 0.0) if record.is_file() else 0.0
+    return (json.loads(record.read_text()).get("train_seconds") or 0.0) if record.is_file() else 0.0
 
 
 def keep_earlier_timings(out: Path) -> None:

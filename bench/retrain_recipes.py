@@ -202,7 +202,7 @@ def markdown(result: dict) -> str:
     for name, (difference, shared) in against_first_row(result["runs"]).items():
         mean = result["means"][name]
         compared = "no seed in common" if difference is None else f"{difference:+.2f}"
-        if shared and (shared != seeds[name] or shared != first_seeds):  # not the two means: say on what
+        if shared and not set(shared) == set(seeds[name]) == set(first_seeds):  # not the two means: say on what
             compared += f" (seed{'s' if len(shared) > 1 else ''} {', '.join(map(str, shared))})"
         lines.append(f"| {name} | {', '.join(map(str, seeds[name]))} | {mean:.2f} | {teacher - mean:.2f} | "
                      f"{compared} |")

@@ -322,14 +322,15 @@ CLOCK_FILE = "training_time.json"
 
 
 class TrainingClock(Callback):
-    """The wall time a run has trained (its epochs and their validation), over every start: the seconds
-    ride in each checkpoint, so a resumed run adds to those of the checkpoint it resumes (time spent after
-    it, redone, counts once). Each save and the end also write them to ``CLOCK_FILE`` beside the
-    checkpoint, for the exported record (:func:`trained_seconds`) to read without loading the checkpoint."""
+    """The wall time of a run's training loop (its epochs and their validation), over every start: the
+    seconds ride in each checkpoint, so a resumed run adds to those of the checkpoint it resumes (time spent
+    after it, redone, counts once). Each save and the end also write them to ``CLOCK_FILE`` beside the
+    checkpoint, for the exported record (:func:`trained_seconds`) to read without loading the checkpoint.
+    A run resumed from a checkpoint of before the clock is ``partial``: its seconds are a part only."""
 
     def __init__(self, run_dir: str | os.PathLike):
         self.path = checkpoint_file(run_dir).with_name(CLOCK_FILE)
-        self.before, self.started = 0.0, None
+        self.before, self.started, self.partial = 0.0, None, False
 
     @property
     def seconds(self) -> float:
@@ -345,21 +346,35 @@ class TrainingClock(Callback):
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
         self.write()
 
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        self.partial = self.state_key not in checkpoint.get("callbacks", {})  # (else load_state_dict follows)
+
     def write(self) -> None:
         if is_main_process():
-            atomic.write_json(self.path, {"seconds": round(self.seconds, 1)})
+            atomic.write_json(self.path, self.state_dict())
 
     def state_dict(self) -> dict:
-        return {"seconds": self.seconds}
+        return {"seconds": round(self.seconds, 1), **({"partial": True} if self.partial else {})}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        self.before = state_dict.get("seconds", 0.0)  # checkpoints of before the clock: from 0
+        self.before, self.partial = state_dict["seconds"], state_dict.get("partial", False)
 
 
-def trained_seconds(out_dir: str | os.PathLike) -> float:
-    """Seconds trained by every run under ``out_dir`` (a search's phases and candidates, a retraining),
-    over all their starts (:class:`TrainingClock`), one decimal."""
-    return round(sum(json.loads(f.read_text())["seconds"] for f in Path(out_dir).rglob(CLOCK_FILE)), 1)
+def trained_seconds(run_dirs: Iterable[str | os.PathLike]) -> float | None:
+    """Seconds the runs in ``run_dirs`` (a search's phase, the candidates it trained and its fine-tuning; a
+    retraining) trained, over all their starts (:class:`TrainingClock`); None when one of them has no
+    complete record (a run of before the clock, or resumed from one)."""
+    total = 0.0
+    for run_dir in run_dirs:
+        path = checkpoint_file(run_dir).with_name(CLOCK_FILE)
+        try:
+            clock = json.loads(path.read_text())
+            total += float(clock["seconds"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        if clock.get("partial"):
+            return None
+    return round(total, 1)
 
 
 class SeedEachEpoch(Callback):

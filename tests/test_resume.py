@@ -143,7 +143,7 @@ def test_a_run_killed_within_an_epoch_resumes_there_to_the_same_result(runs, tmp
     assert main(argv(killed)) == 0
     # The resumed run's clock went on from the checkpoint's: the record counts both starts.
     assert clock_starts[0] == trained_before_kill
-    assert resumed_seconds(killed) == trained_seconds(killed) >= round(trained_before_kill, 1)
+    assert resumed_seconds(killed) >= trained_seconds([killed / run]) > trained_before_kill
     assert "resuming epoch 2 at batch 6 of 64" in caplog.text
     # Its epoch line says that its means and minutes are of the resumed part; the next epoch's would not.
     assert "resumed at batch 6 of 64: means and minutes of that part" in caplog.text
@@ -450,22 +450,31 @@ def test_a_run_directory_holds_one_run_at_a_time(runs, tmp_path, capsys, caplog)
 def test_the_training_clock_adds_each_start_to_the_seconds_of_the_checkpoint_it_resumes(tmp_path, monkeypatch):
     now = [1000.0]
     monkeypatch.setattr(time, "monotonic", lambda: now[0])
-    clock = TrainingClock(tmp_path / "retrain")
+    retrain = tmp_path / "retrain"
+    clock = TrainingClock(retrain)
+    clock.on_load_checkpoint(None, None, {"callbacks": {"TrainingClock": {"seconds": 50.0}}})
     clock.load_state_dict({"seconds": 50.0})  # Lightning restores a checkpoint's callbacks before training starts
     clock.on_train_start(None, None)
     now[0] += 30
     clock.on_save_checkpoint(None, None, {})
-    assert clock.state_dict() == {"seconds": 80.0} and trained_seconds(tmp_path) == 80.0
+    assert clock.state_dict() == {"seconds": 80.0} and trained_seconds([retrain]) == 80.0
     now[0] += 10.04
     clock.on_train_end(None, None)
     now[0] += 99  # after the end: not training
-    assert clock.state_dict()["seconds"] == pytest.approx(90.04) and trained_seconds(tmp_path) == 90.0
-    clock.load_state_dict({})  # a checkpoint of before the clock
-    assert clock.seconds == 0.0
-    # Every run under an exported student's folder counts (a search's phases and candidates).
-    TrainingClock(tmp_path / "finetune").write()
-    (tmp_path / "candidates" / "1").mkdir(parents=True)
+    assert clock.state_dict() == {"seconds": 90.0} and trained_seconds([retrain]) == 90.0
+    # A search's record counts the runs it names: its phase, the candidates it trained, its fine-tuning.
     other = TrainingClock(tmp_path / "candidates" / "1")
     other.before = 12.0
     other.write()
-    assert trained_seconds(tmp_path) == 102.0
+    assert trained_seconds([retrain, tmp_path / "candidates" / "1"]) == 102.0
+    assert trained_seconds([retrain, tmp_path / "finetune"]) is None  # a run without a record: unknown
+    # Resumed from a checkpoint of before the clock: its seconds are a part only, and stay so when resumed again.
+    old = TrainingClock(tmp_path / "old")
+    old.on_load_checkpoint(None, None, {"callbacks": {"ModelCheckpoint": {}}})
+    old.on_train_start(None, None)
+    now[0] += 5
+    old.on_train_end(None, None)
+    assert old.state_dict() == {"seconds": 5.0, "partial": True} and trained_seconds([tmp_path / "old"]) is None
+    again = TrainingClock(tmp_path / "old")
+    again.load_state_dict(old.state_dict())
+    assert again.partial and again.seconds == 5.0

@@ -91,7 +91,7 @@ def _retrain(arch: dict, source: dict, store: KnowledgeStore, out_dir: Path, con
     student = fresh_student(arch, store, embed_dim, k_max, config.dropout, space)
     student = train_student(student, store, out_dir / "retrain", config, run_identity, progress, report_to_nni)
     info = {**student_info(store), **evaluate_student(student, store), "retrain": settings,
-            "train_seconds": trained_seconds(out_dir / "retrain"), runs.IDENTITY_KEY: run_identity}
+            "train_seconds": trained_seconds([out_dir / "retrain"]), runs.IDENTITY_KEY: run_identity}
     if not is_main_process():
         return info
     warn_if_no_better_than_majority(info["dev_metrics"], store, "train it longer (--epochs) or with another --lr")

@@ -173,6 +173,7 @@ def _search(store: KnowledgeStore, out_dir: Path, config: SearchConfig, progress
     student = space.freeze(arch).cpu().eval()
     history = [{k: v for k, v in h.items() if k != "arch"} for h in strategy.oneshot_module.history]
     candidates = timed = trained = None
+    trained_dirs = [run_dir]  # the runs whose training this search's record counts
     if picks_among_candidates(history, config):
         if store.records_origins:
             archs = draw_candidates(space_config, strategy.oneshot_module.export_probs(), arch, config.candidates,
@@ -185,12 +186,15 @@ def _search(store: KnowledgeStore, out_dir: Path, config: SearchConfig, progress
                                                  {**phase_identity, "candidate_epochs": config.candidate_epochs},
                                                  progress, trained)
             arch = student.arch
+            trained_dirs += [out_dir / "candidates" / str(i) for i in (range(len(archs)) if trained is None
+                                                                     else trained)]
         else:
             log.warning("search: --candidates needs a knowledge store that records each augmented row's original; "
                         "%s was built before stores did (nni-adabert teacher rebuilds it)", store.path)
     if config.finetune_epochs > 0:
         student = train_student(student, store, out_dir / "finetune", config.finetune_config(), run_identity,
                                 progress, report_to_nni)
+        trained_dirs.append(out_dir / "finetune")
     predicted = {"predicted_speedup": {"over": config.speedup_over, "speedup": latency.speedup(space_config, arch),
                                        "latency_table": latency.setting}} if latency is not None else {}
     measured = [t["measured"] for t in timed or () if t["arch"] == arch]
@@ -200,7 +204,7 @@ def _search(store: KnowledgeStore, out_dir: Path, config: SearchConfig, progress
             "search": {**config.to_dict(), "history": history,
                        **({"candidates_tried": [c.to_dict() for c in candidates]} if candidates else {}),
                        **({"candidates_timed": timed} if timed else {})},
-            "train_seconds": trained_seconds(out_dir), runs.IDENTITY_KEY: run_identity}
+            "train_seconds": trained_seconds(trained_dirs), runs.IDENTITY_KEY: run_identity}
     if not is_main_process():
         return info  # the other DDP processes: the first one warns and writes
     warn_if_undecided(history, config, len(candidates or ()))
