@@ -34,7 +34,7 @@ RESULTS = ROOT / "bench" / "results"
 # The folders of bench/results: one per benchmark, one per run inside it (bench/results/README.md).
 BENCHMARKS = ("teacher", "search", "retrain", "compression", "adaptiveness", "ablation", "beta-sweep",
               "beta-calibration", "search-step", "latency", "pipeline", "pairs", "knowledge-build", "budget-sweep",
-              "candidates", "group-by-length", "retrain-recipes")
+              "candidates", "group-by-length", "retrain-recipes", "retrain-step")
 DEFAULT_RUN = "default"
 RESULT_JSON, RESULT_MD = "result.json", "result.md"
 GLUE_DIR = os.environ.get("GLUE_DIR", str(ROOT.parent / "shared" / "data" / "glue"))

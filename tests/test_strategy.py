@@ -505,6 +505,25 @@ def test_weight_decay_shrinks_matrices_not_biases_or_norms(tmp_path):
     assert torch.equal(after["embed.norm.weight"], before["embed.norm.weight"])
 
 
+@pytest.mark.parametrize("precision, fused", [("32-true", True), ("bf16-mixed", None)])
+def test_adamw_is_fused_in_full_precision_and_steps_the_same(tmp_path, precision, fused):
+    """Fused (one kernel for every parameter) where Lightning allows it with gradient clipping: full precision."""
+    cfg = tiny_config()
+    space, module = supernet(cfg, seed=0)
+    child = space.freeze(module.export())
+    distill = AdaBertDistillModule(C, RetrainConfig(lr=0.1, weight_decay=0.5))
+    distill.set_model(child)
+    distill.trainer = pl.Trainer(precision=precision, logger=False, enable_checkpointing=False,
+                                 enable_progress_bar=False, default_root_dir=tmp_path)
+    optimizer = distill.configure_optimizers()  # (no loader: no schedule)
+    assert optimizer.defaults["fused"] is fused
+    before = child.classifier.weight.detach().clone()
+    for p in child.parameters():
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    assert torch.allclose(child.classifier.weight, before * (1 - 0.1 * 0.5))
+
+
 def test_alternating_steps_update_architecture(tmp_path):
     _, module = _search(4.0, tmp_path, alternate=True)
     assert [h["epoch"] for h in module.history] == [0, 1]

@@ -27,7 +27,7 @@ from nni.nas.evaluator.pytorch import LightningModule
 
 from ..config import DEFAULT_BETA, TrainingConfig
 from ..data.encoding import IGNORE_LABEL
-from ..training import check_finite, weight_decay_groups
+from ..training import adamw, check_finite, weight_decay_groups
 from .losses import adabert_loss
 from .nni_trial import remember_nni_trial, report_to_nni_trial
 from .supermodules import efficiency_loss
@@ -161,7 +161,7 @@ class AdaBertDistillModule(LightningModule):
         config = self.config
         groups = weight_decay_groups(self.model, config.weight_decay)
         if config.optimizer == "adamw":
-            optimizer = torch.optim.AdamW(groups, lr=config.lr)
+            optimizer = adamw(self, groups, config.lr)
         else:
             optimizer = torch.optim.SGD(groups, lr=config.lr, momentum=SGD_MOMENTUM)
         total: Optional[float] = None

@@ -33,9 +33,9 @@ from ..data.metrics import compute_metrics
 from ..data.tasks import TaskSpec, spec_identity
 from ..errors import UserError
 from ..logs import quiet_loggers
-from ..training import (PRECISIONS, EpochLengthGroupedSampler, KeepBestEpoch, check_finite, fit, inference_batch_size,
-                        inference_precision, make_trainer, pick_device, pin_memory, training_precision,
-                        weight_decay_groups)
+from ..training import (PRECISIONS, EpochLengthGroupedSampler, KeepBestEpoch, adamw, check_finite, fit,
+                        inference_batch_size, inference_precision, make_trainer, pick_device, pin_memory,
+                        training_precision, weight_decay_groups)
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +166,7 @@ class TeacherModule(pl.LightningModule):
             self.log(f"dev_{name}", value, prog_bar=True)
 
     def configure_optimizers(self):
-        optim = torch.optim.AdamW(weight_decay_groups(self, self.hparams.weight_decay), lr=self.hparams.lr)
+        optim = adamw(self, weight_decay_groups(self, self.hparams.weight_decay), self.hparams.lr)
         total = self.trainer.estimated_stepping_batches
         sched = get_linear_schedule_with_warmup(optim, math.ceil(total * self.hparams.warmup_ratio), total)
         return [optim], [{"scheduler": sched, "interval": "step"}]
