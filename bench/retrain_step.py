@@ -64,13 +64,13 @@ def main(argv=None) -> int:
     config = StudentConfig(**doc["student_config"])
     rows = synthetic_rows(args.batch_size, args.seq_len, config.vocab_size, config.num_labels, 7, seed=0)
     batch = {key: torch.stack([row[key] for row in rows]) for key in rows[0]}
-    runs = {}
+    runs, defaults = {}, RetrainConfig()
     for name, options in OPTIMIZERS.items():  # one child each, the same fresh weights
         torch.manual_seed(0)
-        module = AdaBertDistillModule(config.num_labels, RetrainConfig())
+        module = AdaBertDistillModule(config.num_labels, defaults)
         module.set_model(AdaBertStudent(config, doc["architecture"]).train())
-        groups = weight_decay_groups(module.model, RetrainConfig().weight_decay)
-        runs[name] = (module, torch.optim.AdamW(groups, lr=RetrainConfig().lr, **options), [])
+        groups = weight_decay_groups(module.model, defaults.weight_decay)
+        runs[name] = (module, torch.optim.AdamW(groups, lr=defaults.lr, **options), [])
     drift = []  # after the first step and after the last: the largest difference between the two children
     for i in range(5 + args.steps):
         for module, optimizer, times in runs.values():

@@ -321,6 +321,11 @@ class CheckpointWithinEpochs(Callback):
 CLOCK_FILE = "training_time.json"
 
 
+def clock_file(run_dir: str | os.PathLike) -> Path:
+    """Where a run's :class:`TrainingClock` writes its seconds: beside its checkpoint."""
+    return checkpoint_file(run_dir).with_name(CLOCK_FILE)
+
+
 class TrainingClock(Callback):
     """The wall time of a run's training loop (its epochs and their validation), over every start: the
     seconds ride in each checkpoint, so a resumed run adds to those of the checkpoint it resumes (time spent
@@ -329,7 +334,7 @@ class TrainingClock(Callback):
     A run resumed from a checkpoint of before the clock is ``partial``: its seconds are a part only."""
 
     def __init__(self, run_dir: str | os.PathLike):
-        self.path = checkpoint_file(run_dir).with_name(CLOCK_FILE)
+        self.path = clock_file(run_dir)
         self.before, self.started, self.partial = 0.0, None, False
 
     @property
@@ -366,9 +371,8 @@ def trained_seconds(run_dirs: Iterable[str | os.PathLike]) -> float | None:
     complete record (a run of before the clock, or resumed from one)."""
     total = 0.0
     for run_dir in run_dirs:
-        path = checkpoint_file(run_dir).with_name(CLOCK_FILE)
         try:
-            clock = json.loads(path.read_text())
+            clock = json.loads(clock_file(run_dir).read_text())
             total += float(clock["seconds"])
         except (OSError, ValueError, KeyError, TypeError):
             return None

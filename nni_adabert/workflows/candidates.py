@@ -94,6 +94,11 @@ def task_score(metrics: Mapping[str, float]) -> float:
     return sum(metrics.values()) / len(metrics)
 
 
+def candidate_runs(run_dir: Path, count: int, only: Sequence[int] | None = None) -> dict[int, Path]:
+    """``{index: run directory}`` of the candidates :func:`pick_candidate` trains: all ``count``, or ``only``."""
+    return {i: run_dir / str(i) for i in (range(count) if only is None else only)}
+
+
 def pick_candidate(store: KnowledgeStore, archs: Sequence[dict], config: SearchConfig, run_dir: Path,
                    run_identity: dict, progress: bool = True, only: Sequence[int] | None = None
                    ) -> tuple[AdaBertStudent, list[Candidate]]:
@@ -111,13 +116,13 @@ def pick_candidate(store: KnowledgeStore, archs: Sequence[dict], config: SearchC
                        group_by_length=training.group_by_length)
     scoring = row_loader(held_out, 256)
     best, candidates = None, []
-    trained = range(len(archs)) if only is None else only
-    for n, i in enumerate(trained):
+    trained = candidate_runs(run_dir, len(archs), only)
+    for n, (i, candidate_dir) in enumerate(trained.items()):
         arch = archs[i]
         pl.seed_everything(training.seed)  # each candidate's fresh weights, whatever ran before it
         student = fresh_student(arch, store, config.embed_dim, config.k_max, config.dropout, config.space)
         identity = {**run_identity, "candidate": arch}
-        student = train_student(student, store, run_dir / str(i), training, identity, progress, train=train,
+        student = train_student(student, store, candidate_dir, training, identity, progress, train=train,
                                 val=scoring)
         metrics = dev_metrics(lambda inputs: student(**inputs, return_probes=False).logits, store, scoring)
         candidates.append(Candidate(arch, metrics, cost.child_params(student.config, arch)))

@@ -26,7 +26,7 @@ from ..nas.distill import AdaBertDistillModule, val_metric_key
 from ..nas.strategy import AdaBertStrategy
 from ..teacher.knowledge import KnowledgeStore, holdout_split, row_loader
 from ..training import is_main_process, make_trainer, trained_seconds
-from .candidates import draw_candidates, fast_enough, pick_candidate, time_candidates
+from .candidates import candidate_runs, draw_candidates, fast_enough, pick_candidate, time_candidates
 from .evaluate import evaluate_student, warn_if_no_better_than_majority
 from .export import ARCH_FILE, write_student
 from .speed import latency_table, reference_config
@@ -186,8 +186,7 @@ def _search(store: KnowledgeStore, out_dir: Path, config: SearchConfig, progress
                                                  {**phase_identity, "candidate_epochs": config.candidate_epochs},
                                                  progress, trained)
             arch = student.arch
-            trained_dirs += [out_dir / "candidates" / str(i) for i in (range(len(archs)) if trained is None
-                                                                     else trained)]
+            trained_dirs += candidate_runs(out_dir / "candidates", len(archs), trained).values()
         else:
             log.warning("search: --candidates needs a knowledge store that records each augmented row's original; "
                         "%s was built before stores did (nni-adabert teacher rebuilds it)", store.path)
