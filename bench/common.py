@@ -91,12 +91,18 @@ def timed(argv: list[str]) -> dict:
 
 
 def run_training_seconds(argv: list[str]) -> float:
-    """The seconds the student run that ``nni-adabert argv`` wrote (its ``--output-dir``) trained, over
-    all its starts, as its architecture.json records them; 0 for other commands and records without them."""
+    """The seconds the run that ``nni-adabert argv`` wrote (its ``--output-dir``) trained, over all its
+    starts, as its record says: a student's architecture.json, a teacher's adabert_teacher.json (its
+    fine-tuning, not the store build); 0 for other commands and records without them."""
     if "--output-dir" not in argv:
         return 0.0
-    record = Path(argv[argv.index("--output-dir") + 1]) / "architecture.json"
-    return (json.loads(record.read_text()).get("train_seconds") or 0.0) if record.is_file() else 0.0
+    out = Path(argv[argv.index("--output-dir") + 1])
+    if argv[0] == "teacher":
+        record = read_teacher_info(out / "teacher") or {}
+    else:
+        student = out / "architecture.json"
+        record = json.loads(student.read_text()) if student.is_file() else {}
+    return record.get("train_seconds") or 0.0
 
 
 def keep_earlier_timings(out: Path) -> None:

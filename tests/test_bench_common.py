@@ -68,3 +68,7 @@ def test_a_step_the_page_timed_before_keeps_its_minutes_when_found_finished(tmp_
     assert (found["minutes"], found["seconds"]) == (12.6, 754.0)
     (tmp_path / "run" / "architecture.json").write_text("{}")      # a record of before the clock: this run's time
     assert common.timed(["retrain", "--output-dir", str(tmp_path / "run")])["minutes"] == 0.0
+    # A teacher run found finished: its fine-tuning's seconds, from the teacher's own record.
+    (tmp_path / "t" / "teacher").mkdir(parents=True)
+    (tmp_path / "t" / "teacher" / "adabert_teacher.json").write_text(json.dumps({"train_seconds": 2400.0}))
+    assert common.timed(["teacher", "--output-dir", str(tmp_path / "t")])["minutes"] == 40.0

@@ -50,7 +50,7 @@ def test_finetune_saves_hf_checkpoint_and_is_not_redone(tmp_path, sst2, minilm_d
     assert (saved / "model.safetensors").is_file() and (saved / "tokenizer.json").is_file()
     assert 0.0 <= info["dev_metrics"]["accuracy"] <= 1.0 and info["num_layers"] == 6
     assert read_teacher_info(saved)["dev_metrics"] == info["dev_metrics"]
-    assert info["epochs"] == 1 and info["best_epoch"] == 1
+    assert info["epochs"] == 1 and info["best_epoch"] == 1 and info["train_seconds"] > 0
     kept = {f"dev_{name}": pytest.approx(value) for name, value in info["dev_metrics"].items()}
     assert info["dev_history"] == [{"epoch": 1, **kept}]
     assert (tmp_path / "teacher_train" / "checkpoints" / "last.ckpt").is_file()
@@ -365,6 +365,7 @@ def test_a_fine_tuned_teacher_is_taken_as_it_is_with_its_classes_matched(runs, t
                  str(runs / "cache"), "--no-progress"]) == 0
     again = json.loads((tmp_path / "again" / "probes.json").read_text())
     assert again["teacher"]["dev_metrics"] == pytest.approx(original)
+    assert again["teacher"]["train_seconds"] is None                 # taken as it is: nothing trained
     assert again["knowledge_store"] == json.loads((runs / "SST-2" / "probes.json").read_text())["knowledge_store"]
     assert main(["teacher", "--task", "SST-2", "--model", str(swapped), "--no-finetune", "--epochs", "2",
                  "--output-dir", str(tmp_path / "never")]) == 2

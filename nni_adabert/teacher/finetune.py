@@ -35,7 +35,7 @@ from ..errors import UserError
 from ..logs import quiet_loggers
 from ..training import (PRECISIONS, EpochLengthGroupedSampler, KeepBestEpoch, adamw, check_finite, fit,
                         inference_batch_size, inference_precision, make_trainer, pick_device, pin_memory,
-                        training_precision, weight_decay_groups)
+                        trained_seconds, training_precision, weight_decay_groups)
 
 log = logging.getLogger(__name__)
 
@@ -281,7 +281,10 @@ def finetune_teacher(spec: TaskSpec, data: datasets.DatasetDict, model: str | No
     info = {"task": spec.name, "base_model": settings["base_model"], "model_type": hf_config.model_type,
             "num_layers": hf_config.num_hidden_layers, "precision": precision, "dev_metrics": module.dev_metrics,
             "epochs": epochs,
-            "best_epoch": best.best_epoch, "dev_history": best.history, runs.IDENTITY_KEY: runs.identity(settings)}
+            "best_epoch": best.best_epoch, "dev_history": best.history,
+            # The fine-tuning's wall time over every start (None for a classifier taken as it is).
+            "train_seconds": trained_seconds([run_dir]) if order is None else None,
+            runs.IDENTITY_KEY: runs.identity(settings)}
     with atomic.atomic_path(final_dir) as tmp:
         module.model.config.id2label = {i: label for i, label in enumerate(spec.labels)}
         module.model.config.label2id = {label: i for i, label in enumerate(spec.labels)}
