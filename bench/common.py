@@ -72,7 +72,8 @@ def run_cli(argv: list[str]) -> str:
 TIMING_KEYS = ("command", "minutes", "seconds")
 # What a page says of its steps' minutes (timed).
 MINUTES_NOTE = ("wall time on this machine; a search or retraining found finished, run by an earlier command: "
-                "the time its run trained, from its record (0.0 in records of before it kept one); another step "
+                "the time its run trained, from its record (0.0 in records of before it kept one); a teacher "
+                "found finished: its fine-tuning's, from its record, without the store build; another step "
                 "found finished: 0.0")
 # The timings of the result page being rewritten (keep_earlier_timings), by command.
 _earlier_timings: dict[str, dict] = {}
@@ -80,9 +81,10 @@ _earlier_timings: dict[str, dict] = {}
 
 def timed(argv: list[str]) -> dict:
     """:func:`run_cli`, timed: ``{"command": ..., "minutes": ..., "seconds": ...}`` (wall time, one decimal);
-    a command the page being rewritten timed before keeps that timing (:func:`keep_earlier_timings`). A search
-    or retraining found finished (or resumed) counts the time its run trained over all its starts, when
-    longer than this command's: the time it took, not the moment of finding it."""
+    a command the page being rewritten timed before keeps that timing (:func:`keep_earlier_timings`). A search,
+    retraining or teacher found finished (or resumed) counts the time its run trained over all its starts
+    (:func:`run_training_seconds`), when longer than this command's: the time it took, not the moment of
+    finding it."""
     start = time.perf_counter()
     command = run_cli(argv)
     seconds = max(time.perf_counter() - start, run_training_seconds(argv))
