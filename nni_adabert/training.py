@@ -367,8 +367,8 @@ class TrainingClock(Callback):
 
 def trained_seconds(run_dirs: Iterable[str | os.PathLike]) -> float | None:
     """Seconds the runs in ``run_dirs`` (a search's phase, the candidates it trained and its fine-tuning; a
-    retraining) trained, over all their starts (:class:`TrainingClock`); None when one of them has no
-    complete record (a run of before the clock, or resumed from one)."""
+    retraining; a teacher's fine-tuning) trained, over all their starts (:class:`TrainingClock`); None when
+    one of them has no complete record (a run of before the clock, or resumed from one)."""
     total = 0.0
     for run_dir in run_dirs:
         try:

@@ -249,7 +249,7 @@ def test_the_store_keeps_what_students_need_of_the_teacher(tmp_path, sst2, teach
     own = store.path / knowledge.TEACHER_FILES
     assert store.teacher_files == own and (own / "tokenizer.json").is_file()
     assert torch.equal(store.word_embeddings(), teacher_word_embeddings(teacher_copy))
-    assert store.meta["teacher_info"] == {}  # a base checkpoint: no teacher_info.json to keep
+    assert store.meta["teacher_info"] == {}  # a base checkpoint: no adabert_teacher.json to keep
     assert len(store.tokenizer) == store.meta["vocab_size"]
 
 
