@@ -20,6 +20,7 @@ from nni_adabert import atomic, runs
 from nni_adabert.cli import main
 from nni_adabert.config import RetrainConfig, SearchConfig
 from nni_adabert.data.tasks import TASKS, get_task
+from nni_adabert.model.pretrained import ARCH_FILE
 from nni_adabert.model.space import StudentConfig
 from nni_adabert.teacher.finetune import read_teacher_info
 from nni_adabert.teacher.run import open_teacher_run
@@ -102,7 +103,7 @@ def run_training_seconds(argv: list[str]) -> float:
     if argv[0] == "teacher":
         record = read_teacher_info(out / "teacher") or {}
     else:
-        student = out / "architecture.json"
+        student = out / ARCH_FILE
         record = json.loads(student.read_text()) if student.is_file() else {}
     return record.get("train_seconds") or 0.0
 
