@@ -111,6 +111,8 @@ class TrainingConfig(Settings):
                                    "(the paper's method); off: --final-kd is needed")
     final_kd: bool = setting(False, "L_KD includes the teacher's last-layer logits against the student's final "
                                     "logits (with --no-probe-kd: the paper's Base-KD)")
+    final_kd_mse: bool = setting(False, "the final-logit term is the mean squared difference of the raw logits "
+                                        "(Tang et al. 2019) instead of the soft cross-entropy at --temperature")
     optimizer: str = setting("sgd", "the weights' optimizer: sgd (momentum 0.9) or adamw", choices=("sgd", "adamw"))
     lr: float = setting(2e-2, "learning rate of the weights, cosine-annealed per step to --min-lr", positive=True)
     min_lr: float | None = setting(5e-4, "final learning rate of the cosine schedule (none: lr / 100)", minimum=0)
@@ -137,6 +139,9 @@ class TrainingConfig(Settings):
         if not (self.probe_kd or self.final_kd):
             raise UserError(f"{self.kind} settings probe_kd and final_kd are both off: L_KD needs one of them "
                             "(final_kd alone is the paper's Base-KD)")
+        if self.final_kd_mse and not self.final_kd:
+            raise UserError(f"{self.kind} setting final_kd_mse is on but final_kd is off: it sets the form of the "
+                            "final-logit term, which --final-kd switches on")
 
     @property
     def final_lr(self) -> float:
@@ -250,11 +255,12 @@ class SearchConfig(ArchitectureConfig, TrainingConfig):
     def candidate_config(self) -> "RetrainConfig":
         """The short training of each candidate child (``candidates``): a retraining's recipe for
         ``candidate_epochs``, on this search's rows, seed, batch size and dropout, with this search's
-        loss (γ, T, probe KD), so that an ablation of the loss reaches the children it scores; the
-        final-logit term stays the retraining's (on), which trains the classifier with γ = 1."""
+        loss (γ, T, probe KD, the final-logit term's form), so that an ablation of the loss reaches the
+        children it scores; the final-logit term stays the retraining's (on), which trains the
+        classifier with γ = 1."""
         shared = {name: getattr(self, name) for name in ("batch_size", "dropout", "seed", "group_by_length",
                                                           "train_limit", "augmented_limit", "devices", "gamma",
-                                                          "temperature", "probe_kd")}
+                                                          "temperature", "probe_kd", "final_kd_mse")}
         # BatchNorm's moving averages, as before PreciseBN (the candidates' ranking with it is not measured yet).
         return RetrainConfig(**shared, epochs=self.candidate_epochs, precise_bn_batches=0)
 

@@ -96,6 +96,7 @@ def test_configs_split_by_what_they_configure():
                                       group_by_length=True, precise_bn_batches=0)
     base_kd = SearchConfig(probe_kd=False, final_kd=True, gamma=1.0, temperature=2.0).candidate_config()
     assert (base_kd.probe_kd, base_kd.final_kd, base_kd.gamma, base_kd.temperature) == (False, True, 1.0, 2.0)
+    assert SearchConfig(final_kd=True, final_kd_mse=True).candidate_config().final_kd_mse  # the form of its term too
     assert SearchConfig().candidate_config() == RetrainConfig(epochs=1, train_limit=20000, augmented_limit=20000,
                                                               group_by_length=True, precise_bn_batches=0)  # as before
     # Both read the search's rows in the search's order: grouped by length by default (a retraining: plain).
@@ -114,6 +115,7 @@ def test_configs_split_by_what_they_configure():
     (dict(full="yes"), "search setting full must be true or false, got 'yes'"),
     (dict(tau_start=0.1, tau_end=0.5), r"tau_start \(0.1\) must be >= tau_end \(0.5\)"),
     (dict(probe_kd=False), "probe_kd and final_kd are both off"),
+    (dict(final_kd_mse=True), "search setting final_kd_mse is on but final_kd is off"),
 ])
 def test_bad_settings_are_one_clear_line(bad, message):
     with pytest.raises(UserError, match=message):

@@ -557,10 +557,11 @@ def test_held_out_batches_step_the_architecture_and_the_others_the_weights(tmp_p
 # ----------------------------------------------------------------------------- ablation switches (paper Table 4)
 
 
-def test_base_kd_distils_final_logits_and_still_moves_every_architecture_choice():
+@pytest.mark.parametrize("mse", [False, True])
+def test_base_kd_distils_final_logits_and_still_moves_every_architecture_choice(mse):
     cfg = tiny_config()
     space, module = supernet(cfg, seed=3)
-    module.training_module.config = TrainingConfig(probe_kd=False, final_kd=True)
+    module.training_module.config = TrainingConfig(probe_kd=False, final_kd=True, final_kd_mse=mse)
     resample_nonzero_path(module, cfg)
     space.train()
     batch = collate(synthetic_examples(8, 4))
@@ -568,7 +569,7 @@ def test_base_kd_distils_final_logits_and_still_moves_every_architecture_choice(
     parts = module.training_module.compute_loss(batch)
     torch.manual_seed(0)
     logits = space(**model_inputs(batch)).logits
-    assert parts.kd.item() == pytest.approx(final_kd_loss(logits, batch["teacher_logits"]).item(), abs=1e-6)
+    assert parts.kd.item() == pytest.approx(final_kd_loss(logits, batch["teacher_logits"], mse=mse).item(), abs=1e-6)
     parts.kd.backward()
     assert all(p.grad is None or p.grad.abs().sum() == 0 for p in space.probes.parameters())   # no probe KD
     for name, p in arch_params(space).items():

@@ -110,7 +110,7 @@ class AdaBertDistillModule(LightningModule):
         return adabert_loss(out.logits, out.probe_logits, out.depth_terms, batch["teacher_logits"], batch["labels"],
                             efficiency_loss(self.model), gamma=config.gamma, beta=self.beta,
                             temperature=config.temperature, probe_kd=config.probe_kd, final_kd=config.final_kd,
-                            depth_logits=out.depth_logits)
+                            final_kd_mse=config.final_kd_mse, depth_logits=out.depth_logits)
 
     def training_step(self, batch: Dict[str, Any], batch_idx: int) -> torch.Tensor:
         parts = self.compute_loss(batch)

@@ -125,11 +125,15 @@ def distillation_loss(probe_logits: Sequence[torch.Tensor], depth_terms: Sequenc
     return total  # type: ignore[return-value]
 
 
-def final_kd_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+def final_kd_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0,
+                  mse: bool = False) -> torch.Tensor:
     """Plain last-layer distillation (the paper's "Base-KD", Table 4): the student's final
     classifier against the teacher's own head (its last layer), no probes, no attentive weights.
 
-    ``mean_x CE(softmax(P^T_J(x)/T), softmax(logits(x)/T))``.
+    ``mean_x CE(softmax(P^T_J(x)/T), softmax(logits(x)/T))``, or with ``mse`` the squared
+    difference of the raw logits, ``mean_x mean_c (P^T_J(x)_c - logits(x)_c)^2`` (Tang et al.
+    2019, "Distilling task-specific knowledge from BERT into simple neural networks": better
+    than soft targets for their small students; no temperature).
 
     Args:
         logits: ``[B, C]`` the student's final classifier; teacher_logits: ``[B, J, C]``.
@@ -137,6 +141,8 @@ def final_kd_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, temperatur
     Returns:
         scalar.
     """
+    if mse:
+        return F.mse_loss(logits.float(), teacher_logits[:, -1, :].float())
     return soft_cross_entropy(teacher_logits[:, -1, :], logits, temperature).mean()
 
 
@@ -197,11 +203,12 @@ class LossParts:
 
 def _kd_loss(logits: torch.Tensor, probe_logits: Sequence[torch.Tensor],
              depth_terms: Sequence[Tuple[int, Optional[torch.Tensor]]], teacher_logits: torch.Tensor,
-             labels: torch.Tensor, temperature: float, probe_kd: bool, final_kd: bool) -> torch.Tensor:
+             labels: torch.Tensor, temperature: float, probe_kd: bool, final_kd: bool,
+             final_kd_mse: bool) -> torch.Tensor:
     """``L_KD``: the probe term, the final-logit term or their sum (see :func:`adabert_loss`)."""
     kd = distillation_loss(probe_logits, depth_terms, teacher_logits, labels, temperature) if probe_kd else None
     if final_kd:
-        final = final_kd_loss(logits, teacher_logits, temperature)
+        final = final_kd_loss(logits, teacher_logits, temperature, final_kd_mse)
         kd = final if kd is None else kd + final
     return kd  # type: ignore[return-value]
 
@@ -210,7 +217,7 @@ def adabert_loss(logits: torch.Tensor, probe_logits: Sequence[torch.Tensor],
                  depth_terms: Sequence[Tuple[int, Optional[torch.Tensor]]], teacher_logits: torch.Tensor,
                  labels: torch.Tensor, efficiency: Optional[torch.Tensor] = None, *,
                  gamma: float = 0.8, beta: float = DEFAULT_BETA, temperature: float = 1.0,
-                 probe_kd: bool = True, final_kd: bool = False,
+                 probe_kd: bool = True, final_kd: bool = False, final_kd_mse: bool = False,
                  depth_logits: Sequence[torch.Tensor] = ()) -> LossParts:
     """The whole objective from a model output and a batch.
 
@@ -226,6 +233,7 @@ def adabert_loss(logits: torch.Tensor, probe_logits: Sequence[torch.Tensor],
             term for the student's predictions to learn anything. In a supernet the final
             logits carry the depth gate, so either term sends gradient to the depth choice.
             ``L_KD`` is the sum of the chosen terms; at least one must be chosen.
+        final_kd_mse: the final-logit term is the logits' squared difference, not soft cross-entropy.
         depth_logits: K_run x ``[B, C]``, the classifier on each depth's output (a supernet that
             trains every depth): the total adds the mean over ``k`` of depth k's child loss
             ``(1-gamma) L_CE + gamma L_KD``, with constant weights, so every depth's child
@@ -234,13 +242,14 @@ def adabert_loss(logits: torch.Tensor, probe_logits: Sequence[torch.Tensor],
     if not (probe_kd or final_kd):
         raise ValueError("adabert_loss: L_KD needs probe_kd or final_kd (or both)")
     ce = ce_loss(logits, labels)
-    kd = _kd_loss(logits, probe_logits, depth_terms, teacher_logits, labels, temperature, probe_kd, final_kd)
+    kd = _kd_loss(logits, probe_logits, depth_terms, teacher_logits, labels, temperature, probe_kd, final_kd,
+                  final_kd_mse)
     total = total_loss(ce, kd, efficiency, gamma, beta)
     every_depth = None
     if depth_logits:
         children = [total_loss(ce_loss(child_logits, labels),
                                _kd_loss(child_logits, probe_logits, [(k, None)], teacher_logits, labels, temperature,
-                                        probe_kd, final_kd), None, gamma)
+                                        probe_kd, final_kd, final_kd_mse), None, gamma)
                     for k, child_logits in enumerate(depth_logits, start=1)]
         every_depth = torch.stack(children).mean()
         total = total + every_depth
