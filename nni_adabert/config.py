@@ -37,12 +37,15 @@ __all__ = ["DEFAULT_BETA", "TrainingConfig", "ArchitectureConfig", "SearchConfig
 
 def setting(default: Any, help: str, *, minimum: float | None = None, maximum: float | None = None,
             below: float | None = None, positive: bool = False, choices: tuple | None = None,
-            what: str | None = None) -> Any:
+            what: str | None = None, added: bool = False) -> Any:
     """A config field: its default, its range (``minimum``/``maximum`` inclusive, ``below``
     exclusive, ``positive``: > 0), ``choices``, and its help text; :class:`Settings` checks the
-    range. ``what`` names the setting in messages, e.g. "gamma (the KD weight)"."""
+    range. ``what`` names the setting in messages, e.g. "gamma (the KD weight)". ``added``: a
+    setting added after runs were recorded, named in a run's identity only when it is not its
+    default (:meth:`Settings.identity`), so those runs are still found finished and resumed."""
     return field(default=default, metadata={"help": help, "minimum": minimum, "maximum": maximum, "below": below,
-                                            "positive": positive, "choices": choices, "what": what})
+                                            "positive": positive, "choices": choices, "what": what,
+                                            "added": added})
 
 
 def _value_type(cls: type, name: str) -> tuple[type, bool]:
@@ -94,6 +97,12 @@ class Settings:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def identity(self) -> dict:
+        """The settings that name a run (:func:`runs.identity`): all of them, but an ``added`` one
+        at its default, which the runs recorded before it was added did not name."""
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if not (f.metadata.get("added") and getattr(self, f.name) == f.default)}
+
 
 @dataclass
 class TrainingConfig(Settings):
@@ -111,8 +120,9 @@ class TrainingConfig(Settings):
                                    "(the paper's method); off: --final-kd is needed")
     final_kd: bool = setting(False, "L_KD includes the teacher's last-layer logits against the student's final "
                                     "logits (with --no-probe-kd: the paper's Base-KD)")
-    final_kd_mse: bool = setting(False, "the final-logit term is the mean squared difference of the raw logits "
-                                        "(Tang et al. 2019) instead of the soft cross-entropy at --temperature")
+    final_kd_mse: bool = setting(False, "the final-logit term is the squared distance of the raw logits "
+                                        "(Tang et al. 2019) instead of the soft cross-entropy at --temperature",
+                                 added=True)
     optimizer: str = setting("sgd", "the weights' optimizer: sgd (momentum 0.9) or adamw", choices=("sgd", "adamw"))
     lr: float = setting(2e-2, "learning rate of the weights, cosine-annealed per step to --min-lr", positive=True)
     min_lr: float | None = setting(5e-4, "final learning rate of the cosine schedule (none: lr / 100)", minimum=0)

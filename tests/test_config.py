@@ -105,6 +105,16 @@ def test_configs_split_by_what_they_configure():
     assert RetrainConfig(lr=0.004).final_lr == pytest.approx(4e-5) and SearchConfig().final_lr == 5e-4
 
 
+def test_a_setting_added_later_names_a_run_only_when_it_is_not_its_default():
+    # Runs recorded before --final-kd-mse existed keep their identity (found finished, resumed) ...
+    before = {k: v for k, v in RetrainConfig().to_dict().items() if k != "final_kd_mse"}
+    assert RetrainConfig().identity() == before and "final_kd_mse" in RetrainConfig().to_dict()
+    assert SearchConfig(seed=2).identity() == {k: v for k, v in SearchConfig(seed=2).to_dict().items()
+                                               if k != "final_kd_mse"}
+    # ... and a run that uses it is another run.
+    assert RetrainConfig(final_kd_mse=True).identity() == {**before, "final_kd_mse": True}
+
+
 @pytest.mark.parametrize("bad, message", [
     (dict(epochs=0), "search setting epochs must be an integer >= 1, got 0"),
     (dict(gamma=1.5), r"search setting gamma \(the KD weight\) must be in \[0, 1\], got 1.5"),

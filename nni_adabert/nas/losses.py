@@ -131,9 +131,9 @@ def final_kd_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, temperatur
     classifier against the teacher's own head (its last layer), no probes, no attentive weights.
 
     ``mean_x CE(softmax(P^T_J(x)/T), softmax(logits(x)/T))``, or with ``mse`` the squared
-    difference of the raw logits, ``mean_x mean_c (P^T_J(x)_c - logits(x)_c)^2`` (Tang et al.
-    2019, "Distilling task-specific knowledge from BERT into simple neural networks": better
-    than soft targets for their small students; no temperature).
+    distance of the raw logits, ``mean_x ||P^T_J(x) - logits(x)||^2`` (Tang et al. 2019,
+    "Distilling task-specific knowledge from BERT into simple neural networks": better than
+    soft targets for their small students; no temperature).
 
     Args:
         logits: ``[B, C]`` the student's final classifier; teacher_logits: ``[B, J, C]``.
@@ -142,7 +142,7 @@ def final_kd_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, temperatur
         scalar.
     """
     if mse:
-        return F.mse_loss(logits.float(), teacher_logits[:, -1, :].float())
+        return (logits.float() - teacher_logits[:, -1, :].float()).pow(2).sum(dim=-1).mean()
     return soft_cross_entropy(teacher_logits[:, -1, :], logits, temperature).mean()
 
 
@@ -208,7 +208,7 @@ def _kd_loss(logits: torch.Tensor, probe_logits: Sequence[torch.Tensor],
     """``L_KD``: the probe term, the final-logit term or their sum (see :func:`adabert_loss`)."""
     kd = distillation_loss(probe_logits, depth_terms, teacher_logits, labels, temperature) if probe_kd else None
     if final_kd:
-        final = final_kd_loss(logits, teacher_logits, temperature, final_kd_mse)
+        final = final_kd_loss(logits, teacher_logits, temperature, mse=final_kd_mse)
         kd = final if kd is None else kd + final
     return kd  # type: ignore[return-value]
 
@@ -233,7 +233,7 @@ def adabert_loss(logits: torch.Tensor, probe_logits: Sequence[torch.Tensor],
             term for the student's predictions to learn anything. In a supernet the final
             logits carry the depth gate, so either term sends gradient to the depth choice.
             ``L_KD`` is the sum of the chosen terms; at least one must be chosen.
-        final_kd_mse: the final-logit term is the logits' squared difference, not soft cross-entropy.
+        final_kd_mse: the final-logit term is the logits' squared distance, not soft cross-entropy.
         depth_logits: K_run x ``[B, C]``, the classifier on each depth's output (a supernet that
             trains every depth): the total adds the mean over ``k`` of depth k's child loss
             ``(1-gamma) L_CE + gamma L_KD``, with constant weights, so every depth's child

@@ -63,7 +63,7 @@ def retrain_run_settings(arch: dict, source: dict, config: RetrainConfig, embed_
     """What names a retraining (its identity with the store, :func:`runs.identity`). The architecture
     itself, not only where it came from: a file searched anew names another run. ``space``: resolved."""
     return {"arch": dict(arch), **source, "embed_dim": embed_dim, "k_max": k_max, **space_identity(space),
-            **config.to_dict()}
+            **config.identity()}
 
 
 def run_retrain(arch: dict, source: dict, store: KnowledgeStore, out_dir: str | os.PathLike,

@@ -100,7 +100,7 @@ def search_run_settings(config: SearchConfig, store: KnowledgeStore) -> dict:
     """What names a search (its identity with the store, :func:`runs.identity`): the settings, the
     space resolved for the store's task and named only when it is not the paper's
     (:func:`student.space_identity`)."""
-    settings = {k: v for k, v in config.to_dict().items() if k != "space"}
+    settings = {k: v for k, v in config.identity().items() if k != "space"}
     return {**settings, **space_identity(resolve_space(config.space, store.spec.is_pair))}
 
 
