@@ -136,7 +136,8 @@ def print_student(doc: dict, out_dir: Path) -> None:
               + (f", timed {predicted['measured']:.1f}x" if "measured" in predicted else ""))
     arch = ", ".join(f"{k}={v}" for k, v in doc["architecture"].items())
     print(f"  cell: {arch}")
-    print(f"  wrote {out_dir / 'architecture.json'}, {out_dir / 'student.safetensors'}, {out_dir / 'cell.png'}")
+    # "in", not "wrote": a run found finished returns its files untouched
+    print(f"  in {out_dir}: architecture.json, student.safetensors, cell.png")
 
 
 def cmd_search(args) -> None:
