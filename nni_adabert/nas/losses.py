@@ -203,7 +203,7 @@ class LossParts:
 
 def _kd_loss(logits: torch.Tensor, probe_logits: Sequence[torch.Tensor],
              depth_terms: Sequence[Tuple[int, Optional[torch.Tensor]]], teacher_logits: torch.Tensor,
-             labels: torch.Tensor, temperature: float, probe_kd: bool, final_kd: bool,
+             labels: torch.Tensor, temperature: float, *, probe_kd: bool, final_kd: bool,
              final_kd_mse: bool) -> torch.Tensor:
     """``L_KD``: the probe term, the final-logit term or their sum (see :func:`adabert_loss`)."""
     kd = distillation_loss(probe_logits, depth_terms, teacher_logits, labels, temperature) if probe_kd else None
@@ -242,14 +242,14 @@ def adabert_loss(logits: torch.Tensor, probe_logits: Sequence[torch.Tensor],
     if not (probe_kd or final_kd):
         raise ValueError("adabert_loss: L_KD needs probe_kd or final_kd (or both)")
     ce = ce_loss(logits, labels)
-    kd = _kd_loss(logits, probe_logits, depth_terms, teacher_logits, labels, temperature, probe_kd, final_kd,
-                  final_kd_mse)
+    flags = {"probe_kd": probe_kd, "final_kd": final_kd, "final_kd_mse": final_kd_mse}
+    kd = _kd_loss(logits, probe_logits, depth_terms, teacher_logits, labels, temperature, **flags)
     total = total_loss(ce, kd, efficiency, gamma, beta)
     every_depth = None
     if depth_logits:
         children = [total_loss(ce_loss(child_logits, labels),
                                _kd_loss(child_logits, probe_logits, [(k, None)], teacher_logits, labels, temperature,
-                                        probe_kd, final_kd, final_kd_mse), None, gamma)
+                                        **flags), None, gamma)
                     for k, child_logits in enumerate(depth_logits, start=1)]
         every_depth = torch.stack(children).mean()
         total = total + every_depth
