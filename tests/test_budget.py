@@ -17,7 +17,7 @@ from nni_adabert.errors import UserError
 from nni_adabert.model import cost
 from nni_adabert.model.cost import child_params, embedding_params
 from nni_adabert.model.depth import DEPTH_LABEL
-from nni_adabert.model.space import StudentConfig, uniform_arch
+from nni_adabert.model.space import StudentConfig, edge_label, live_nodes, reads_inputs, uniform_arch
 from nni_adabert.model.latency import LatencyTable
 from nni_adabert.nas.budget import (budget_warnings, check_budgets, derive_within_budget, has_weights, params_budget,
                                     speed_budget)
@@ -48,12 +48,15 @@ def random_probs(cfg, seed):
 
 
 def preferred(cfg, children, score, in_band, within):
-    """What the derivation should export, found by brute force: the most probable child with cell
-    weights in the band, else with weights within the budget, else any in the band, else any within."""
+    """What the derivation should export, found by brute force among the children whose cell reads its
+    inputs: the most probable one with cell weights (on an edge from a live node) in the band, else
+    with weights within the budget, else any in the band, else any within."""
     def weighted(a):
-        return any(has_weights(cfg, a[e]) for e in cfg.edge_labels)
+        live = live_nodes(a, cfg.num_nodes)
+        return any(has_weights(cfg, a[edge_label(j, i)]) for j in range(2, 2 + cfg.num_nodes) for i in range(j)
+                   if i in live)
     for fits in (lambda a: weighted(a) and in_band(a), lambda a: weighted(a) and within(a), in_band, within):
-        pool = [a for a in children if fits(a)]
+        pool = [a for a in children if reads_inputs(a, cfg) and fits(a)]
         if pool:
             return max(pool, key=score)
 
@@ -100,8 +103,9 @@ def test_a_budget_no_child_meets_is_one_clear_error():
         check_budgets(cfg, [params_budget(cfg, 100)])
     check_budgets(cfg, [params_budget(cfg, smallest_child(cfg, include_embedding=False), include_embedding=False)])
     table = toy_latency_table(cfg)
+    # The fastest child whose cell reads its inputs: one skip edge (the toy table's cheapest op but zero).
     fastest = table.reference_seconds / table.child_seconds(cfg, {**{e: "zero" for e in cfg.edge_labels},
-                                                                  DEPTH_LABEL: 1})
+                                                                  cfg.edge_labels[0]: "skip", DEPTH_LABEL: 1})
     check_budgets(cfg, [speed_budget(table, fastest)])
     with pytest.raises(UserError, match=r"min_speedup: no student of this space is that fast on this machine "
                                          r"\(the fastest one is predicted to take 2.00x the time allowed\)"):
@@ -124,7 +128,7 @@ def test_a_budget_only_cells_without_weights_meet_is_warned_about():
 def test_derivation_prefers_a_cell_with_weights():
     """Distributions that put almost all their mass on weightless ops (a collapsed search) still
     export a cell with weights when the budgets admit one; only a budget below every such cell
-    gets the weightless one."""
+    gets a weightless one, which still reads its inputs."""
     cfg = StudentConfig(vocab_size=30, num_labels=2, embed_dim=8, k_max=3, num_nodes=1, max_positions=10)
     ops = {e: {n: (0.9 if n == "zero" else 0.1 / (len(cfg.op_names) - 1)) for n in cfg.op_names}
            for e in cfg.edge_labels}
@@ -134,7 +138,11 @@ def test_derivation_prefers_a_cell_with_weights():
     assert any(has_weights(cfg, derived[e]) for e in cfg.edge_labels)
     assert derived[DEPTH_LABEL] == 1 and sorted(derived[e] for e in cfg.edge_labels).count("zero") == 1
     below = int(budget.smallest_with_weights(cfg)) - 1
-    assert derive_within_budget(cfg, ops, depth, [params_budget(cfg, below)]) == uniform_arch(cfg, "zero", 1)
+    weightless = derive_within_budget(cfg, ops, depth, [params_budget(cfg, below)])
+    # one weightless op that reads an input (a pool or skip: as free as zero), zero on the other edge
+    assert weightless[DEPTH_LABEL] == 1 and sorted(weightless[e] for e in cfg.edge_labels).count("zero") == 1
+    assert reads_inputs(weightless, cfg)
+    assert child_params(cfg, weightless) == child_params(cfg, uniform_arch(cfg, "zero", 1))
     # a floor only cells without weights reach gives way to a cell with weights below it
     band = dataclasses.replace(params_budget(cfg, 10**6), minimum=10**6 - 1)
     assert child_params(cfg, derive_within_budget(cfg, ops, depth, [band])) < band.minimum

@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from .. import atomic
 from ..errors import UserError
-from .space import AdaBertStudent, StudentConfig, validate_arch
+from .space import DEAD_CELL, AdaBertStudent, StudentConfig, reads_inputs, validate_arch
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +121,10 @@ def read_architecture(path: str | os.PathLike, vocab: str | None = None) -> Arch
 
 
 def load_student(arch_file: ArchitectureFile, weights: str | os.PathLike | None = None) -> AdaBertStudent:
-    """The exported child with its trained weights (strict: every tensor must match)."""
+    """The exported child with its trained weights (strict: every tensor must match); a warning when
+    its cell does not read its inputs (:func:`space.reads_inputs`: it predicts one class)."""
+    if not reads_inputs(arch_file.arch, arch_file.config):
+        log.warning("%s: %s", arch_file.path, DEAD_CELL)
     weights = Path(weights) if weights else arch_file.weights_path
     if not weights.is_file():
         raise UserError(f"weights file {weights} does not exist")

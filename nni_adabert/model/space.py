@@ -65,8 +65,9 @@ from .ops import OP_NAMES, OPS, PAIR_OP_NAMES, Zero, build_op
 
 __all__ = [
     "StudentConfig", "AdaBertOutput", "AdaBertSpace", "AdaBertStudent",
-    "DepthChoice", "Cell", "Embedder", "edge_labels", "factorized_embedding", "validate_arch", "uniform_arch",
-    "random_arch", "SPACES", "resolve_space", "default_op_names", "matching_features",
+    "DepthChoice", "Cell", "Embedder", "edge_label", "edge_labels", "factorized_embedding", "validate_arch",
+    "uniform_arch", "random_arch", "live_nodes", "reads_inputs", "DEAD_CELL",
+    "SPACES", "resolve_space", "default_op_names", "matching_features",
 ]
 
 SPACES = ("paper", "matching")
@@ -197,13 +198,41 @@ def _check_space(space: str, is_pair: bool, choices: Sequence[str], where: str =
                         f"(use {others})")
 
 
+def edge_label(j: int, i: int) -> str:
+    """The label of the edge from node ``i`` into node ``j``."""
+    return f"edge_{j}_{i}"
+
+
 def edge_labels(num_nodes: int = 3) -> List[str]:
-    """Labels of the cell's edges, ``edge_{j}_{i}`` = op from node i into node j.
+    """Labels of the cell's edges, ``edge_{j}_{i}`` = op from node i into node j, in node order
+    (every edge into node j before any edge out of it).
 
     >>> edge_labels(3)
     ['edge_2_0', 'edge_2_1', 'edge_3_0', 'edge_3_1', 'edge_3_2', 'edge_4_0', 'edge_4_1', 'edge_4_2', 'edge_4_3']
     """
-    return [f"edge_{j}_{i}" for j in range(2, 2 + num_nodes) for i in range(j)]
+    return [edge_label(j, i) for j in range(2, 2 + num_nodes) for i in range(j)]
+
+
+def live_nodes(arch: Mapping[str, Any], num_nodes: int = 3) -> set:
+    """The nodes of a cell whose value depends on the cell's inputs: the input nodes 0 and 1, and
+    each intermediate node with a non-``zero`` edge from a live node (any other op of a node that is
+    zero everywhere, a pool or ``skip``, gives zero, or a constant)."""
+    live = {0, 1}
+    for j in range(2, 2 + num_nodes):
+        if any(arch[edge_label(j, i)] != "zero" and i in live for i in range(j)):
+            live.add(j)
+    return live
+
+
+def reads_inputs(arch: Mapping[str, Any], config: StudentConfig) -> bool:
+    """Whether the cell's output (the attentive sum of its intermediate nodes) depends on its inputs.
+    A cell whose intermediate nodes are all dead (:func:`live_nodes`: e.g. ``max_pool_3`` from nodes
+    that are ``zero`` from both inputs) gives every text the same logits."""
+    return len(live_nodes(arch, config.num_nodes)) > 2
+
+
+DEAD_CELL = ("its cell's output does not depend on the text (no intermediate node has a path of "
+             "non-'zero' edges from the inputs), so the student gives every text the same prediction")
 
 
 def validate_arch(arch: Any, config: StudentConfig) -> Dict[str, Any]:
@@ -245,11 +274,14 @@ def uniform_arch(config: StudentConfig, op: str, depth: int) -> Dict[str, Any]:
 
 
 def random_arch(config: StudentConfig, seed: Optional[int] = None) -> Dict[str, Any]:
-    """A uniformly random architecture of the space (the paper's 'Random' baseline)."""
+    """A uniformly random architecture of the space whose cell reads its inputs
+    (:func:`reads_inputs`; the paper's 'Random' baseline)."""
     rng = random.Random(seed)
-    arch: Dict[str, Any] = {label: rng.choice(config.op_names) for label in config.edge_labels}
-    arch[DEPTH_LABEL] = rng.randint(1, config.k_max)
-    return arch
+    while True:  # redrawn until the cell reads its inputs (a dead cell is no student to compare)
+        arch: Dict[str, Any] = {label: rng.choice(config.op_names) for label in config.edge_labels}
+        arch[DEPTH_LABEL] = rng.randint(1, config.k_max)
+        if reads_inputs(arch, config):
+            return arch
 
 
 # --------------------------------------------------------------------------- building blocks
@@ -373,7 +405,7 @@ class Cell(nn.Module):
         for j in range(2, 2 + self.num_nodes):
             node: Optional[torch.Tensor] = None
             for i in range(j):
-                edge = self.edges[f"edge_{j}_{i}"]
+                edge = self.edges[edge_label(j, i)]
                 if isinstance(edge, Zero):
                     continue  # a frozen zero edge: nothing to compute (the supernet adds exact zeros)
                 out = _apply_edge(edge, states[i], masks[i])

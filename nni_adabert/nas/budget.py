@@ -16,13 +16,13 @@ What the search does with them:
   every parameter removed); for a speed (``--min-speedup``: at least that fast) the hinge
   ``max(0, E[cost] / maximum - 1)``, since pulling MRPC's students up to the slowest child allowed
   made them deep, wide and worse (bench/results/pipeline/MRPC-speedup20-seed0);
-- :func:`derive_within_budget`: the most probable child within every budget and its tolerance
-  (an exact search: costs add up over edges, so a small dynamic programme over the edges, for
-  every depth), preferring a cell with weights to one without, so the exported student always
-  meets the budgets and does not collapse to a bag of embeddings when a budget admits more: with
-  E[time] at a speed budget, the most probable child of flat distributions can still be far faster
-  (SST-2 at 100x: a cell without weights at 773x, bench/results/budget-sweep/SST-2), which the
-  floor of the export undoes;
+- :func:`derive_within_budget`: the most probable child whose cell reads its inputs (never a cell
+  whose output is constant), within every budget and its tolerance (an exact search: costs add up
+  over edges, so a small dynamic programme over the edges, for every depth), preferring a cell
+  with weights to one without, so the exported student always meets the budgets and does not
+  collapse to a bag of embeddings when a budget admits more: with E[time] at a speed budget, the
+  most probable child of flat distributions can still be far faster (SST-2 at 100x: a cell
+  without weights at 773x, bench/results/budget-sweep/SST-2), which the floor of the export undoes;
 - :func:`check_budgets`: a budget no child of the space can meet is an error before training;
   :func:`budget_warnings`: one that only children without cell weights meet is worth a warning.
 """
@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, FrozenSet, Mapping, Optional, Sequence, Tuple
 
 import torch
 
@@ -39,6 +39,7 @@ from ..errors import UserError
 from ..model import cost
 from ..model.depth import DEPTH_LABEL
 from ..model.latency import LatencyTable
+from ..model.space import edge_label
 
 __all__ = ["Budget", "params_budget", "speed_budget", "budgets_of", "check_budgets", "budget_warnings",
            "derive_within_budget", "has_weights"]
@@ -73,8 +74,11 @@ class Budget:
         return (self.minimum if with_minimum else 0) <= self.child(config, arch) <= self.maximum
 
     def smallest(self, config) -> float:
-        """The cost of the cheapest child: one cell of the cheapest op on every edge."""
-        return self.once + self.per_cell + min(self.op_cost[n] for n in config.op_names) * len(config.edge_labels)
+        """The cost of the cheapest child whose cell reads its inputs: one cell, the cheapest op but
+        ``zero`` on one edge and the cheapest op on the others."""
+        cheapest = min(self.op_cost[n] for n in config.op_names)
+        reading = min(self.op_cost[n] for n in config.op_names if n != "zero")
+        return self.once + self.per_cell + reading + cheapest * (len(config.edge_labels) - 1)
 
     def expected(self, config, op_probs: torch.Tensor, depth_probs: torch.Tensor) -> torch.Tensor:
         """``E[cost]`` under op probabilities ``[E, O]`` and depth probabilities ``[K_max]``."""
@@ -172,18 +176,22 @@ def budget_warnings(config, budgets: Sequence[Budget]) -> list[str]:
 
 
 def derive_within_budget(config, op_probs: Mapping[str, Mapping[str, float]], depth_probs: Mapping[int, float],
-                         budgets: Sequence[Budget]) -> Dict[str, object]:
+                         budgets: Sequence[Budget] = ()) -> Dict[str, object]:
     """The child of highest probability (sum of log-probabilities over the edges and the depth)
-    within every budget, in this order of preference: a cell with weights within ``[minimum,
-    maximum]`` of every budget; one with weights within every ``maximum``; any cell within
-    ``[minimum, maximum]``; any within every ``maximum``.
+    whose cell reads its inputs (:func:`space.reads_inputs`) and that is within every budget, in
+    this order of preference: a cell with weights within ``[minimum, maximum]`` of every budget; one
+    with weights within every ``maximum``; any cell within ``[minimum, maximum]``; any within every
+    ``maximum``. Without budgets: the most probable child whose cell reads its inputs.
 
     ``op_probs``: ``{edge label: {op: probability}}``; ``depth_probs``: ``{K: probability}``
     (what :meth:`AdaBertLightningModule.export_probs` gives). For every depth K, a dynamic
-    programme over the edges keeps, for each cell cost (in each budget's ``unit``) and whether
-    the cell has weights yet, the best choice so far; the bounds are then checked on the exact costs.
-    The lower bound and the weights matter: distributions that meet a budget in expectation can
-    still be flat enough that their single most probable child is parameter-free, or far cheaper.
+    programme over the edges (in node order) keeps, for each cell cost (in each budget's ``unit``),
+    which nodes depend on the inputs so far, and whether the cell has weights on such a node's
+    edges, the best choice so far; the bounds are then checked on the exact costs.
+    The inputs matter: each edge's most probable op can leave every node zero (a dead cell exported
+    on MRPC: ``max_pool_3`` from two nodes that were ``zero`` from both inputs). The lower bound and
+    the weights matter: distributions that meet a budget in expectation can still be flat enough
+    that their single most probable child is parameter-free, or far cheaper.
     """
     check_budgets(config, budgets)
 
@@ -193,20 +201,24 @@ def derive_within_budget(config, op_probs: Mapping[str, Mapping[str, float]], de
     # Each op's cost per budget, in units, and whether it has weights: the same on every edge.
     op_units = {op: tuple(round(b.op_cost[op] / b.unit) for b in budgets) for op in config.op_names}
     op_weighted = {op: has_weights(config, op) for op in config.op_names}
-    # best[(cell cost per budget in units, has weights)] = (log-probability, ops chosen so far)
-    State = Tuple[Tuple[int, ...], bool]
-    best: Dict[State, Tuple[float, Sequence[str]]] = {((0,) * len(budgets), False): (0.0, ())}
-    for label in config.edge_labels:
-        step: Dict[State, Tuple[float, Sequence[str]]] = {}
-        for (total, weighted), (score, ops) in best.items():
-            for op in config.op_names:
-                candidate = (score + log(op_probs[label][op]), (*ops, op))
-                key = (tuple(t + u for t, u in zip(total, op_units[op])), weighted or op_weighted[op])
-                if key not in step or candidate[0] > step[key][0]:
-                    step[key] = candidate
-        best = step
-    cells = sorted(((score, ops, weighted) for (_, weighted), (score, ops) in best.items()),
-                   key=lambda v: -v[0])  # most probable first
+    # best[(cell cost per budget in units, nodes depending on the inputs, has weights)] = (log-probability, ops)
+    State = Tuple[Tuple[int, ...], FrozenSet[int], bool]
+    best: Dict[State, Tuple[float, Sequence[str]]] = {((0,) * len(budgets), frozenset({0, 1}), False): (0.0, ())}
+    for j in range(2, 2 + config.num_nodes):
+        for i in range(j):
+            label = edge_label(j, i)
+            step: Dict[State, Tuple[float, Sequence[str]]] = {}
+            for (total, live, weighted), (score, ops) in best.items():
+                for op in config.op_names:
+                    feeds = i in live and op != "zero"  # this edge carries the inputs into node j
+                    candidate = (score + log(op_probs[label][op]), (*ops, op))
+                    key = (tuple(t + u for t, u in zip(total, op_units[op])), live | {j} if feeds else live,
+                           weighted or (feeds and op_weighted[op]))
+                    if key not in step or candidate[0] > step[key][0]:
+                        step[key] = candidate
+            best = step
+    cells = sorted(((score, ops, weighted) for (_, live, weighted), (score, ops) in best.items() if len(live) > 2),
+                   key=lambda v: -v[0])  # cells that read their inputs, most probable first
 
     def most_probable(with_minimum: bool, with_weights: bool) -> Optional[Dict[str, object]]:
         chosen: Optional[Tuple[float, Dict[str, object]]] = None
@@ -223,7 +235,7 @@ def derive_within_budget(config, op_probs: Mapping[str, Mapping[str, float]], de
         return None if chosen is None else chosen[1]
 
     floors = [True, False] if any(b.minimum > 0 for b in budgets) else [False]
-    for with_weights in (True, False):
+    for with_weights in (True, False) if budgets else (False,):
         for with_minimum in floors:
             arch = most_probable(with_minimum, with_weights)
             if arch is not None:

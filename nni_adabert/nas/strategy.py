@@ -43,8 +43,9 @@ Each training step (paper section 2.5.2):
    DARTS does with its validation half.
 
 The temperature is annealed linearly per step from ``tau_start`` to ``tau_end`` over the
-run. Validation runs the current argmax architecture (all gates constant), so dev metrics
-are those of the child that would be exported; the argmax architecture, its params and
+run. Validation runs the child that would be exported (all gates constant: the argmax, unless
+its cell does not read its inputs or budgets are set, :meth:`AdaBertLightningModule.export`), so
+dev metrics are those of the exported child; that architecture, its params and
 FLOPs and the expected params under the current distributions are logged each epoch.
 """
 
@@ -66,6 +67,7 @@ from ..config import ArchitectureConfig
 from ..model import cost
 from ..model.depth import DEPTH_LABEL
 from ..model.latency import LatencyTable
+from ..model.space import reads_inputs
 from ..training import epoch_seed
 from . import budget
 from .supermodules import (STRAIGHT_THROUGH_TYPES, GumbelDraw, StraightThroughBase, StraightThroughDepthChoice,
@@ -161,11 +163,14 @@ class AdaBertLightningModule(BaseOneShotLightningModule):
         return budget.budgets_of(self.model.config, self.config, self.latency)
 
     def export(self) -> Sample:
-        """The architecture to export: every choice's argmax, or with budgets the most probable
-        child within them and their tolerance (:func:`budget.derive_within_budget`)."""
+        """The architecture to export: every choice's argmax when its cell reads its inputs, else, or
+        with budgets, the most probable child whose cell does and within the budgets and their
+        tolerance (:func:`budget.derive_within_budget`)."""
         budgets = self.budgets()
         if not budgets:
-            return super().export()
+            argmax = super().export()
+            if reads_inputs(argmax, self.model.config):
+                return argmax
         probs = self.export_probs()
         space = self.model.config
         return budget.derive_within_budget(space, {label: probs[label] for label in space.edge_labels},

@@ -25,7 +25,7 @@ from ..config import SearchConfig
 from ..data.encoding import IGNORE_LABEL
 from ..model import cost
 from ..model.latency import LatencyTable, measure_speedups
-from ..model.space import AdaBertStudent
+from ..model.space import AdaBertStudent, reads_inputs
 from ..nas.budget import Budget
 from ..teacher.knowledge import KnowledgeStore, holdout_split, row_loader
 from .evaluate import dev_metrics
@@ -53,14 +53,15 @@ def draw_candidates(config, probs: Mapping[str, Mapping[Any, float]], first: Map
                     seed: int = 0, budgets: Sequence[Budget] = ()) -> list[dict]:
     """``first`` (the child the search exports), then up to ``count - 1`` other distinct children,
     each choice drawn from its distribution in ``probs`` (``{label: {candidate: probability}}``,
-    :meth:`AdaBertLightningModule.export_probs`), each within every budget's ``[minimum, maximum]``."""
+    :meth:`AdaBertLightningModule.export_probs`), each within every budget's ``[minimum, maximum]``
+    and with a cell that reads its inputs (:func:`space.reads_inputs`)."""
     rng = random.Random(seed)
     chosen = [dict(first)]
     for _ in range(DRAWS_PER_CANDIDATE * count):
         if len(chosen) >= count:
             break
         arch = {label: rng.choices(list(p), weights=list(p.values()))[0] for label, p in probs.items()}
-        if arch not in chosen and all(b.fits(config, arch) for b in budgets):
+        if arch not in chosen and reads_inputs(arch, config) and all(b.fits(config, arch) for b in budgets):
             chosen.append(arch)
     return chosen
 

@@ -13,7 +13,7 @@ import pytorch_lightning as pl
 from .. import runs
 from ..config import RetrainConfig
 from ..errors import UserError
-from ..model.space import random_arch, resolve_space
+from ..model.space import DEAD_CELL, random_arch, reads_inputs, resolve_space
 from ..teacher.knowledge import KnowledgeStore
 from ..training import is_main_process, trained_seconds
 from .evaluate import evaluate_student, warn_if_no_better_than_majority
@@ -52,6 +52,9 @@ def arch_to_retrain(name: str, store: KnowledgeStore, embed_dim: int = 128, k_ma
         arch = random_arch(student_config(store, embed_dim, k_max, space=space), seed)
         return ArchToRetrain(arch, {"from": name, "searched_on": None}, embed_dim, k_max, space)
     exported = load_exported(name, store)
+    if not reads_inputs(exported.arch, exported.config):
+        raise UserError(f"arch {exported.path}: {DEAD_CELL}; retraining it cannot learn the task: search again, "
+                        "or pick another architecture")
     # Resolved: the same file reached by a relative path or a link names the same run.
     source = {"from": str(Path(exported.path).resolve()), "searched_on": exported.doc.get("task")}
     return ArchToRetrain(exported.arch, source, exported.config.embed_dim, exported.config.k_max,

@@ -1,0 +1,156 @@
+"""A cell whose output does not depend on its inputs (every intermediate node ``zero`` from the
+inputs) is never exported, drawn or retrained: a 20-copy MRPC search exported exactly such a
+cell (``max_pool_3`` from two nodes that were ``zero`` from both inputs), a student that gave
+every pair the same logits."""
+
+import itertools
+import logging
+import math
+
+import pytest
+import torch
+
+from nni_adabert.cli import main
+from nni_adabert.model.depth import DEPTH_LABEL
+from nni_adabert.model.space import (AdaBertStudent, StudentConfig, edge_labels, live_nodes, random_arch,
+                                     reads_inputs)
+from nni_adabert.nas.budget import derive_within_budget, params_budget, speed_budget
+from nni_adabert.workflows.candidates import draw_candidates
+from nni_adabert.model.pretrained import save_pretrained
+from nni_adabert.teacher.run import open_teacher_run
+from nni_adabert.workflows.export import load_student, read_architecture
+from nni_adabert.workflows.student import student_config
+from test_budget import toy_latency_table
+from test_strategy import supernet, tiny_config
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+# What the 20-copy MRPC search of seed 1 exported (bench/results/pairs/MRPC-causes).
+DEAD_MRPC_CELL = {**{label: "zero" for label in edge_labels(3)}, "edge_4_2": "max_pool_3", "edge_4_3": "max_pool_3",
+                  DEPTH_LABEL: 2}
+
+
+def test_liveness_follows_the_paths_from_the_inputs():
+    cfg = tiny_config(is_pair=True, space="matching")
+    assert live_nodes(DEAD_MRPC_CELL) == {0, 1} and not reads_inputs(DEAD_MRPC_CELL, cfg)
+    # One edge from an input into node 2 makes node 2, then node 4 through its max_pool_3, live.
+    fed = {**DEAD_MRPC_CELL, "edge_2_1": "skip"}
+    assert live_nodes(fed) == {0, 1, 2, 4} and reads_inputs(fed, cfg)
+    assert live_nodes({**DEAD_MRPC_CELL, "edge_3_0": "align"}) == {0, 1, 3, 4}
+
+
+@pytest.mark.parametrize("space", ["paper", "matching"])
+def test_a_dead_cell_gives_every_text_the_same_logits_and_a_live_one_does_not(space):
+    """What 'dead' means, on the student itself: changing every token changes nothing."""
+    cfg = tiny_config(is_pair=True, space=space)
+    torch.manual_seed(0)
+    ids = [torch.randint(5, cfg.vocab_size, (4, 9)) for _ in range(4)]
+    for arch, dead in ((DEAD_MRPC_CELL, True), ({**DEAD_MRPC_CELL, "edge_2_1": "avg_pool_3"}, False)):
+        student = AdaBertStudent(cfg, arch).eval()
+        first, second = (student(a, None, b, None).logits for a, b in (ids[:2], ids[2:]))
+        assert torch.allclose(first, first[:1].expand_as(first)) == dead
+        assert torch.allclose(first, second) == dead
+
+
+def test_random_architectures_read_their_inputs():
+    """A space where a quarter of the plain draws are dead: no seeded random child is."""
+    cfg = StudentConfig(vocab_size=30, num_labels=2, embed_dim=8, k_max=3, num_nodes=1, max_positions=10,
+                        op_names=("zero", "skip"))
+    archs = [random_arch(cfg, seed) for seed in range(40)]
+    assert all(reads_inputs(a, cfg) for a in archs)
+    assert len({tuple(a.values()) for a in archs}) > 3   # still random
+
+
+def small_space():
+    """2 intermediate nodes (5 edges), 4 ops: every cell can be enumerated (1,024)."""
+    return StudentConfig(vocab_size=30, num_labels=2, embed_dim=8, k_max=2, num_nodes=2, max_positions=10,
+                         op_names=("std_conv_3", "max_pool_3", "skip", "zero"))
+
+
+def dead_argmax_probs(cfg, seed):
+    """Distributions whose per-edge argmax is a dead cell: ``zero`` into node 2 from both inputs and
+    from node 1 into node 3, ``max_pool_3`` from node 2 into node 3; random below that."""
+    g = torch.Generator().manual_seed(seed)
+    favourite = {"edge_2_0": "zero", "edge_2_1": "zero", "edge_3_0": "zero", "edge_3_1": "zero",
+                 "edge_3_2": "max_pool_3"}
+    ops = {}
+    for label in cfg.edge_labels:
+        weights = torch.rand(len(cfg.op_names), generator=g) * 0.5
+        weights[cfg.op_names.index(favourite[label])] = 1.0
+        ops[label] = dict(zip(cfg.op_names, (weights / weights.sum()).tolist()))
+    return ops, {1: 0.4, 2: 0.6}
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_the_derivation_exports_the_most_probable_cell_that_reads_its_inputs(seed):
+    cfg = small_space()
+    ops, depth = dead_argmax_probs(cfg, seed)
+    argmax = {label: max(p, key=p.get) for label, p in ops.items()}
+    assert not reads_inputs(argmax, cfg)
+
+    def score(arch):
+        return sum(math.log(ops[e][arch[e]]) for e in cfg.edge_labels) + math.log(depth[arch[DEPTH_LABEL]])
+
+    children = [{**dict(zip(cfg.edge_labels, choice)), DEPTH_LABEL: k}
+                for choice in itertools.product(cfg.op_names, repeat=len(cfg.edge_labels)) for k in (1, 2)]
+    best = max((a for a in children if reads_inputs(a, cfg)), key=score)
+    derived = derive_within_budget(cfg, ops, depth)
+    assert reads_inputs(derived, cfg) and score(derived) == pytest.approx(score(best))
+    assert derived[DEPTH_LABEL] == 2
+    # Under budgets too, even one only weightless children meet (a skip is as free as a zero).
+    tight = params_budget(cfg, int(params_budget(cfg, 1).smallest(cfg)))
+    assert reads_inputs(derive_within_budget(cfg, ops, depth, [tight]), cfg)
+    table = toy_latency_table(cfg)   # zero takes no time, skip some
+    fastest = speed_budget(table, 0.999 * table.reference_seconds / speed_budget(table, 1.0).smallest(cfg))
+    assert reads_inputs(derive_within_budget(cfg, ops, depth, [fastest]), cfg)
+
+
+def test_the_search_exports_a_live_cell_when_its_argmax_is_dead_and_the_argmax_otherwise():
+    cfg = tiny_config(is_pair=True, space="matching", k_max=3)
+    _, module = supernet(cfg, seed=0)
+    favourite = {label: DEAD_MRPC_CELL[label] for label in cfg.edge_labels}
+    with torch.no_grad():
+        for m in module.straight_through_modules():
+            label = str(m.label)
+            m._arch_alpha.zero_()
+            if label in favourite:
+                m._arch_alpha[m.values.index(favourite[label])] = 2.0
+            else:  # depth
+                m._arch_alpha[1] = 2.0
+    exported = module.export()
+    assert reads_inputs(exported, cfg) and exported[DEPTH_LABEL] == 2
+    # Only the cheapest change: one edge moved off its argmax, the others kept.
+    changed = [e for e in cfg.edge_labels if exported[e] != DEAD_MRPC_CELL[e]]
+    assert len(changed) == 1 and changed[0] in ("edge_2_0", "edge_2_1", "edge_3_0", "edge_3_1")
+    assert module.use_argmax() == exported   # validation runs the child it exports
+    # A live argmax is exported as it is.
+    with torch.no_grad():
+        for m in module.straight_through_modules():
+            if str(m.label) == "edge_2_0":
+                m._arch_alpha[m.values.index("std_conv_3")] = 3.0
+    assert module.export() == {**DEAD_MRPC_CELL, "edge_2_0": "std_conv_3"}
+
+
+def test_candidates_drawn_from_the_distributions_read_their_inputs():
+    cfg = small_space()
+    ops, depth = dead_argmax_probs(cfg, 0)
+    first = derive_within_budget(cfg, ops, depth)
+    drawn = draw_candidates(cfg, {**ops, DEPTH_LABEL: depth}, first, 30, seed=0)
+    assert len(drawn) == 30 and all(reads_inputs(a, cfg) for a in drawn)
+
+
+def test_a_dead_student_is_refused_by_retrain_and_warned_about_on_loading(runs, tmp_path, capsys, caplog):
+    dead = tmp_path / "dead"
+    config = student_config(open_teacher_run(runs / "MRPC"), k_max=3, space="matching")
+    save_pretrained(AdaBertStudent(config, DEAD_MRPC_CELL), dead, {"task": "MRPC"})
+    with caplog.at_level(logging.WARNING):
+        student = load_student(read_architecture(dead))
+    assert "its cell's output does not depend on the text" in caplog.text and student.arch == DEAD_MRPC_CELL
+    capsys.readouterr()
+    out = tmp_path / "retrained"
+    assert main(["retrain", "--arch", str(dead), "--teacher", str(runs / "MRPC"), "--output-dir", str(out),
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "architecture.json: its cell's output does not depend on the text" in err[0]
+    assert "retraining it cannot learn the task" in err[0]
+    assert not out.exists()
