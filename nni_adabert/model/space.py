@@ -130,6 +130,9 @@ class StudentConfig:
         if unknown or not self.op_names or len(set(self.op_names)) != len(self.op_names):
             raise UserError(f"student config: op_names must be distinct names from "
                             f"{list(default_op_names(self.space))}, got {list(self.op_names)}")
+        if set(self.op_names) == {"zero"}:
+            raise UserError("student config: op_names must hold an op other than 'zero' (a cell of zeros reads "
+                            "nothing)")
         if "align" in self.op_names and self.space != "matching":
             raise UserError("student config: op 'align' compares the two texts of a pair and needs the matching "
                             f"space (this config: {'pair' if self.is_pair else 'single-text'} task, space "
@@ -215,8 +218,9 @@ def edge_labels(num_nodes: int = 3) -> List[str]:
 
 def live_nodes(arch: Mapping[str, Any], num_nodes: int = 3) -> set:
     """The nodes of a cell whose value depends on the cell's inputs: the input nodes 0 and 1, and
-    each intermediate node with a non-``zero`` edge from a live node (any other op of a node that is
-    zero everywhere, a pool or ``skip``, gives zero, or a constant)."""
+    each intermediate node with a non-``zero`` edge from a live node (a pool, ``skip`` or ``align`` of a
+    node that is zero everywhere gives zero, a convolution its BatchNorm shift: at most the text's
+    length, through the padding at its ends)."""
     live = {0, 1}
     for j in range(2, 2 + num_nodes):
         if any(arch[edge_label(j, i)] != "zero" and i in live for i in range(j)):
@@ -227,12 +231,12 @@ def live_nodes(arch: Mapping[str, Any], num_nodes: int = 3) -> set:
 def reads_inputs(arch: Mapping[str, Any], config: StudentConfig) -> bool:
     """Whether the cell's output (the attentive sum of its intermediate nodes) depends on its inputs.
     A cell whose intermediate nodes are all dead (:func:`live_nodes`: e.g. ``max_pool_3`` from nodes
-    that are ``zero`` from both inputs) gives every text the same logits."""
+    that are ``zero`` from both inputs) gives texts of one length the same logits."""
     return len(live_nodes(arch, config.num_nodes)) > 2
 
 
-DEAD_CELL = ("its cell's output does not depend on the text (no intermediate node has a path of "
-             "non-'zero' edges from the inputs), so the student gives every text the same prediction")
+DEAD_CELL = ("its cell does not read the text (no intermediate node has a path of non-'zero' edges from the "
+             "cell's inputs), so the student cannot tell texts apart beyond their length")
 
 
 def validate_arch(arch: Any, config: StudentConfig) -> Dict[str, Any]:

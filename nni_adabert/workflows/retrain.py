@@ -13,7 +13,7 @@ import pytorch_lightning as pl
 from .. import runs
 from ..config import RetrainConfig
 from ..errors import UserError
-from ..model.space import DEAD_CELL, random_arch, reads_inputs, resolve_space
+from ..model.space import DEAD_CELL, random_arch, reads_inputs, resolve_space, validate_arch
 from ..teacher.knowledge import KnowledgeStore
 from ..training import is_main_process, trained_seconds
 from .evaluate import evaluate_student, warn_if_no_better_than_majority
@@ -52,9 +52,6 @@ def arch_to_retrain(name: str, store: KnowledgeStore, embed_dim: int = 128, k_ma
         arch = random_arch(student_config(store, embed_dim, k_max, space=space), seed)
         return ArchToRetrain(arch, {"from": name, "searched_on": None}, embed_dim, k_max, space)
     exported = load_exported(name, store)
-    if not reads_inputs(exported.arch, exported.config):
-        raise UserError(f"arch {exported.path}: {DEAD_CELL}; retraining it cannot learn the task: search again, "
-                        "or pick another architecture")
     # Resolved: the same file reached by a relative path or a link names the same run.
     source = {"from": str(Path(exported.path).resolve()), "searched_on": exported.doc.get("task")}
     return ArchToRetrain(exported.arch, source, exported.config.embed_dim, exported.config.k_max,
@@ -76,7 +73,13 @@ def run_retrain(arch: dict, source: dict, store: KnowledgeStore, out_dir: str | 
     to ``out_dir``; returns its architecture document. ``source`` says where ``arch`` came
     from (``{"from": ..., "searched_on": task or None}``); ``embed_dim`` and ``k_max`` are
     those of the space it came from, ``space`` the pair space to build (:func:`student.retrain_space`).
-    Resumes, is not redone, and holds ``out_dir``'s lock like :func:`search.run_search`."""
+    Resumes, is not redone, and holds ``out_dir``'s lock like :func:`search.run_search`. A cell that
+    does not read its inputs (:func:`model.space.reads_inputs`) is a :class:`UserError` before anything
+    is written."""
+    config_of_space = student_config(store, embed_dim, k_max, space=space)
+    if not reads_inputs(validate_arch(arch, config_of_space), config_of_space):
+        raise UserError(f"arch {source['from']}: {DEAD_CELL}; retraining it cannot learn the task: search again, "
+                        "or pick another architecture")
     with runs.locked(out_dir):
         return _retrain(arch, source, store, Path(out_dir), config, embed_dim, k_max, space, progress, report_to_nni)
 
