@@ -25,7 +25,7 @@ from .errors import RunStopped, UserError, as_user_error, stop_on_signals, stopp
 from .logs import configure_logging
 from .nas.budget import speed_budget
 from .tables import format_table
-from .teacher.augment import AugmentConfig
+from .teacher.augment import AUGMENTED_ROWS, MAX_COPIES, MIN_COPIES, AugmentConfig, default_copies
 from .teacher.finetune import TeacherConfig, parse_label_map
 from .teacher.knowledge import DEFAULT_CACHE_DIR
 from .teacher.run import build_teacher_run, open_teacher_run
@@ -66,7 +66,9 @@ positive_int.__name__ = "integer >= 1"  # how argparse names the type in its mes
 def add_augment_args(p: argparse.ArgumentParser) -> None:
     defaults = AugmentConfig()
     p.add_argument("--aug-copies", type=int, default=None, help="augmented copies per train example (TinyBERT "
-                   f"word replacement; 0 = none) (default {defaults.copies})")
+                   f"word replacement; 0 = none) (default: enough for about {AUGMENTED_ROWS:,} augmented rows, "
+                   f"{MIN_COPIES} to {MAX_COPIES} per example: MRPC {default_copies(3668)}, SST-2 "
+                   f"{default_copies(67349)})")
     p.add_argument("--aug-prob", type=float, default=None, help="probability to replace each word "
                    f"(default {defaults.replace_prob:g})")
     p.add_argument("--aug-seed", type=int, default=None, help=f"augmentation seed (default {defaults.seed})")
@@ -78,7 +80,7 @@ def add_augment_args(p: argparse.ArgumentParser) -> None:
 def augment_config(args) -> AugmentConfig | None:
     overrides = {"copies": args.aug_copies, "replace_prob": args.aug_prob, "seed": args.aug_seed}
     config = AugmentConfig(**{k: v for k, v in overrides.items() if v is not None})
-    return config if config.copies > 0 else None
+    return None if config.copies == 0 else config
 
 
 def cache_dir(args) -> Path:

@@ -10,7 +10,7 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from nni_adabert.teacher.augment import AugmentConfig, Augmenter  # noqa: E402
+from nni_adabert.teacher.augment import AugmentConfig, Augmenter, default_copies  # noqa: E402
 from nni_adabert.errors import UserError  # noqa: E402
 
 
@@ -148,6 +148,19 @@ def test_zero_copies_and_empty_input(aug, sst2, mrpc):
     assert never.augment(sst2[:3]) == [[], [], []]
     # Nothing to replace: no copy rather than a copy equal to the original.
     assert aug.augment([". , !", ""]) == [[], []]
+
+
+def test_the_default_number_of_copies_grows_as_the_train_set_shrinks():
+    """About 70,000 augmented rows, 4 to 20 copies per example; set explicitly, a number is kept."""
+    assert [default_copies(n) for n in (1, 3500, 3668, 5444, 14_000, 17_500, 67_349, 10**6)] == \
+        [20, 20, 20, 13, 5, 4, 4, 4]
+    assert AugmentConfig().copies is None
+    assert AugmentConfig().for_examples(3668) == AugmentConfig(copies=20)
+    assert AugmentConfig(copies=2).for_examples(3668).copies == 2
+    assert AugmentConfig(copies=0).for_examples(10).copies == 0
+    with pytest.raises(UserError, match="resolve it for the train set first"):
+        Augmenter(None, config=AugmentConfig(), progress=False)
+    assert Augmenter(None, progress=False).config.copies == 4   # no config: the smallest default
 
 
 @pytest.mark.parametrize("field,value", [

@@ -275,6 +275,16 @@ def test_knowledge_cache_hit_and_rebuild(tmp_path, sst2, teacher_copy, monkeypat
     aug = build_knowledge(spec, sst2, teacher_copy, AugmentConfig(copies=1), tmp_path, progress=False)
     assert aug.path != first.path and calls
 
+    # The default number of copies is resolved for the train set before the fingerprint: the same store
+    # as the number written out (20 for 5 examples).
+    few = dict(sst2, train=sst2["train"].select(range(5)))
+    default = build_knowledge(spec, few, teacher_copy, AugmentConfig(), tmp_path, progress=False)
+    assert default.meta["inputs"]["augment"]["copies"] == 20
+    assert default.meta["num_train_augmented"] > 5 * 15   # up to 20 copies each
+    calls.clear()
+    explicit = build_knowledge(spec, few, teacher_copy, AugmentConfig(copies=20), tmp_path, progress=False)
+    assert explicit.path == default.path and calls == []
+
     # Other teacher weights: a new store, with other logits.
     weights = load_file(str(teacher_copy / "model.safetensors"))
     weights["pooler.dense.bias"] = weights["pooler.dense.bias"] + 0.5

@@ -1,6 +1,8 @@
 """TinyBERT-style data augmentation (Jiao et al. 2020, Algorithm 1), the "+DA" of AdaBERT.
 
-Each example gets ``copies`` augmented copies. In a copy, every replaceable word of
+Each example gets ``copies`` augmented copies: by default (:func:`default_copies`) enough for
+about 70,000 augmented rows, at least 4 and at most 20 per example (TinyBERT's 20), so a small
+task gets more of them: MRPC (3,668 pairs) 20 copies, SST-2 (67,349 sentences) 4. In a copy, every replaceable word of
 the text (whitespace-split; a word is replaceable when it has a letter or digit) is
 replaced with probability ``replace_prob`` by one of ``top_k`` candidates, picked
 uniformly:
@@ -44,10 +46,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 import re
-from dataclasses import asdict, dataclass
-from typing import Sequence
+from dataclasses import asdict, dataclass, replace
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -62,6 +65,11 @@ from .finetune import load_teacher_config, load_tokenizer, resolve_model
 log = logging.getLogger(__name__)
 
 CANDIDATE_SOURCES = ("auto", "mlm", "embedding")
+# The default number of copies: about this many augmented rows, within [MIN_COPIES, MAX_COPIES] per
+# example. MRPC's students gained with 20 copies over 4 (docs/results.md, the cause table); SST-2's
+# were measured with 4, which more rows would slow without a measured gain.
+AUGMENTED_ROWS = 70_000
+MIN_COPIES, MAX_COPIES = 4, 20
 MAX_TRIES = 10  # redraws of a copy that would repeat the original or an earlier copy
 
 
@@ -69,7 +77,8 @@ MAX_TRIES = 10  # redraws of a copy that would repeat the original or an earlier
 class AugmentConfig:
     """Settings of the augmentation; ``to_dict()`` is what goes into a cache fingerprint.
 
-    copies:       augmented copies per example (0 = no augmentation).
+    copies:       augmented copies per example (0 = no augmentation; ``None``: :func:`default_copies`
+                  of the train set's size, resolved by :meth:`for_examples` before anything is built).
     replace_prob: probability p_t that a replaceable word is replaced.
     top_k:        number of candidates K per word.
     seed:         random seed (a non-negative integer).
@@ -77,7 +86,7 @@ class AugmentConfig:
                   neighbours), "mlm" (require an MLM head) or "embedding".
     """
 
-    copies: int = 4
+    copies: Optional[int] = None
     replace_prob: float = 0.4
     top_k: int = 15
     seed: int = 0
@@ -87,7 +96,7 @@ class AugmentConfig:
         def is_int(x):
             return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
 
-        if not is_int(self.copies) or self.copies < 0:
+        if self.copies is not None and (not is_int(self.copies) or self.copies < 0):
             raise UserError(f"AugmentConfig.copies must be an integer >= 0, got {self.copies!r}")
         p = self.replace_prob
         if isinstance(p, bool) or not isinstance(p, (int, float, np.floating)) or not 0.0 <= p <= 1.0:
@@ -100,10 +109,25 @@ class AugmentConfig:
             raise UserError(f"AugmentConfig.candidates must be one of {', '.join(CANDIDATE_SOURCES)}, "
                             f"got {self.candidates!r}")
 
+    def for_examples(self, num_examples: int) -> "AugmentConfig":
+        """This config with :attr:`copies` resolved for a train set of ``num_examples`` (``None``:
+        :func:`default_copies`); a number already set is kept."""
+        return self if self.copies is not None else replace(self, copies=default_copies(num_examples))
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["replace_prob"] = float(d["replace_prob"])
         return d
+
+
+def default_copies(num_examples: int) -> int:
+    """Augmented copies per example for a train set of ``num_examples``: enough for about
+    :data:`AUGMENTED_ROWS` rows, from :data:`MIN_COPIES` to :data:`MAX_COPIES`.
+
+    >>> default_copies(3668), default_copies(5444), default_copies(67349)   # MRPC, TREC, SST-2
+    (20, 13, 4)
+    """
+    return min(MAX_COPIES, max(MIN_COPIES, math.ceil(AUGMENTED_ROWS / max(int(num_examples), 1))))
 
 
 def has_mlm_architecture(config) -> bool:
@@ -138,9 +162,12 @@ class Augmenter:
 
     def __init__(self, model_dir_or_name=None, tokenizer=None, config: AugmentConfig | None = None,
                  device=None, progress: bool = True, batch_size: int = 64):
-        self.config = config if config is not None else AugmentConfig()
+        self.config = config if config is not None else AugmentConfig(copies=MIN_COPIES)
         if not isinstance(self.config, AugmentConfig):
             raise UserError(f"config must be an AugmentConfig, got {type(self.config).__name__}")
+        if self.config.copies is None:  # the default depends on the whole train set, which a call may not be
+            raise UserError("Augmenter: AugmentConfig.copies is None; resolve it for the train set first "
+                            "(AugmentConfig.for_examples)")
         self.device = torch.device(device or pick_device())
         self.progress = progress
         self.batch_size = batch_size

@@ -220,6 +220,8 @@ def build_knowledge(spec: TaskSpec, data: datasets.DatasetDict, teacher_dir: str
     a build that was killed and started again with the same inputs picks them up.
     """
     precision = inference_precision(pick_device(), precision)
+    if augment is not None:  # the default number of copies depends on the train set's size
+        augment = augment.for_examples(len(data["train"]))
     fingerprint, inputs = knowledge_fingerprint(spec, data, teacher_dir, augment, probes, precision=precision,
                                                 device=pick_device())
     path = Path(cache_dir) / "knowledge" / f"{spec.name}-{fingerprint}"
