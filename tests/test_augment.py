@@ -180,7 +180,7 @@ def test_bad_inputs(aug, tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         Augmenter(str(tmp_path / "missing"), progress=False)
     with pytest.raises(UserError, match="masked-LM head"):
-        Augmenter(None, config=AugmentConfig(candidates="mlm"), progress=False)
+        Augmenter(None, config=AugmentConfig(copies=4, candidates="mlm"), progress=False)
 
 
 @pytest.fixture(scope="module")
