@@ -15,8 +15,8 @@ from nni_adabert.cli import main
 from nni_adabert.errors import UserError
 from nni_adabert.model.cost import child_params
 from nni_adabert.model.depth import DEPTH_LABEL
-from nni_adabert.model.space import (AdaBertStudent, StudentConfig, edge_labels, live_nodes, random_arch,
-                                     reads_inputs)
+from nni_adabert.model.space import (AdaBertStudent, StudentConfig, edge_label, edge_labels, edges, live_nodes,
+                                     random_arch, reads_inputs)
 from nni_adabert.nas.budget import derive_within_budget, params_budget, speed_budget
 from nni_adabert.workflows.candidates import draw_candidates
 from nni_adabert.model.pretrained import save_pretrained
@@ -31,6 +31,17 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 # What the 20-copy MRPC search of seed 1 exported (bench/results/pairs/MRPC-causes).
 DEAD_MRPC_CELL = {**{label: "zero" for label in edge_labels(3)}, "edge_4_2": "max_pool_3", "edge_4_3": "max_pool_3",
                   DEPTH_LABEL: 2}
+
+
+@pytest.mark.parametrize("num_nodes", [1, 3, 5])
+def test_edges_come_in_node_order_every_edge_into_a_node_before_any_out_of_it(num_nodes):
+    pairs = edges(num_nodes)
+    assert len(pairs) == len(set(pairs)) == sum(range(2, 2 + num_nodes))  # node j has j inputs
+    assert [edge_label(j, i) for j, i in pairs] == edge_labels(num_nodes)
+    for n, (j, i) in enumerate(pairs):
+        assert 0 <= i < j < 2 + num_nodes
+        assert all(later_j != i for later_j, _ in pairs[n + 1:])  # node i is complete when this edge reads it
+        assert all(earlier_i != j for _, earlier_i in pairs[:n])  # and node j is read by nothing before
 
 
 def test_liveness_follows_the_paths_from_the_inputs():

@@ -51,7 +51,7 @@ import dataclasses
 import random
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import AbstractSet, Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -206,14 +206,24 @@ def edge_label(j: int, i: int) -> str:
     return f"edge_{j}_{i}"
 
 
+def edges(num_nodes: int = 3) -> List[Tuple[int, int]]:
+    """The cell's edges as ``(j, i)`` = from node i into node j, in node order: every edge into node
+    j before any edge out of it, so a walk in this order sees a node complete before it reads it.
+
+    >>> edges(2)
+    [(2, 0), (2, 1), (3, 0), (3, 1), (3, 2)]
+    """
+    return [(j, i) for j in range(2, 2 + num_nodes) for i in range(j)]
+
+
 def edge_labels(num_nodes: int = 3) -> List[str]:
     """Labels of the cell's edges, ``edge_{j}_{i}`` = op from node i into node j, in node order
-    (every edge into node j before any edge out of it).
+    (:func:`edges`).
 
     >>> edge_labels(3)
     ['edge_2_0', 'edge_2_1', 'edge_3_0', 'edge_3_1', 'edge_3_2', 'edge_4_0', 'edge_4_1', 'edge_4_2', 'edge_4_3']
     """
-    return [edge_label(j, i) for j in range(2, 2 + num_nodes) for i in range(j)]
+    return [edge_label(j, i) for j, i in edges(num_nodes)]
 
 
 def live_nodes(arch: Mapping[str, Any], num_nodes: int = 3) -> set:
@@ -222,17 +232,22 @@ def live_nodes(arch: Mapping[str, Any], num_nodes: int = 3) -> set:
     node that is zero everywhere gives zero, a convolution its BatchNorm shift: at most the text's
     length, through the padding at its ends)."""
     live = {0, 1}
-    for j in range(2, 2 + num_nodes):
-        if any(arch[edge_label(j, i)] != "zero" and i in live for i in range(j)):
+    for j, i in edges(num_nodes):
+        if arch[edge_label(j, i)] != "zero" and i in live:
             live.add(j)
     return live
+
+
+def any_intermediate(live: AbstractSet[int]) -> bool:
+    """Whether a set of live nodes (:func:`live_nodes`) holds an intermediate node, not only the inputs."""
+    return len(live) > 2
 
 
 def reads_inputs(arch: Mapping[str, Any], config: StudentConfig) -> bool:
     """Whether the cell's output (the attentive sum of its intermediate nodes) depends on its inputs.
     A cell whose intermediate nodes are all dead (:func:`live_nodes`: e.g. ``max_pool_3`` from nodes
     that are ``zero`` from both inputs) gives texts of one length the same logits."""
-    return len(live_nodes(arch, config.num_nodes)) > 2
+    return any_intermediate(live_nodes(arch, config.num_nodes))
 
 
 DEAD_CELL = ("its cell does not read the text (no intermediate node has a path of non-'zero' edges from the "

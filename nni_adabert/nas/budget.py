@@ -39,7 +39,7 @@ from ..errors import UserError
 from ..model import cost
 from ..model.depth import DEPTH_LABEL
 from ..model.latency import LatencyTable
-from ..model.space import edge_label
+from ..model.space import any_intermediate, edge_label, edges
 
 __all__ = ["Budget", "params_budget", "speed_budget", "budgets_of", "check_budgets", "budget_warnings",
            "derive_within_budget", "has_weights"]
@@ -204,21 +204,21 @@ def derive_within_budget(config, op_probs: Mapping[str, Mapping[str, float]], de
     # best[(cell cost per budget in units, nodes depending on the inputs, has weights)] = (log-probability, ops)
     State = Tuple[Tuple[int, ...], FrozenSet[int], bool]
     best: Dict[State, Tuple[float, Sequence[str]]] = {((0,) * len(budgets), frozenset({0, 1}), False): (0.0, ())}
-    for j in range(2, 2 + config.num_nodes):
-        for i in range(j):
-            label = edge_label(j, i)
-            step: Dict[State, Tuple[float, Sequence[str]]] = {}
-            for (total, live, weighted), (score, ops) in best.items():
-                for op in config.op_names:
-                    feeds = i in live and op != "zero"  # this edge carries the inputs into node j
-                    candidate = (score + log(op_probs[label][op]), (*ops, op))
-                    key = (tuple(t + u for t, u in zip(total, op_units[op])), live | {j} if feeds else live,
-                           weighted or (feeds and op_weighted[op]))
-                    if key not in step or candidate[0] > step[key][0]:
-                        step[key] = candidate
-            best = step
-    cells = sorted(((score, ops, weighted) for (_, live, weighted), (score, ops) in best.items() if len(live) > 2),
-                   key=lambda v: -v[0])  # cells that read their inputs, most probable first
+    for j, i in edges(config.num_nodes):
+        label = edge_label(j, i)
+        step: Dict[State, Tuple[float, Sequence[str]]] = {}
+        for (total, live, weighted), (score, ops) in best.items():
+            for op in config.op_names:
+                feeds = i in live and op != "zero"  # this edge carries the inputs into node j
+                candidate = (score + log(op_probs[label][op]), (*ops, op))
+                key = (tuple(t + u for t, u in zip(total, op_units[op])), live | {j} if feeds else live,
+                       weighted or (feeds and op_weighted[op]))
+                if key not in step or candidate[0] > step[key][0]:
+                    step[key] = candidate
+        best = step
+    # The cells that read their inputs, most probable first.
+    cells = sorted(((score, ops, weighted) for (_, live, weighted), (score, ops) in best.items()
+                    if any_intermediate(live)), key=lambda v: -v[0])
 
     def most_probable(with_minimum: bool, with_weights: bool) -> Optional[Dict[str, object]]:
         chosen: Optional[Tuple[float, Dict[str, object]]] = None
