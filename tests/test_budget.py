@@ -17,7 +17,7 @@ from nni_adabert.errors import UserError
 from nni_adabert.model import cost
 from nni_adabert.model.cost import child_params, embedding_params
 from nni_adabert.model.depth import DEPTH_LABEL
-from nni_adabert.model.space import StudentConfig, edge_label, live_nodes, reads_inputs, uniform_arch
+from nni_adabert.model.space import StudentConfig, edge_label, edges, live_nodes, reads_inputs, uniform_arch
 from nni_adabert.model.latency import LatencyTable
 from nni_adabert.nas.budget import (budget_warnings, check_budgets, derive_within_budget, has_weights, params_budget,
                                     speed_budget)
@@ -53,8 +53,7 @@ def preferred(cfg, children, score, in_band, within):
     with weights within the budget, else any in the band, else any within."""
     def weighted(a):
         live = live_nodes(a, cfg.num_nodes)
-        return any(has_weights(cfg, a[edge_label(j, i)]) for j in range(2, 2 + cfg.num_nodes) for i in range(j)
-                   if i in live)
+        return any(has_weights(cfg, a[edge_label(j, i)]) for j, i in edges(cfg.num_nodes) if i in live)
     for fits in (lambda a: weighted(a) and in_band(a), lambda a: weighted(a) and within(a), in_band, within):
         pool = [a for a in children if reads_inputs(a, cfg) and fits(a)]
         if pool:
