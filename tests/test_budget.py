@@ -115,7 +115,7 @@ def test_a_budget_only_cells_without_weights_meet_is_warned_about():
     cfg = tiny_config()
     table = toy_latency_table(cfg)
     for make in (lambda c: params_budget(cfg, c, tolerance=0.15), lambda c: speed_budget(table, 100 / c, 0.15)):
-        smallest = make(1).smallest_with_weights(cfg)  # one cell, one conv_3, zero elsewhere
+        smallest = make(1).smallest(cfg, with_weights=True)  # one cell, one conv_3, zero elsewhere
         conv3 = {**{e: "zero" for e in cfg.edge_labels}, cfg.edge_labels[0]: "std_conv_3", DEPTH_LABEL: 1}
         assert smallest == pytest.approx(make(1).child(cfg, conv3))
         (line,) = budget_warnings(cfg, [make(smallest * 0.99)])
@@ -136,7 +136,7 @@ def test_derivation_prefers_a_cell_with_weights():
     derived = derive_within_budget(cfg, ops, depth, [budget])
     assert any(has_weights(cfg, derived[e]) for e in cfg.edge_labels)
     assert derived[DEPTH_LABEL] == 1 and sorted(derived[e] for e in cfg.edge_labels).count("zero") == 1
-    below = int(budget.smallest_with_weights(cfg)) - 1
+    below = int(budget.smallest(cfg, with_weights=True)) - 1
     weightless = derive_within_budget(cfg, ops, depth, [params_budget(cfg, below)])
     # one weightless op that reads an input (a pool or skip: as free as zero), zero on the other edge
     assert weightless[DEPTH_LABEL] == 1 and sorted(weightless[e] for e in cfg.edge_labels).count("zero") == 1

@@ -5,8 +5,10 @@ every pair the same logits."""
 
 import dataclasses
 import itertools
+import json
 import logging
 import math
+import random
 
 import pytest
 import torch
@@ -15,13 +17,13 @@ from nni_adabert.cli import main
 from nni_adabert.errors import UserError
 from nni_adabert.model.cost import child_params
 from nni_adabert.model.depth import DEPTH_LABEL
-from nni_adabert.model.space import (AdaBertStudent, StudentConfig, edge_label, edge_labels, edges, live_nodes,
-                                     random_arch, reads_inputs)
-from nni_adabert.nas.budget import derive_within_budget, params_budget, speed_budget
+from nni_adabert.model.space import (AdaBertStudent, StudentConfig, default_op_names, edge_label, edge_labels, edges,
+                                     live_nodes, random_arch, reached_nodes, reads_inputs)
+from nni_adabert.nas.budget import budget_warnings, derive_within_budget, has_weights, params_budget, speed_budget
 from nni_adabert.workflows.candidates import draw_candidates
 from nni_adabert.model.pretrained import save_pretrained
 from nni_adabert.teacher.run import open_teacher_run
-from nni_adabert.workflows.export import load_student, read_architecture
+from nni_adabert.workflows.export import ARCH_FILE, load_student, read_architecture
 from nni_adabert.workflows.student import student_config
 from test_budget import preferred, random_probs, toy_latency_table
 from test_strategy import supernet, tiny_config
@@ -61,14 +63,43 @@ def test_a_dead_cell_gives_texts_of_one_length_the_same_logits_and_a_live_one_do
     torch.manual_seed(0)
     ids = [torch.randint(5, cfg.vocab_size, (4, 9)) for _ in range(4)]
     conv_of_dead = {**DEAD_MRPC_CELL, "edge_4_2": "std_conv_3"}
-    cells = ((DEAD_MRPC_CELL, True), (conv_of_dead, True), ({**DEAD_MRPC_CELL, "edge_2_1": "avg_pool_3"}, False),
-             ({**conv_of_dead, "edge_3_0": "skip"}, False))
+    cells = ((DEAD_MRPC_CELL, True), (conv_of_dead, True),   # the live ones read both inputs (the paper space's rule)
+             ({**DEAD_MRPC_CELL, "edge_2_1": "avg_pool_3", "edge_2_0": "skip"}, False),
+             ({**conv_of_dead, "edge_3_0": "skip", "edge_3_1": "max_pool_3"}, False))
     for arch, dead in cells:
         assert reads_inputs(arch, cfg) != dead
         student = AdaBertStudent(cfg, arch).eval()
         first, second = (student(a, None, b, None).logits for a, b in (ids[:2], ids[2:]))
         assert torch.allclose(first, first[:1].expand_as(first)) == dead
         assert torch.allclose(first, second) == dead
+
+
+# Cells that read one input node only: node 1 (text b in the paper space's first cell), node 0.
+FROM_NODE_1 = {**{label: "zero" for label in edge_labels(3)}, "edge_2_1": "skip", "edge_4_2": "std_conv_3",
+               DEPTH_LABEL: 1}
+FROM_NODE_0 = {**{label: "zero" for label in edge_labels(3)}, "edge_3_0": "avg_pool_3", DEPTH_LABEL: 2}
+
+
+def test_a_pair_cell_of_the_paper_space_must_read_both_inputs_elsewhere_one_will_do():
+    assert reached_nodes(FROM_NODE_1, 3, {0}) == {0} and reached_nodes(FROM_NODE_1, 3, {1}) == {1, 2, 4}
+    both = {**FROM_NODE_1, "edge_3_0": "max_pool_3"}
+    for cfg, one_input_reads in ((tiny_config(is_pair=True, space="paper"), False),
+                                 (tiny_config(is_pair=True, space="matching"), True), (tiny_config(), True)):
+        assert reads_inputs(FROM_NODE_1, cfg) == reads_inputs(FROM_NODE_0, cfg) == one_input_reads
+        assert reads_inputs(both, cfg)
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3])
+def test_a_paper_space_pair_cell_fed_from_one_input_ignores_one_text(depth):
+    """On the student itself: changing text a (same length) leaves the logits of a cell fed from node 1
+    alone as they are at every depth, of a cell fed from node 0 alone at even depths (it reads b there)."""
+    cfg = tiny_config(is_pair=True, space="paper")
+    torch.manual_seed(0)
+    a, other_a, b = (torch.randint(5, cfg.vocab_size, (4, 9)) for _ in range(3))
+    both = {**FROM_NODE_1, "edge_3_0": "max_pool_3"}
+    for arch, ignores_a in ((FROM_NODE_1, True), (FROM_NODE_0, depth % 2 == 0), (both, False)):
+        student = AdaBertStudent(cfg, {**arch, DEPTH_LABEL: depth}).eval()
+        assert torch.allclose(student(a, None, b, None).logits, student(other_a, None, b, None).logits) == ignores_a
 
 
 def test_random_architectures_read_their_inputs():
@@ -80,15 +111,29 @@ def test_random_architectures_read_their_inputs():
     assert len({tuple(a.values()) for a in archs}) > 3   # still random
 
 
+@pytest.mark.parametrize("is_pair, space", [(False, "paper"), (True, "matching")])
+def test_the_default_spaces_random_seeds_below_1000_are_their_first_draws(is_pair, space):
+    """The redraw of dead cells changed no ``random:<seed>`` of the default spaces that results cite."""
+    cfg = StudentConfig(vocab_size=30, num_labels=2, is_pair=is_pair, space=space, op_names=default_op_names(space))
+    for seed in range(1000):
+        rng = random.Random(seed)
+        first = {label: rng.choice(cfg.op_names) for label in cfg.edge_labels}
+        assert random_arch(cfg, seed) == {**first, DEPTH_LABEL: rng.randint(1, cfg.k_max)}
+
+
 def test_a_space_of_zeros_alone_is_refused():
     with pytest.raises(UserError, match="op_names must hold an op other than 'zero'"):
         StudentConfig(vocab_size=30, num_labels=2, op_names=("zero",))
 
 
-def small_space():
+def small_space(**kw):
     """2 intermediate nodes (5 edges), 4 ops: every cell can be enumerated (1,024)."""
-    return StudentConfig(vocab_size=30, num_labels=2, embed_dim=8, k_max=2, num_nodes=2, max_positions=10,
-                         op_names=("std_conv_3", "max_pool_3", "skip", "zero"))
+    settings = dict(vocab_size=30, num_labels=2, embed_dim=8, k_max=2, num_nodes=2, max_positions=10,
+                    op_names=("std_conv_3", "max_pool_3", "skip", "zero"))
+    return StudentConfig(**{**settings, **kw})
+
+
+SMALL_SPACES = {"one text": {}, "paper-space pairs": {"is_pair": True, "space": "paper"}}
 
 
 def dead_argmax_probs(cfg, seed):
@@ -105,9 +150,10 @@ def dead_argmax_probs(cfg, seed):
     return ops, {1: 0.4, 2: 0.6}
 
 
+@pytest.mark.parametrize("space", SMALL_SPACES)
 @pytest.mark.parametrize("seed", range(3))
-def test_the_derivation_exports_the_most_probable_cell_that_reads_its_inputs(seed):
-    cfg = small_space()
+def test_the_derivation_exports_the_most_probable_cell_that_reads_its_inputs(seed, space):
+    cfg = small_space(**SMALL_SPACES[space])
     ops, depth = dead_argmax_probs(cfg, seed)
     argmax = {label: max(p, key=p.get) for label, p in ops.items()}
     assert not reads_inputs(argmax, cfg)
@@ -117,10 +163,13 @@ def test_the_derivation_exports_the_most_probable_cell_that_reads_its_inputs(see
 
     children = [{**dict(zip(cfg.edge_labels, choice)), DEPTH_LABEL: k}
                 for choice in itertools.product(cfg.op_names, repeat=len(cfg.edge_labels)) for k in (1, 2)]
-    best = max((a for a in children if reads_inputs(a, cfg)), key=score)
+    reading = [a for a in children if reads_inputs(a, cfg)]
+    best = max(reading, key=score)
     derived = derive_within_budget(cfg, ops, depth)
     assert reads_inputs(derived, cfg) and score(derived) == pytest.approx(score(best))
     assert derived[DEPTH_LABEL] == 2
+    # The cheapest child that reads its inputs, by formula and by enumeration:
+    assert params_budget(cfg, 1).smallest(cfg) == min(child_params(cfg, a) for a in reading)
     # Under budgets too, even one only weightless children meet (a skip is as free as a zero).
     tight = params_budget(cfg, int(params_budget(cfg, 1).smallest(cfg)))
     assert reads_inputs(derive_within_budget(cfg, ops, depth, [tight]), cfg)
@@ -129,12 +178,13 @@ def test_the_derivation_exports_the_most_probable_cell_that_reads_its_inputs(see
     assert reads_inputs(derive_within_budget(cfg, ops, depth, [fastest]), cfg)
 
 
+@pytest.mark.parametrize("space", SMALL_SPACES)
 @pytest.mark.parametrize("seed", range(2))
-def test_under_a_budget_weights_count_only_where_the_inputs_reach(seed):
+def test_under_a_budget_weights_count_only_where_the_inputs_reach(seed, space):
     """Against every cell of a 5-edge space: the most probable child, preferring a cell with weights
     on an edge from a live node (a convolution of a dead node has none that matter), in the band,
     then within the budget."""
-    cfg = small_space()
+    cfg = small_space(**SMALL_SPACES[space])
     ops, depth = random_probs(cfg, seed)
     children = [{**dict(zip(cfg.edge_labels, choice)), DEPTH_LABEL: k}
                 for choice in itertools.product(cfg.op_names, repeat=len(cfg.edge_labels)) for k in (1, 2)]
@@ -142,6 +192,9 @@ def test_under_a_budget_weights_count_only_where_the_inputs_reach(seed):
     def score(arch):
         return sum(math.log(ops[e][arch[e]]) for e in cfg.edge_labels) + math.log(depth[arch[DEPTH_LABEL]])
 
+    with_weights = [a for a in children if reads_inputs(a, cfg) and any(
+        has_weights(cfg, a[edge_label(j, i)]) for j, i in edges(cfg.num_nodes) if i in live_nodes(a, cfg.num_nodes))]
+    assert params_budget(cfg, 1).smallest(cfg, with_weights=True) == min(child_params(cfg, a) for a in with_weights)
     sizes = sorted({child_params(cfg, a) for a in children})
     for low, high in ((0, sizes[1]), (sizes[1], sizes[len(sizes) // 2]), (0, sizes[-1])):
         budget = dataclasses.replace(params_budget(cfg, high), minimum=low)
@@ -206,12 +259,36 @@ def test_a_dead_student_is_refused_by_retrain_and_warned_about_on_loading(runs, 
     save_pretrained(AdaBertStudent(config, DEAD_MRPC_CELL), dead, {"task": "MRPC"})
     with caplog.at_level(logging.WARNING):
         student = load_student(read_architecture(dead))
-    assert "its cell does not read the text" in caplog.text and student.arch == DEAD_MRPC_CELL
+    assert "its cell does not read its input" in caplog.text and student.arch == DEAD_MRPC_CELL
     capsys.readouterr()
     out = tmp_path / "retrained"
     assert main(["retrain", "--arch", str(dead), "--teacher", str(runs / "MRPC"), "--output-dir", str(out),
                  "--no-progress"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "architecture.json: its cell does not read the text" in err[0]
+    assert len(err) == 1 and "architecture.json: its cell does not read its input" in err[0]
     assert "retraining it cannot learn the task" in err[0]
     assert not out.exists()
+
+
+def test_without_convolutions_no_budget_warns_about_weights():
+    cfg = small_space(op_names=("max_pool_3", "skip", "zero"))
+    assert budget_warnings(cfg, [params_budget(cfg, int(params_budget(cfg, 1).smallest(cfg)))]) == []
+
+
+def test_a_finished_search_that_exported_a_dead_cell_is_derived_again(runs, tmp_path, caplog):
+    """A search finished before the derivation checked its cell: run again, it exports from its last
+    checkpoint what the derivation gives today (here the same live cell as before), training nothing."""
+    out = tmp_path / "searched"
+    args = ["search", "--teacher", str(runs / "SST-2"), "--output-dir", str(out), "--epochs", "1",
+            "--batch-size", "32", "--no-progress"]
+    assert main(args) == 0
+    record = json.loads((out / ARCH_FILE).read_text())
+    exported = record["architecture"]
+    dead = {**{label: "zero" for label in exported if label != DEPTH_LABEL}, "edge_4_2": "max_pool_3",
+            DEPTH_LABEL: exported[DEPTH_LABEL]}
+    (out / ARCH_FILE).write_text(json.dumps({**record, "architecture": dead}))
+    with caplog.at_level(logging.WARNING):
+        assert main(args) == 0
+    assert "finished with a student: its cell does not read its input" in caplog.text
+    again = json.loads((out / ARCH_FILE).read_text())
+    assert again["architecture"] == exported and again["train_seconds"] == record["train_seconds"]

@@ -122,7 +122,8 @@ def read_architecture(path: str | os.PathLike, vocab: str | None = None) -> Arch
 
 def load_student(arch_file: ArchitectureFile, weights: str | os.PathLike | None = None) -> AdaBertStudent:
     """The exported child with its trained weights (strict: every tensor must match); a warning when
-    its cell does not read its inputs (:func:`space.reads_inputs`: it predicts one class)."""
+    its cell does not read its inputs (:func:`space.reads_inputs`: beyond their length, it ignores the text,
+    or one text of a pair)."""
     if not reads_inputs(arch_file.arch, arch_file.config):
         log.warning("%s: %s", arch_file.path, DEAD_CELL)
     weights = Path(weights) if weights else arch_file.weights_path

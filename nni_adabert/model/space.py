@@ -51,7 +51,7 @@ import dataclasses
 import random
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import AbstractSet, Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import AbstractSet, Any, Dict, FrozenSet, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -65,8 +65,9 @@ from .ops import OP_NAMES, OPS, PAIR_OP_NAMES, Zero, build_op
 
 __all__ = [
     "StudentConfig", "AdaBertOutput", "AdaBertSpace", "AdaBertStudent",
-    "DepthChoice", "Cell", "Embedder", "edge_label", "edge_labels", "factorized_embedding", "validate_arch",
-    "uniform_arch", "random_arch", "live_nodes", "reads_inputs", "DEAD_CELL",
+    "DepthChoice", "Cell", "Embedder", "edges", "edge_label", "edge_labels", "factorized_embedding", "validate_arch",
+    "uniform_arch", "random_arch", "reached_nodes", "live_nodes", "input_groups", "any_intermediate", "reads_inputs",
+    "DEAD_CELL",
     "SPACES", "resolve_space", "default_op_names", "matching_features",
 ]
 
@@ -226,32 +227,47 @@ def edge_labels(num_nodes: int = 3) -> List[str]:
     return [edge_label(j, i) for j, i in edges(num_nodes)]
 
 
-def live_nodes(arch: Mapping[str, Any], num_nodes: int = 3) -> set:
-    """The nodes of a cell whose value depends on the cell's inputs: the input nodes 0 and 1, and
-    each intermediate node with a non-``zero`` edge from a live node (a pool, ``skip`` or ``align`` of a
+def reached_nodes(arch: Mapping[str, Any], num_nodes: int = 3, sources: AbstractSet[int] = frozenset({0, 1})) -> set:
+    """The nodes of a cell whose value depends on the input nodes ``sources``: those nodes, and each
+    intermediate node with a non-``zero`` edge from a reached node (a pool, ``skip`` or ``align`` of a
     node that is zero everywhere gives zero, a convolution its BatchNorm shift: at most the text's
     length, through the padding at its ends)."""
-    live = {0, 1}
+    reached = set(sources)
     for j, i in edges(num_nodes):
-        if arch[edge_label(j, i)] != "zero" and i in live:
-            live.add(j)
-    return live
+        if arch[edge_label(j, i)] != "zero" and i in reached:
+            reached.add(j)
+    return reached
 
 
-def any_intermediate(live: AbstractSet[int]) -> bool:
-    """Whether a set of live nodes (:func:`live_nodes`) holds an intermediate node, not only the inputs."""
-    return len(live) > 2
+def live_nodes(arch: Mapping[str, Any], num_nodes: int = 3) -> set:
+    """The nodes of a cell whose value depends on either of its inputs (:func:`reached_nodes`)."""
+    return reached_nodes(arch, num_nodes)
+
+
+def input_groups(config: StudentConfig) -> Tuple[FrozenSet[int], ...]:
+    """The inputs a cell must read, as groups of input nodes each of which must reach an intermediate
+    node: for a text pair in the ``paper`` space each text alone (the first cell reads ``(a, b)``, the
+    k-th ``(c_{k-2}, c_{k-1})``, so a cell fed from node 1 only never sees text a, and one fed from
+    node 0 only sees a or b by the parity of K); elsewhere both inputs hold one text, either will do."""
+    return (frozenset({0}), frozenset({1})) if config.is_pair and config.space == "paper" else (frozenset({0, 1}),)
+
+
+def any_intermediate(nodes: AbstractSet[int]) -> bool:
+    """Whether a set of nodes (:func:`reached_nodes`) holds an intermediate node, not only inputs."""
+    return any(node >= 2 for node in nodes)
 
 
 def reads_inputs(arch: Mapping[str, Any], config: StudentConfig) -> bool:
-    """Whether the cell's output (the attentive sum of its intermediate nodes) depends on its inputs.
-    A cell whose intermediate nodes are all dead (:func:`live_nodes`: e.g. ``max_pool_3`` from nodes
-    that are ``zero`` from both inputs) gives texts of one length the same logits."""
-    return any_intermediate(live_nodes(arch, config.num_nodes))
+    """Whether the cell's output (the attentive sum of its intermediate nodes) depends on its inputs:
+    on each of :func:`input_groups`. A cell whose intermediate nodes are all dead (e.g. ``max_pool_3``
+    from nodes that are ``zero`` from both inputs) gives texts of one length the same logits; a paper-space
+    pair cell fed from one input ignores one text."""
+    return all(any_intermediate(reached_nodes(arch, config.num_nodes, group)) for group in input_groups(config))
 
 
-DEAD_CELL = ("its cell does not read the text (no intermediate node has a path of non-'zero' edges from the "
-             "cell's inputs), so the student cannot tell texts apart beyond their length")
+DEAD_CELL = ("its cell does not read its input (no intermediate node has a path of non-'zero' edges from the "
+             "cell's inputs; for a text pair in the paper space, from each of the two), so the student ignores "
+             "the text, or one text of the pair, beyond its length")
 
 
 def validate_arch(arch: Any, config: StudentConfig) -> Dict[str, Any]:

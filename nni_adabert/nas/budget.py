@@ -39,7 +39,7 @@ from ..errors import UserError
 from ..model import cost
 from ..model.depth import DEPTH_LABEL
 from ..model.latency import LatencyTable
-from ..model.space import any_intermediate, edge_label, edges
+from ..model.space import any_intermediate, edge_label, edges, input_groups
 
 __all__ = ["Budget", "params_budget", "speed_budget", "budgets_of", "check_budgets", "budget_warnings",
            "derive_within_budget", "has_weights"]
@@ -73,24 +73,23 @@ class Budget:
         :attr:`minimum`)."""
         return (self.minimum if with_minimum else 0) <= self.child(config, arch) <= self.maximum
 
-    def smallest(self, config) -> float:
-        """The cost of the cheapest child whose cell reads its inputs: one cell, the cheapest op but
-        ``zero`` on one edge and the cheapest op on the others."""
-        cheapest = min(self.op_cost[n] for n in config.op_names)
-        reading = min(self.op_cost[n] for n in config.op_names if n != "zero")
-        return self.once + self.per_cell + reading + cheapest * (len(config.edge_labels) - 1)
+    def smallest(self, config, with_weights: bool = False) -> float:
+        """The cost of the cheapest child whose cell reads its inputs and, ``with_weights``, has weights
+        on a path from them: one cell, the cheapest op but ``zero`` (``with_weights``: the cheapest op with
+        weights) on one edge from an input and on one edge from each other group of inputs the cell must
+        read (:func:`space.input_groups`), the cheapest op on the others; infinite when no op qualifies."""
+        def cheapest(ops) -> float:
+            return min((self.op_cost[n] for n in ops), default=math.inf)
+        reading = [n for n in config.op_names if n != "zero"]
+        first = [n for n in reading if has_weights(config, n)] if with_weights else reading
+        groups = len(input_groups(config))
+        return (self.once + self.per_cell + cheapest(first) + cheapest(reading) * (groups - 1)
+                + cheapest(config.op_names) * (len(config.edge_labels) - groups))
 
     def expected(self, config, op_probs: torch.Tensor, depth_probs: torch.Tensor) -> torch.Tensor:
         """``E[cost]`` under op probabilities ``[E, O]`` and depth probabilities ``[K_max]``."""
         per_op = [self.op_cost[n] for n in config.op_names]
         return cost.expected_additive_cost(per_op, self.per_cell, self.once, op_probs, depth_probs)
-
-    def smallest_with_weights(self, config) -> float:
-        """The cost of the cheapest child whose cell has weights: one cell, the cheapest op with
-        weights on one edge and the cheapest op on the others."""
-        cheapest = min(self.op_cost[n] for n in config.op_names)
-        weighted = min(self.op_cost[n] for n in config.op_names if has_weights(config, n))
-        return self.once + self.per_cell + weighted + cheapest * (len(config.edge_labels) - 1)
 
     def penalty(self, expected: torch.Tensor) -> torch.Tensor:
         """``|expected / maximum - 1|`` when :attr:`two_sided` (0 at the budget, 1 at twice or at none
@@ -157,12 +156,12 @@ def check_budgets(config, budgets: Sequence[Budget]) -> None:
 
 def budget_warnings(config, budgets: Sequence[Budget]) -> list[str]:
     """A line for each budget that only children without cell weights meet (it is below the
-    cheapest child with weights, :meth:`Budget.smallest_with_weights`): the exported student is
+    cheapest child with weights, :meth:`Budget.smallest`): the exported student is
     then a bag of embeddings."""
     lines = []
     for budget in budgets:
-        smallest = budget.smallest_with_weights(config)
-        if budget.maximum >= smallest:
+        smallest = budget.smallest(config, with_weights=True)
+        if budget.maximum >= smallest or math.isinf(smallest):  # infinite: no op has weights, nothing to keep
             continue
         if budget.setting == "max_params":
             lines.append(f"search setting max_params {int(budget.maximum):,}: only students whose cells have no "
@@ -201,24 +200,26 @@ def derive_within_budget(config, op_probs: Mapping[str, Mapping[str, float]], de
     # Each op's cost per budget, in units, and whether it has weights: the same on every edge.
     op_units = {op: tuple(round(b.op_cost[op] / b.unit) for b in budgets) for op in config.op_names}
     op_weighted = {op: has_weights(config, op) for op in config.op_names}
-    # best[(cell cost per budget in units, nodes depending on the inputs, has weights)] = (log-probability, ops)
-    State = Tuple[Tuple[int, ...], FrozenSet[int], bool]
-    best: Dict[State, Tuple[float, Sequence[str]]] = {((0,) * len(budgets), frozenset({0, 1}), False): (0.0, ())}
+    # best[(cell cost per budget in units, per input group the nodes depending on it, has weights)]
+    #     = (log-probability, ops)
+    State = Tuple[Tuple[int, ...], Tuple[FrozenSet[int], ...], bool]
+    best: Dict[State, Tuple[float, Sequence[str]]] = {((0,) * len(budgets), input_groups(config), False): (0.0, ())}
     for j, i in edges(config.num_nodes):
         label = edge_label(j, i)
         step: Dict[State, Tuple[float, Sequence[str]]] = {}
-        for (total, live, weighted), (score, ops) in best.items():
+        for (total, reached, weighted), (score, ops) in best.items():
             for op in config.op_names:
-                feeds = i in live and op != "zero"  # this edge carries the inputs into node j
+                carries = op != "zero" and any(i in nodes for nodes in reached)  # inputs into node j
+                fed = tuple(nodes | {j} if op != "zero" and i in nodes else nodes for nodes in reached)
                 candidate = (score + log(op_probs[label][op]), (*ops, op))
-                key = (tuple(t + u for t, u in zip(total, op_units[op])), live | {j} if feeds else live,
-                       weighted or (feeds and op_weighted[op]))
+                key = (tuple(t + u for t, u in zip(total, op_units[op])), fed,
+                       weighted or (carries and op_weighted[op]))
                 if key not in step or candidate[0] > step[key][0]:
                     step[key] = candidate
         best = step
-    # The cells that read their inputs, most probable first.
-    cells = sorted(((score, ops, weighted) for (_, live, weighted), (score, ops) in best.items()
-                    if any_intermediate(live)), key=lambda v: -v[0])
+    # The cells that read their inputs (each group of them), most probable first.
+    cells = sorted(((score, ops, weighted) for (_, reached, weighted), (score, ops) in best.items()
+                    if all(any_intermediate(nodes) for nodes in reached)), key=lambda v: -v[0])
 
     def most_probable(with_minimum: bool, with_weights: bool) -> Optional[Dict[str, object]]:
         chosen: Optional[Tuple[float, Dict[str, object]]] = None

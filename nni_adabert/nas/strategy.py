@@ -147,8 +147,8 @@ class AdaBertLightningModule(BaseOneShotLightningModule):
         return sample
 
     def use_argmax(self) -> Sample:
-        """Set every module to the exported choice (constant gates): the argmax, or with a budget
-        the most probable child within it (:meth:`export`). Returns that architecture."""
+        """Set every module to the exported choice (constant gates, :meth:`export`). Returns that
+        architecture."""
         arch = self.export()
         draws: Dict[str, GumbelDraw] = {}
         for module in self.straight_through_modules():
@@ -279,7 +279,7 @@ class AdaBertLightningModule(BaseOneShotLightningModule):
             self.log_probs(self.export_probs())
         return out
 
-    # ------------------------------------------------------------------ validation: the argmax child
+    # ------------------------------------------------------------------ validation: the exported child
 
     def on_validation_epoch_start(self) -> None:
         self.use_argmax()
@@ -306,7 +306,7 @@ class AdaBertLightningModule(BaseOneShotLightningModule):
             experiment.add_text("arch", str(arch), global_step=int(self.trainer.current_epoch))
 
     def arch_stats(self, arch: Optional[Mapping[str, Any]] = None) -> Dict[str, float]:
-        """Depth, params and FLOPs of ``arch`` (default: argmax), and the expected params and
+        """Depth, params and FLOPs of ``arch`` (default: the exported child), and the expected params and
         :func:`top_prob_ratio` of the current distributions."""
         arch = self.export() if arch is None else arch
         config = getattr(self.model, "config", None)

@@ -20,7 +20,7 @@ from nni.nas.experiment import NasExperiment
 from .. import runs
 from ..config import SearchConfig
 from ..errors import UserError
-from ..model.space import AdaBertSpace, factorized_embedding, resolve_space
+from ..model.space import DEAD_CELL, AdaBertSpace, StudentConfig, factorized_embedding, reads_inputs, resolve_space
 from ..nas.budget import budget_warnings, budgets_of, check_budgets
 from ..nas.distill import AdaBertDistillModule, val_metric_key
 from ..nas.strategy import AdaBertStrategy
@@ -131,9 +131,11 @@ def _search(store: KnowledgeStore, out_dir: Path, config: SearchConfig, progress
     run_dir = out_dir / "search"
     run_identity = runs.identity(search_run_settings(config, store), store)
     done = runs.finished(out_dir / ARCH_FILE, run_identity)
-    if done is not None:
+    if done is not None and reads_inputs(done["architecture"], StudentConfig.from_dict(done["student_config"])):
         log.info("search already finished in %s with these settings; not redoing it", out_dir)
         return done
+    if done is not None:  # exported before the derivation checked it: derived again from the last checkpoint
+        log.warning("search in %s finished with a student: %s; deriving it again", out_dir, DEAD_CELL)
     space_config = student_config(store, config.embed_dim, config.k_max, config.dropout, config.space)
     latency = None
     if config.min_speedup is not None:
@@ -191,8 +193,9 @@ def _search(store: KnowledgeStore, out_dir: Path, config: SearchConfig, progress
             log.warning("search: --candidates needs a knowledge store that records each augmented row's original; "
                         "%s was built before stores did (nni-adabert teacher rebuilds it)", store.path)
     if config.finetune_epochs > 0:
-        student = train_student(student, store, out_dir / "finetune", config.finetune_config(), run_identity,
-                                progress, report_to_nni)
+        # Named by the child too: a search derived again may fine-tune another child than a stopped run did.
+        student = train_student(student, store, out_dir / "finetune", config.finetune_config(),
+                                {**run_identity, "arch": arch}, progress, report_to_nni)
         trained_dirs.append(out_dir / "finetune")
     predicted = {"predicted_speedup": {"over": config.speedup_over, "speedup": latency.speedup(space_config, arch),
                                        "latency_table": latency.setting}} if latency is not None else {}
