@@ -316,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_options(p.add_argument_group("teacher settings"), TeacherConfig)
     p.set_defaults(func=cmd_teacher)
 
-    p = sub.add_parser("demo", help="the whole pipeline on the bundled SST-2 sample (about 11 minutes on 2 CPU cores)")
+    p = sub.add_parser("demo", help="the whole pipeline on the bundled SST-2 sample (about 17 minutes on 2 CPU cores)")
     p.add_argument("--output-dir", default="runs/demo")
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--no-progress", action="store_true")

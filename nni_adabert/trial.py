@@ -88,7 +88,8 @@ def build_parser(kind: str) -> argparse.ArgumentParser:
     g.add_argument("--teacher-lr", type=float, default=5e-5)
     g.add_argument("--teacher-train-limit", type=int, default=None, help="first N train rows")
     g.add_argument("--teacher-dev-limit", type=int, default=None, help="first N dev rows")
-    g.add_argument("--aug-copies", type=int, default=0, help="augmented copies per train example")
+    g.add_argument("--aug-copies", type=int, default=0, help="augmented copies per train example (a quick teacher: "
+                   "none; `nni-adabert teacher` builds the full one)")
     add_options(p.add_argument_group(f"{kind} settings"), CONFIGS[kind])
     if kind == SEARCH:
         p.add_argument("--export-to", default=None, help="also copy the exported student to this directory, "
@@ -159,7 +160,7 @@ def teacher_store(args: argparse.Namespace) -> KnowledgeStore:
             build_teacher_run(task, run, data=args.data, model=args.teacher_model,
                               teacher_config=TeacherConfig(epochs=args.teacher_epochs, lr=args.teacher_lr,
                                                            batch_size=args.teacher_batch_size, seed=42),
-                              augment=AugmentConfig(copies=args.aug_copies) if args.aug_copies > 0 else None,
+                              augment=AugmentConfig(copies=args.aug_copies) if args.aug_copies != 0 else None,
                               cache_dir=args.cache_dir, train_limit=args.teacher_train_limit,
                               dev_limit=args.teacher_dev_limit, progress=args.progress)
         store = open_teacher_run(run)

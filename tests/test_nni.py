@@ -234,6 +234,18 @@ def test_missing_data_fails_with_one_line(root):
     assert "Traceback" not in out.stderr
 
 
+def test_a_negative_number_of_augmented_copies_fails_with_one_line(root):
+    """The trial's teacher setting is checked as `nni-adabert teacher` checks it (it once meant none)."""
+    teacher = root / "no-teacher-negative"
+    out = subprocess.run([PYTHON, "trials/search_trial.py", "--teacher", str(teacher), "--aug-copies", "-1",
+                          "--cache-dir", str(root / "cache")],
+                         cwd=REPO, env=nni_env(root / "home-standalone"), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2, out.stderr
+    last = out.stderr.strip().splitlines()[-1]
+    assert last == "nni-adabert search trial: error: AugmentConfig.copies must be an integer >= 0, got -1", out.stderr
+    assert not (teacher / "probes.json").exists()
+
+
 def test_unknown_tuner_parameter_is_a_user_error():
     from nni_adabert.errors import UserError
 

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import nni_adabert.teacher.knowledge as knowledge
-from nni_adabert.teacher.augment import AugmentConfig
+from nni_adabert.teacher.augment import AugmentConfig, default_copies
 from nni_adabert.data.encoding import IGNORE_LABEL
 from nni_adabert.data.glue import load_task
 from nni_adabert.errors import UserError
@@ -242,6 +242,10 @@ def test_bf16_teacher_passes_stay_close_to_fp32_and_name_another_store(sst2, tea
                                                              precision="bf16")
     assert "teacher_precision" not in fp32_inputs and bf16_inputs["teacher_precision"] == "bf16"
     assert fp32_name != bf16_name
+    # The default number of augmented copies names the store its build makes, resolved for the train set.
+    copies = default_copies(len(sst2["train"]))
+    assert (knowledge.knowledge_fingerprint(spec, sst2, teacher_copy, AugmentConfig(), ProbeConfig())
+            == knowledge.knowledge_fingerprint(spec, sst2, teacher_copy, AugmentConfig(copies=copies), ProbeConfig()))
 
 
 def test_the_store_keeps_what_students_need_of_the_teacher(tmp_path, sst2, teacher_copy):

@@ -178,12 +178,13 @@ def knowledge_fingerprint(spec: TaskSpec, data: datasets.DatasetDict, teacher_di
                           probes: ProbeConfig, max_length: int = MAX_LENGTH, precision: str = "fp32",
                           device: str = "cpu") -> tuple[str, dict]:
     """The store's name and what it is made of; ``precision`` is the teacher's resolved inference
-    precision (``bf16`` or ``fp32``) on ``device``."""
+    precision (``bf16`` or ``fp32``) on ``device``; ``augment`` with its copies resolved for the train set
+    (:meth:`AugmentConfig.for_examples`), as the build makes them."""
     inputs = {
         "format": FORMAT_VERSION, **spec_identity(spec), "max_length": max_length,
         "teacher": weights_fingerprint(teacher_dir),
         "train": dataset_fingerprint(data["train"]), "dev": dataset_fingerprint(data["dev"]),
-        "augment": asdict(augment) if augment else None, "probes": asdict(probes),
+        "augment": asdict(augment.for_examples(len(data["train"]))) if augment else None, "probes": asdict(probes),
     }
     # Named only when it is not what every build used before the setting existed (bf16 on a bf16 GPU, else
     # fp32), so those stores keep their names and a store of the other precision never passes for one.
