@@ -270,25 +270,46 @@ def test_a_dead_student_is_refused_by_retrain_and_warned_about_on_loading(runs, 
     assert not out.exists()
 
 
+@pytest.mark.parametrize("num_nodes", [1, 2])
+@pytest.mark.parametrize("space", SMALL_SPACES)
+def test_the_cheapest_child_that_reads_its_inputs_by_formula_and_by_enumeration(space, num_nodes):
+    """In time, where every op but ``zero`` costs something (a pair of the paper space pays for two edges)."""
+    cfg = small_space(num_nodes=num_nodes, **SMALL_SPACES[space])
+    budget = speed_budget(toy_latency_table(cfg), 1.0)
+    cells = [{**dict(zip(cfg.edge_labels, choice)), DEPTH_LABEL: 1}
+             for choice in itertools.product(cfg.op_names, repeat=len(cfg.edge_labels))]
+    reading = [a for a in cells if reads_inputs(a, cfg)]
+    weighted = [a for a in reading if any(has_weights(cfg, a[edge_label(j, i)]) for j, i in edges(num_nodes)
+                                          if i in live_nodes(a, num_nodes))]
+    assert budget.smallest(cfg) == pytest.approx(min(budget.child(cfg, a) for a in reading))
+    assert budget.smallest(cfg, with_weights=True) == pytest.approx(min(budget.child(cfg, a) for a in weighted))
+
+
 def test_without_convolutions_no_budget_warns_about_weights():
     cfg = small_space(op_names=("max_pool_3", "skip", "zero"))
     assert budget_warnings(cfg, [params_budget(cfg, int(params_budget(cfg, 1).smallest(cfg)))]) == []
 
 
 def test_a_finished_search_that_exported_a_dead_cell_is_derived_again(runs, tmp_path, caplog):
-    """A search finished before the derivation checked its cell: run again, it exports from its last
-    checkpoint what the derivation gives today (here the same live cell as before), training nothing."""
+    """A search finished before the derivation checked its cell: run again, it derives its export from its
+    last checkpoint (here the same live cell as before) without training the search phase again, and
+    fine-tunes that child afresh (the old child's fine-tuning goes)."""
     out = tmp_path / "searched"
     args = ["search", "--teacher", str(runs / "SST-2"), "--output-dir", str(out), "--epochs", "1",
-            "--batch-size", "32", "--no-progress"]
+            "--batch-size", "32", "--finetune-epochs", "1", "--no-progress"]
     assert main(args) == 0
     record = json.loads((out / ARCH_FILE).read_text())
     exported = record["architecture"]
+    search_time = (out / "search" / "checkpoints" / "training_time.json").read_text()
     dead = {**{label: "zero" for label in exported if label != DEPTH_LABEL}, "edge_4_2": "max_pool_3",
             DEPTH_LABEL: exported[DEPTH_LABEL]}
     (out / ARCH_FILE).write_text(json.dumps({**record, "architecture": dead}))
+    stale = out / "finetune" / "stale-file"
+    stale.write_text("from the old child")
     with caplog.at_level(logging.WARNING):
         assert main(args) == 0
-    assert "finished with a student: its cell does not read its input" in caplog.text
-    again = json.loads((out / ARCH_FILE).read_text())
-    assert again["architecture"] == exported and again["train_seconds"] == record["train_seconds"]
+    assert ("finished with a student: its cell does not read its input" in caplog.text
+            and "deriving it again from its last checkpoint" in caplog.text)
+    assert json.loads((out / ARCH_FILE).read_text())["architecture"] == exported
+    assert (out / "search" / "checkpoints" / "training_time.json").read_text() == search_time
+    assert not stale.exists() and (out / "finetune" / "checkpoints" / "last.ckpt").is_file()

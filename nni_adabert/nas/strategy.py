@@ -116,6 +116,7 @@ class AdaBertLightningModule(BaseOneShotLightningModule):
         self.generator.manual_seed(self.seed)
         self.history: List[Dict[str, Any]] = []
         self.last_sample: Sample = {}
+        self.validated_arch: Sample = {}  # the child the current validation runs (use_argmax)
 
     # ------------------------------------------------------------------ sampling
 
@@ -282,7 +283,7 @@ class AdaBertLightningModule(BaseOneShotLightningModule):
     # ------------------------------------------------------------------ validation: the exported child
 
     def on_validation_epoch_start(self) -> None:
-        self.use_argmax()
+        self.validated_arch = self.use_argmax()  # nothing moves the distributions until the epoch ends
         hook = getattr(self.training_module, "on_validation_epoch_start", None)
         if hook is not None:
             hook()
@@ -292,7 +293,7 @@ class AdaBertLightningModule(BaseOneShotLightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self.training_module.on_validation_epoch_end()
-        arch = self.export()
+        arch = self.validated_arch
         stats = self.arch_stats(arch)
         self.log_dict({f"arch/{k}": float(v) for k, v in stats.items()})
         if self.trainer.sanity_checking:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -127,15 +128,38 @@ def run_search(store: KnowledgeStore, out_dir: str | os.PathLike, config: Search
         return _search(store, Path(out_dir), config, progress, report_to_nni)
 
 
+# What a search trains after its search phase, for the child it derives (see DERIVATION_SETTINGS).
+CANDIDATES_DIR, FINETUNE_DIR = "candidates", "finetune"
+
+
+def exported_reads_inputs(record: dict) -> bool:
+    """Whether a finished search's record exports a cell that reads its inputs (:func:`reads_inputs`;
+    an unreadable record counts as not)."""
+    try:
+        return reads_inputs(record["architecture"], StudentConfig.from_dict(record["student_config"]))
+    except (KeyError, TypeError, UserError):
+        return False
+
+
+def rederive(out_dir: Path, run_dir: Path) -> None:
+    """A finished search whose cell does not read its inputs (exported before the derivation checked
+    that) is derived again from its last checkpoint: what was trained for the old child goes."""
+    resumes = runs.checkpoint_file(run_dir).is_file()
+    log.warning("search in %s finished with a student: %s; %s", out_dir, DEAD_CELL,
+                "deriving it again from its last checkpoint" if resumes else "its checkpoint is gone: searching again")
+    for name in (CANDIDATES_DIR, FINETUNE_DIR):
+        shutil.rmtree(out_dir / name, ignore_errors=True)
+
+
 def _search(store: KnowledgeStore, out_dir: Path, config: SearchConfig, progress: bool, report_to_nni: bool) -> dict:
     run_dir = out_dir / "search"
     run_identity = runs.identity(search_run_settings(config, store), store)
     done = runs.finished(out_dir / ARCH_FILE, run_identity)
-    if done is not None and reads_inputs(done["architecture"], StudentConfig.from_dict(done["student_config"])):
+    if done is not None and exported_reads_inputs(done):
         log.info("search already finished in %s with these settings; not redoing it", out_dir)
         return done
-    if done is not None:  # exported before the derivation checked it: derived again from the last checkpoint
-        log.warning("search in %s finished with a student: %s; deriving it again", out_dir, DEAD_CELL)
+    if done is not None:
+        rederive(out_dir, run_dir)
     space_config = student_config(store, config.embed_dim, config.k_max, config.dropout, config.space)
     latency = None
     if config.min_speedup is not None:
@@ -184,19 +208,18 @@ def _search(store: KnowledgeStore, out_dir: Path, config: SearchConfig, progress
                 timed = time_candidates(space_config, archs, latency, reference_config(store, config.speedup_over))
                 trained = fast_enough([t["measured"] for t in timed], config.min_speedup)
             # Named by the search phase: another --candidates count reuses the candidates already trained.
-            student, candidates = pick_candidate(store, archs, config, out_dir / "candidates",
+            student, candidates = pick_candidate(store, archs, config, out_dir / CANDIDATES_DIR,
                                                  {**phase_identity, "candidate_epochs": config.candidate_epochs},
                                                  progress, trained)
             arch = student.arch
-            trained_dirs += candidate_runs(out_dir / "candidates", len(archs), trained).values()
+            trained_dirs += candidate_runs(out_dir / CANDIDATES_DIR, len(archs), trained).values()
         else:
             log.warning("search: --candidates needs a knowledge store that records each augmented row's original; "
                         "%s was built before stores did (nni-adabert teacher rebuilds it)", store.path)
     if config.finetune_epochs > 0:
-        # Named by the child too: a search derived again may fine-tune another child than a stopped run did.
-        student = train_student(student, store, out_dir / "finetune", config.finetune_config(),
-                                {**run_identity, "arch": arch}, progress, report_to_nni)
-        trained_dirs.append(out_dir / "finetune")
+        student = train_student(student, store, out_dir / FINETUNE_DIR, config.finetune_config(), run_identity,
+                                progress, report_to_nni)
+        trained_dirs.append(out_dir / FINETUNE_DIR)
     predicted = {"predicted_speedup": {"over": config.speedup_over, "speedup": latency.speedup(space_config, arch),
                                        "latency_table": latency.setting}} if latency is not None else {}
     measured = [t["measured"] for t in timed or () if t["arch"] == arch]
