@@ -126,6 +126,24 @@ def keep_earlier_timings(out: Path) -> None:
             stack.extend(node.values())
 
 
+def recorded_runs(out: Path, **identity) -> dict[str, dict]:
+    """The runs that the page in ``out`` recorded, by their retrain command, if its record has the same
+    ``identity`` (top-level fields: a teacher rebuilt by the same command has the same dev metrics and copies);
+    else none. A bench keeps such a run's row when its directory is gone (another machine, a cleaned runs
+    directory) instead of running it again (:func:`recorded_run`), so that a table grows over sessions."""
+    page = out / RESULT_JSON
+    earlier = json.loads(page.read_text()) if page.is_file() else {}
+    if any(earlier.get(key) != value for key, value in identity.items()):
+        return {}
+    return {run["retrain"]["command"]: run for run in earlier.get("runs", [])}
+
+
+def recorded_run(retrained: Path, retrain_argv: list[str], recorded: dict[str, dict]) -> dict | None:
+    """The page's record of a run to keep as it is (its directory holds no finished retraining, the page has
+    its command), else None: the run is retrained or found finished."""
+    return None if (retrained / ARCH_FILE).is_file() else recorded.get(cli_command(retrain_argv))
+
+
 def logged_epochs(log_dir: Path, prefix: str) -> list[dict]:
     """Per-epoch scalars named ``<prefix>*`` in a run's TensorBoard log (``log_dir``), one dict per epoch:
     a teacher's ``dev_accuracy``, a student's ``val_acc``. Empty when nothing was logged."""

@@ -24,8 +24,11 @@ defaults, per seed) with one thing changed against the first row ("default"):
 
 A store is built once per (teacher, copies) and shared; runs resume and skip finished steps (a step
 found finished keeps the minutes this page recorded for it when it ran, or its run's own record of them).
-Every store is built before the first search. Runs in ``--runs-dir`` (default runs/bench/pairs/<name>);
-writes bench/results/pairs/<name>/result.{json,md} after every run, so a table cut short keeps its rows.
+Every store is built before the first search. A run whose directory is gone (another machine, a cleaned
+runs directory) but which this page recorded, with a teacher of the same dev metrics and copies, keeps its
+recorded row and is not run again: a table too long for one session grows over several. Runs in
+``--runs-dir`` (default runs/bench/pairs/<name>); writes bench/results/pairs/<name>/result.{json,md} after
+every run, so a table cut short keeps its rows.
 """
 
 from __future__ import annotations
@@ -43,7 +46,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 
 from common import (GLUE_DIR, ROOT, command_line, cpu_model, keep_earlier_timings, machine, MINUTES_NOTE,  # noqa: E402
-                    results_dir, store_copies, store_precision, store_step, timed, write_results)
+                    recorded_run, recorded_runs, results_dir, store_copies, store_precision, store_step, timed,
+                    write_results)
 from nni_adabert.config import SearchConfig  # noqa: E402
 from nni_adabert.teacher.run import open_teacher_run  # noqa: E402
 from nni_adabert.workflows.evaluate import majority_class_metrics  # noqa: E402
@@ -95,6 +99,8 @@ def main(argv=None) -> int:
     built: dict[str, dict] = {}
     out = results_dir("pairs", args.name)
     keep_earlier_timings(out)
+    teacher_dev = base.teacher_info.get("dev_metrics")
+    recorded = recorded_runs(out, teacher_dev=teacher_dev, base_copies=base_copies)
 
     def store(teacher: str, copies: int) -> Path:
         """The run directory of a store of ``teacher`` ("default" or "weak") with ``copies`` copies."""
@@ -142,7 +148,7 @@ def main(argv=None) -> int:
     metrics = list(base.spec.metrics)
     record = {"command": command_line(["bench/pairs.py", *argv]), "cpu": cpu_model(), "machine": machine(),
               "torch": torch.__version__, "task": args.task, "metrics": metrics, "majority": majority,
-              "settings": settings, "stores_built": built}
+              "teacher_dev": teacher_dev, "base_copies": base_copies, "settings": settings, "stores_built": built}
     results = []
     for r in rows:
         teacher = store(*r["store"])  # built above
@@ -156,24 +162,41 @@ def main(argv=None) -> int:
             plan = [(seed, runs / searched / f"search-seed{seed}", runs / _slug(r["name"]) / f"retrain-seed{seed}")
                     for seed in args.seeds]
         for seed, arch, retrained in plan:
-            search = None
-            if r["search"] is not None and r["searched_by"] is None:
-                search = timed(["search", "--teacher", str(teacher), "--output-dir", str(arch), *r["search"],
-                                "--seed", str(seed), "--no-progress"])
-            retrain = timed(["retrain", "--teacher", str(teacher), "--arch", str(arch), "--output-dir",
-                             str(retrained), *r["retrain"], "--seed", str(seed), "--no-progress"])
-            doc = json.loads((retrained / "architecture.json").read_text())
-            results.append({"row": r["name"], "seed": seed, "arch": str(arch), "teacher_run": str(teacher),
-                            "copies": r["store"][1], "search": search, "retrain": retrain, "dev": doc["dev_metrics"],
-                            "params": doc["params"], "depth": doc["depth"], "architecture": doc["architecture"],
-                            "space": doc["student_config"]["space"],
-                            "teacher_dev": open_teacher_run(teacher).teacher_info.get("dev_metrics")})
-            print(f"{r['name']}, {arch if r['search'] is None else f'seed {seed}'}: {doc['dev_metrics']}", flush=True)
+            retrain_argv = ["retrain", "--teacher", str(teacher), "--arch", str(arch), "--output-dir", str(retrained),
+                            *r["retrain"], "--seed", str(seed), "--no-progress"]
+            earlier = recorded_run(retrained, retrain_argv, recorded)
+            if earlier is not None:
+                results.append({**earlier, "recorded": True})
+                print(f"{r['name']}, {run_label(arch, seed)}: recorded on the page, its run is gone: not run again",
+                      flush=True)
+            else:
+                results.append(run_row(r, seed, arch, retrained, teacher, retrain_argv))
             # Written after every run: a table cut short (a failure, a kill) keeps the rows it has.
             result = {**record, "runs": results, "means": row_means(results, metrics)}
             write_results(out, result, markdown(result))
     print(markdown(result))
     return 0
+
+
+def run_row(r: dict, seed: int, arch, retrained: Path, teacher: Path, retrain_argv: list[str]) -> dict:
+    """One run of row ``r``: its search (unless it retrains random or another row's cells), then its retraining;
+    the run's record on the page."""
+    search = None
+    if r["search"] is not None and r["searched_by"] is None:
+        search = timed(["search", "--teacher", str(teacher), "--output-dir", str(arch), *r["search"],
+                        "--seed", str(seed), "--no-progress"])
+    retrain = timed(retrain_argv)
+    doc = json.loads((retrained / "architecture.json").read_text())
+    print(f"{r['name']}, {run_label(arch, seed)}: {doc['dev_metrics']}", flush=True)
+    return {"row": r["name"], "seed": seed, "arch": str(arch), "teacher_run": str(teacher), "copies": r["store"][1],
+            "search": search, "retrain": retrain, "dev": doc["dev_metrics"], "params": doc["params"],
+            "depth": doc["depth"], "architecture": doc["architecture"], "space": doc["student_config"]["space"],
+            "teacher_dev": open_teacher_run(teacher).teacher_info.get("dev_metrics")}
+
+
+def run_label(arch, seed: int) -> str:
+    """How a page names a run of a row: its random structure ("random:3") or its seed ("seed 0")."""
+    return str(arch) if str(arch).startswith("random:") else f"seed {seed}"
 
 
 def _slug(row_name: str) -> str:
@@ -251,6 +274,11 @@ def markdown(result: dict) -> str:
         lines += ["", f"The search reads at most {limit:,} augmented rows (its default `--augmented-limit`), the "
                       "retraining all of them: a store of more copies than that changes the retraining's data "
                       "more than the search's."]
+    kept = [r for r in result["runs"] if r.get("recorded")]
+    if kept:
+        lines += ["", "Kept as an earlier run of this page recorded them (their run directories were gone; a teacher "
+                      "of the same dev metrics), not run by this run of the command: " + "; ".join(
+                          f"{r['row']}, {run_label(r['arch'], r['seed'])}" for r in kept) + "."]
     lines += ["", "Majority class: " + " / ".join(f"{100 * majority[m]:.2f}" for m in metrics if m in majority) + ".",
               "", f"Commands and minutes ({MINUTES_NOTE}):", ""]
     for name, step in result["stores_built"].items():

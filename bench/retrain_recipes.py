@@ -34,8 +34,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
-from common import (GLUE_DIR, MINUTES_NOTE, RESULT_JSON, ROOT, cli_command, command_line, cpu_model,  # noqa: E402
-                    keep_earlier_timings, logged_epochs, machine, results_dir, store_copies, store_precision,
+from common import (GLUE_DIR, MINUTES_NOTE, ROOT, command_line, cpu_model, keep_earlier_timings,  # noqa: E402
+                    logged_epochs, machine, recorded_run, recorded_runs, results_dir, store_copies, store_precision,
                     store_step, timed, write_results)
 from nni_adabert.config import RetrainConfig  # noqa: E402
 from nni_adabert.nas.distill import val_metric_key  # noqa: E402
@@ -94,7 +94,7 @@ def main(argv=None) -> int:
     keep_earlier_timings(out)
     metric = base.spec.main_metric
     teacher_dev = base.teacher_info["dev_metrics"][metric]
-    recorded = recorded_runs(out, teacher_dev, base_copies)
+    recorded = recorded_runs(out, teacher_dev=teacher_dev, base_copies=base_copies)
     # Per row: its name, retrain flags, store run, copies and runs (seed, output dir, retrain argv). Every store
     # a run still needs first: a failing build stops the table early.
     rows, built = [], {}
@@ -135,22 +135,6 @@ def main(argv=None) -> int:
             write_results(out, result, markdown(result))  # after every run: a table cut short keeps its rows
     print(markdown(result))
     return 0
-
-
-def recorded_runs(out: Path, teacher_dev: float, copies: int) -> dict[str, dict]:
-    """The runs that the page in ``out`` recorded, by their retrain command, if it was made with a teacher of
-    the same dev metric and copies (a teacher rebuilt by the same command); else none."""
-    page = out / RESULT_JSON
-    earlier = json.loads(page.read_text()) if page.is_file() else {}
-    if earlier.get("teacher_dev") != teacher_dev or earlier.get("base_copies") != copies:
-        return {}
-    return {run["retrain"]["command"]: run for run in earlier.get("runs", [])}
-
-
-def recorded_run(retrained: Path, retrain_argv: list[str], recorded: dict[str, dict]) -> dict | None:
-    """The page's record of a run to keep as it is (its directory holds no finished retraining, the page has
-    its command), else None: the run is retrained or found finished."""
-    return None if (retrained / "architecture.json").is_file() else recorded.get(cli_command(retrain_argv))
 
 
 def _slug(row_name: str) -> str:

@@ -3,6 +3,7 @@ random-cells row and the retraining-only levers (no final-logit KD, Table 4 on t
 result page that compares searched with random and augmented with not."""
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -28,6 +29,19 @@ def test_the_cause_table_runs_each_lever_and_compares_searched_with_random(runs,
     assert [(r["row"], r["dev"], r["search"], r["retrain"]) for r in again["runs"]] == \
         [(r["row"], r["dev"], r["search"], r["retrain"]) for r in result["runs"]]
     assert again["stores_built"] == result["stores_built"]
+    # A run whose directory is gone (another machine) keeps the row the page recorded; it is not run again.
+    shutil.rmtree(tmp_path / "runs" / "random-cells" / "retrain-random1")
+    assert pairs.main(argv) == 0
+    kept = json.loads((tmp_path / "results" / "pairs" / "tiny" / "result.json").read_text())
+    assert [(r["row"], r["dev"], r.get("recorded", False)) for r in kept["runs"]] == \
+        [(r["row"], r["dev"], r["arch"] == "random:1") for r in result["runs"]]
+    assert not (tmp_path / "runs" / "random-cells" / "retrain-random1").exists()
+    assert "not run by this run of the command: random cells, random:1." in \
+        (tmp_path / "results" / "pairs" / "tiny" / "result.md").read_text()
+    out = tmp_path / "results" / "pairs" / "tiny"
+    other_teacher = {**kept["teacher_dev"], "f1": kept["teacher_dev"]["f1"] + 0.01}
+    assert common.recorded_runs(out, teacher_dev=kept["teacher_dev"], base_copies=1)
+    assert not common.recorded_runs(out, teacher_dev=other_teacher, base_copies=1)
     rows = [(r["row"], r["arch"].rsplit("/", 1)[-1], r["copies"]) for r in result["runs"]]
     assert rows == [("default", "search-seed0", 1), ("random cells", "random:0", 1), ("random cells", "random:1", 1),
                     ("0 copies", "search-seed0", 0), ("no final-logit KD", "search-seed0", 1),

@@ -61,9 +61,9 @@ def test_every_row_retrains_the_same_child_and_the_page_compares_them_with_the_t
     page = (out / "result.md").read_text()
     assert "| grouped, 2 epochs | `--group-by-length --epochs 2` | 1 | 0 (recorded) |" in page
     # A page made with another teacher keeps nothing.
-    assert retrain_recipes.recorded_runs(out, kept["teacher_dev"], 1) and \
-        not retrain_recipes.recorded_runs(out, kept["teacher_dev"] + 0.01, 1) and \
-        not retrain_recipes.recorded_runs(out, kept["teacher_dev"], 4)
+    assert common.recorded_runs(out, teacher_dev=kept["teacher_dev"], base_copies=1) and \
+        not common.recorded_runs(out, teacher_dev=kept["teacher_dev"] + 0.01, base_copies=1) and \
+        not common.recorded_runs(out, teacher_dev=kept["teacher_dev"], base_copies=4)
 
 
 def test_a_row_stopped_after_one_seed_is_compared_on_that_seed():
