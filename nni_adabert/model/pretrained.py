@@ -81,6 +81,24 @@ def _unique_keys(pairs: list) -> dict:
     return dict(pairs)
 
 
+def architecture_of(doc: dict, source: str | os.PathLike = "architecture") -> tuple[StudentConfig, dict]:
+    """The validated ``(student config, architecture)`` of an architecture document (a parsed
+    architecture.json, or a search's record of one); errors name ``source``."""
+    if doc.get("format") != FORMAT:
+        raise UserError(f"{source}: field 'format' is {doc.get('format')!r}, expected {FORMAT!r}")
+    if doc.get("version") != VERSION:
+        raise UserError(f"{source}: format version {doc.get('version')!r} is not one we know "
+                        f"(this nni-adabert reads version {VERSION})")
+    for field in ("architecture", "student_config"):
+        if not isinstance(doc.get(field), dict):
+            raise UserError(f"{source}: field {field!r} is missing or not an object")
+    try:
+        config = StudentConfig.from_dict(doc["student_config"])
+        return config, validate_arch(doc["architecture"], config)
+    except UserError as exc:
+        raise UserError(f"{source}: {exc}") from None
+
+
 def read_architecture(path: str | os.PathLike, vocab: str | None = None) -> ArchitectureFile:
     """Read and validate an architecture JSON (a file, or a directory holding one).
 
@@ -100,19 +118,7 @@ def read_architecture(path: str | os.PathLike, vocab: str | None = None) -> Arch
         raise UserError(f"{path}: key {exc.args[0]!r} appears twice in one object; each key once") from None
     if not isinstance(doc, dict):
         raise UserError(f"{path}: expected a JSON object, got {type(doc).__name__}")
-    if doc.get("format") != FORMAT:
-        raise UserError(f"{path}: field 'format' is {doc.get('format')!r}, expected {FORMAT!r}")
-    if doc.get("version") != VERSION:
-        raise UserError(f"{path}: format version {doc.get('version')!r} is not one we know "
-                        f"(this nni-adabert reads version {VERSION})")
-    for field in ("architecture", "student_config"):
-        if not isinstance(doc.get(field), dict):
-            raise UserError(f"{path}: field {field!r} is missing or not an object")
-    try:
-        config = StudentConfig.from_dict(doc["student_config"])
-        arch = validate_arch(doc["architecture"], config)
-    except UserError as exc:
-        raise UserError(f"{path}: {exc}") from None
+    config, arch = architecture_of(doc, path)
     expected_vocab = (doc.get("vocab") or {}).get("fingerprint")
     if vocab is not None and expected_vocab is not None and vocab != expected_vocab:
         raise UserError(f"{path}: the student was built for another vocabulary (fingerprint {expected_vocab}, "

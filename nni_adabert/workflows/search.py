@@ -21,7 +21,8 @@ from nni.nas.experiment import NasExperiment
 from .. import runs
 from ..config import SearchConfig
 from ..errors import UserError
-from ..model.space import DEAD_CELL, AdaBertSpace, StudentConfig, factorized_embedding, reads_inputs, resolve_space
+from ..model.pretrained import architecture_of
+from ..model.space import DEAD_CELL, AdaBertSpace, factorized_embedding, reads_inputs, resolve_space
 from ..nas.budget import budget_warnings, budgets_of, check_budgets
 from ..nas.distill import AdaBertDistillModule, val_metric_key
 from ..nas.strategy import AdaBertStrategy
@@ -136,9 +137,10 @@ def exported_reads_inputs(record: dict) -> bool:
     """Whether a finished search's record exports a cell that reads its inputs (:func:`reads_inputs`;
     an unreadable record counts as not)."""
     try:
-        return reads_inputs(record["architecture"], StudentConfig.from_dict(record["student_config"]))
-    except (KeyError, TypeError, UserError):
+        config, arch = architecture_of(record)
+    except UserError:
         return False
+    return reads_inputs(arch, config)
 
 
 def rederive(out_dir: Path, run_dir: Path) -> None:
