@@ -128,20 +128,29 @@ def keep_earlier_timings(out: Path) -> None:
 
 def recorded_runs(out: Path, **identity) -> dict[str, dict]:
     """The runs that the page in ``out`` recorded, by their retrain command, if its record has the same
-    ``identity`` (top-level fields: a teacher rebuilt by the same command has the same dev metrics and copies);
-    else none. A bench keeps such a run's row when its directory is gone (another machine, a cleaned runs
-    directory) instead of running it again (:func:`recorded_run`), so that a table grows over sessions."""
+    ``identity`` (top-level fields, e.g. the teacher's dev metric or metrics and the store's copies: a teacher
+    rebuilt by the same command on the same kind of machine has the same ones); else none, also when an
+    identity value is unknown (None). A bench keeps such a run's row when its directory is gone (another
+    machine, a cleaned runs directory) instead of running it again (:func:`recorded_run`), so that a table
+    grows over sessions. The key is the whole command, with its absolute paths: the same ``--runs-dir``."""
     page = out / RESULT_JSON
     earlier = json.loads(page.read_text()) if page.is_file() else {}
-    if any(earlier.get(key) != value for key, value in identity.items()):
+    if any(value is None or earlier.get(key) != value for key, value in identity.items()):
         return {}
     return {run["retrain"]["command"]: run for run in earlier.get("runs", [])}
 
 
-def recorded_run(retrained: Path, retrain_argv: list[str], recorded: dict[str, dict]) -> dict | None:
-    """The page's record of a run to keep as it is (its directory holds no finished retraining, the page has
-    its command), else None: the run is retrained or found finished."""
-    return None if (retrained / ARCH_FILE).is_file() else recorded.get(cli_command(retrain_argv))
+def recorded_run(retrained: Path, retrain_argv: list[str], recorded: dict[str, dict], **identity) -> dict | None:
+    """The page's record of a run to keep as it is, marked ``recorded`` (its directory holds no finished
+    retraining, the page has its command, and the run's own fields equal ``identity``: e.g. the dev metrics of
+    the teacher of its store, where a table has several), else None: the run is retrained or found finished."""
+    if (retrained / ARCH_FILE).is_file():
+        return None
+    earlier = recorded.get(cli_command(retrain_argv))
+    if earlier is None or any(value is None or earlier.get(key) != value for key, value in identity.items()):
+        return None
+    print(f"{cli_command(retrain_argv)}: recorded on the page, its run is gone: not run again", flush=True)
+    return {**earlier, "recorded": True}
 
 
 def logged_epochs(log_dir: Path, prefix: str) -> list[dict]:

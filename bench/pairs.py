@@ -149,9 +149,11 @@ def main(argv=None) -> int:
     record = {"command": command_line(["bench/pairs.py", *argv]), "cpu": cpu_model(), "machine": machine(),
               "torch": torch.__version__, "task": args.task, "metrics": metrics, "majority": majority,
               "teacher_dev": teacher_dev, "base_copies": base_copies, "settings": settings, "stores_built": built}
+    by_name = {r["name"]: r for r in rows}
     results = []
     for r in rows:
         teacher = store(*r["store"])  # built above
+        teacher_dev_of_store = open_teacher_run(teacher).teacher_info.get("dev_metrics")
         # (seed, architecture to retrain, retrain dir): a searched row per seed; the random row retrains each
         # random structure once, with the first seed.
         if r["search"] is None:
@@ -164,13 +166,19 @@ def main(argv=None) -> int:
         for seed, arch, retrained in plan:
             retrain_argv = ["retrain", "--teacher", str(teacher), "--arch", str(arch), "--output-dir", str(retrained),
                             *r["retrain"], "--seed", str(seed), "--no-progress"]
-            earlier = recorded_run(retrained, retrain_argv, recorded)
+            earlier = recorded_run(retrained, retrain_argv, recorded, teacher_dev=teacher_dev_of_store)
             if earlier is not None:
-                results.append({**earlier, "recorded": True})
-                print(f"{r['name']}, {run_label(arch, seed)}: recorded on the page, its run is gone: not run again",
-                      flush=True)
-            else:
-                results.append(run_row(r, seed, arch, retrained, teacher, retrain_argv))
+                results.append(earlier)
+                continue
+            search = None
+            if r["search"] is not None:  # (None: random cells, no search)
+                # A row that retrains another row's cells runs that row's search when it is gone (that row's
+                # runs kept from the page on another machine): the same command, so the same directory.
+                searcher = by_name[r["searched_by"]] if r["searched_by"] else r
+                if r["searched_by"] is None or not (Path(arch) / "architecture.json").is_file():
+                    search = timed(["search", "--teacher", str(store(*searcher["store"])), "--output-dir", str(arch),
+                                    *searcher["search"], "--seed", str(seed), "--no-progress"])
+            results.append(run_row(r, seed, arch, retrained, teacher, search, retrain_argv))
             # Written after every run: a table cut short (a failure, a kill) keeps the rows it has.
             result = {**record, "runs": results, "means": row_means(results, metrics)}
             write_results(out, result, markdown(result))
@@ -178,13 +186,10 @@ def main(argv=None) -> int:
     return 0
 
 
-def run_row(r: dict, seed: int, arch, retrained: Path, teacher: Path, retrain_argv: list[str]) -> dict:
-    """One run of row ``r``: its search (unless it retrains random or another row's cells), then its retraining;
-    the run's record on the page."""
-    search = None
-    if r["search"] is not None and r["searched_by"] is None:
-        search = timed(["search", "--teacher", str(teacher), "--output-dir", str(arch), *r["search"],
-                        "--seed", str(seed), "--no-progress"])
+def run_row(r: dict, seed: int, arch: Path | str, retrained: Path, teacher: Path, search: dict | None,
+            retrain_argv: list[str]) -> dict:
+    """The retraining of one run of row ``r`` (after its ``search``, timed, if it ran one); the run's record on
+    the page."""
     retrain = timed(retrain_argv)
     doc = json.loads((retrained / "architecture.json").read_text())
     print(f"{r['name']}, {run_label(arch, seed)}: {doc['dev_metrics']}", flush=True)
@@ -276,9 +281,10 @@ def markdown(result: dict) -> str:
                       "more than the search's."]
     kept = [r for r in result["runs"] if r.get("recorded")]
     if kept:
+        names = "; ".join(f"{r['row']}, {run_label(r['arch'], r['seed'])}" for r in kept)
         lines += ["", "Kept as an earlier run of this page recorded them (their run directories were gone; a teacher "
-                      "of the same dev metrics), not run by this run of the command: " + "; ".join(
-                          f"{r['row']}, {run_label(r['arch'], r['seed'])}" for r in kept) + "."]
+                      "of the same dev metrics, a store of the same copies), not run by this run of the command: "
+                      f"{names}."]
     lines += ["", "Majority class: " + " / ".join(f"{100 * majority[m]:.2f}" for m in metrics if m in majority) + ".",
               "", f"Commands and minutes ({MINUTES_NOTE}):", ""]
     for name, step in result["stores_built"].items():

