@@ -135,22 +135,24 @@ def recorded_runs(out: Path, **identity) -> dict[str, dict]:
     grows over sessions. The key is the whole command, with its absolute paths: the same ``--runs-dir``."""
     page = out / RESULT_JSON
     earlier = json.loads(page.read_text()) if page.is_file() else {}
-    if any(value is None or earlier.get(key) != value for key, value in identity.items()):
-        return {}
-    return {run["retrain"]["command"]: run for run in earlier.get("runs", [])}
+    return {run["retrain"]["command"]: run for run in earlier.get("runs", [])} if _same(earlier, identity) else {}
 
 
 def recorded_run(retrained: Path, retrain_argv: list[str], recorded: dict[str, dict], **identity) -> dict | None:
     """The page's record of a run to keep as it is, marked ``recorded`` (its directory holds no finished
     retraining, the page has its command, and the run's own fields equal ``identity``: e.g. the dev metrics of
     the teacher of its store, where a table has several), else None: the run is retrained or found finished."""
-    if (retrained / ARCH_FILE).is_file():
+    command = cli_command(retrain_argv)
+    earlier = None if (retrained / ARCH_FILE).is_file() else recorded.get(command)
+    if earlier is None or not _same(earlier, identity):
         return None
-    earlier = recorded.get(cli_command(retrain_argv))
-    if earlier is None or any(value is None or earlier.get(key) != value for key, value in identity.items()):
-        return None
-    print(f"{cli_command(retrain_argv)}: recorded on the page, its run is gone: not run again", flush=True)
+    print(f"{command}: recorded on the page, its run is gone: not run again", flush=True)
     return {**earlier, "recorded": True}
+
+
+def _same(record: dict, identity: dict) -> bool:
+    """Whether ``record`` has every field of ``identity`` with its value; an unknown (None) value never matches."""
+    return all(value is not None and record.get(key) == value for key, value in identity.items())
 
 
 def logged_epochs(log_dir: Path, prefix: str) -> list[dict]:

@@ -178,7 +178,7 @@ def main(argv=None) -> int:
                 if r["searched_by"] is None or not (Path(arch) / "architecture.json").is_file():
                     search = timed(["search", "--teacher", str(store(*searcher["store"])), "--output-dir", str(arch),
                                     *searcher["search"], "--seed", str(seed), "--no-progress"])
-            results.append(run_row(r, seed, arch, retrained, teacher, search, retrain_argv))
+            results.append(run_row(r, seed, arch, retrained, teacher, teacher_dev_of_store, search, retrain_argv))
             # Written after every run: a table cut short (a failure, a kill) keeps the rows it has.
             result = {**record, "runs": results, "means": row_means(results, metrics)}
             write_results(out, result, markdown(result))
@@ -186,17 +186,17 @@ def main(argv=None) -> int:
     return 0
 
 
-def run_row(r: dict, seed: int, arch: Path | str, retrained: Path, teacher: Path, search: dict | None,
-            retrain_argv: list[str]) -> dict:
-    """The retraining of one run of row ``r`` (after its ``search``, timed, if it ran one); the run's record on
-    the page."""
+def run_row(r: dict, seed: int, arch: Path | str, retrained: Path, teacher: Path, teacher_dev: dict | None,
+            search: dict | None, retrain_argv: list[str]) -> dict:
+    """The retraining of one run of row ``r`` (after its ``search``, timed, if it ran one) on the store
+    ``teacher`` (whose teacher scored ``teacher_dev``); the run's record on the page."""
     retrain = timed(retrain_argv)
     doc = json.loads((retrained / "architecture.json").read_text())
     print(f"{r['name']}, {run_label(arch, seed)}: {doc['dev_metrics']}", flush=True)
     return {"row": r["name"], "seed": seed, "arch": str(arch), "teacher_run": str(teacher), "copies": r["store"][1],
             "search": search, "retrain": retrain, "dev": doc["dev_metrics"], "params": doc["params"],
             "depth": doc["depth"], "architecture": doc["architecture"], "space": doc["student_config"]["space"],
-            "teacher_dev": open_teacher_run(teacher).teacher_info.get("dev_metrics")}
+            "teacher_dev": teacher_dev}
 
 
 def run_label(arch, seed: int) -> str:
