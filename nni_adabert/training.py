@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader, Sampler
 from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 
 from . import atomic
-from .errors import UserError
+from .errors import UserError, defer_stops, raise_if_stopped
 from .runs import checkpoint_file, last_checkpoint
 
 log = logging.getLogger(__name__)
@@ -381,6 +381,33 @@ def trained_seconds(run_dirs: Iterable[str | os.PathLike]) -> float | None:
     return round(total, 1)
 
 
+class StopBetweenBatches(Callback):
+    """A SIGTERM or SIGINT during training stops the run at the next batch boundary
+    (:func:`errors.defer_stops`): raised at once, it could land inside the data loader's C code
+    (pyarrow), which turns it into an error of its own and a traceback."""
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        defer_stops(True)
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx: int) -> None:
+        raise_if_stopped()
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch,
+                           batch_idx: int) -> None:
+        raise_if_stopped()
+
+    def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch,
+                                batch_idx: int, dataloader_idx: int = 0) -> None:
+        raise_if_stopped()
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        defer_stops(False)
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        defer_stops(False)
+        raise_if_stopped()  # a signal after the last batch: the command stops before its next stage
+
+
 class SeedEachEpoch(Callback):
     """Reseed Python, NumPy and torch at the start of every training epoch (dropout
     masks and any other draw from the global generators)."""
@@ -577,7 +604,8 @@ def make_trainer(run_dir: str | os.PathLike, max_epochs: int, *, progress: bool 
     """A Trainer that saves ``run_dir/checkpoints/last.ckpt`` after every epoch and every
     :func:`checkpoint_minutes` within one (:class:`CheckpointWithinEpochs`), atomically
     (:class:`AtomicCheckpointIO`), keeps the time trained over every start (:class:`TrainingClock`),
-    and logs to TensorBoard under ``run_dir/<name>``; ``callbacks`` are added to these. With ``seed``,
+    stops at a batch boundary on a signal (:class:`StopBetweenBatches`), and logs to TensorBoard
+    under ``run_dir/<name>``; ``callbacks`` are added to these. With ``seed``,
     every epoch reseeds the global generators from ``(seed, epoch)`` (:class:`SeedEachEpoch`).
     ``devices`` > 1 trains on that many GPUs (or CPU processes) with DDP; every process draws the
     same Gumbel sample, since all start from the same seed.
@@ -591,7 +619,7 @@ def make_trainer(run_dir: str | os.PathLike, max_epochs: int, *, progress: bool 
     checkpoint = ModelCheckpoint(dirpath=path.parent, filename=path.stem, save_top_k=1,
                                  every_n_epochs=1, save_on_train_epoch_end=True, enable_version_counter=False)
     within_epochs = CheckpointWithinEpochs(path, checkpoint_minutes())
-    callbacks = [checkpoint, within_epochs, TrainingClock(run_dir), *callbacks]
+    callbacks = [checkpoint, within_epochs, TrainingClock(run_dir), StopBetweenBatches(), *callbacks]
     callbacks += [TQDMProgressBar(refresh_rate=20)] if progress else [EpochLog()]
     callbacks += [SeedEachEpoch(seed)] if seed is not None else []
     return trainer_cls(

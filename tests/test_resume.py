@@ -18,13 +18,14 @@ from nni_adabert.teacher import knowledge
 from nni_adabert.teacher.augment import AugmentConfig, Augmenter
 from nni_adabert.cli import main
 from nni_adabert.data.glue import load_task
-from nni_adabert.errors import UserError
+from nni_adabert.errors import RunStopped, UserError, as_user_error, stop_on_signals
 from nni_adabert.data.tasks import get_task
 from nni_adabert.teacher.probes import ProbeConfig
 from nni_adabert import runs as run_identity
 from nni_adabert.runs import last_checkpoint
 from nni_adabert.nas.distill import AdaBertDistillModule
-from nni_adabert.training import CHECKPOINT_MINUTES_ENV, CheckpointWithinEpochs, TrainingClock, trained_seconds
+from nni_adabert.training import (CHECKPOINT_MINUTES_ENV, CheckpointWithinEpochs, StopBetweenBatches, TrainingClock,
+                                  trained_seconds)
 
 
 def search_argv(runs, out, epochs=3):
@@ -414,6 +415,52 @@ def test_a_signal_stops_a_run_with_its_status_and_one_line(runs, tmp_path, caplo
     expected, resumed = (json.loads((d / "architecture.json").read_text()) for d in (whole, out))
     assert (resumed["architecture"], resumed["weights_sha256"]) == (expected["architecture"],
                                                                       expected["weights_sha256"])
+
+
+def test_an_error_a_library_made_of_a_signal_still_ends_the_run_as_stopped():
+    """A signal's exception raised inside a library's C callback comes out as that library's error
+    (CI saw pyarrow's ArrowInvalid end a search with status 1): after a signal, whatever ends the run
+    is the stop, with its signal, and not an error for the user to fix."""
+    def read_batch():  # what pyarrow did with it
+        try:
+            signal.raise_signal(signal.SIGTERM)
+        except BaseException:
+            raise OSError(errno.EINVAL, "Schema at index 1 was different") from None
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(RunStopped) as stopped:
+        with stop_on_signals():
+            try:
+                read_batch()
+            except OSError as exc:
+                assert as_user_error(exc) is None
+                raise
+    assert stopped.value.signum == signal.SIGTERM and isinstance(stopped.value.__cause__, OSError)
+    assert signal.getsignal(signal.SIGTERM) is before
+    assert as_user_error(OSError(errno.ENOSPC, "full")) is not None  # no stop pending after the block
+
+
+def test_during_training_a_signal_stops_at_the_next_batch_and_a_second_at_once():
+    """In a fit (StopBetweenBatches) the first signal is only recorded, so it never lands inside the
+    data loader; the next batch boundary raises it. A second one, or one outside a fit, raises at once."""
+    stopper = StopBetweenBatches()
+    with stop_on_signals():
+        stopper.setup(None, None, "fit")
+        stopper.on_train_batch_start(None, None, None, 0)  # no signal: nothing
+        signal.raise_signal(signal.SIGTERM)
+        with pytest.raises(RunStopped) as stopped:
+            stopper.on_train_batch_start(None, None, None, 1)
+        assert stopped.value.signum == signal.SIGTERM
+        with pytest.raises(RunStopped) as again:
+            signal.raise_signal(signal.SIGINT)
+        assert again.value.signum == signal.SIGINT
+    with stop_on_signals():
+        stopper.setup(None, None, "fit")
+        signal.raise_signal(signal.SIGINT)  # after the last batch: the fit's end raises it
+        with pytest.raises(RunStopped):
+            stopper.teardown(None, None, "fit")
+        with pytest.raises(RunStopped):  # after the fit, at once
+            signal.raise_signal(signal.SIGTERM)
 
 
 def test_a_run_directory_holds_one_run_at_a_time(runs, tmp_path, capsys, caplog):
