@@ -24,9 +24,10 @@ defaults, per seed) with one thing changed against the first row ("default"):
 
 A store is built once per (teacher, copies) and shared; runs resume and skip finished steps (a step
 found finished keeps the minutes this page recorded for it when it ran, or its run's own record of them).
-Every store is built before the first search. A run whose directory is gone (another machine, a cleaned
-runs directory) but which this page recorded, with a teacher of the same dev metrics and copies, keeps its
-recorded row and is not run again: a table too long for one session grows over several. Runs in
+A run whose directory is gone (another machine, a cleaned runs directory) but which this page recorded,
+with a teacher of the same dev metrics and copies, keeps its recorded row and is not run again: a table too
+long for one session grows over several. The stores the other runs need are built before the first search;
+a store of kept runs only is not built. Runs in
 ``--runs-dir`` (default runs/bench/pairs/<name>); writes bench/results/pairs/<name>/result.{json,md} after
 every run, so a table cut short keeps its rows.
 """
@@ -45,7 +46,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
-from common import (GLUE_DIR, ROOT, command_line, cpu_model, keep_earlier_timings, machine, MINUTES_NOTE,  # noqa: E402
+from common import (ARCH_FILE, GLUE_DIR, ROOT, command_line, cpu_model, keep_earlier_timings, machine, MINUTES_NOTE,  # noqa: E402
                     recorded_run, recorded_runs, results_dir, store_copies, store_precision, store_step, timed,
                     write_results)
 from nni_adabert.config import SearchConfig  # noqa: E402
@@ -95,23 +96,24 @@ def main(argv=None) -> int:
     base_copies = store_copies(base)
     # Every store of the table in the default row's precision: the rows change one thing only.
     precision = store_precision(base)
-    stores: dict[tuple, Path] = {("default", base_copies): teacher_run}
+    sources = {"default": teacher_run, "weak": Path(args.weak_teacher_run) if args.weak_teacher_run else None}
     built: dict[str, dict] = {}
     out = results_dir("pairs", args.name)
     keep_earlier_timings(out)
     teacher_dev = base.teacher_info.get("dev_metrics")
     recorded = recorded_runs(out, teacher_dev=teacher_dev, base_copies=base_copies)
 
-    def store(teacher: str, copies: int) -> Path:
-        """The run directory of a store of ``teacher`` ("default" or "weak") with ``copies`` copies."""
-        key = (teacher, copies)
-        if key not in stores:
-            source = teacher_run if teacher == "default" else Path(args.weak_teacher_run)
-            store_dir = runs / f"teacher-{teacher}-aug{copies}"
-            built[store_dir.name] = store_step(args.task, args.data, source / "teacher", copies, precision, store_dir,
-                                               runs / "cache")
-            stores[key] = store_dir
-        return stores[key]
+    def store(key: tuple) -> Path:
+        """The run directory of the store ``key``, (teacher: "default" or "weak", copies); the default
+        teacher's own run holds its own copies."""
+        teacher, copies = key
+        return teacher_run if key == ("default", base_copies) else runs / f"teacher-{teacher}-aug{copies}"
+
+    def build(key: tuple) -> None:
+        store_dir = store(key)
+        if store_dir != teacher_run and store_dir.name not in built:
+            built[store_dir.name] = store_step(args.task, args.data, sources[key[0]] / "teacher", key[1],
+                                               precision, store_dir, runs / "cache")
 
     # One dict per row: its store (teacher, copies), the search's flags (None: random cells, no search),
     # the retraining's flags, and the row whose searched cells it retrains (None: its own search).
@@ -139,8 +141,33 @@ def main(argv=None) -> int:
     if "table4-cells" in args.levers:
         rows += [row(name + ON_DEFAULT_CELLS, key, retrain=retrain, searched_by="default")
                  for name, key, _, retrain in table4]
-    for r in rows:  # every store first: a failing build stops the table before hours of searches
-        store(*r["store"])
+    by_name = {r["name"]: r for r in rows}
+    # A teacher's dev metrics are its stores' (a store is that teacher's, --no-finetune).
+    dev_of = {teacher: open_teacher_run(source).teacher_info.get("dev_metrics") if teacher != "default" else teacher_dev
+              for teacher, source in sources.items() if source is not None}
+
+    # (row, seed, architecture to retrain, retrain dir, retrain command, the page's record to keep or None):
+    # a searched row per seed; the random row retrains each random structure once, with the first seed.
+    plan = []
+    for r in rows:
+        if r["search"] is None:
+            runs_of_row = [(args.seeds[0], f"random:{i}", runs / _slug(r["name"]) / f"retrain-random{i}")
+                           for i in args.random_seeds]
+        else:
+            searched = _slug(r["searched_by"] or r["name"])
+            runs_of_row = [(seed, runs / searched / f"search-seed{seed}",
+                            runs / _slug(r["name"]) / f"retrain-seed{seed}") for seed in args.seeds]
+        for seed, arch, retrained in runs_of_row:
+            retrain_argv = ["retrain", "--teacher", str(store(r["store"])), "--arch", str(arch), "--output-dir",
+                            str(retrained), *r["retrain"], "--seed", str(seed), "--no-progress"]
+            kept = recorded_run(retrained, retrain_argv, recorded, teacher_dev=dev_of[r["store"][0]])
+            plan.append((r, seed, arch, retrained, retrain_argv, kept))
+    # The stores the runs to do need (a run's own and its searcher's), all before the first search: a failing
+    # build stops the table before hours of searches. A store of kept runs only is not built.
+    for r, *_, kept in plan:
+        if kept is None:
+            build(r["store"])
+            build(by_name[r["searched_by"]]["store"] if r["searched_by"] else r["store"])
 
     majority = majority_class_metrics(base)
     settings = {"copies": args.copies, "levers": args.levers, "seeds": args.seeds, "random_seeds": args.random_seeds,
@@ -149,40 +176,29 @@ def main(argv=None) -> int:
     record = {"command": command_line(["bench/pairs.py", *argv]), "cpu": cpu_model(), "machine": machine(),
               "torch": torch.__version__, "task": args.task, "metrics": metrics, "majority": majority,
               "teacher_dev": teacher_dev, "base_copies": base_copies, "settings": settings, "stores_built": built}
-    by_name = {r["name"]: r for r in rows}
     results = []
-    for r in rows:
-        teacher = store(*r["store"])  # built above
-        teacher_dev_of_store = open_teacher_run(teacher).teacher_info.get("dev_metrics")
-        # (seed, architecture to retrain, retrain dir): a searched row per seed; the random row retrains each
-        # random structure once, with the first seed.
-        if r["search"] is None:
-            plan = [(args.seeds[0], f"random:{i}", runs / _slug(r["name"]) / f"retrain-random{i}")
-                    for i in args.random_seeds]
-        else:
-            searched = _slug(r["searched_by"] or r["name"])
-            plan = [(seed, runs / searched / f"search-seed{seed}", runs / _slug(r["name"]) / f"retrain-seed{seed}")
-                    for seed in args.seeds]
-        for seed, arch, retrained in plan:
-            retrain_argv = ["retrain", "--teacher", str(teacher), "--arch", str(arch), "--output-dir", str(retrained),
-                            *r["retrain"], "--seed", str(seed), "--no-progress"]
-            earlier = recorded_run(retrained, retrain_argv, recorded, teacher_dev=teacher_dev_of_store)
-            if earlier is not None:
-                results.append(earlier)
-                continue
-            search = None
-            if r["search"] is not None:  # (None: random cells, no search)
-                # A row that retrains another row's cells runs that row's search when it is gone (that row's
-                # runs kept from the page on another machine): the same command, so the same directory.
-                searcher = by_name[r["searched_by"]] if r["searched_by"] else r
-                if r["searched_by"] is None or not (Path(arch) / "architecture.json").is_file():
-                    search = timed(["search", "--teacher", str(store(*searcher["store"])), "--output-dir", str(arch),
-                                    *searcher["search"], "--seed", str(seed), "--no-progress"])
-            results.append(run_row(r, seed, arch, retrained, teacher, teacher_dev_of_store, search, retrain_argv))
-            # Written after every run: a table cut short (a failure, a kill) keeps the rows it has.
-            result = {**record, "runs": results, "means": row_means(results, metrics)}
-            write_results(out, result, markdown(result))
-    print(markdown(result))
+
+    def write() -> dict:
+        result = {**record, "runs": results, "means": row_means(results, metrics)}
+        write_results(out, result, markdown(result))
+        return result
+
+    for r, seed, arch, retrained, retrain_argv, kept in plan:
+        if kept is not None:
+            results.append(kept)
+            continue
+        search = None
+        if r["search"] is not None:  # (None: random cells, no search)
+            # A row that retrains another row's cells runs that row's search when it is gone (that row's
+            # runs kept from the page on another machine): the same command, so the same directory.
+            searcher = by_name[r["searched_by"]] if r["searched_by"] else r
+            if r["searched_by"] is None or not (Path(arch) / ARCH_FILE).is_file():
+                search = timed(["search", "--teacher", str(store(searcher["store"])), "--output-dir", str(arch),
+                                *searcher["search"], "--seed", str(seed), "--no-progress"])
+        results.append(run_row(r, seed, arch, retrained, store(r["store"]), dev_of[r["store"][0]], search,
+                               retrain_argv))
+        write()  # after every run: a table cut short (a failure, a kill) keeps the rows it has
+    print(markdown(write()))
     return 0
 
 
@@ -191,7 +207,7 @@ def run_row(r: dict, seed: int, arch: Path | str, retrained: Path, teacher: Path
     """The retraining of one run of row ``r`` (after its ``search``, timed, if it ran one) on the store
     ``teacher`` (whose teacher scored ``teacher_dev``); the run's record on the page."""
     retrain = timed(retrain_argv)
-    doc = json.loads((retrained / "architecture.json").read_text())
+    doc = json.loads((retrained / ARCH_FILE).read_text())
     print(f"{r['name']}, {run_label(arch, seed)}: {doc['dev_metrics']}", flush=True)
     return {"row": r["name"], "seed": seed, "arch": str(arch), "teacher_run": str(teacher), "copies": r["store"][1],
             "search": search, "retrain": retrain, "dev": doc["dev_metrics"], "params": doc["params"],

@@ -199,6 +199,12 @@ CASES = {
     "width 8192 in the JSON": (lambda r, s, t: evaluate(copy_student(
         s, t, lambda d: d["student_config"].update(embed_dim=8192)), r, t),
         r"student_config gives embed.word.weight the shape \[30522, 8192\], but .* holds \[30522, 128\]"),
+    "dropout not a number in the JSON": (lambda r, s, t: evaluate(copy_student(
+        s, t, lambda d: d["student_config"].update(dropout="abc")), r, t),
+        r"student config: dropout must be in \[0, 1\), got 'abc'"),
+    "is_pair not a boolean in the JSON": (lambda r, s, t: evaluate(copy_student(
+        s, t, lambda d: d["student_config"].update(is_pair="no")), r, t),
+        r"student config: is_pair must be true or false, got 'no'"),
     "key twice in the JSON": (lambda r, s, t: evaluate(copy_student(
         s, t, (s / ARCH_FILE).read_text().replace("{", '{"format": "x", ', 1)), r, t), r"key 'format' appears twice"),
     "float16 weights": (lambda r, s, t: evaluate(half_student(s, t), r, t),

@@ -60,6 +60,17 @@ def test_the_cause_table_runs_each_lever_and_compares_searched_with_random(runs,
     assert rerun["default"].get("recorded") and not rerun["no final-logit KD"].get("recorded")
     assert rerun["no final-logit KD"]["search"]["command"] == result["runs"][0]["search"]["command"]
     assert (tmp_path / "runs" / "default" / "search-seed0" / "architecture.json").is_file()
+    # A store whose runs are all kept from the page is not built again (minutes each on the full data).
+    for r in result["runs"]:
+        if r["copies"] == 0:
+            shutil.rmtree(r["retrain"]["command"].split("--output-dir ")[1].split()[0])
+    shutil.rmtree(tmp_path / "runs" / "teacher-default-aug0")
+    assert pairs.main(argv) == 0
+    assert not (tmp_path / "runs" / "teacher-default-aug0").exists()
+    final = json.loads((out / "result.json").read_text())
+    assert [(r["row"], r.get("recorded", False)) for r in final["runs"] if r["copies"] == 0] == [
+        ("0 copies", True), ("Base-KD on the default cells", True), ("+ Probe on the default cells", True)]
+    assert final["stores_built"] == {}
     rows = [(r["row"], r["arch"].rsplit("/", 1)[-1], r["copies"]) for r in result["runs"]]
     assert rows == [("default", "search-seed0", 1), ("random cells", "random:0", 1), ("random cells", "random:1", 1),
                     ("0 copies", "search-seed0", 0), ("no final-logit KD", "search-seed0", 1),

@@ -119,6 +119,9 @@ class StudentConfig:
     norm_texts: bool = True
 
     def __post_init__(self) -> None:
+        for name in ("is_pair", "position_embeddings", "norm_texts"):
+            if not isinstance(getattr(self, name), bool):
+                raise UserError(f"student config: {name} must be true or false, got {getattr(self, name)!r}")
         _check_space(self.space, self.is_pair, SPACES, "student config: ")
         self.op_names = tuple(default_op_names(self.space) if self.op_names is None else self.op_names)
         for name in ("vocab_size", "num_labels", "embed_dim", "k_max", "num_nodes", "max_positions"):
@@ -138,8 +141,8 @@ class StudentConfig:
             raise UserError("student config: op 'align' compares the two texts of a pair and needs the matching "
                             f"space (this config: {'pair' if self.is_pair else 'single-text'} task, space "
                             f"{self.space!r})")
-        if not 0.0 <= float(self.dropout) < 1.0:
-            raise UserError(f"student config: dropout must be in [0, 1), got {self.dropout}")
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
+            raise UserError(f"student config: dropout must be in [0, 1), got {self.dropout!r}")
 
     @property
     def edge_labels(self) -> List[str]:
