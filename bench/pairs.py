@@ -50,6 +50,7 @@ from common import (ARCH_FILE, GLUE_DIR, ROOT, command_line, cpu_model, keep_ear
                     recorded_run, recorded_runs, results_dir, store_copies, store_precision, store_step, timed,
                     write_results)
 from nni_adabert.config import SearchConfig  # noqa: E402
+from nni_adabert.teacher.finetune import read_teacher_info  # noqa: E402
 from nni_adabert.teacher.run import open_teacher_run  # noqa: E402
 from nni_adabert.workflows.evaluate import majority_class_metrics  # noqa: E402
 
@@ -142,9 +143,9 @@ def main(argv=None) -> int:
         rows += [row(name + ON_DEFAULT_CELLS, key, retrain=retrain, searched_by="default")
                  for name, key, _, retrain in table4]
     by_name = {r["name"]: r for r in rows}
-    # A teacher's dev metrics are its stores' (a store is that teacher's, --no-finetune).
-    dev_of = {teacher: open_teacher_run(source).teacher_info.get("dev_metrics") if teacher != "default" else teacher_dev
-              for teacher, source in sources.items() if source is not None}
+    # A store's teacher dev metrics are those of the teacher it was built from (--model <run>/teacher).
+    dev_of = {"default": teacher_dev, **{teacher: (read_teacher_info(sources[teacher] / "teacher") or {}).get(
+        "dev_metrics") for teacher in {r["store"][0] for r in rows} - {"default"}}}
 
     # (row, seed, architecture to retrain, retrain dir, retrain command, the page's record to keep or None):
     # a searched row per seed; the random row retrains each random structure once, with the first seed.

@@ -78,6 +78,11 @@ def defer_stops(deferred: bool) -> None:
     _stop.deferred = deferred
 
 
+def stop_requested() -> int | None:
+    """The signal that asked for the stop and has not been raised yet, else ``None``."""
+    return _stop.signum
+
+
 def raise_if_stopped() -> None:
     """Raise :class:`RunStopped` when a signal asked for the stop; a safe point calls this."""
     if _stop.signum is not None:
@@ -90,7 +95,8 @@ def stop_on_signals(signums=(signal.SIGTERM, signal.SIGINT)):
     are restored after). Lightning then keeps its SIGTERM notice but no longer ends the run with
     status 0 (its ``SIGTERMException`` is a ``SystemExit``), nor SIGINT with 1 and a traceback.
     Any other exception that ends the block after a signal (a library's error made of it) is
-    raised as the :class:`RunStopped` it is."""
+    raised as the :class:`RunStopped` it is, and a block that ends normally after a signal (a
+    library caught what it made of it) raises it too."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -101,10 +107,12 @@ def stop_on_signals(signums=(signal.SIGTERM, signal.SIGINT)):
         if not (_stop.deferred and first):
             raise RunStopped(signum)
 
+    outer = _stop.signum, _stop.deferred  # a block within another gives the outer one its state back
     _stop.signum, _stop.deferred = None, False
     before = {signum: signal.signal(signum, stop) for signum in signums}
     try:
         yield
+        raise_if_stopped()
     except RunStopped:
         raise
     except BaseException as exc:
@@ -114,7 +122,7 @@ def stop_on_signals(signums=(signal.SIGTERM, signal.SIGINT)):
     finally:
         for signum, handler in before.items():
             signal.signal(signum, handler)
-        _stop.signum, _stop.deferred = None, False
+        _stop.signum, _stop.deferred = outer
 
 
 def stopped_message(command: str, stopped: RunStopped) -> str:

@@ -22,6 +22,7 @@ import logging
 import math
 import os
 import random
+import signal
 import time
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -37,7 +38,7 @@ from torch.utils.data import DataLoader, Sampler
 from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 
 from . import atomic
-from .errors import UserError, defer_stops, raise_if_stopped
+from .errors import RunStopped, UserError, defer_stops, raise_if_stopped, stop_requested
 from .runs import checkpoint_file, last_checkpoint
 
 log = logging.getLogger(__name__)
@@ -384,21 +385,28 @@ def trained_seconds(run_dirs: Iterable[str | os.PathLike]) -> float | None:
 class StopBetweenBatches(Callback):
     """A SIGTERM or SIGINT during training stops the run at the next batch boundary
     (:func:`errors.defer_stops`): raised at once, it could land inside the data loader's C code
-    (pyarrow), which turns it into an error of its own and a traceback."""
+    (pyarrow), which turns it into an error of its own and a traceback. With several processes (DDP)
+    they agree at the start of each training batch, so that all stop at the same one (a process
+    that went on would wait forever in the next gradient all-reduce)."""
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         defer_stops(True)
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx: int) -> None:
-        raise_if_stopped()
+        if trainer.world_size == 1:
+            raise_if_stopped()
+        elif trainer.strategy.reduce_boolean_decision(stop_requested() is not None, all=False):
+            raise RunStopped(stop_requested() or signal.SIGTERM)  # (a process the signal did not reach)
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch,
                            batch_idx: int) -> None:
-        raise_if_stopped()
+        if trainer.world_size == 1:
+            raise_if_stopped()
 
     def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch,
                                 batch_idx: int, dataloader_idx: int = 0) -> None:
-        raise_if_stopped()
+        if trainer.world_size == 1:
+            raise_if_stopped()
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         defer_stops(False)
@@ -619,9 +627,10 @@ def make_trainer(run_dir: str | os.PathLike, max_epochs: int, *, progress: bool 
     checkpoint = ModelCheckpoint(dirpath=path.parent, filename=path.stem, save_top_k=1,
                                  every_n_epochs=1, save_on_train_epoch_end=True, enable_version_counter=False)
     within_epochs = CheckpointWithinEpochs(path, checkpoint_minutes())
-    callbacks = [checkpoint, within_epochs, TrainingClock(run_dir), StopBetweenBatches(), *callbacks]
+    callbacks = [checkpoint, within_epochs, TrainingClock(run_dir), *callbacks]
     callbacks += [TQDMProgressBar(refresh_rate=20)] if progress else [EpochLog()]
     callbacks += [SeedEachEpoch(seed)] if seed is not None else []
+    callbacks += [StopBetweenBatches()]  # last: its teardown may raise the stop, after the others'
     return trainer_cls(
         max_epochs=max_epochs,
         accelerator="auto",

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -425,7 +426,7 @@ def test_an_error_a_library_made_of_a_signal_still_ends_the_run_as_stopped():
         try:
             signal.raise_signal(signal.SIGTERM)
         except BaseException:
-            raise OSError(errno.EINVAL, "Schema at index 1 was different") from None
+            raise OSError(errno.ENOSPC, "Schema at index 1 was different") from None  # (a full disk otherwise)
 
     before = signal.getsignal(signal.SIGTERM)
     with pytest.raises(RunStopped) as stopped:
@@ -442,25 +443,34 @@ def test_an_error_a_library_made_of_a_signal_still_ends_the_run_as_stopped():
 
 def test_during_training_a_signal_stops_at_the_next_batch_and_a_second_at_once():
     """In a fit (StopBetweenBatches) the first signal is only recorded, so it never lands inside the
-    data loader; the next batch boundary raises it. A second one, or one outside a fit, raises at once."""
-    stopper = StopBetweenBatches()
-    with stop_on_signals():
-        stopper.setup(None, None, "fit")
-        stopper.on_train_batch_start(None, None, None, 0)  # no signal: nothing
-        signal.raise_signal(signal.SIGTERM)
-        with pytest.raises(RunStopped) as stopped:
-            stopper.on_train_batch_start(None, None, None, 1)
-        assert stopped.value.signum == signal.SIGTERM
-        with pytest.raises(RunStopped) as again:
-            signal.raise_signal(signal.SIGINT)
-        assert again.value.signum == signal.SIGINT
-    with stop_on_signals():
-        stopper.setup(None, None, "fit")
-        signal.raise_signal(signal.SIGINT)  # after the last batch: the fit's end raises it
-        with pytest.raises(RunStopped):
-            stopper.teardown(None, None, "fit")
-        with pytest.raises(RunStopped):  # after the fit, at once
+    data loader; the next batch boundary raises it. A second one, or one outside a fit, raises at once,
+    and a block that ends normally after a signal (a library caught the stop) raises it at its end."""
+    stopper, trainer = StopBetweenBatches(), SimpleNamespace(world_size=1)
+    with pytest.raises(RunStopped) as second:
+        with stop_on_signals():
+            stopper.setup(trainer, None, "fit")
+            stopper.on_train_batch_start(trainer, None, None, 0)  # no signal: nothing
             signal.raise_signal(signal.SIGTERM)
+            with pytest.raises(RunStopped) as stopped:
+                stopper.on_train_batch_start(trainer, None, None, 1)
+            assert stopped.value.signum == signal.SIGTERM
+            signal.raise_signal(signal.SIGINT)
+    assert second.value.signum == signal.SIGINT
+    with pytest.raises(RunStopped) as after_fit:
+        with stop_on_signals():
+            stopper.setup(trainer, None, "fit")
+            signal.raise_signal(signal.SIGINT)  # after the last batch: the fit's end raises it
+            with pytest.raises(RunStopped):
+                stopper.teardown(trainer, None, "fit")
+            signal.raise_signal(signal.SIGTERM)  # after the fit: at once
+    assert after_fit.value.signum == signal.SIGTERM
+    with pytest.raises(RunStopped) as caught:
+        with stop_on_signals():
+            try:
+                signal.raise_signal(signal.SIGTERM)
+            except RunStopped:
+                pass
+    assert caught.value.signum == signal.SIGTERM
 
 
 def test_a_run_directory_holds_one_run_at_a_time(runs, tmp_path, capsys, caplog):
