@@ -313,3 +313,13 @@ def test_a_finished_search_that_exported_a_dead_cell_is_derived_again(runs, tmp_
     assert json.loads((out / ARCH_FILE).read_text())["architecture"] == exported
     assert (out / "search" / "checkpoints" / "training_time.json").read_text() == search_time
     assert not stale.exists() and (out / "finetune" / "checkpoints" / "last.ckpt").is_file()
+    # A record that cannot be read (an edited dropout) is derived again too, and the warning says why.
+    record = json.loads((out / ARCH_FILE).read_text())
+    record["student_config"]["dropout"] = "abc"
+    (out / ARCH_FILE).write_text(json.dumps(record))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert main(args) == 0
+    assert ("finished with a student: its architecture record cannot be read (architecture: student config: "
+            "dropout must be in [0, 1), got 'abc'); deriving it again from its last checkpoint") in caplog.text
+    assert json.loads((out / ARCH_FILE).read_text())["architecture"] == exported

@@ -133,21 +133,22 @@ def run_search(store: KnowledgeStore, out_dir: str | os.PathLike, config: Search
 CANDIDATES_DIR, FINETUNE_DIR = "candidates", "finetune"
 
 
-def exported_reads_inputs(record: dict) -> bool:
-    """Whether a finished search's record exports a cell that reads its inputs (:func:`reads_inputs`;
-    an unreadable record counts as not)."""
+def export_problem(record: dict) -> str | None:
+    """Why a finished search's record cannot stand as it is: its cell does not read its inputs
+    (:func:`reads_inputs`), or the record cannot be read; ``None`` when it can."""
     try:
         config, arch = architecture_of(record)
-    except UserError:
-        return False
-    return reads_inputs(arch, config)
+    except UserError as exc:
+        return f"its architecture record cannot be read ({exc})"
+    return None if reads_inputs(arch, config) else DEAD_CELL
 
 
-def rederive(out_dir: Path, run_dir: Path) -> None:
-    """A finished search whose cell does not read its inputs (exported before the derivation checked
-    that) is derived again from its last checkpoint: what was trained for the old child goes."""
+def rederive(out_dir: Path, run_dir: Path, problem: str) -> None:
+    """A finished search whose export has a ``problem`` (:func:`export_problem`: e.g. exported before
+    the derivation checked its cell) is derived again from its last checkpoint: what was trained for
+    the old child goes."""
     resumes = runs.checkpoint_file(run_dir).is_file()
-    log.warning("search in %s finished with a student: %s; %s", out_dir, DEAD_CELL,
+    log.warning("search in %s finished with a student: %s; %s", out_dir, problem,
                 "deriving it again from its last checkpoint" if resumes else "its checkpoint is gone: searching again")
     for name in (CANDIDATES_DIR, FINETUNE_DIR):
         shutil.rmtree(out_dir / name, ignore_errors=True)
@@ -157,11 +158,12 @@ def _search(store: KnowledgeStore, out_dir: Path, config: SearchConfig, progress
     run_dir = out_dir / "search"
     run_identity = runs.identity(search_run_settings(config, store), store)
     done = runs.finished(out_dir / ARCH_FILE, run_identity)
-    if done is not None and exported_reads_inputs(done):
+    problem = None if done is None else export_problem(done)
+    if done is not None and problem is None:
         log.info("search already finished in %s with these settings; not redoing it", out_dir)
         return done
     if done is not None:
-        rederive(out_dir, run_dir)
+        rederive(out_dir, run_dir, problem)
     space_config = student_config(store, config.embed_dim, config.k_max, config.dropout, config.space)
     latency = None
     if config.min_speedup is not None:
