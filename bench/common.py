@@ -289,11 +289,11 @@ def retrain(arch: dict, source: dict, store, config: RetrainConfig, space: Stude
     """``run_retrain`` of ``arch`` (fresh weights, KD from ``store``) into :func:`run_dir`;
     ``space``: the config of the space ``arch`` comes from (its width and depth limit)."""
     pair_space = retrain_space(space, store)
-    settings = retrain_run_settings(arch, source, config, space.embed_dim, space.k_max, pair_space)
+    settings = retrain_run_settings(arch, source, config, space.embed_dim, space.k_max, pair_space, space.pooling)
     out = run_dir("retrain", store.meta["task"], runs.identity(settings, store))
     with exclusive(out):
         doc = run_retrain(arch, source, store, out, config, embed_dim=space.embed_dim, k_max=space.k_max,
-                          space=pair_space, progress=False)
+                          space=pair_space, pooling=space.pooling, progress=False)
         return {**doc, "dir": str(out.relative_to(ROOT))}
 
 

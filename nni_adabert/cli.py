@@ -153,7 +153,8 @@ def cmd_latency(args) -> None:
     """This machine's latency table of the space (measured once, then cached): what --min-speedup reads."""
     store = open_teacher_run(args.teacher)
     config = from_options(SearchConfig, args)
-    space_config = student_config(store, config.embed_dim, config.k_max, config.dropout, config.space)
+    space_config = student_config(store, config.embed_dim, config.k_max, config.dropout, config.space,
+                                  config.pooling)
     table = latency_table(store, space_config, config.speedup_over, config.latency_batch_size,
                           config.latency_threads, echo=print)
     scale = 1000 / table.reference_seconds  # per mille of the reference's time: readable whatever the machine
@@ -173,7 +174,7 @@ def cmd_retrain(args) -> None:
     store = open_teacher_run(args.teacher)
     chosen = arch_to_retrain(args.arch, store, args.embed_dim, args.k_max, args.space)
     doc = run_retrain(chosen.arch, chosen.source, store, args.output_dir, from_options(RetrainConfig, args),
-                      embed_dim=chosen.embed_dim, k_max=chosen.k_max, space=chosen.space,
+                      embed_dim=chosen.embed_dim, k_max=chosen.k_max, space=chosen.space, pooling=chosen.pooling,
                       progress=not args.no_progress)
     print_student(doc, Path(args.output_dir))
 

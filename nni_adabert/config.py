@@ -132,6 +132,9 @@ class TrainingConfig(Settings):
     grad_clip: float = setting(5.0, "max norm of the weight gradients (0: off)", minimum=0)
     dropout: float = setting(0.1, "the student's dropout (embedding, before probes and classifier)",
                              minimum=0, below=1)
+    pooling: str = setting("mean", "how each cell's output is pooled over its tokens for its probe and the "
+                                   "classifier: mean, or max (max over time, as in Kim's 2014 CNN)",
+                           choices=("mean", "max"), added=True)
     seed: int = setting(0, "seed of the weights, the data order and the Gumbel noise", minimum=0)
     # Batches pad to their longest row: SST-2's plain-shuffle batches are 3.4x their real tokens, grouped 1.05x
     # (bench/results/group-by-length).
@@ -258,8 +261,9 @@ class SearchConfig(ArchitectureConfig, TrainingConfig):
 
     def finetune_config(self) -> "RetrainConfig":
         """The fine-tuning after the search: a retraining's optimizer, this search's data and loss."""
+        # (Not the pooling: the fine-tuning trains the searched child, which pools as the search did.)
         shared = {f.name: getattr(self, f.name) for f in fields(TrainingConfig)
-                  if f.name not in ("epochs", "optimizer", "lr", "min_lr")}
+                  if f.name not in ("epochs", "optimizer", "lr", "min_lr", "pooling")}
         return RetrainConfig(**shared, epochs=self.finetune_epochs, precise_bn_batches=0)
 
     def candidate_config(self) -> "RetrainConfig":
@@ -285,6 +289,10 @@ class RetrainConfig(TrainingConfig):
     optimizer: str = setting("adamw", "the weights' optimizer: adamw or sgd (momentum 0.9)", choices=("sgd", "adamw"))
     lr: float = setting(1e-3, "learning rate of the weights, cosine-annealed per step to --min-lr", positive=True)
     min_lr: float | None = setting(None, "final learning rate of the cosine schedule (none: lr / 100)", minimum=0)
+    # A searched student's pooling is part of what its search chose: kept unless asked otherwise.
+    pooling: str | None = setting(None, "how each cell's output is pooled over its tokens for its probe and the "
+                                        "classifier: mean or max (none: the architecture file's; mean for a random "
+                                        "one)", choices=("mean", "max"), added=True)
     # The final-logit term added 0.34 points to a 3-epoch SST-2 retraining (86.12 vs 85.78, docs/results.md).
     final_kd: bool = setting(True, "L_KD includes the teacher's last-layer logits against the student's final "
                                    "logits (with --no-probe-kd: the paper's Base-KD)")

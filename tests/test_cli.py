@@ -122,6 +122,29 @@ def test_retrain_a_seeded_random_architecture_of_the_space(runs, tmp_path, capsy
     assert not (tmp_path / "bad").exists()
 
 
+def test_max_pooling_travels_from_the_search_to_its_retraining_unless_the_retraining_sets_its_own(runs, tmp_path):
+    searched = tmp_path / "search"
+    assert main(["search", "--teacher", str(runs / "SST-2"), "--output-dir", str(searched), "--epochs", "1",
+                 "--batch-size", "16", "--train-limit", "32", "--augmented-limit", "0", "--pooling", "max",
+                 "--no-progress"]) == 0
+    doc = json.loads((searched / "architecture.json").read_text())
+    assert doc["student_config"]["pooling"] == "max" and doc["search"]["pooling"] == "max"
+
+    def retrain(out, *extra):
+        assert main(["retrain", "--arch", str(searched), "--teacher", str(runs / "SST-2"), "--output-dir", str(out),
+                     "--epochs", "1", "--batch-size", "16", "--train-limit", "32", "--no-progress", *extra]) == 0
+        return json.loads((out / "architecture.json").read_text())
+
+    kept, mean = retrain(tmp_path / "kept"), retrain(tmp_path / "mean", "--pooling", "mean")
+    assert kept["student_config"]["pooling"] == "max" and kept["retrain"]["pooling"] == "max"
+    assert mean["student_config"]["pooling"] == "mean" and "pooling" not in mean["retrain"]
+    # The exported files give the dev metrics recorded at export, so the loaded student pools as it trained.
+    for out, recorded in ((tmp_path / "kept", kept), (tmp_path / "mean", mean)):
+        assert main(["evaluate", "--arch", str(out), "--teacher", str(runs / "SST-2"),
+                     "--json", str(out / "eval.json")]) == 0
+        assert json.loads((out / "eval.json").read_text())["student"]["dev_metrics"] == recorded["dev_metrics"]
+
+
 def test_search_steps_the_architecture_on_held_out_examples(runs, tmp_path, capsys):
     out = tmp_path / "holdout"
     assert main(["search", "--teacher", str(runs / "MRPC"), "--output-dir", str(out), "--epochs", "2",

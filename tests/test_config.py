@@ -106,13 +106,15 @@ def test_configs_split_by_what_they_configure():
 
 
 def test_a_setting_added_later_names_a_run_only_when_it_is_not_its_default():
-    # Runs recorded before --final-kd-mse existed keep their identity (found finished, resumed) ...
-    before = {k: v for k, v in RetrainConfig().to_dict().items() if k != "final_kd_mse"}
-    assert RetrainConfig().identity() == before and "final_kd_mse" in RetrainConfig().to_dict()
+    # Runs recorded before --final-kd-mse and --pooling existed keep their identity (found finished, resumed) ...
+    added = ("final_kd_mse", "pooling")
+    before = {k: v for k, v in RetrainConfig().to_dict().items() if k not in added}
+    assert RetrainConfig().identity() == before and set(added) <= set(RetrainConfig().to_dict())
     assert SearchConfig(seed=2).identity() == {k: v for k, v in SearchConfig(seed=2).to_dict().items()
-                                               if k != "final_kd_mse"}
-    # ... and a run that uses it is another run.
+                                               if k not in added}
+    # ... and a run that uses one is another run.
     assert RetrainConfig(final_kd_mse=True).identity() == {**before, "final_kd_mse": True}
+    assert SearchConfig(seed=2, pooling="max").identity()["pooling"] == "max"
 
 
 @pytest.mark.parametrize("bad, message", [

@@ -110,6 +110,22 @@ def test_onnx_round_trip_same_logits(exported, student, rows):
         torch.testing.assert_close(onnx_student(batch), logits(student, batch), atol=1e-4, rtol=0)
 
 
+def test_a_max_pooled_student_exports_and_gives_its_logits(rows, tmp_path, one_thread):
+    """Max over the real tokens (padding masked) survives the ONNX export, on batches of other lengths."""
+    torch.manual_seed(0)
+    student = AdaBertStudent(StudentConfig(**{**CONFIG.to_dict(), "pooling": "max"}), SMALL_ARCH).eval()
+    mean_pooled = AdaBertStudent(CONFIG, SMALL_ARCH).eval()
+    mean_pooled.load_state_dict(student.state_dict())
+    batch = batches(rows, 0, 16, 16)[0]
+    assert not torch.allclose(logits(student, batch), logits(mean_pooled, batch))
+    path = tmp_path / ONNX_FILE
+    report = export_onnx(student, path, batches(rows, 0, 8, 8))
+    assert report["onnx_max_abs_diff"] < 1e-5
+    onnx_student = OnnxStudent(path, threads=1)
+    for batch in batches(rows, 8, 24, 5):
+        torch.testing.assert_close(onnx_student(batch), logits(student, batch), atol=1e-4, rtol=0)
+
+
 def test_bad_onnx_files_are_user_errors(exported, tmp_path):
     good = exported[0].read_bytes()
     (tmp_path / "truncated.onnx").write_bytes(good[: len(good) // 2])

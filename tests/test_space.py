@@ -10,6 +10,7 @@ from nni.mutable import Categorical
 from nni.nas.nn.pytorch import LayerChoice, MutableModule
 from torch.utils.flop_counter import FlopCounterMode
 
+from nni_adabert.data.encoding import masked_max, masked_mean
 from nni_adabert.model.cost import child_flops, child_params, normalized_op_costs, op_flops, op_params
 from nni_adabert.errors import UserError
 from nni_adabert.model.ops import (OP_NAMES, OPS, PAIR_OP_NAMES, CrossAlign, MaskedBatchNorm1d, ReLUConvBN,
@@ -365,6 +366,52 @@ def test_matching_files_without_norm_texts_load_the_head_they_were_trained_with(
     assert normed.config.norm_texts and StudentConfig.from_dict(normed.config.to_dict()).norm_texts
     normed.load_state_dict(child.state_dict())
     assert not torch.allclose(normed(ids_a, None, ids_b, None).logits, child(ids_a, None, ids_b, None).logits)
+
+
+def test_max_pooling_reads_real_tokens_only():
+    x = torch.tensor([[[1.0, -2.0, 9.0]], [[-3.0, -1.0, 5.0]]])      # [B=2, D=1, L=3]
+    mask = torch.tensor([[[1, 1, 0]], [[1, 0, 0]]])                  # the 9 and the 5 are padding
+    assert masked_max(x, mask, dim=-1).tolist() == [[1.0], [-3.0]]
+    assert masked_mean(x * mask, mask, dim=-1).tolist() == [[-0.5], [-3.0]]
+
+
+@pytest.mark.parametrize("space", ["paper", "matching"])
+def test_a_max_pooled_student_ignores_padding_and_differs_from_the_mean(space):
+    torch.manual_seed(0)
+    cfg = tiny_config(is_pair=space == "matching", space=space, pooling="max")
+    arch = {**random_arch(cfg, seed=2), "depth": 2}
+    child = AdaBertStudent(cfg, arch).eval()
+    ids_a, ids_b = torch.randint(1, 40, (3, 7)), torch.randint(1, 40, (3, 5))
+    pad = lambda ids: torch.nn.functional.pad(ids, (0, 4))           # noqa: E731 (pad id 0, masked)
+    mask = lambda ids: (ids != 0).long()                             # noqa: E731
+    b = (ids_b, None) if cfg.is_pair else (None, None)
+    plain = child(ids_a, None, *b).logits
+    b_padded = (pad(ids_b), mask(pad(ids_b))) if cfg.is_pair else (None, None)
+    torch.testing.assert_close(child(pad(ids_a), mask(pad(ids_a)), *b_padded).logits, plain)
+    mean_pooled = AdaBertStudent(tiny_config(is_pair=cfg.is_pair, space=space), arch).eval()
+    mean_pooled.load_state_dict(child.state_dict())
+    assert not torch.allclose(mean_pooled(ids_a, None, *b).logits, plain)
+    # The gradient reaches the cells through the max.
+    child.train()(ids_a, None, *b).logits.sum().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in child.cells[0].parameters())
+
+
+def test_files_without_pooling_load_mean_pooled_and_pooling_round_trips(tmp_path):
+    torch.manual_seed(0)
+    cfg = tiny_config()
+    arch = {**random_arch(cfg, seed=1), "depth": 2}
+    child = AdaBertStudent(cfg, arch).eval()
+    save_pretrained(child, tmp_path, {"task": "SST-2"})
+    doc = json.loads((tmp_path / "architecture.json").read_text())
+    assert doc["student_config"]["pooling"] == "mean"
+    del doc["student_config"]["pooling"]                             # as written before the field existed
+    (tmp_path / "architecture.json").write_text(json.dumps(doc))
+    ids = torch.randint(1, 40, (3, 7))
+    loaded = from_pretrained(tmp_path)
+    assert loaded.config.pooling == "mean" and torch.equal(loaded(ids).logits, child(ids).logits)
+    assert StudentConfig.from_dict(tiny_config(pooling="max").to_dict()).pooling == "max"
+    with pytest.raises(UserError, match=r"student config: pooling must be one of \['mean', 'max'\], got 'avg'"):
+        tiny_config(pooling="avg")
 
 
 @pytest.mark.parametrize("norm_texts", [True, False])

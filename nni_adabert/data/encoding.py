@@ -2,7 +2,8 @@
 
 The teacher reads a pair packed as ``[CLS] a [SEP] b [SEP]``; the student reads each
 text on its own (the paper embeds the two texts separately). Masks are built at
-batching time from the lengths, and :func:`masked_mean` is the one mean over them.
+batching time from the lengths, and :func:`masked_mean` and :func:`masked_max` are the one mean and
+the one max over them.
 """
 
 from __future__ import annotations
@@ -155,3 +156,9 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int) -> torch.Tensor:
     mask first where it is not); ``mask`` (1 = token) broadcasts against ``x``. E.g. ``x``
     ``[B, D, L]`` with ``mask`` ``[B, 1, L]`` and ``dim=-1`` -> ``[B, D]``."""
     return x.sum(dim) / mask.to(x.dtype).sum(dim).clamp_min(1.0)
+
+
+def masked_max(x: torch.Tensor, mask: torch.Tensor, dim: int) -> torch.Tensor:
+    """Max over the real tokens along ``dim`` of ``x`` (padding never wins, whatever it holds);
+    shapes as :func:`masked_mean`. A row without tokens gives the dtype's lowest value."""
+    return x.masked_fill(mask == 0, torch.finfo(x.dtype).min).amax(dim)

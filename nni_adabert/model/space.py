@@ -58,7 +58,7 @@ import torch.nn as nn
 from nni.mutable import Sample, ensure_frozen
 from nni.nas.nn.pytorch import LayerChoice, ModelSpace
 
-from ..data.encoding import masked_mean
+from ..data.encoding import masked_max, masked_mean
 from ..errors import UserError
 from .depth import DEPTH_LABEL, DepthChoice
 from .ops import OP_NAMES, OPS, PAIR_OP_NAMES, Zero, build_op
@@ -68,10 +68,12 @@ __all__ = [
     "DepthChoice", "Cell", "Embedder", "edges", "edge_label", "edge_labels", "factorized_embedding", "validate_arch",
     "uniform_arch", "random_arch", "reached_nodes", "live_nodes", "input_groups", "any_intermediate", "reads_inputs",
     "DEAD_CELL",
-    "SPACES", "resolve_space", "default_op_names", "matching_features",
+    "SPACES", "POOLINGS", "resolve_space", "default_op_names", "matching_features",
 ]
 
 SPACES = ("paper", "matching")
+# How a cell's output [B, D, L] becomes the [B, D] its probe and the classifier read.
+POOLINGS = {"mean": masked_mean, "max": masked_max}
 
 
 
@@ -101,6 +103,9 @@ class StudentConfig:
         norm_texts: in the matching space, layer-normalise each pooled text (no parameters) before
             the matching features; architecture files written before it existed load without it,
             so their students give the logits they gave.
+        pooling: how each cell's output is pooled over its tokens for its probe and the classifier,
+            a name of :data:`POOLINGS` (``max``: max over time, as in Kim's 2014 CNN); architecture
+            files written before it existed load as ``mean``, what they used.
     """
 
     vocab_size: int
@@ -117,12 +122,15 @@ class StudentConfig:
 
     space: str = "paper"
     norm_texts: bool = True
+    pooling: str = "mean"
 
     def __post_init__(self) -> None:
         for name in ("is_pair", "position_embeddings", "norm_texts"):
             if not isinstance(getattr(self, name), bool):
                 raise UserError(f"student config: {name} must be true or false, got {getattr(self, name)!r}")
         _check_space(self.space, self.is_pair, SPACES, "student config: ")
+        if self.pooling not in POOLINGS:
+            raise UserError(f"student config: pooling must be one of {list(POOLINGS)}, got {self.pooling!r}")
         self.op_names = tuple(default_op_names(self.space) if self.op_names is None else self.op_names)
         for name in ("vocab_size", "num_labels", "embed_dim", "k_max", "num_nodes", "max_positions"):
             value = getattr(self, name)
@@ -173,7 +181,8 @@ class StudentConfig:
         unknown = sorted(set(d) - names)
         if unknown:
             raise UserError(f"student config: unknown field(s) {unknown}; known: {sorted(names)}")
-        d = {"norm_texts": False, **d}   # written before the matching head normalised its texts
+        # Written before the matching head normalised its texts, and before a cell could be max-pooled.
+        d = {"norm_texts": False, "pooling": "mean", **d}
         try:
             return cls(**d)
         except TypeError as exc:
@@ -512,7 +521,7 @@ def _run_cells(config: StudentConfig, cells: Sequence[Cell], probes: Sequence[nn
     for k in range(n_run):
         c, m = cells[k](s0, m0, s1, m1)
         s0, m0, s1, m1 = s1, m1, c, m
-        p = masked_mean(c, m, dim=-1)                           # [B, D] ([2B, D] in the matching space)
+        p = POOLINGS[config.pooling](c, m, dim=-1)              # [B, D] ([2B, D] in the matching space)
         if config.space == "matching":
             p = matching_features(p, config.norm_texts)         # [B, 4D]
         pooled.append(p)

@@ -121,7 +121,8 @@ def pick_candidate(store: KnowledgeStore, archs: Sequence[dict], config: SearchC
     for n, (i, candidate_dir) in enumerate(trained.items()):
         arch = archs[i]
         pl.seed_everything(training.seed)  # each candidate's fresh weights, whatever ran before it
-        student = fresh_student(arch, store, config.embed_dim, config.k_max, config.dropout, config.space)
+        student = fresh_student(arch, store, config.embed_dim, config.k_max, config.dropout, config.space,
+                                config.pooling)
         identity = {**run_identity, "candidate": arch}
         student = train_student(student, store, candidate_dir, training, identity, progress, train=train,
                                 val=scoring)

@@ -13,7 +13,7 @@ import pytorch_lightning as pl
 from .. import runs
 from ..config import RetrainConfig
 from ..errors import UserError
-from ..model.space import DEAD_CELL, random_arch, reads_inputs, resolve_space, validate_arch
+from ..model.space import DEAD_CELL, StudentConfig, random_arch, reads_inputs, resolve_space, validate_arch
 from ..teacher.knowledge import KnowledgeStore
 from ..training import is_main_process, trained_seconds
 from .evaluate import evaluate_student, warn_if_no_better_than_majority
@@ -34,6 +34,7 @@ class ArchToRetrain:
     embed_dim: int
     k_max: int
     space: str  # resolved for the store's task
+    pooling: str  # the exported student's (mean for a random one), unless the retraining sets its own
 
 
 def arch_to_retrain(name: str, store: KnowledgeStore, embed_dim: int = 128, k_max: int = 8,
@@ -50,29 +51,36 @@ def arch_to_retrain(name: str, store: KnowledgeStore, embed_dim: int = 128, k_ma
             raise UserError(f"arch {name!r}: expected '{RANDOM_PREFIX}<integer seed>'") from None
         space = resolve_space(space, store.spec.is_pair)
         arch = random_arch(student_config(store, embed_dim, k_max, space=space), seed)
-        return ArchToRetrain(arch, {"from": name, "searched_on": None}, embed_dim, k_max, space)
+        return ArchToRetrain(arch, {"from": name, "searched_on": None}, embed_dim, k_max, space, StudentConfig.pooling)
     exported = load_exported(name, store)
     # Resolved: the same file reached by a relative path or a link names the same run.
     source = {"from": str(Path(exported.path).resolve()), "searched_on": exported.doc.get("task")}
     return ArchToRetrain(exported.arch, source, exported.config.embed_dim, exported.config.k_max,
-                         retrain_space(exported.config, store))
+                         retrain_space(exported.config, store), exported.config.pooling)
 
 
 def retrain_run_settings(arch: dict, source: dict, config: RetrainConfig, embed_dim: int, k_max: int,
-                         space: str = "paper") -> dict:
+                         space: str = "paper", pooling: str = "mean") -> dict:
     """What names a retraining (its identity with the store, :func:`runs.identity`). The architecture
-    itself, not only where it came from: a file searched anew names another run. ``space``: resolved."""
-    return {"arch": dict(arch), **source, "embed_dim": embed_dim, "k_max": k_max, **space_identity(space),
-            **config.identity()}
+    itself, not only where it came from: a file searched anew names another run. ``space``: resolved;
+    ``pooling``: the architecture's, which ``config.pooling`` overrides when set."""
+    settings = {"arch": dict(arch), **source, "embed_dim": embed_dim, "k_max": k_max, **space_identity(space),
+                **config.identity()}
+    settings.pop("pooling", None)
+    pooling = config.pooling or pooling
+    # Mean pooling is named by no key: the runs recorded before pooling was a setting are still found.
+    return settings if pooling == "mean" else {**settings, "pooling": pooling}
 
 
 def run_retrain(arch: dict, source: dict, store: KnowledgeStore, out_dir: str | os.PathLike,
                 config: RetrainConfig = RetrainConfig(), *, embed_dim: int = 128, k_max: int = 8,
-                space: str = "auto", progress: bool = True, report_to_nni: bool = False) -> dict:
+                space: str = "auto", pooling: str = "mean", progress: bool = True,
+                report_to_nni: bool = False) -> dict:
     """Retrain the fixed child ``arch`` from fresh weights on ``store``'s task and export it
     to ``out_dir``; returns its architecture document. ``source`` says where ``arch`` came
     from (``{"from": ..., "searched_on": task or None}``); ``embed_dim`` and ``k_max`` are
-    those of the space it came from, ``space`` the pair space to build (:func:`student.retrain_space`).
+    those of the space it came from, ``space`` the pair space to build (:func:`student.retrain_space`),
+    ``pooling`` the architecture's (``config.pooling``, when set, is the student's instead).
     Resumes, is not redone, and holds ``out_dir``'s lock like :func:`search.run_search`. A cell that
     does not read its inputs (:func:`model.space.reads_inputs`) is a :class:`UserError` before anything
     is written."""
@@ -81,20 +89,21 @@ def run_retrain(arch: dict, source: dict, store: KnowledgeStore, out_dir: str | 
         raise UserError(f"arch {source['from']}: {DEAD_CELL}; retraining it cannot learn the task: search again, "
                         "or pick another architecture")
     with runs.locked(out_dir):
-        return _retrain(arch, source, store, Path(out_dir), config, embed_dim, k_max, space, progress, report_to_nni)
+        return _retrain(arch, source, store, Path(out_dir), config, embed_dim, k_max, space,
+                        config.pooling or pooling, progress, report_to_nni)
 
 
 def _retrain(arch: dict, source: dict, store: KnowledgeStore, out_dir: Path, config: RetrainConfig, embed_dim: int,
-             k_max: int, space: str, progress: bool, report_to_nni: bool) -> dict:
+             k_max: int, space: str, pooling: str, progress: bool, report_to_nni: bool) -> dict:
     space = resolve_space(space, store.spec.is_pair)
-    settings = retrain_run_settings(arch, source, config, embed_dim, k_max, space)
+    settings = retrain_run_settings(arch, source, config, embed_dim, k_max, space, pooling)
     run_identity = runs.identity(settings, store)
     done = runs.finished(out_dir / ARCH_FILE, run_identity)
     if done is not None:
         log.info("retraining already finished in %s with these settings; not redoing it", out_dir)
         return done
     pl.seed_everything(config.seed, workers=True)  # the fresh weights too: the same run whatever ran before it
-    student = fresh_student(arch, store, embed_dim, k_max, config.dropout, space)
+    student = fresh_student(arch, store, embed_dim, k_max, config.dropout, space, pooling)
     student = train_student(student, store, out_dir / "retrain", config, run_identity, progress, report_to_nni)
     info = {**student_info(store), **evaluate_student(student, store), "retrain": settings,
             "train_seconds": trained_seconds([out_dir / "retrain"]), runs.IDENTITY_KEY: run_identity}

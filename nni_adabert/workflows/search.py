@@ -164,7 +164,8 @@ def _search(store: KnowledgeStore, out_dir: Path, config: SearchConfig, progress
         return done
     if done is not None:
         rederive(out_dir, run_dir, problem)
-    space_config = student_config(store, config.embed_dim, config.k_max, config.dropout, config.space)
+    space_config = student_config(store, config.embed_dim, config.k_max, config.dropout, config.space,
+                                  config.pooling)
     latency = None
     if config.min_speedup is not None:
         latency = latency_table(store, space_config, config.speedup_over, config.latency_batch_size,

@@ -17,14 +17,15 @@ from ..training import PreciseBatchNorm, fit, make_trainer
 
 
 def student_config(store: KnowledgeStore, embed_dim: int = 128, k_max: int = 8, dropout: float = 0.1,
-                   space: str = "auto") -> StudentConfig:
+                   space: str = "auto", pooling: str = "mean") -> StudentConfig:
     """The space's config for ``store``'s task: its teacher's vocabulary, its labels, single text or
-    pair, and the pair space (``auto``: :func:`model.space.resolve_space`)."""
+    pair, and the pair space (``auto``: :func:`model.space.resolve_space`); ``dropout`` and ``pooling``
+    are the training's (:class:`config.TrainingConfig`)."""
     meta = store.meta
     is_pair = store.spec.is_pair
     return StudentConfig(vocab_size=meta["vocab_size"], num_labels=meta["num_labels"], is_pair=is_pair,
                          embed_dim=embed_dim, k_max=k_max, pad_token_id=meta["pad_token_id"], dropout=dropout,
-                         space=resolve_space(space, is_pair))
+                         space=resolve_space(space, is_pair), pooling=pooling)
 
 
 def retrain_space(source: StudentConfig, store: KnowledgeStore) -> str:
@@ -45,9 +46,9 @@ def space_identity(space: str) -> dict:
 
 
 def fresh_student(arch: dict, store: KnowledgeStore, embed_dim: int = 128, k_max: int = 8,
-                  dropout: float = 0.1, space: str = "auto") -> AdaBertStudent:
+                  dropout: float = 0.1, space: str = "auto", pooling: str = "mean") -> AdaBertStudent:
     """A newly initialised child of ``arch`` for ``store``'s task, embedding from its teacher."""
-    student = AdaBertStudent(student_config(store, embed_dim, k_max, dropout, space), arch)
+    student = AdaBertStudent(student_config(store, embed_dim, k_max, dropout, space, pooling), arch)
     student.load_embedding(factorized_embedding(store.word_embeddings(), embed_dim))
     return student
 
