@@ -347,8 +347,10 @@ def add_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup, confi
                                 default=default, help=f"{help_text} (default {'on' if default else 'off'})")
         else:
             optional = _value_type(config_cls, f.name)[1]
+            # argparse checks choices after the type, so "none" (None) would be refused: Settings checks those.
             parser.add_argument(flag, dest=f.name, type=_none_or(kind) if optional else kind, default=default,
-                                choices=f.metadata.get("choices"), help=f"{help_text} (default {_shown(default)})")
+                                choices=None if optional else f.metadata.get("choices"),
+                                help=f"{help_text} (default {_shown(default)})")
 
 
 def from_options(config_cls: type[Settings], options: argparse.Namespace | dict, **overrides) -> Settings:

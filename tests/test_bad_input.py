@@ -224,6 +224,11 @@ CASES = {
                                r"grad_clip must be a finite number >= 0, got -1.0"),
     "dropout out of range": (lambda r, s, t: retrain(s, r, t) + ["--dropout", "1.5"],
                              r"dropout must be in \[0, 1\), got 1.5"),
+    "unknown pooling": (lambda r, s, t: retrain(s, r, t) + ["--pooling", "avg"],
+                        r"retrain setting pooling must be one of 'mean', 'max', got 'avg'"),
+    "unknown pooling in the JSON": (lambda r, s, t: evaluate(copy_student(
+        s, t, lambda d: d["student_config"].update(pooling="sum")), r, t),
+        r"student config: pooling must be one of \['mean', 'max'\], got 'sum'"),
     "budget below the smallest student": (lambda r, s, t: search(r, t, "--max-params", "1000"),
                                           r"max_params 1,000 is below the smallest student of this space \("),
     "negative weight decay": (lambda r, s, t: search(r, t, "--weight-decay", "-0.1"),

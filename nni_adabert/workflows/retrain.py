@@ -18,7 +18,8 @@ from ..teacher.knowledge import KnowledgeStore
 from ..training import is_main_process, trained_seconds
 from .evaluate import evaluate_student, warn_if_no_better_than_majority
 from .export import ARCH_FILE, load_exported, write_student
-from .student import fresh_student, retrain_space, space_identity, student_config, student_info, train_student
+from .student import (fresh_student, pooling_identity, retrain_space, space_identity, student_config, student_info,
+                      train_student)
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ class ArchToRetrain:
     embed_dim: int
     k_max: int
     space: str  # resolved for the store's task
-    pooling: str  # the exported student's (mean for a random one), unless the retraining sets its own
+    pooling: str  # the exported student's (mean for a random one); a retraining's --pooling overrides it
 
 
 def arch_to_retrain(name: str, store: KnowledgeStore, embed_dim: int = 128, k_max: int = 8,
@@ -64,12 +65,9 @@ def retrain_run_settings(arch: dict, source: dict, config: RetrainConfig, embed_
     """What names a retraining (its identity with the store, :func:`runs.identity`). The architecture
     itself, not only where it came from: a file searched anew names another run. ``space``: resolved;
     ``pooling``: the architecture's, which ``config.pooling`` overrides when set."""
-    settings = {"arch": dict(arch), **source, "embed_dim": embed_dim, "k_max": k_max, **space_identity(space),
-                **config.identity()}
-    settings.pop("pooling", None)
-    pooling = config.pooling or pooling
-    # Mean pooling is named by no key: the runs recorded before pooling was a setting are still found.
-    return settings if pooling == "mean" else {**settings, "pooling": pooling}
+    settings = {key: value for key, value in config.identity().items() if key != "pooling"}
+    return {"arch": dict(arch), **source, "embed_dim": embed_dim, "k_max": k_max, **space_identity(space),
+            **settings, **pooling_identity(config.pooling or pooling)}
 
 
 def run_retrain(arch: dict, source: dict, store: KnowledgeStore, out_dir: str | os.PathLike,
@@ -89,13 +87,13 @@ def run_retrain(arch: dict, source: dict, store: KnowledgeStore, out_dir: str | 
         raise UserError(f"arch {source['from']}: {DEAD_CELL}; retraining it cannot learn the task: search again, "
                         "or pick another architecture")
     with runs.locked(out_dir):
-        return _retrain(arch, source, store, Path(out_dir), config, embed_dim, k_max, space,
-                        config.pooling or pooling, progress, report_to_nni)
+        return _retrain(arch, source, store, Path(out_dir), config, embed_dim, k_max, space, pooling, progress,
+                        report_to_nni)
 
 
 def _retrain(arch: dict, source: dict, store: KnowledgeStore, out_dir: Path, config: RetrainConfig, embed_dim: int,
              k_max: int, space: str, pooling: str, progress: bool, report_to_nni: bool) -> dict:
-    space = resolve_space(space, store.spec.is_pair)
+    space, pooling = resolve_space(space, store.spec.is_pair), config.pooling or pooling
     settings = retrain_run_settings(arch, source, config, embed_dim, k_max, space, pooling)
     run_identity = runs.identity(settings, store)
     done = runs.finished(out_dir / ARCH_FILE, run_identity)

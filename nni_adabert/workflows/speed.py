@@ -177,7 +177,10 @@ def latency_table(store: KnowledgeStore, space_config: StudentConfig, speedup_ov
     then read from ``cache_dir`` (default: ``latency/`` beside the store)."""
     lengths, reference_lengths = batch_lengths(store, batch_size)
     ref_config = reference_config(store, speedup_over)
-    space = {k: v for k, v in space_config.to_dict().items() if k not in ("vocab_size", "dropout", "k_max")}
+    # Neither the dropout nor the pooling (a mean or a max over the same elements) changes a child's time, so
+    # every table measured before pooling was a setting is still found.
+    space = {k: v for k, v in space_config.to_dict().items()
+             if k not in ("vocab_size", "dropout", "k_max", "pooling")}
     key = {"cpu": cpu_model(), "machine": platform.machine(), "torch": torch.__version__, "threads": threads,
            "batch_size": batch_size, "lengths": lengths, "reference_lengths": reference_lengths,
            "reference": speedup_over, "reference_config": ref_config.to_dict(), "space": space}

@@ -19,8 +19,8 @@ from ..training import PreciseBatchNorm, fit, make_trainer
 def student_config(store: KnowledgeStore, embed_dim: int = 128, k_max: int = 8, dropout: float = 0.1,
                    space: str = "auto", pooling: str = "mean") -> StudentConfig:
     """The space's config for ``store``'s task: its teacher's vocabulary, its labels, single text or
-    pair, and the pair space (``auto``: :func:`model.space.resolve_space`); ``dropout`` and ``pooling``
-    are the training's (:class:`config.TrainingConfig`)."""
+    pair, and the pair space (``auto``: :func:`model.space.resolve_space`); the student's ``dropout``
+    and ``pooling``."""
     meta = store.meta
     is_pair = store.spec.is_pair
     return StudentConfig(vocab_size=meta["vocab_size"], num_labels=meta["num_labels"], is_pair=is_pair,
@@ -43,6 +43,12 @@ def space_identity(space: str) -> dict:
     if space == "paper":
         return {}
     return {"space": space, "norm_texts": StudentConfig.norm_texts}
+
+
+def pooling_identity(pooling: str) -> dict:
+    """What a run's identity records of its student's pooling: nothing for a mean, so the runs made
+    before pooling was a setting keep their identities."""
+    return {} if pooling == StudentConfig.pooling else {"pooling": pooling}
 
 
 def fresh_student(arch: dict, store: KnowledgeStore, embed_dim: int = 128, k_max: int = 8,
