@@ -37,7 +37,7 @@ from .workflows.predict import Predictor, predict_inputs, read_inputs
 from .workflows.retrain import arch_to_retrain, run_retrain
 from .workflows.search import run_search
 from .workflows.speed import REFERENCES, latency_table
-from .workflows.student import student_config
+from .workflows.student import searched_student_config
 
 log = logging.getLogger("nni_adabert")
 
@@ -153,8 +153,7 @@ def cmd_latency(args) -> None:
     """This machine's latency table of the space (measured once, then cached): what --min-speedup reads."""
     store = open_teacher_run(args.teacher)
     config = from_options(SearchConfig, args)
-    space_config = student_config(store, config.embed_dim, config.k_max, config.dropout, config.space,
-                                  config.pooling)
+    space_config = searched_student_config(store, config)
     table = latency_table(store, space_config, config.speedup_over, config.latency_batch_size,
                           config.latency_threads, echo=print)
     scale = 1000 / table.reference_seconds  # per mille of the reference's time: readable whatever the machine

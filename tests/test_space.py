@@ -373,6 +373,10 @@ def test_max_pooling_reads_real_tokens_only():
     mask = torch.tensor([[[1, 1, 0]], [[1, 0, 0]]])                  # the 9 and the 5 are padding
     assert masked_max(x, mask, dim=-1).tolist() == [[1.0], [-3.0]]
     assert masked_mean(x * mask, mask, dim=-1).tolist() == [[-0.5], [-3.0]]
+    # A row without tokens pools to 0 either way, not to the dtype's lowest value.
+    empty = torch.tensor([[[0, 0, 0]], [[1, 0, 0]]])
+    assert masked_max(x, empty, dim=-1).tolist() == [[0.0], [-3.0]]
+    assert masked_mean(x * empty, empty, dim=-1).tolist() == [[0.0], [-3.0]]
 
 
 @pytest.mark.parametrize("space", ["paper", "matching"])

@@ -57,7 +57,8 @@ def test_compression_against_teacher_and_bert_base(runs, tmp_path, one_thread):
     from nni_adabert.workflows.evaluate import compare_with_teacher
 
     store = open_teacher_run(runs / "SST-2")
-    student = fresh_student(random_arch(student_config(store), seed=0), store)
+    config = student_config(store)
+    student = fresh_student(random_arch(config, seed=0), store, config)
     write_student(tmp_path, student, {**student_info(store), **evaluate_student(student, store)})
     tiny = bert_base(2, BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64))
     # word 30522*32 + position 512*32 + token type 2*32 + LayerNorm 2*32; per layer QKVO 4*(32*32+32)

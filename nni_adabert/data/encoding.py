@@ -160,5 +160,7 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int) -> torch.Tensor:
 
 def masked_max(x: torch.Tensor, mask: torch.Tensor, dim: int) -> torch.Tensor:
     """Max over the real tokens along ``dim`` of ``x`` (padding never wins, whatever it holds);
-    shapes as :func:`masked_mean`. A row without tokens gives the dtype's lowest value."""
-    return x.masked_fill(mask == 0, torch.finfo(x.dtype).min).amax(dim)
+    shapes as :func:`masked_mean`. A row without tokens gives 0, as the mean does (not the dtype's lowest
+    value, which would overflow whatever reads it)."""
+    without_tokens = mask.to(x.dtype).sum(dim) == 0
+    return x.masked_fill(mask == 0, torch.finfo(x.dtype).min).amax(dim).masked_fill(without_tokens, 0.0)

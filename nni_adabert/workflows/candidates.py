@@ -29,7 +29,7 @@ from ..model.space import AdaBertStudent, reads_inputs
 from ..nas.budget import Budget
 from ..teacher.knowledge import KnowledgeStore, holdout_split, row_loader
 from .evaluate import dev_metrics
-from .student import fresh_student, train_student
+from .student import fresh_student, searched_student_config, train_student
 
 log = logging.getLogger(__name__)
 
@@ -116,13 +116,13 @@ def pick_candidate(store: KnowledgeStore, archs: Sequence[dict], config: SearchC
     train = row_loader(kept, training.batch_size, shuffle=True, seed=training.seed,
                        group_by_length=training.group_by_length)
     scoring = row_loader(held_out, 256)
+    space_config = searched_student_config(store, config)
     best, candidates = None, []
     trained = candidate_runs(run_dir, len(archs), only)
     for n, (i, candidate_dir) in enumerate(trained.items()):
         arch = archs[i]
         pl.seed_everything(training.seed)  # each candidate's fresh weights, whatever ran before it
-        student = fresh_student(arch, store, config.embed_dim, config.k_max, config.dropout, config.space,
-                                config.pooling)
+        student = fresh_student(arch, store, space_config)
         identity = {**run_identity, "candidate": arch}
         student = train_student(student, store, candidate_dir, training, identity, progress, train=train,
                                 val=scoring)

@@ -101,7 +101,7 @@ def _retrain(arch: dict, source: dict, store: KnowledgeStore, out_dir: Path, con
         log.info("retraining already finished in %s with these settings; not redoing it", out_dir)
         return done
     pl.seed_everything(config.seed, workers=True)  # the fresh weights too: the same run whatever ran before it
-    student = fresh_student(arch, store, embed_dim, k_max, config.dropout, space, pooling)
+    student = fresh_student(arch, store, student_config(store, embed_dim, k_max, config.dropout, space, pooling))
     student = train_student(student, store, out_dir / "retrain", config, run_identity, progress, report_to_nni)
     info = {**student_info(store), **evaluate_student(student, store), "retrain": settings,
             "train_seconds": trained_seconds([out_dir / "retrain"]), runs.IDENTITY_KEY: run_identity}

@@ -32,7 +32,7 @@ from .candidates import candidate_runs, draw_candidates, fast_enough, pick_candi
 from .evaluate import evaluate_student, warn_if_no_better_than_majority
 from .export import ARCH_FILE, write_student
 from .speed import latency_table, reference_config
-from .student import space_identity, student_config, student_info, train_student
+from .student import searched_student_config, space_identity, student_info, train_student
 
 log = logging.getLogger(__name__)
 
@@ -164,8 +164,7 @@ def _search(store: KnowledgeStore, out_dir: Path, config: SearchConfig, progress
         return done
     if done is not None:
         rederive(out_dir, run_dir, problem)
-    space_config = student_config(store, config.embed_dim, config.k_max, config.dropout, config.space,
-                                  config.pooling)
+    space_config = searched_student_config(store, config)
     latency = None
     if config.min_speedup is not None:
         latency = latency_table(store, space_config, config.speedup_over, config.latency_batch_size,

@@ -8,7 +8,7 @@ import os
 import pytorch_lightning as pl
 from torch.utils.data import DataLoader
 
-from ..config import RetrainConfig
+from ..config import RetrainConfig, SearchConfig
 from ..data.encoding import vocab_fingerprint
 from ..model.space import AdaBertStudent, StudentConfig, factorized_embedding, resolve_space
 from ..nas.distill import AdaBertDistillModule, val_metric_key
@@ -26,6 +26,11 @@ def student_config(store: KnowledgeStore, embed_dim: int = 128, k_max: int = 8, 
     return StudentConfig(vocab_size=meta["vocab_size"], num_labels=meta["num_labels"], is_pair=is_pair,
                          embed_dim=embed_dim, k_max=k_max, pad_token_id=meta["pad_token_id"], dropout=dropout,
                          space=resolve_space(space, is_pair), pooling=pooling)
+
+
+def searched_student_config(store: KnowledgeStore, config: SearchConfig) -> StudentConfig:
+    """The space's config a search with ``config`` builds on ``store``'s task (its children's too)."""
+    return student_config(store, config.embed_dim, config.k_max, config.dropout, config.space, config.pooling)
 
 
 def retrain_space(source: StudentConfig, store: KnowledgeStore) -> str:
@@ -51,11 +56,11 @@ def pooling_identity(pooling: str) -> dict:
     return {} if pooling == StudentConfig.pooling else {"pooling": pooling}
 
 
-def fresh_student(arch: dict, store: KnowledgeStore, embed_dim: int = 128, k_max: int = 8,
-                  dropout: float = 0.1, space: str = "auto", pooling: str = "mean") -> AdaBertStudent:
-    """A newly initialised child of ``arch`` for ``store``'s task, embedding from its teacher."""
-    student = AdaBertStudent(student_config(store, embed_dim, k_max, dropout, space, pooling), arch)
-    student.load_embedding(factorized_embedding(store.word_embeddings(), embed_dim))
+def fresh_student(arch: dict, store: KnowledgeStore, config: StudentConfig) -> AdaBertStudent:
+    """A newly initialised child of ``arch`` in ``config``'s space (:func:`student_config` of ``store``),
+    embedding from ``store``'s teacher."""
+    student = AdaBertStudent(config, arch)
+    student.load_embedding(factorized_embedding(store.word_embeddings(), config.embed_dim))
     return student
 
 
