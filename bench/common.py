@@ -25,7 +25,7 @@ from nni_adabert.model.space import StudentConfig
 from nni_adabert.teacher.finetune import read_teacher_info
 from nni_adabert.teacher.run import open_teacher_run
 from nni_adabert.workflows.evaluate import majority_class_metrics
-from nni_adabert.workflows.retrain import retrain_run_settings, run_retrain
+from nni_adabert.workflows.retrain import ArchToRetrain, retrain_run_settings, run_retrain
 from nni_adabert.workflows.student import retrain_space
 from nni_adabert.workflows.search import run_search, search_run_settings
 from nni_adabert.workflows.speed import cpu_model
@@ -288,12 +288,10 @@ def search(store, config: SearchConfig) -> dict:
 def retrain(arch: dict, source: dict, store, config: RetrainConfig, space: StudentConfig) -> dict:
     """``run_retrain`` of ``arch`` (fresh weights, KD from ``store``) into :func:`run_dir`;
     ``space``: the config of the space ``arch`` comes from (its width and depth limit)."""
-    pair_space = retrain_space(space, store)
-    settings = retrain_run_settings(arch, source, config, space.embed_dim, space.k_max, pair_space, space.pooling)
-    out = run_dir("retrain", store.meta["task"], runs.identity(settings, store))
+    chosen = ArchToRetrain(arch, source, space.embed_dim, space.k_max, retrain_space(space, store), space.pooling)
+    out = run_dir("retrain", store.meta["task"], runs.identity(retrain_run_settings(chosen, config), store))
     with exclusive(out):
-        doc = run_retrain(arch, source, store, out, config, embed_dim=space.embed_dim, k_max=space.k_max,
-                          space=pair_space, pooling=space.pooling, progress=False)
+        doc = run_retrain(chosen, store, out, config, progress=False)
         return {**doc, "dir": str(out.relative_to(ROOT))}
 
 

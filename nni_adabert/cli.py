@@ -172,9 +172,7 @@ def cmd_retrain(args) -> None:
     """Retrain an exported architecture on a (possibly other) task, from fresh weights."""
     store = open_teacher_run(args.teacher)
     chosen = arch_to_retrain(args.arch, store, args.embed_dim, args.k_max, args.space)
-    doc = run_retrain(chosen.arch, chosen.source, store, args.output_dir, from_options(RetrainConfig, args),
-                      embed_dim=chosen.embed_dim, k_max=chosen.k_max, space=chosen.space, pooling=chosen.pooling,
-                      progress=not args.no_progress)
+    doc = run_retrain(chosen, store, args.output_dir, from_options(RetrainConfig, args), progress=not args.no_progress)
     print_student(doc, Path(args.output_dir))
 
 

@@ -233,9 +233,7 @@ def retrain_trial(args: argparse.Namespace) -> dict:
     chosen = arch_to_retrain(args.arch, store, args.embed_dim, args.k_max, args.space)
     print(f"retrain on {store.meta['task']}: {chosen.source['from']} -> {chosen.arch}", flush=True)
     out = output_dir(args, RETRAIN)
-    doc = run_retrain(chosen.arch, chosen.source, store, out, from_options(RetrainConfig, args),
-                      embed_dim=chosen.embed_dim, k_max=chosen.k_max, space=chosen.space, pooling=chosen.pooling,
-                      progress=args.progress,
+    doc = run_retrain(chosen, store, out, from_options(RetrainConfig, args), progress=args.progress,
                       report_to_nni=True)
     return finish(store, load_student(read_architecture(out / ARCH_FILE)), doc, out, args)
 

@@ -60,53 +60,48 @@ def arch_to_retrain(name: str, store: KnowledgeStore, embed_dim: int = 128, k_ma
                          retrain_space(exported.config, store), exported.config.pooling)
 
 
-def retrain_run_settings(arch: dict, source: dict, config: RetrainConfig, embed_dim: int, k_max: int,
-                         space: str = "paper", pooling: str = "mean") -> dict:
-    """What names a retraining (its identity with the store, :func:`runs.identity`). The architecture
-    itself, not only where it came from: a file searched anew names another run. ``space``: resolved;
-    ``pooling``: the architecture's, which ``config.pooling`` overrides when set."""
+def retrain_run_settings(chosen: ArchToRetrain, config: RetrainConfig) -> dict:
+    """What names a retraining of ``chosen`` with ``config`` (its identity with the store,
+    :func:`runs.identity`). The architecture itself, not only where it came from: a file searched anew
+    names another run. The pooling: ``config.pooling`` when set, else the architecture's."""
     settings = {key: value for key, value in config.identity().items() if key != "pooling"}
-    return {"arch": dict(arch), **source, "embed_dim": embed_dim, "k_max": k_max, **space_identity(space),
-            **settings, **pooling_identity(config.pooling or pooling)}
+    return {"arch": dict(chosen.arch), **chosen.source, "embed_dim": chosen.embed_dim, "k_max": chosen.k_max,
+            **space_identity(chosen.space), **settings, **pooling_identity(config.pooling or chosen.pooling)}
 
 
-def run_retrain(arch: dict, source: dict, store: KnowledgeStore, out_dir: str | os.PathLike,
-                config: RetrainConfig = RetrainConfig(), *, embed_dim: int = 128, k_max: int = 8,
-                space: str = "auto", pooling: str = "mean", progress: bool = True,
-                report_to_nni: bool = False) -> dict:
-    """Retrain the fixed child ``arch`` from fresh weights on ``store``'s task and export it
-    to ``out_dir``; returns its architecture document. ``source`` says where ``arch`` came
-    from (``{"from": ..., "searched_on": task or None}``); ``embed_dim`` and ``k_max`` are
-    those of the space it came from, ``space`` the pair space to build (:func:`student.retrain_space`),
-    ``pooling`` the architecture's (``config.pooling``, when set, is the student's instead).
+def run_retrain(chosen: ArchToRetrain, store: KnowledgeStore, out_dir: str | os.PathLike,
+                config: RetrainConfig = RetrainConfig(), *, progress: bool = True, report_to_nni: bool = False) -> dict:
+    """Retrain the fixed child ``chosen`` (:func:`arch_to_retrain`: its architecture, where it came from,
+    the space to build it in and its pooling, which ``config.pooling`` overrides when set) from fresh
+    weights on ``store``'s task and export it to ``out_dir``; returns its architecture document.
     Resumes, is not redone, and holds ``out_dir``'s lock like :func:`search.run_search`. A cell that
     does not read its inputs (:func:`model.space.reads_inputs`) is a :class:`UserError` before anything
     is written."""
-    config_of_space = student_config(store, embed_dim, k_max, space=space)
-    if not reads_inputs(validate_arch(arch, config_of_space), config_of_space):
-        raise UserError(f"arch {source['from']}: {DEAD_CELL}; retraining it cannot learn the task: search again, "
-                        "or pick another architecture")
+    config_of_space = student_config(store, chosen.embed_dim, chosen.k_max, space=chosen.space)
+    if not reads_inputs(validate_arch(chosen.arch, config_of_space), config_of_space):
+        raise UserError(f"arch {chosen.source['from']}: {DEAD_CELL}; retraining it cannot learn the task: search "
+                        "again, or pick another architecture")
     with runs.locked(out_dir):
-        return _retrain(arch, source, store, Path(out_dir), config, embed_dim, k_max, space, pooling, progress,
-                        report_to_nni)
+        return _retrain(chosen, store, Path(out_dir), config, progress, report_to_nni)
 
 
-def _retrain(arch: dict, source: dict, store: KnowledgeStore, out_dir: Path, config: RetrainConfig, embed_dim: int,
-             k_max: int, space: str, pooling: str, progress: bool, report_to_nni: bool) -> dict:
-    space, pooling = resolve_space(space, store.spec.is_pair), config.pooling or pooling
-    settings = retrain_run_settings(arch, source, config, embed_dim, k_max, space, pooling)
+def _retrain(chosen: ArchToRetrain, store: KnowledgeStore, out_dir: Path, config: RetrainConfig, progress: bool,
+             report_to_nni: bool) -> dict:
+    settings = retrain_run_settings(chosen, config)
     run_identity = runs.identity(settings, store)
     done = runs.finished(out_dir / ARCH_FILE, run_identity)
     if done is not None:
         log.info("retraining already finished in %s with these settings; not redoing it", out_dir)
         return done
     pl.seed_everything(config.seed, workers=True)  # the fresh weights too: the same run whatever ran before it
-    student = fresh_student(arch, store, student_config(store, embed_dim, k_max, config.dropout, space, pooling))
+    student = fresh_student(chosen.arch, store, student_config(store, chosen.embed_dim, chosen.k_max,
+                                                               config.dropout, chosen.space,
+                                                               config.pooling or chosen.pooling))
     student = train_student(student, store, out_dir / "retrain", config, run_identity, progress, report_to_nni)
     info = {**student_info(store), **evaluate_student(student, store), "retrain": settings,
             "train_seconds": trained_seconds([out_dir / "retrain"]), runs.IDENTITY_KEY: run_identity}
     if not is_main_process():
         return info
     warn_if_no_better_than_majority(info["dev_metrics"], store, "train it longer (--epochs) or with another --lr")
-    title = f"{source.get('searched_on') or source['from']} cell retrained on {store.meta['task']}"
+    title = f"{chosen.source.get('searched_on') or chosen.source['from']} cell retrained on {store.meta['task']}"
     return write_student(out_dir, student, info, title=title, tokenizer=store.tokenizer)
