@@ -377,6 +377,8 @@ def test_max_pooling_reads_real_tokens_only():
     empty = torch.tensor([[[0, 0, 0]], [[1, 0, 0]]])
     assert masked_max(x, empty, dim=-1).tolist() == [[0.0], [-3.0]]
     assert masked_mean(x * empty, empty, dim=-1).tolist() == [[0.0], [-3.0]]
+    wide = torch.cat([x, -x], dim=1)                                  # [B=2, D=2, L=3]
+    assert masked_max(wide, empty, dim=-1).tolist() == [[0.0, 0.0], [-3.0, 3.0]]
 
 
 @pytest.mark.parametrize("space", ["paper", "matching"])

@@ -34,7 +34,7 @@ class ArchToRetrain:
     source: dict  # {"from": file or "random:<seed>", "searched_on": task or None}
     embed_dim: int
     k_max: int
-    space: str  # resolved for the store's task
+    space: str  # resolved for the store's task (run_retrain resolves an "auto" too)
     pooling: str  # the exported student's (mean for a random one); a retraining's --pooling overrides it
 
 
@@ -63,7 +63,8 @@ def arch_to_retrain(name: str, store: KnowledgeStore, embed_dim: int = 128, k_ma
 def retrain_run_settings(chosen: ArchToRetrain, config: RetrainConfig) -> dict:
     """What names a retraining of ``chosen`` with ``config`` (its identity with the store,
     :func:`runs.identity`). The architecture itself, not only where it came from: a file searched anew
-    names another run. The pooling: ``config.pooling`` when set, else the architecture's."""
+    names another run. ``chosen.space``: resolved; the pooling: ``config.pooling`` when set, else the
+    architecture's."""
     settings = {key: value for key, value in config.identity().items() if key != "pooling"}
     return {"arch": dict(chosen.arch), **chosen.source, "embed_dim": chosen.embed_dim, "k_max": chosen.k_max,
             **space_identity(chosen.space), **settings, **pooling_identity(config.pooling or chosen.pooling)}
@@ -77,6 +78,8 @@ def run_retrain(chosen: ArchToRetrain, store: KnowledgeStore, out_dir: str | os.
     Resumes, is not redone, and holds ``out_dir``'s lock like :func:`search.run_search`. A cell that
     does not read its inputs (:func:`model.space.reads_inputs`) is a :class:`UserError` before anything
     is written."""
+    # Resolved once, so a hand-built space "auto" names the same run as its resolved space.
+    chosen = dataclasses.replace(chosen, space=resolve_space(chosen.space, store.spec.is_pair))
     config_of_space = student_config(store, chosen.embed_dim, chosen.k_max, space=chosen.space)
     if not reads_inputs(validate_arch(chosen.arch, config_of_space), config_of_space):
         raise UserError(f"arch {chosen.source['from']}: {DEAD_CELL}; retraining it cannot learn the task: search "
