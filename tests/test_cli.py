@@ -135,9 +135,12 @@ def test_max_pooling_travels_from_the_search_to_its_retraining_unless_the_retrai
                      "--epochs", "1", "--batch-size", "16", "--train-limit", "32", "--no-progress", *extra]) == 0
         return json.loads((out / "architecture.json").read_text())
 
-    kept, mean = retrain(tmp_path / "kept", "--pooling", "none"), retrain(tmp_path / "mean", "--pooling", "mean")
+    kept, mean = retrain(tmp_path / "kept", "--pooling", "none"), retrain(tmp_path / "mean", "--pooling", "mean",
+                                                                               "--dropout", "0.25")
     assert kept["student_config"]["pooling"] == "max" and kept["retrain"]["pooling"] == "max"
     assert mean["student_config"]["pooling"] == "mean" and "pooling" not in mean["retrain"]
+    # The student is built from one config: the retraining's dropout with the pooling it resolved.
+    assert mean["student_config"]["dropout"] == 0.25 and kept["student_config"]["dropout"] == 0.1
     # The exported files give the dev metrics recorded at export, so the loaded student pools as it trained.
     for out, recorded in ((tmp_path / "kept", kept), (tmp_path / "mean", mean)):
         assert main(["evaluate", "--arch", str(out), "--teacher", str(runs / "SST-2"),

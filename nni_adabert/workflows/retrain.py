@@ -60,6 +60,12 @@ def arch_to_retrain(name: str, store: KnowledgeStore, embed_dim: int = 128, k_ma
                          retrain_space(exported.config, store), exported.config.pooling)
 
 
+def retrain_pooling(chosen: ArchToRetrain, config: RetrainConfig) -> str:
+    """The pooling a retraining of ``chosen`` with ``config`` builds: ``--pooling`` when set, else the
+    architecture's own."""
+    return config.pooling or chosen.pooling
+
+
 def retrain_run_settings(chosen: ArchToRetrain, config: RetrainConfig) -> dict:
     """What names a retraining of ``chosen`` with ``config`` (its identity with the store,
     :func:`runs.identity`). The architecture itself, not only where it came from: a file searched anew
@@ -67,7 +73,7 @@ def retrain_run_settings(chosen: ArchToRetrain, config: RetrainConfig) -> dict:
     architecture's."""
     settings = {key: value for key, value in config.identity().items() if key != "pooling"}
     return {"arch": dict(chosen.arch), **chosen.source, "embed_dim": chosen.embed_dim, "k_max": chosen.k_max,
-            **space_identity(chosen.space), **settings, **pooling_identity(config.pooling or chosen.pooling)}
+            **space_identity(chosen.space), **settings, **pooling_identity(retrain_pooling(chosen, config))}
 
 
 def run_retrain(chosen: ArchToRetrain, store: KnowledgeStore, out_dir: str | os.PathLike,
@@ -80,16 +86,17 @@ def run_retrain(chosen: ArchToRetrain, store: KnowledgeStore, out_dir: str | os.
     is written."""
     # Resolved once, so a hand-built space "auto" names the same run as its resolved space.
     chosen = dataclasses.replace(chosen, space=resolve_space(chosen.space, store.spec.is_pair))
-    config_of_space = student_config(store, chosen.embed_dim, chosen.k_max, space=chosen.space)
-    if not reads_inputs(validate_arch(chosen.arch, config_of_space), config_of_space):
+    student_of_arch = student_config(store, chosen.embed_dim, chosen.k_max, config.dropout, chosen.space,
+                                     retrain_pooling(chosen, config))
+    if not reads_inputs(validate_arch(chosen.arch, student_of_arch), student_of_arch):
         raise UserError(f"arch {chosen.source['from']}: {DEAD_CELL}; retraining it cannot learn the task: search "
                         "again, or pick another architecture")
     with runs.locked(out_dir):
-        return _retrain(chosen, store, Path(out_dir), config, progress, report_to_nni)
+        return _retrain(chosen, student_of_arch, store, Path(out_dir), config, progress, report_to_nni)
 
 
-def _retrain(chosen: ArchToRetrain, store: KnowledgeStore, out_dir: Path, config: RetrainConfig, progress: bool,
-             report_to_nni: bool) -> dict:
+def _retrain(chosen: ArchToRetrain, student_of_arch: StudentConfig, store: KnowledgeStore, out_dir: Path,
+             config: RetrainConfig, progress: bool, report_to_nni: bool) -> dict:
     settings = retrain_run_settings(chosen, config)
     run_identity = runs.identity(settings, store)
     done = runs.finished(out_dir / ARCH_FILE, run_identity)
@@ -97,9 +104,7 @@ def _retrain(chosen: ArchToRetrain, store: KnowledgeStore, out_dir: Path, config
         log.info("retraining already finished in %s with these settings; not redoing it", out_dir)
         return done
     pl.seed_everything(config.seed, workers=True)  # the fresh weights too: the same run whatever ran before it
-    student = fresh_student(chosen.arch, store, student_config(store, chosen.embed_dim, chosen.k_max,
-                                                               config.dropout, chosen.space,
-                                                               config.pooling or chosen.pooling))
+    student = fresh_student(chosen.arch, store, student_of_arch)
     student = train_student(student, store, out_dir / "retrain", config, run_identity, progress, report_to_nni)
     info = {**student_info(store), **evaluate_student(student, store), "retrain": settings,
             "train_seconds": trained_seconds([out_dir / "retrain"]), runs.IDENTITY_KEY: run_identity}
