@@ -26,7 +26,6 @@ from nni_adabert.teacher.finetune import read_teacher_info
 from nni_adabert.teacher.run import open_teacher_run
 from nni_adabert.workflows.evaluate import majority_class_metrics
 from nni_adabert.workflows.retrain import ArchToRetrain, retrain_run_settings, run_retrain
-from nni_adabert.workflows.student import retrain_space
 from nni_adabert.workflows.search import run_search, search_run_settings
 from nni_adabert.workflows.speed import cpu_model
 
@@ -287,9 +286,9 @@ def search(store, config: SearchConfig) -> dict:
 
 def retrain(arch: dict, source: dict, store, config: RetrainConfig, space: StudentConfig) -> dict:
     """``run_retrain`` of ``arch`` (fresh weights, KD from ``store``) into :func:`run_dir`;
-    ``space``: the config of the space ``arch`` comes from (its width and depth limit)."""
-    chosen = ArchToRetrain(arch, source, space.embed_dim, space.k_max, retrain_space(space, store), space.pooling)
-    out = run_dir("retrain", store.meta["task"], runs.identity(retrain_run_settings(chosen, config), store))
+    ``space``: the config of the space ``arch`` comes from (:meth:`ArchToRetrain.of_space`)."""
+    chosen = ArchToRetrain.of_space(arch, source, space, store)
+    out = run_dir("retrain", store.meta["task"], runs.identity(retrain_run_settings(chosen, config, store), store))
     with exclusive(out):
         doc = run_retrain(chosen, store, out, config, progress=False)
         return {**doc, "dir": str(out.relative_to(ROOT))}

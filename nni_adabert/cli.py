@@ -34,7 +34,7 @@ from .workflows.deploy import deploy
 from .workflows.evaluate import compare_with_teacher
 from .workflows.export import load_exported
 from .workflows.predict import Predictor, predict_inputs, read_inputs
-from .workflows.retrain import arch_to_retrain, run_retrain
+from .workflows.retrain import ARCH_GROUP_HELP, ARCH_HELP, arch_to_retrain, run_retrain
 from .workflows.search import run_search
 from .workflows.speed import REFERENCES, latency_table
 from .workflows.student import searched_student_config
@@ -334,10 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("retrain", help="retrain an exported architecture from fresh weights (any task)")
     add_training_args(p, RetrainConfig)
-    g = p.add_argument_group("architecture")
-    g.add_argument("--arch", required=True, help="architecture.json (or its directory) to retrain, or "
-                   "'random:<seed>' for a seeded random architecture of the space (the paper's Table 3 baseline)")
-    # A random architecture's space; an exported one keeps its own.
+    g = p.add_argument_group("architecture", ARCH_GROUP_HELP)
+    g.add_argument("--arch", required=True, help=ARCH_HELP)
     add_options(g, SearchConfig, only=("embed_dim", "k_max", "space"))
     p.set_defaults(func=cmd_retrain)
 

@@ -53,7 +53,7 @@ from .teacher.finetune import TeacherConfig, load_finetuned_teacher
 from .teacher.knowledge import KnowledgeStore
 from .teacher.run import build_teacher_run, open_teacher_run
 from .workflows.export import ARCH_FILE, CELL_FILE, WEIGHTS_FILE, load_student, read_architecture
-from .workflows.retrain import arch_to_retrain, run_retrain
+from .workflows.retrain import ARCH_GROUP_HELP, ARCH_HELP, arch_to_retrain, run_retrain
 from .workflows.speed import dev_examples, measure_speedup
 from .workflows.search import run_search
 
@@ -96,10 +96,8 @@ def build_parser(kind: str) -> argparse.ArgumentParser:
                        "a stable path for retrain trials; {name} fields are settings, e.g. "
                        "'runs/nni/searched/{task}-beta{beta:g}'")
     else:
-        g = p.add_argument_group("architecture")
-        g.add_argument("--arch", default=None, help="architecture.json (or its directory) to retrain, or "
-                       "'random:<seed>' for a seeded random architecture of the space")
-        # A random architecture's space: the search's own settings.
+        g = p.add_argument_group("architecture", ARCH_GROUP_HELP)
+        g.add_argument("--arch", default=None, help=ARCH_HELP)
         add_options(g, SearchConfig, only=("embed_dim", "k_max", "space"))
     g = p.add_argument_group("measurement")
     g.add_argument("--speedup-rows", type=int, default=256,

@@ -1,6 +1,7 @@
 """The command line end to end, on small slices of the real GLUE files:
 teacher -> search -> evaluate, cross-task retrain, and clean failures."""
 
+import dataclasses
 import json
 import logging
 import os
@@ -15,9 +16,11 @@ from conftest import write_tsv
 from safetensors.torch import load_file
 
 from nni_adabert.cli import main
-from nni_adabert.model.space import random_arch
+from nni_adabert.config import RetrainConfig
+from nni_adabert.model.space import random_arch, reads_inputs, resolve_space
 from nni_adabert.teacher.run import open_teacher_run
 from nni_adabert.workflows.export import load_student, read_architecture
+from nni_adabert.workflows.retrain import ArchToRetrain, retrain_run_settings, run_retrain
 from nni_adabert.workflows.student import student_config
 
 
@@ -126,7 +129,7 @@ def test_max_pooling_travels_from_the_search_to_its_retraining_unless_the_retrai
     searched = tmp_path / "search"
     assert main(["search", "--teacher", str(runs / "SST-2"), "--output-dir", str(searched), "--epochs", "1",
                  "--batch-size", "16", "--train-limit", "32", "--augmented-limit", "0", "--pooling", "max",
-                 "--no-progress"]) == 0
+                 "--dropout", "0.3", "--no-progress"]) == 0
     doc = json.loads((searched / "architecture.json").read_text())
     assert doc["student_config"]["pooling"] == "max" and doc["search"]["pooling"] == "max"
 
@@ -139,7 +142,8 @@ def test_max_pooling_travels_from_the_search_to_its_retraining_unless_the_retrai
                                                                                "--dropout", "0.25")
     assert kept["student_config"]["pooling"] == "max" and kept["retrain"]["pooling"] == "max"
     assert mean["student_config"]["pooling"] == "mean" and "pooling" not in mean["retrain"]
-    # The student is built from one config: the retraining's dropout with the pooling it resolved.
+    # The student is built from one config: the retraining's own dropout (not the search's 0.3) with the
+    # pooling it resolved.
     assert mean["student_config"]["dropout"] == 0.25 and kept["student_config"]["dropout"] == 0.1
     # The exported files give the dev metrics recorded at export, so the loaded student pools as it trained.
     for out, recorded in ((tmp_path / "kept", kept), (tmp_path / "mean", mean)):
@@ -147,6 +151,23 @@ def test_max_pooling_travels_from_the_search_to_its_retraining_unless_the_retrai
                      "--json", str(out / "eval.json")]) == 0
         assert json.loads((out / "eval.json").read_text())["student"]["dev_metrics"] == recorded["dev_metrics"]
 
+
+
+def test_an_api_retraining_of_a_hand_built_arch_resolves_its_space_and_keeps_its_pooling(runs, tmp_path):
+    """The Python API: an ArchToRetrain built by hand with the space "auto" and max pooling on a pair task
+    builds its student in the task's pair space with the max, and names its run as the resolved space does."""
+    store = open_teacher_run(runs / "MRPC")
+    resolved = resolve_space("auto", is_pair=True)
+    space = student_config(store, 16, 2, space=resolved)
+    arch = next(a for a in (random_arch(space, seed) for seed in range(50)) if reads_inputs(a, space))
+    hand_built = ArchToRetrain(arch, {"from": "by hand", "searched_on": None}, 16, 2, "auto", "max")
+    config = RetrainConfig(epochs=1, batch_size=16, train_limit=32, augmented_limit=0)
+    doc = run_retrain(hand_built, store, tmp_path / "retrained", config, progress=False)
+    assert doc["student_config"]["space"] == resolved == "matching" and doc["student_config"]["pooling"] == "max"
+    settings = retrain_run_settings(hand_built, config, store)
+    assert settings == retrain_run_settings(dataclasses.replace(hand_built, space=resolved), config, store)
+    assert settings["space"] == "matching" and settings["pooling"] == "max" and doc["retrain"] == settings
+    assert load_student(read_architecture(tmp_path / "retrained" / "architecture.json")).config.pooling == "max"
 
 def test_search_steps_the_architecture_on_held_out_examples(runs, tmp_path, capsys):
     out = tmp_path / "holdout"
