@@ -138,8 +138,8 @@ def test_max_pooling_travels_from_the_search_to_its_retraining_unless_the_retrai
                      "--epochs", "1", "--batch-size", "16", "--train-limit", "32", "--no-progress", *extra]) == 0
         return json.loads((out / "architecture.json").read_text())
 
-    kept, mean = retrain(tmp_path / "kept", "--pooling", "none"), retrain(tmp_path / "mean", "--pooling", "mean",
-                                                                               "--dropout", "0.25")
+    kept = retrain(tmp_path / "kept", "--pooling", "none")
+    mean = retrain(tmp_path / "mean", "--pooling", "mean", "--dropout", "0.25")
     assert kept["student_config"]["pooling"] == "max" and kept["retrain"]["pooling"] == "max"
     assert mean["student_config"]["pooling"] == "mean" and "pooling" not in mean["retrain"]
     # The student is built from one config: the retraining's own dropout (not the search's 0.3) with the
@@ -150,7 +150,6 @@ def test_max_pooling_travels_from_the_search_to_its_retraining_unless_the_retrai
         assert main(["evaluate", "--arch", str(out), "--teacher", str(runs / "SST-2"),
                      "--json", str(out / "eval.json")]) == 0
         assert json.loads((out / "eval.json").read_text())["student"]["dev_metrics"] == recorded["dev_metrics"]
-
 
 
 def test_an_api_retraining_of_a_hand_built_arch_resolves_its_space_and_keeps_its_pooling(runs, tmp_path):
@@ -168,6 +167,7 @@ def test_an_api_retraining_of_a_hand_built_arch_resolves_its_space_and_keeps_its
     assert settings == retrain_run_settings(dataclasses.replace(hand_built, space=resolved), config, store)
     assert settings["space"] == "matching" and settings["pooling"] == "max" and doc["retrain"] == settings
     assert load_student(read_architecture(tmp_path / "retrained" / "architecture.json")).config.pooling == "max"
+
 
 def test_search_steps_the_architecture_on_held_out_examples(runs, tmp_path, capsys):
     out = tmp_path / "holdout"
