@@ -2,6 +2,7 @@
 from its distributions, each timed (under a speed budget), trained briefly and scored on held-out
 train examples (workflows/candidates.py)."""
 
+import dataclasses
 import json
 
 import pytest
@@ -9,10 +10,12 @@ import pytest
 from nni_adabert.cli import main
 from nni_adabert.config import SearchConfig
 from nni_adabert.model import cost
-from nni_adabert.model.space import StudentConfig
+from nni_adabert.model.space import StudentConfig, random_arch
 from nni_adabert.nas.budget import budgets_of, params_budget
 from nni_adabert.workflows.candidates import draw_candidates, fast_enough
+from nni_adabert.teacher.run import open_teacher_run
 from nni_adabert.workflows.search import picks_among_candidates
+from nni_adabert.workflows.student import fresh_student, student_config
 from test_budget import toy_latency_table
 
 CONFIG = StudentConfig(vocab_size=40, num_labels=2, embed_dim=8, k_max=3, max_positions=16)
@@ -118,3 +121,17 @@ def test_candidates_slower_than_the_speed_budget_when_timed_are_dropped():
     assert fast_enough([104.0, 97.0, 86.1, 112.0], 100) == [0, 3]
     assert fast_enough([97.0, 86.1], 100) == [0]
     assert fast_enough([86.1, 97.0], 100) == [1]
+
+
+def test_a_fresh_child_refuses_a_config_built_for_another_store(runs):
+    """Every candidate and retraining starts from fresh_student: a config of another task's labels,
+    text layout or vocabulary is an error there, not a child with the wrong head."""
+    store = open_teacher_run(runs / "SST-2")
+    config = student_config(store, embed_dim=16, k_max=2)
+    arch = random_arch(config, 0)
+    assert fresh_student(arch, store, config).classifier.out_features == 2
+    for change, message in (({"num_labels": 3}, "num_labels 3 against the store's 2"),
+                            ({"is_pair": True}, "is_pair True against the store's False"),
+                            ({"vocab_size": 40}, "vocab_size 40 against the store's 30522")):
+        with pytest.raises(ValueError, match=f"not SST-2's \\({message}\\): build it with student_config"):
+            fresh_student(arch, store, dataclasses.replace(config, **change))

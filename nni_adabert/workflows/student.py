@@ -58,7 +58,15 @@ def pooling_identity(pooling: str) -> dict:
 
 def fresh_student(arch: dict, store: KnowledgeStore, config: StudentConfig) -> AdaBertStudent:
     """A newly initialised child of ``arch`` in ``config``'s space (:func:`student_config` of ``store``),
-    embedding from ``store``'s teacher."""
+    embedding from ``store``'s teacher. A config built for another store (its vocabulary, labels or
+    text layout) is refused: a child of the wrong head would train without an error."""
+    meta = store.meta
+    store_has = {"vocab_size": meta["vocab_size"], "num_labels": meta["num_labels"], "is_pair": store.spec.is_pair}
+    differ = [f"{name} {getattr(config, name)!r} against the store's {value!r}"
+              for name, value in store_has.items() if getattr(config, name) != value]
+    if differ:
+        raise ValueError(f"fresh_student: the StudentConfig is not {meta['task']}'s ({'; '.join(differ)}): "
+                         "build it with student_config(store)")
     student = AdaBertStudent(config, arch)
     student.load_embedding(factorized_embedding(store.word_embeddings(), config.embed_dim))
     return student
