@@ -12,8 +12,8 @@ from nni_adabert.config import SearchConfig
 from nni_adabert.model import cost
 from nni_adabert.model.space import StudentConfig, random_arch
 from nni_adabert.nas.budget import budgets_of, params_budget
-from nni_adabert.workflows.candidates import draw_candidates, fast_enough
 from nni_adabert.teacher.run import open_teacher_run
+from nni_adabert.workflows.candidates import draw_candidates, fast_enough
 from nni_adabert.workflows.search import picks_among_candidates
 from nni_adabert.workflows.student import fresh_student, student_config
 from test_budget import toy_latency_table
