@@ -130,8 +130,8 @@ def test_a_fresh_child_refuses_a_config_built_for_another_store(runs):
     config = student_config(store, embed_dim=16, k_max=2)
     arch = random_arch(config, 0)
     assert fresh_student(arch, store, config).classifier.out_features == 2
-    for change, message in (({"num_labels": 3}, "num_labels 3 against the store's 2"),
-                            ({"is_pair": True}, "is_pair True against the store's False"),
-                            ({"vocab_size": 40}, "vocab_size 40 against the store's 30522")):
+    for change, message in (({"num_labels": 3}, "labels: 3 for the student, 2 for the teacher run"),
+                            ({"is_pair": True}, "input: pair for the student, single text for the teacher run"),
+                            ({"vocab_size": 40}, "vocabulary size: 40 for the student, 30522 for the teacher run")):
         with pytest.raises(ValueError, match=f"not SST-2's \\({message}\\): build it with student_config"):
             fresh_student(arch, store, dataclasses.replace(config, **change))

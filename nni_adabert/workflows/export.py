@@ -12,12 +12,12 @@ from ..data.encoding import vocab_fingerprint
 from ..errors import UserError
 from ..model.pretrained import (ARCH_FILE, FORMAT, VERSION, WEIGHTS_FILE, ArchitectureFile, load_student,
                                 read_architecture, save_pretrained)
-from ..model.space import AdaBertStudent
+from ..model.space import AdaBertStudent, StudentConfig
 from ..plots import plot_cell
 from ..teacher.knowledge import KnowledgeStore
 
 __all__ = ["ARCH_FILE", "WEIGHTS_FILE", "CELL_FILE", "FORMAT", "VERSION", "ArchitectureFile", "write_student",
-           "read_architecture", "load_student", "load_exported", "check_fits"]
+           "read_architecture", "load_student", "load_exported", "misfits", "check_fits"]
 
 log = logging.getLogger(__name__)
 
@@ -43,19 +43,24 @@ def load_exported(path: str | os.PathLike, store: KnowledgeStore | None = None) 
     return read_architecture(path, vocab=vocab)
 
 
+def misfits(config: StudentConfig, store: KnowledgeStore, task: str | None = None) -> list[str]:
+    """How a student of ``config`` (of ``task``, when known) differs from ``store``'s task: its
+    number of labels, single text or pair, vocabulary size; empty when it fits."""
+    meta = store.meta
+    return [f"{what}: {ours} for the student, {theirs} for the teacher run"
+            for what, ours, theirs in (("task", task, meta["task"]),
+                                       ("labels", config.num_labels, store.spec.num_labels),
+                                       ("input", "pair" if config.is_pair else "single text",
+                                        "pair" if store.spec.is_pair else "single text"),
+                                       ("vocabulary size", config.vocab_size, meta.get("vocab_size")))
+            if ours != theirs and None not in (ours, theirs)]
+
+
 def check_fits(arch_file: ArchitectureFile, store: KnowledgeStore) -> None:
     """A student evaluated or deployed on ``store``'s dev rows must be one of its task: the same
     number of labels, single text or pair, and vocabulary size. Otherwise one :class:`UserError`
     naming both (a retraining is how a structure moves to another task)."""
-    config, meta = arch_file.config, store.meta
-    task = arch_file.doc.get("task")
-    differences = [f"{what}: {ours} for the student, {theirs} for the teacher run"
-                   for what, ours, theirs in (("task", task, meta["task"]),
-                                              ("labels", config.num_labels, store.spec.num_labels),
-                                              ("input", "pair" if config.is_pair else "single text",
-                                               "pair" if store.spec.is_pair else "single text"),
-                                              ("vocabulary size", config.vocab_size, meta.get("vocab_size")))
-                   if ours != theirs and None not in (ours, theirs)]
+    differences = misfits(arch_file.config, store, arch_file.doc.get("task"))
     if differences:
         raise UserError(f"{arch_file.path} is not a student of the teacher run's task ({'; '.join(differences)}): "
                         f"use the teacher run it was trained with, or retrain it on this task (nni-adabert retrain)")

@@ -14,6 +14,7 @@ from ..model.space import AdaBertStudent, StudentConfig, factorized_embedding, r
 from ..nas.distill import AdaBertDistillModule, val_metric_key
 from ..teacher.knowledge import KnowledgeStore, row_loader
 from ..training import PreciseBatchNorm, fit, make_trainer
+from .export import misfits
 
 
 def student_config(store: KnowledgeStore, embed_dim: int = 128, k_max: int = 8, dropout: float = 0.1,
@@ -60,12 +61,9 @@ def fresh_student(arch: dict, store: KnowledgeStore, config: StudentConfig) -> A
     """A newly initialised child of ``arch`` in ``config``'s space (:func:`student_config` of ``store``),
     embedding from ``store``'s teacher. A config built for another store (its vocabulary, labels or
     text layout) is refused: a child of the wrong head would train without an error."""
-    meta = store.meta
-    store_has = {"vocab_size": meta["vocab_size"], "num_labels": meta["num_labels"], "is_pair": store.spec.is_pair}
-    differ = [f"{name} {getattr(config, name)!r} against the store's {value!r}"
-              for name, value in store_has.items() if getattr(config, name) != value]
-    if differ:
-        raise ValueError(f"fresh_student: the StudentConfig is not {meta['task']}'s ({'; '.join(differ)}): "
+    differences = misfits(config, store)
+    if differences:
+        raise ValueError(f"fresh_student: the StudentConfig is not {store.meta['task']}'s ({'; '.join(differences)}): "
                          "build it with student_config(store)")
     student = AdaBertStudent(config, arch)
     student.load_embedding(factorized_embedding(store.word_embeddings(), config.embed_dim))
